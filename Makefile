@@ -1,0 +1,52 @@
+# Set-up and everyday commands. `make serve` and `make test` do all set-up on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+QA     := $(VENV)/bin/qa
+STAMP  := $(VENV)/.installed
+INDEX  ?= index
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install serve test index rebuild eval browser-deps clean
+
+install: $(STAMP)
+
+# torch==2.13.0 first: a CPU build lies on this machine's disk; a bare torch would pull a multi-GB CUDA build
+$(STAMP): setup.cfg setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+# build index/ from seeds/ when it is missing or older than any seed
+$(INDEX)/manifest.json: $(STAMP) $(wildcard seeds/*)
+	$(QA) build seeds --index-dir $(INDEX) --quiet
+
+index: $(INDEX)/manifest.json
+
+serve: $(INDEX)/manifest.json
+	$(QA) serve --index-dir $(INDEX) --host $(HOST) --port $(PORT)
+
+rebuild: $(STAMP)
+	scripts/rebuild_index.sh
+
+eval: $(STAMP)
+	$(QA) build eval/squad-dev/articles.jsonl --index-dir /tmp/qa-squad-index --quiet
+	$(QA) eval eval/squad-dev/questions.jsonl --index-dir /tmp/qa-squad-index
+
+# Debian's chromium and chromium-driver for the browser tests (never a test tool's own browser download)
+browser-deps:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  else echo "browser tests need: sudo apt-get install chromium chromium-driver" >&2; fi; \
+	fi
+
+test: $(STAMP) browser-deps
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

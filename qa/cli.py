@@ -1,0 +1,288 @@
+"""The `qa` command: thin wrappers over the package's functions; domain errors become one readable line."""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+
+import click
+
+from .config import Config
+from .errors import QAError
+
+log = logging.getLogger(__name__)
+
+
+def _handle_errors(fn):
+    """Print a `QAError` (and an interrupted run) as one line on stderr with a non-zero exit, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except QAError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(2 if e.status < 500 else 3)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        except OSError as e:
+            click.echo(f"error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+def _index_dir_option(fn):
+    return click.option("--index-dir", type=click.Path(file_okay=False), default=None,
+                        help="Index folder [default: $QA_INDEX_DIR or ./index].")(fn)
+
+
+def _config(**overrides) -> Config:
+    return Config.from_env(**overrides)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Log progress and details.")
+@click.version_option(package_name="qa-news")
+def main(verbose: bool) -> None:
+    """Semantic search and extractive question answering over news articles."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+# --- build / add / remove / check ---
+
+def _backend_choices(values: tuple[str, ...]) -> tuple[str | None, str | None]:
+    """Split repeated --backend values into (embedding backend, vector backend)."""
+    embed, vector = None, None
+    for v in values:
+        if v in ("torch", "onnx"):
+            embed = v
+        else:
+            vector = v
+    return embed, vector
+
+
+@main.command()
+@click.argument("sources", nargs=-1, required=True)
+@_index_dir_option
+@click.option("--model", default=None, help="A local sentence-transformers model folder [default: $QA_MODEL or "
+                                            "the packaged all-MiniLM-L6-v2].")
+@click.option("--backend", "backends", multiple=True, type=click.Choice(["torch", "onnx", "faiss", "milvus"]),
+              help="Embedding backend (torch, onnx) and/or vector backend (faiss, milvus); repeatable.")
+@click.option("--index-type", "kind", type=click.Choice(["auto", "flat", "hnsw"]), default="auto", show_default=True,
+              help="Vector index type; auto picks exact search below 200k vectors, HNSW above.")
+@click.option("--strict", is_flag=True, help="Fail on the first unreadable file or bad JSONL line.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@_handle_errors
+def build(sources, index_dir, model, backends, kind, strict, quiet):
+    """Full build of the index from files, folders and JSONL (beside the live index, then an atomic swap)."""
+    from .index import build_index
+
+    cfg = _config(index_dir=index_dir, model=model)
+    embed_backend, _vector_backend = _backend_choices(backends)
+    report = build_index(list(sources), cfg.index_dir, model=cfg.model, kind=kind,
+                         backend=embed_backend or cfg.embed_backend, strict=strict, progress=not quiet)
+    for problem in report.problems:
+        click.echo(f"warning: {problem}", err=True)
+    click.echo(f"built {cfg.index_dir}: {report.documents} documents, {report.passages} passages "
+               f"in {report.seconds:.1f}s ({len(report.problems)} problems)")
+
+
+@main.command()
+@click.argument("sources", nargs=-1, required=True)
+@_index_dir_option
+@click.option("--strict", is_flag=True, help="Fail on the first unreadable file or bad JSONL line.")
+@_handle_errors
+def add(sources, index_dir, strict):
+    """Add or update documents without a full rebuild (unchanged documents are skipped)."""
+    from .index import add_documents
+
+    cfg = _config(index_dir=index_dir)
+    report = add_documents(list(sources), cfg.index_dir, strict=strict)
+    for problem in report.problems:
+        click.echo(f"warning: {problem}", err=True)
+    click.echo(f"added {report.added}, updated {report.updated}, unchanged {report.unchanged}; "
+               f"{report.documents} documents, {report.passages} passages ({report.seconds:.1f}s)")
+
+
+@main.command()
+@click.argument("doc_ids", nargs=-1, required=True)
+@_index_dir_option
+@_handle_errors
+def remove(doc_ids, index_dir):
+    """Delete documents by id."""
+    from .index import remove_documents
+
+    cfg = _config(index_dir=index_dir)
+    report = remove_documents(list(doc_ids), cfg.index_dir)
+    click.echo(f"removed {report.removed}; {report.documents} documents, {report.passages} passages")
+
+
+@main.command()
+@_index_dir_option
+@_handle_errors
+def check(index_dir):
+    """Verify that the store, the vector index, the lexical index and the manifest agree."""
+    from .index import check_index
+
+    cfg = _config(index_dir=index_dir)
+    problems = check_index(cfg.index_dir)
+    if problems:
+        for p in problems:
+            click.echo(f"problem: {p}", err=True)
+        sys.exit(1)
+    click.echo(f"ok: {cfg.index_dir} is consistent")
+
+
+@main.command()
+@_index_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+@_handle_errors
+def stats(index_dir, as_json):
+    """Counts, model and settings of an index."""
+    from .store import read_manifest
+
+    cfg = _config(index_dir=index_dir)
+    m = read_manifest(cfg.index_dir)
+    if as_json:
+        click.echo(json.dumps(m, indent=2, sort_keys=True))
+        return
+    c = m["counts"]
+    click.echo(f"index:     {os.path.abspath(cfg.index_dir)}\n"
+               f"documents: {c['documents']}\npassages:  {c['passages']}\n"
+               f"vectors:   {c['windows']} (+{c['sentences']} sentence vectors)\n"
+               f"model:     {m['model']} (dim {m['dim']}, {m['embed_backend']})\n"
+               f"index:     {m['vector_backend']} {m['index_kind']}\nbuilt:     {m['built_at']}\n"
+               f"updated:   {m['updated_at']}")
+
+
+# --- search / ask / eval ---
+
+def _search_options(fn):
+    for opt in reversed([
+        click.option("-k", "k", default=None, help="Number of results (1-100)."),
+        click.option("--mode", type=click.Choice(["hybrid", "dense", "lexical"]), default="hybrid",
+                     show_default=True),
+        click.option("--source", default=None, help="Only this outlet."),
+        click.option("--doc-id", default=None, help="Only this document."),
+        click.option("--published-after", default=None, help="ISO date, inclusive."),
+        click.option("--published-before", default=None, help="ISO date, inclusive."),
+        click.option("--json", "as_json", is_flag=True, help="Print the API's JSON object."),
+        _index_dir_option,
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+def _engine(index_dir):
+    from .service import Engine
+
+    return Engine(_config(index_dir=index_dir))
+
+
+@main.command()
+@click.argument("question")
+@_search_options
+@_handle_errors
+def search(question, k, mode, source, doc_id, published_after, published_before, as_json, index_dir):
+    """Ranked passages for a question, with citations."""
+    engine = _engine(index_dir)
+    body = engine.search({"q": question, "k": k, "mode": mode, "source": source, "doc_id": doc_id,
+                          "published_after": published_after, "published_before": published_before})
+    if as_json:
+        click.echo(json.dumps(body, ensure_ascii=False, indent=2))
+        return
+    if not body["results"]:
+        click.echo("no results")
+    for r in body["results"]:
+        c = r["citation"]
+        meta = ", ".join(x for x in (c["source"], c["author"], c["published"]) if x)
+        click.echo(f"{r['rank']}. [{r['score']:.3f}] {r['title']}" + (f" ({meta})" if meta else "")
+                   + f" ¶{r['paragraph_index']}")
+        click.echo("   " + r["text"] + "\n")
+
+
+@main.command()
+@click.argument("question")
+@_search_options
+@_handle_errors
+def ask(question, k, mode, source, doc_id, published_after, published_before, as_json, index_dir):
+    """An extractive answer with numbered citations."""
+    engine = _engine(index_dir)
+    body = engine.ask({"q": question, "k": k, "mode": mode, "source": source, "doc_id": doc_id,
+                       "published_after": published_after, "published_before": published_before})
+    if as_json:
+        click.echo(json.dumps(body, ensure_ascii=False, indent=2))
+        return
+    if body["no_answer"]:
+        click.echo("No answer: nothing in the collection answers this question well enough.")
+    else:
+        click.echo(body["answer"]["text"] + "\n")
+    for c in body["citations"]:
+        meta = ", ".join(x for x in (c["source"], c["author"], c["published"]) if x)
+        click.echo(f"[{c['n']}] {c['title']}" + (f" ({meta})" if meta else "") + f", paragraph {c['paragraph_index']}"
+                   + (f" <{c['url']}>" if c["url"] else ""))
+
+
+@main.command("eval")
+@click.argument("questions", type=click.Path(exists=True, dir_okay=False))
+@_index_dir_option
+@click.option("--mode", type=click.Choice(["hybrid", "dense", "lexical"]), default="hybrid", show_default=True)
+@click.option("-k", "k", default=10, show_default=True, type=click.IntRange(1, 100))
+@click.option("--limit", type=int, default=None, help="Only the first N questions.")
+@click.option("--no-answers", is_flag=True, help="Skip answer extraction (retrieval metrics only).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@_handle_errors
+def eval_(questions, index_dir, mode, k, limit, no_answers, as_json):
+    """Retrieval and answer quality on a question set: R@1, R@5, R@10, MRR@10, answer_hit@1, latency."""
+    from .evaluate import evaluate, read_questions
+
+    engine = _engine(index_dir)
+    qs = read_questions(questions, limit)
+    bar = None
+    if not as_json:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(qs), desc="questions", file=sys.stderr, mininterval=1.0)
+    out = evaluate(engine.index(), qs, k=k, mode=mode, answers=not no_answers,
+                   progress=(lambda i: bar.update(1)) if bar else None)
+    if bar:
+        bar.close()
+    if as_json:
+        click.echo(json.dumps(out))
+        return
+    for key in ("questions", "mode", "k", "recall@1", "recall@5", "recall@10", "mrr@10", "answer_hit@1",
+                "latency_p50_ms", "latency_p95_ms"):
+        v = out[key]
+        click.echo(f"{key:16s} {v:.4f}" if isinstance(v, float) else f"{key:16s} {v}")
+
+
+# --- serve ---
+
+@main.command()
+@_index_dir_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default).")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--threads", default=8, show_default=True, type=click.IntRange(1, 64))
+@_handle_errors
+def serve(index_dir, host, port, threads):
+    """Serve the JSON API and the web search box with a production WSGI server (waitress)."""
+    import waitress
+
+    from .web import create_app
+
+    cfg = _config(index_dir=index_dir)
+    app = create_app(cfg)
+    app.extensions["qa_engine"].warm_up()
+    click.echo(f"serving {os.path.abspath(cfg.index_dir)} on http://{host}:{port}", err=True)
+    waitress.serve(app, host=host, port=port, threads=threads, ident="qa", clear_untrusted_proxy_headers=True,
+                   max_request_body_size=cfg.max_body_bytes * 4, channel_timeout=60)
+
+
+if __name__ == "__main__":
+    main()

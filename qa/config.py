@@ -1,0 +1,41 @@
+"""Defaults in one dataclass; environment variables QA_* override them."""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+DEFAULT_INDEX_DIR = "index"
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(name)
+    return value if value not in (None, "") else default
+
+
+@dataclasses.dataclass
+class Config:
+    """Settings of the service; `Config.from_env()` applies QA_* overrides."""
+
+    index_dir: str = DEFAULT_INDEX_DIR
+    model: str | None = None  # None: the packaged all-MiniLM-L6-v2
+    embed_backend: str = "auto"  # auto | torch | onnx
+    admin_token: str | None = None
+    reload_interval: float = 2.0  # seconds between checks for a rebuilt index
+    max_query_chars: int = 1000
+    max_k: int = 100
+    max_body_bytes: int = 1024 * 1024
+
+    @classmethod
+    def from_env(cls, **overrides) -> "Config":
+        """Defaults, then QA_* environment variables, then explicit overrides (None means unset)."""
+        cfg = cls(
+            index_dir=_env("QA_INDEX_DIR", DEFAULT_INDEX_DIR),
+            model=_env("QA_MODEL"),
+            embed_backend=_env("QA_EMBED_BACKEND", "auto"),
+            admin_token=_env("QA_ADMIN_TOKEN"),
+            reload_interval=float(_env("QA_RELOAD_INTERVAL", "2.0")),
+        )
+        for key, value in overrides.items():
+            if value is not None:
+                setattr(cfg, key, value)
+        return cfg

@@ -1,0 +1,394 @@
+"""The index folder as a whole: build (beside the live one, then an atomic swap), add, remove, check, load.
+
+Kept apart from `store.py` (SQLite) and `vectors.py` (FAISS): this module is the one place that keeps them in
+agreement, under one writer lock.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from . import __version__
+from .chunk import Passage, chunk_article
+from .embed import Embedder, load_embedder, resolve_model
+from .errors import BadRequest, IndexUnavailable, QAError
+from .ingest import Article, Problem, read_sources
+from .store import (FORMAT_VERSION, STORE_FILE, Store, manifest_path, read_manifest, write_json_atomic)
+from .vectors import FaissIndex, choose_kind
+
+log = logging.getLogger(__name__)
+
+LOCK_FILE = ".write.lock"
+LOCK_TIMEOUT = 600.0
+
+
+@contextlib.contextmanager
+def write_lock(index_dir: str, timeout: float = LOCK_TIMEOUT):
+    """The index folder's writer lock: writers are serialised, never interleaved."""
+    from filelock import FileLock, Timeout
+
+    os.makedirs(index_dir, exist_ok=True)
+    lock = FileLock(os.path.join(index_dir, LOCK_FILE))
+    try:
+        lock.acquire(timeout=timeout)
+    except Timeout:
+        raise QAError(f"another writer holds the lock on {index_dir} (waited {timeout:.0f}s)") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+# --- embedding passages ------------------------------------------------------------------------------------
+
+def embed_passages(embedder: Embedder, passages: Sequence[Passage], *, progress: bool = False,
+                   batch_size: int = 32) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per passage: its window vectors and its sentence vectors, from one forward pass per window."""
+    texts, spans, owners = [], [], []
+    for pi, passage in enumerate(passages):
+        for start, end in passage.windows:
+            texts.append(passage.text[start:end])
+            spans.append([(s - start, e - start) for s, e in passage.sentences if s >= start and e <= end])
+            owners.append(pi)
+    unit_vecs, unit_span_vecs = embedder.encode_spans(texts, spans, progress=progress, batch_size=batch_size)
+    window_vecs: list[list[np.ndarray]] = [[] for _ in passages]
+    sentence_vecs: list[dict[int, np.ndarray]] = [{} for _ in passages]
+    for u, pi in enumerate(owners):
+        window_vecs[pi].append(unit_vecs[u])
+        start, end = passages[pi].windows[len(window_vecs[pi]) - 1]
+        k = 0
+        for si, (s, e) in enumerate(passages[pi].sentences):
+            if s >= start and e <= end:
+                sentence_vecs[pi].setdefault(si, unit_span_vecs[u][k])  # first window that holds it
+                k += 1
+    out_s = []
+    for pi, passage in enumerate(passages):
+        fallback = np.mean(window_vecs[pi], axis=0)
+        out_s.append(np.stack([sentence_vecs[pi].get(si, fallback) for si in range(len(passage.sentences))])
+                     if passage.sentences else np.zeros((0, embedder.dim), np.float32))
+    return [np.stack(w) for w in window_vecs], out_s
+
+
+def prepare_articles(articles: Iterable[Article], embedder: Embedder, *, progress: bool = False):
+    """(article, passages, window vectors, sentence vectors) for each article, embedded in one batch."""
+    articles = list(articles)
+    chunked = [chunk_article(a, embedder.count_tokens, embedder.max_tokens - 2) for a in articles]
+    flat = [p for ps in chunked for p in ps]
+    wvecs, svecs = embed_passages(embedder, flat, progress=progress)
+    out, i = [], 0
+    for article, passages in zip(articles, chunked):
+        n = len(passages)
+        out.append((article, passages, wvecs[i:i + n], svecs[i:i + n]))
+        i += n
+    return out
+
+
+def dedupe_articles(articles: Iterable[Article], on_problem=None) -> list[Article]:
+    """Articles by id, the last of several with one id winning (reported)."""
+    by_id: dict[str, Article] = {}
+    for a in articles:
+        if a.id in by_id and on_problem:
+            on_problem(Problem(a.path or "?", None, f"document id {a.id!r} appears again; the last one is kept"))
+        by_id[a.id] = a
+    return [a for a in by_id.values() if a.paragraphs]
+
+
+# --- build -------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Report:
+    """What a build or update did."""
+
+    documents: int = 0
+    passages: int = 0
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    problems: list[str] = dataclasses.field(default_factory=list)
+    seconds: float = 0.0
+    index_dir: str = ""
+
+
+def _manifest(model_name: str, model_path: str | None, dim: int, max_tokens: int, backend: str, kind: str,
+              data_dir: str, counts: dict, generation: int, built_at: str | None = None) -> dict:
+    return {
+        "format": FORMAT_VERSION, "package_version": __version__,
+        "model": model_name, "model_path": model_path, "dim": dim, "embed_backend": backend,
+        "vector_backend": "faiss", "index_kind": kind, "data_dir": data_dir, "counts": counts,
+        "generation": generation, "built_at": built_at or _now(), "updated_at": _now(),
+        "chunking": {"unit": "paragraph", "window_tokens": max_tokens - 2, "window_overlap_sentences": 1,
+                     "sentence_splitter": "sentencex", "lexical": "sqlite-fts5 bm25 (porter)"},
+    }
+
+
+def _prune_data_dirs(index_dir: str, keep: Sequence[str]) -> None:
+    """Delete data folders other than `keep`, and leftovers of killed builds."""
+    for name in os.listdir(index_dir):
+        full = os.path.join(index_dir, name)
+        if os.path.isdir(full) and (name.startswith("data-") or name.startswith(".build-")) and name not in keep:
+            if name.startswith(".build-") and time.time() - os.path.getmtime(full) < 6 * 3600:
+                continue  # may be another build still running
+            shutil.rmtree(full, ignore_errors=True)
+
+
+def build_index(sources: Sequence[str], index_dir: str, *, model: str | None = None,
+                embedder: Embedder | None = None, kind: str = "auto", backend: str = "torch",
+                strict: bool = False, progress: bool = False) -> Report:
+    """Full build from sources into a new data folder beside the live one, then an atomic manifest swap."""
+    t0 = time.perf_counter()
+    report = Report(index_dir=index_dir)
+    sink = lambda p: report.problems.append(str(p))  # noqa: E731
+    articles = dedupe_articles(read_sources(sources, strict=strict, on_problem=sink), sink)
+    if not articles:
+        raise BadRequest("no articles found in " + ", ".join(sources))
+    if embedder is None:
+        embedder = load_embedder(model, backend)
+    model_path = None if embedder.model_name in ("hash",) else resolve_model(model)[0]
+    os.makedirs(index_dir, exist_ok=True)
+    build_dir = os.path.join(index_dir, f".build-{uuid.uuid4().hex[:12]}")
+    os.makedirs(build_dir)
+    try:
+        prepared = prepare_articles(articles, embedder, progress=progress)
+        store = Store(os.path.join(build_dir, STORE_FILE), create=True)
+        added, _ = store.write(prepared)
+        ids = np.array([i for i, _ in added], np.int64)
+        vecs = np.stack([v for _, v in added]).astype(np.float32)
+        index_kind = choose_kind(kind, len(ids))
+        vindex = FaissIndex(embedder.dim, index_kind)
+        vindex.add(ids, vecs)
+        generation = store.generation
+        vindex.save(build_dir, generation)
+        counts = store.counts()
+        store.con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        store.close()
+        data_dir = f"data-{dt.datetime.now().strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        with write_lock(index_dir):
+            os.replace(build_dir, os.path.join(index_dir, data_dir))
+            previous = None
+            with contextlib.suppress(QAError):
+                previous = read_manifest(index_dir)["data_dir"]
+            write_json_atomic(manifest_path(index_dir), _manifest(
+                embedder.model_name, model_path if model else None, embedder.dim, embedder.max_tokens,
+                getattr(embedder, "backend", backend), index_kind, data_dir, counts, generation))
+            # the previous folder stays one round for servers still loading it
+            _prune_data_dirs(index_dir, keep=[data_dir] + ([previous] if previous else []))
+    except BaseException:
+        shutil.rmtree(build_dir, ignore_errors=True)
+        raise
+    report.documents, report.passages = counts["documents"], counts["passages"]
+    report.added = len(articles)
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+# --- load --------------------------------------------------------------------------------------------------
+
+class Index:
+    """A loaded index folder: manifest, store, vector index and the window → passage map. Read-only."""
+
+    def __init__(self, index_dir: str, manifest: dict, store: Store, vectors: FaissIndex,
+                 window_ids: np.ndarray, window_passages: np.ndarray, embedder: Embedder | None = None):
+        self.index_dir = index_dir
+        self.manifest = manifest
+        self.store = store
+        self.vectors = vectors
+        self.window_ids = window_ids
+        self.window_passages = window_passages
+        self.embedder = embedder
+        self.dim = int(manifest["dim"])
+
+    @property
+    def passage_count(self) -> int:
+        return int(self.manifest["counts"]["passages"])
+
+    def passages_of_windows(self, ids: np.ndarray) -> np.ndarray:
+        """Passage row ids of window ids (-1 where unknown)."""
+        pos = np.searchsorted(self.window_ids, ids)
+        pos = np.clip(pos, 0, max(len(self.window_ids) - 1, 0))
+        if not len(self.window_ids):
+            return np.full(len(ids), -1, np.int64)
+        found = self.window_ids[pos] == ids
+        return np.where(found, self.window_passages[pos], -1)
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def open_data(index_dir: str, manifest: dict, *, readonly: bool = True) -> tuple[Store, FaissIndex]:
+    """The store and vector index of the live data folder, the vectors rebuilt from the store if out of date."""
+    data = os.path.join(index_dir, manifest["data_dir"])
+    if not os.path.isdir(data):
+        raise IndexUnavailable(f"data folder {data} missing; rebuild: qa build SOURCE... --index-dir {index_dir}")
+    store = Store(os.path.join(data, STORE_FILE), readonly=readonly)
+    dim = int(manifest["dim"])
+    try:
+        vectors, generation = FaissIndex.load(data, dim)
+    except IndexUnavailable:
+        vectors, generation = None, -1
+    if vectors is None or generation != store.generation:
+        log.warning("vector index in %s behind the store (generation %s vs %s): rebuilding it from stored vectors",
+                    data, generation, store.generation)
+        vectors = FaissIndex(dim, manifest.get("index_kind", "flat"))
+        for ids, _, vecs in store.all_windows(dim):
+            vectors.add(ids, vecs)
+    return store, vectors
+
+
+def load_index(index_dir: str, *, embedder: Embedder | None = None, model: str | None = None) -> Index:
+    """Load an index folder for search; a clear `IndexUnavailable` naming the fix when it cannot be used."""
+    manifest = read_manifest(index_dir)
+    if model is not None and model != manifest["model"] and resolve_model(model)[1] != manifest["model"]:
+        raise IndexUnavailable(f"index in {index_dir} was built with {manifest['model']}, not {model}; rebuild: "
+                               f"qa build SOURCE... --index-dir {index_dir} --model {model}")
+    if embedder is not None and embedder.model_name != manifest["model"]:
+        raise IndexUnavailable(f"index in {index_dir} was built with {manifest['model']} but the loaded model is "
+                               f"{embedder.model_name}; rebuild: qa build SOURCE... --index-dir {index_dir}")
+    if embedder is not None and embedder.dim != manifest["dim"]:
+        raise IndexUnavailable(f"index dim {manifest['dim']} differs from the model's {embedder.dim}; rebuild: "
+                               f"qa build SOURCE... --index-dir {index_dir}")
+    try:
+        store, vectors = open_data(index_dir, manifest)
+        window_ids, window_passages = store.window_passages()
+    except (OSError, ValueError, KeyError) as e:
+        raise IndexUnavailable(f"index in {index_dir} unreadable ({e}); rebuild: qa build SOURCE... "
+                               f"--index-dir {index_dir}") from None
+    except Exception as e:  # sqlite3.DatabaseError and FAISS errors on a corrupt folder
+        if isinstance(e, QAError):
+            raise
+        raise IndexUnavailable(f"index in {index_dir} is corrupt ({type(e).__name__}: {e}); rebuild: "
+                               f"qa build SOURCE... --index-dir {index_dir}") from None
+    return Index(index_dir, manifest, store, vectors, window_ids, window_passages, embedder)
+
+
+def embedder_for(manifest: dict, backend: str | None = None) -> Embedder:
+    """The embedder an index was built with."""
+    model = manifest.get("model_path") or (manifest["model"] if manifest["model"] == "hash" else None)
+    return load_embedder(model, backend or manifest.get("embed_backend", "torch"))
+
+
+# --- incremental updates -----------------------------------------------------------------------------------
+
+def _apply(index_dir: str, embedder: Embedder | None, articles: Sequence[Article], removals: Sequence[str],
+           report: Report) -> Report:
+    """Under the writer lock: write articles and removals to the store, then the vectors, then the manifest."""
+    t0 = time.perf_counter()
+    with write_lock(index_dir):
+        manifest = read_manifest(index_dir)
+        store, vectors = open_data(index_dir, manifest, readonly=False)
+        try:
+            changed = []
+            for a in articles:
+                old = store.content_hash(a.id)
+                if old == a.content_hash():
+                    report.unchanged += 1
+                    continue
+                if old is None:
+                    report.added += 1
+                else:
+                    report.updated += 1
+                changed.append(a)
+            existing = set(store.document_ids()) if removals else set()
+            missing = [d for d in removals if d not in existing]
+            if missing:
+                from .errors import NotFound
+
+                raise NotFound("no such document: " + ", ".join(missing[:5]))
+            if not changed and not removals:
+                counts = store.counts()
+                report.documents, report.passages = counts["documents"], counts["passages"]
+                report.seconds = time.perf_counter() - t0
+                return report
+            if changed and embedder is None:
+                embedder = embedder_for(manifest)
+            prepared = prepare_articles(changed, embedder) if changed else []
+            added, removed = store.write(prepared, removals)
+            report.removed = len(removals)
+            vectors.remove(np.array(removed, np.int64))
+            if added:
+                vectors.add(np.array([i for i, _ in added], np.int64), np.stack([v for _, v in added]))
+            generation = store.generation
+            vectors.save(os.path.join(index_dir, manifest["data_dir"]), generation)
+            manifest["counts"] = store.counts()
+            manifest["generation"] = generation
+            manifest["updated_at"] = _now()
+            write_json_atomic(manifest_path(index_dir), manifest)
+            report.documents, report.passages = manifest["counts"]["documents"], manifest["counts"]["passages"]
+        finally:
+            store.close()
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def add_documents(sources: Sequence[str] | None, index_dir: str, *, articles: Sequence[Article] = (),
+                  embedder: Embedder | None = None, strict: bool = False) -> Report:
+    """Add or update documents from sources (and/or given articles); unchanged ones are skipped by content hash."""
+    report = Report(index_dir=index_dir)
+    sink = lambda p: report.problems.append(str(p))  # noqa: E731
+    found = list(read_sources(sources, strict=strict, on_problem=sink)) if sources else []
+    return _apply(index_dir, embedder, dedupe_articles([*found, *articles], sink), [], report)
+
+
+def remove_documents(doc_ids: Sequence[str], index_dir: str) -> Report:
+    """Delete documents by id; unknown ids raise `NotFound` and nothing is removed."""
+    return _apply(index_dir, None, [], list(dict.fromkeys(doc_ids)), Report(index_dir=index_dir))
+
+
+# --- check -------------------------------------------------------------------------------------------------
+
+def check_index(index_dir: str) -> list[str]:
+    """Problems that make the store, the vector index and the manifest disagree (empty when all agree)."""
+    problems = []
+    try:
+        manifest = read_manifest(index_dir)
+    except QAError as e:
+        return [str(e)]
+    data = os.path.join(index_dir, manifest["data_dir"])
+    try:
+        store = Store(os.path.join(data, STORE_FILE), readonly=True)
+        counts = store.counts()
+        integrity = store.con.execute("PRAGMA integrity_check").fetchone()[0]
+        if integrity != "ok":
+            problems.append(f"store integrity check: {integrity}")
+        fts = store.con.execute("SELECT COUNT(*) FROM passages_fts").fetchone()[0]
+        if fts != counts["passages"]:
+            problems.append(f"lexical index has {fts} passages, the store {counts['passages']}")
+        orphans = store.con.execute(
+            "SELECT COUNT(*) FROM passages_fts WHERE rowid NOT IN (SELECT id FROM passages)").fetchone()[0]
+        if orphans:
+            problems.append(f"lexical index holds {orphans} passages the store does not")
+        window_ids, _ = store.window_passages()
+    except Exception as e:  # a corrupt or missing store
+        return [f"store unreadable: {e}"]
+    for key in ("documents", "passages"):
+        if manifest.get("counts", {}).get(key) != counts[key]:
+            problems.append(f"manifest says {manifest.get('counts', {}).get(key)} {key}, the store has {counts[key]}")
+    try:
+        vectors, generation = FaissIndex.load(data, int(manifest["dim"]))
+    except QAError as e:
+        problems.append(str(e))
+        return problems
+    if generation != store.generation:
+        problems.append(f"vector index reflects store generation {generation}, the store is at {store.generation}")
+    ids, _ = vectors.reconstruct_all()
+    if not np.array_equal(np.sort(ids), window_ids):
+        extra = len(np.setdiff1d(ids, window_ids))
+        missing = len(np.setdiff1d(window_ids, ids))
+        problems.append(f"vector ids disagree with the store: {extra} extra, {missing} missing")
+    if manifest.get("generation") != store.generation:
+        problems.append(f"manifest generation {manifest.get('generation')} is not the store's {store.generation}")
+    store.close()
+    return problems

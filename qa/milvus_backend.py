@@ -1,0 +1,386 @@
+"""The vector index interface on Milvus: a Milvus Lite folder (`.../milvus.db`) or a server (`http://host:19530`).
+
+Vectors are L2-normalised and searched by inner product, like `FaissIndex`. Ids are the store's int64 window ids.
+Milvus persists itself; `vectors.json` in the data folder only records where the vectors live and the store
+generation they reflect. Rebuilds go to a fresh collection `<base>_<suffix>`; the alias `<base>` is switched to
+it once it is complete and loaded (`switch_alias`), and older collections are then dropped (`prune_collections`).
+
+Milvus Lite holds an exclusive advisory lock on its folder for as long as a process has it open: a second process
+that opens the same `.db` fails at once (`IndexUnavailable` here). Processes that must share one Lite folder
+should talk to one `milvus-lite server --data-dir ...` over `http://` instead.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import re
+import threading
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .errors import BadRequest, IndexUnavailable
+
+if TYPE_CHECKING:
+    from pymilvus import MilvusClient
+
+log = logging.getLogger(__name__)
+
+MILVUS_META = "vectors.json"
+KIND = "milvus"
+INDEX_TYPES = ("FLAT", "HNSW", "IVF_FLAT", "AUTOINDEX")
+PK, VEC = "id", "vec"
+MAX_TOPK = 16_384  # Milvus' limit on k (and on offset + limit)
+MAX_FILTER_IDS = 10_000  # allowed ids per `id in [...]` expression; larger allow lists are searched in chunks
+WRITE_BATCH = 2_000  # rows per upsert/delete request, far below the 64 MB gRPC message limit at dim 1024
+MISSING_SCORE = float(np.finfo(np.float32).min)  # what FAISS reports for empty slots
+TOKEN_ENV = "QA_MILVUS_TOKEN"
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
+_INDEX_PARAMS: dict[str, dict[str, Any]] = {
+    "FLAT": {},
+    "HNSW": {"M": 32, "efConstruction": 128},
+    "IVF_FLAT": {"nlist": 1024},
+    "AUTOINDEX": {},
+}
+
+_lite_lock = threading.Lock()
+_lite_users: dict[str, int] = {}  # Milvus Lite folder → open MilvusIndex objects using it in this process
+
+
+def is_lite(uri: str) -> bool:
+    """Whether `uri` names a local Milvus Lite folder rather than a server."""
+    return uri.endswith(".db") and not re.match(r"^(https?|tcp|unix):", uri)
+
+
+def check_name(name: str) -> str:
+    """A valid Milvus collection or alias name, else `BadRequest`."""
+    if not _NAME.match(name or ""):
+        raise BadRequest(f"invalid Milvus collection name {name!r}: letters, digits and underscores, "
+                         "not starting with a digit, at most 255 characters")
+    return name
+
+
+def connect(uri: str, token: str | None = None) -> "MilvusClient":
+    """A `MilvusClient` for a Lite folder or a server; `IndexUnavailable` when it cannot be opened."""
+    from pymilvus import MilvusClient
+    from pymilvus.exceptions import MilvusException
+
+    if is_lite(uri):
+        uri = os.path.abspath(uri)
+        if not os.path.isdir(os.path.dirname(uri)):
+            raise IndexUnavailable(f"folder of Milvus Lite database {uri} does not exist")
+    try:
+        return MilvusClient(uri=uri, token=token or "")
+    except MilvusException as e:
+        if is_lite(uri) and _lite_locked(uri):
+            raise IndexUnavailable(
+                f"Milvus Lite database {uri} is open in another process (Milvus Lite allows one process per "
+                "database; serve it with `milvus-lite server --data-dir ...` and use http:// instead)") from None
+        raise IndexUnavailable(f"cannot open Milvus at {uri}: {e}") from None
+
+
+def _lite_locked(path: str) -> bool:
+    """Whether another process holds the lock of the Milvus Lite folder `path`."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: cannot tell
+        return False
+    try:
+        fd = os.open(os.path.join(path, "LOCK"), os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def new_collection_name(base: str) -> str:
+    """A fresh, time-ordered collection name behind `base`: `<base>_<UTC time>_<random>`."""
+    check_name(base)
+    return f"{base}_{dt.datetime.now(dt.timezone.utc).strftime('%Y%m%d%H%M%S')}_{uuid.uuid4().hex[:6]}"
+
+
+def alias_target(client: "MilvusClient", alias: str) -> str | None:
+    """The collection `alias` points to, or None when there is no such alias."""
+    if alias not in client.list_aliases().get("aliases", []):
+        return None
+    return client.describe_alias(alias)["collection_name"]
+
+
+def switch_alias(client: "MilvusClient", alias: str, collection: str) -> str | None:
+    """Point `alias` at `collection` (loaded first) in one step; the collection it pointed to before, if any."""
+    check_name(alias)
+    client.load_collection(collection)
+    previous = alias_target(client, alias)
+    if previous is None:
+        client.create_alias(collection, alias)
+    elif previous != collection:
+        client.alter_alias(collection, alias)
+    log.info("Milvus alias %s: %s -> %s", alias, previous, collection)
+    return previous
+
+
+def collections_behind(client: "MilvusClient", base: str) -> list[str]:
+    """Collections named `<base>_<suffix>`, oldest first (suffixes from `new_collection_name` sort by time)."""
+    prefix = check_name(base) + "_"
+    return sorted(c for c in client.list_collections() if c.startswith(prefix))
+
+
+def drop_collection(client: "MilvusClient", collection: str, *, force: bool = False) -> None:
+    """Drop a collection; refuses one an alias still points to unless `force` (which drops those aliases)."""
+    if not client.has_collection(collection):
+        return
+    aliases = client.list_aliases(collection).get("aliases", [])
+    if aliases and not force:
+        raise BadRequest(f"Milvus collection {collection} is live behind alias {', '.join(aliases)}; not dropped")
+    for alias in aliases:
+        client.drop_alias(alias)
+    client.drop_collection(collection)
+    log.info("dropped Milvus collection %s", collection)
+
+
+def prune_collections(client: "MilvusClient", base: str, keep: int = 1) -> list[str]:
+    """Drop collections behind `base` except the live one and the `keep` newest others; the names dropped."""
+    live = alias_target(client, base)
+    old = [c for c in collections_behind(client, base) if c != live]
+    doomed = old[:max(len(old) - keep, 0)]
+    for name in doomed:
+        drop_collection(client, name)
+    return doomed
+
+
+class _DropMessage(logging.Filter):
+    """Drops log records whose message starts with a given text."""
+
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefix)
+
+
+_quiet_iterator = _DropMessage("failed to get mvccTs")  # Milvus Lite has no MVCC timestamps; harmless
+
+
+class MilvusIndex:
+    """A Milvus collection (or alias) of int64 ids and `dim`-d float vectors, searched by inner product."""
+
+    kind = KIND
+
+    def __init__(self, uri: str, collection: str, dim: int, token: str | None = None, create: bool = False,
+                 index_type: str = "FLAT", write_batch: int = WRITE_BATCH, max_filter_ids: int = MAX_FILTER_IDS):
+        self.uri = os.path.abspath(uri) if is_lite(uri) else uri
+        self.collection = check_name(collection)
+        self.dim = int(dim)
+        self.index_type = index_type.upper()
+        if self.index_type not in INDEX_TYPES:
+            raise BadRequest(f"unknown Milvus index type {index_type!r}; choose one of {', '.join(INDEX_TYPES)}")
+        self.write_batch = write_batch
+        self.max_filter_ids = max_filter_ids
+        self.client = connect(self.uri, token)
+        self._closed = False
+        if is_lite(self.uri):
+            with _lite_lock:
+                _lite_users[self.uri] = _lite_users.get(self.uri, 0) + 1
+        try:
+            if not self.client.has_collection(collection):
+                if not create:
+                    raise IndexUnavailable(f"Milvus collection {collection} does not exist at {self.uri}")
+                self._create()
+            else:
+                self._check_schema()
+            self.client.load_collection(collection)
+        except BaseException:
+            self.close()
+            raise
+
+    def _create(self) -> None:
+        """Create the collection: explicit int64 ids, a float vector, an IP index, strong consistency."""
+        from pymilvus import DataType, MilvusClient
+
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field(PK, DataType.INT64, is_primary=True)
+        schema.add_field(VEC, DataType.FLOAT_VECTOR, dim=self.dim)
+        index = self.client.prepare_index_params()
+        index.add_index(VEC, index_type=self.index_type, metric_type="IP", params=_INDEX_PARAMS[self.index_type])
+        self.client.create_collection(self.collection, schema=schema, index_params=index, consistency_level="Strong")
+        log.info("created Milvus collection %s (dim %d, %s) at %s",
+                 self.collection, self.dim, self.index_type, self.uri)
+
+    def _check_schema(self) -> None:
+        """`IndexUnavailable` unless the collection has our fields and dimension."""
+        info = self.client.describe_collection(self.collection)
+        fields = {f["name"]: f for f in info["fields"]}
+        dim = fields.get(VEC, {}).get("params", {}).get("dim")
+        if PK not in fields or dim is None:
+            raise IndexUnavailable(f"Milvus collection {self.collection} lacks the fields {PK!r} and {VEC!r}")
+        if int(dim) != self.dim:
+            raise IndexUnavailable(f"Milvus collection {self.collection} has dim {dim}, expected {self.dim}")
+        names = self.client.list_indexes(self.collection, field_name=VEC)
+        if names:
+            described = self.client.describe_index(self.collection, names[0])
+            self.index_type = described.get("index_type", self.index_type)
+
+    @property
+    def live_collection(self) -> str:
+        """The collection behind `self.collection` (itself unless it is an alias)."""
+        return self.client.describe_collection(self.collection)["collection_name"]
+
+    @property
+    def ntotal(self) -> int:
+        """Exact number of live vectors (a strongly consistent count query)."""
+        rows = self.client.query(self.collection, filter="", output_fields=["count(*)"], consistency_level="Strong")
+        return int(rows[0]["count(*)"]) if rows else 0
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        """Add vectors under explicit int64 ids; an existing id is replaced (upserts). `save` or `flush` after."""
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if not len(ids):
+            return
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(ids), -1)
+        if vectors.shape[1] != self.dim:
+            raise BadRequest(f"vectors have dim {vectors.shape[1]}, the index {self.dim}")
+        for start in range(0, len(ids), self.write_batch):
+            rows = [{PK: i, VEC: v} for i, v in zip(ids[start:start + self.write_batch].tolist(),
+                                                     vectors[start:start + self.write_batch])]
+            self.client.upsert(self.collection, rows)
+
+    def remove(self, ids: np.ndarray) -> None:
+        """Remove vectors by id (unknown ids are ignored)."""
+        ids = np.unique(np.asarray(ids, dtype=np.int64).reshape(-1))
+        for start in range(0, len(ids), self.write_batch):
+            self.client.delete(self.collection, ids=ids[start:start + self.write_batch].tolist())
+
+    def _search_params(self, k: int) -> dict[str, Any]:
+        """Search parameters for the index type, wide enough for `k` results."""
+        params: dict[str, Any] = {}
+        if self.index_type == "HNSW":
+            params["ef"] = max(128, k)
+        elif self.index_type == "IVF_FLAT":
+            params["nprobe"] = 32
+        return {"metric_type": "IP", "params": params}
+
+    def _search(self, queries: np.ndarray, k: int, expr: str) -> tuple[np.ndarray, np.ndarray]:
+        """One Milvus search; (scores, ids) padded to width k."""
+        scores = np.full((len(queries), k), MISSING_SCORE, np.float32)
+        ids = np.full((len(queries), k), -1, np.int64)
+        hits = self.client.search(self.collection, data=list(queries), filter=expr, limit=k, anns_field=VEC,
+                                  output_fields=[PK], search_params=self._search_params(k),
+                                  consistency_level="Strong")
+        for row, found in enumerate(hits):
+            n = min(len(found), k)
+            ids[row, :n] = [h[PK] for h in found[:n]]
+            scores[row, :n] = [h["distance"] for h in found[:n]]
+        return scores, ids
+
+    def search(self, queries: np.ndarray, k: int, allow: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, ids) of the k best per query, restricted to `allow` ids when given; missing slots are id -1."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
+        k = min(int(k), MAX_TOPK)
+        empty = np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
+        if k <= 0 or not len(queries):
+            return empty
+        if allow is None:
+            return self._search(queries, k, "")
+        allow = np.unique(np.asarray(allow, dtype=np.int64))
+        if not len(allow):
+            return empty
+        chunks = [allow[i:i + self.max_filter_ids] for i in range(0, len(allow), self.max_filter_ids)]
+        if len(chunks) > 1:
+            log.debug("allow list of %d ids searched in %d chunks", len(allow), len(chunks))
+        parts = [self._search(queries, k, f"{PK} in [{','.join(map(str, c.tolist()))}]") for c in chunks]
+        if len(parts) == 1:
+            return parts[0]
+        scores = np.concatenate([p[0] for p in parts], axis=1)
+        ids = np.concatenate([p[1] for p in parts], axis=1)
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
+
+    def reconstruct_all(self, batch_size: int = 4_000) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors) of every live vector, in id order."""
+        iter_log = logging.getLogger("pymilvus.client.iterator.query_iterator")
+        iter_log.addFilter(_quiet_iterator)
+        ids: list[int] = []
+        vecs: list[np.ndarray] = []
+        it = self.client.query_iterator(self.collection, batch_size=batch_size, output_fields=[VEC],
+                                        consistency_level="Strong")
+        try:
+            while batch := it.next():
+                ids.extend(int(r[PK]) for r in batch)
+                vecs.append(np.asarray([r[VEC] for r in batch], np.float32))
+        finally:
+            it.close()
+        if not ids:
+            return np.zeros(0, np.int64), np.zeros((0, self.dim), np.float32)
+        out_ids, out_vecs = np.array(ids, np.int64), np.concatenate(vecs)
+        order = np.argsort(out_ids, kind="stable")
+        return out_ids[order], out_vecs[order]
+
+    def flush(self) -> None:
+        """Seal pending writes into persistent segments (and build their index)."""
+        self.client.flush(self.live_collection)
+
+    def save(self, directory: str, generation: int) -> None:
+        """Record uri, collection and store generation in `vectors.json` atomically (Milvus Lite: flush first)."""
+        from .store import write_json_atomic
+
+        if is_lite(self.uri):  # Lite searches its unflushed write buffer row by row in Python: slow
+            self.flush()  # a server persists acknowledged writes itself, and rate-limits flushes
+        write_json_atomic(os.path.join(directory, MILVUS_META),
+                          {"generation": generation, "kind": KIND, "uri": self.uri, "collection": self.collection,
+                           "dim": self.dim, "index_type": self.index_type})
+
+    @classmethod
+    def load(cls, directory: str, dim: int, token: str | None = None) -> tuple["MilvusIndex", int]:
+        """(index, store generation it reflects) from a data folder's `vectors.json` (token: $QA_MILVUS_TOKEN)."""
+        try:
+            with open(os.path.join(directory, MILVUS_META), encoding="utf-8") as f:
+                meta = json.load(f)
+            uri, collection, generation = meta["uri"], meta["collection"], int(meta["generation"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise IndexUnavailable(f"vector index meta in {directory} unreadable: {e}") from None
+        if meta.get("kind") != KIND:
+            raise IndexUnavailable(f"vector index in {directory} is {meta.get('kind')!r}, not {KIND!r}")
+        if int(meta.get("dim", dim)) != dim:
+            raise IndexUnavailable(f"vector index has dim {meta.get('dim')}, manifest says {dim}")
+        if is_lite(uri) and not os.path.isabs(uri):
+            uri = os.path.join(directory, uri)
+        index = cls(uri, collection, dim, token=token or os.environ.get(TOKEN_ENV),
+                    index_type=meta.get("index_type", "FLAT"))
+        return index, generation
+
+    def close(self) -> None:
+        """Close the client; the last user of a Milvus Lite folder in this process releases its lock."""
+        if self._closed:
+            return
+        self._closed = True
+        self.client.close()
+        if not is_lite(self.uri):
+            return
+        with _lite_lock:
+            users = _lite_users.get(self.uri, 1) - 1
+            if users > 0:
+                _lite_users[self.uri] = users
+                return
+            _lite_users.pop(self.uri, None)
+        from milvus_lite.server_manager import server_manager_instance
+
+        server_manager_instance.release_server(self.uri)
+
+    def __enter__(self) -> "MilvusIndex":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"MilvusIndex({self.uri!r}, {self.collection!r}, dim={self.dim}, index_type={self.index_type!r})"

@@ -1,0 +1,311 @@
+"""Ranking: dense and lexical candidates, fusion as small pure functions, filters, duplicate collapse, `Hit`.
+
+Both sides contribute deep candidate lists; every candidate then gets every signal exactly (its best window's
+cosine, its best sentence's cosine, its BM25 score), and the signals are fused per query after normalisation, so no
+weight depends on one collection's score scale.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import time
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from .errors import BadRequest
+from .store import Filters, StoredPassage, query_terms
+
+MODES = ("hybrid", "dense", "lexical")
+DEPTH = 100  # candidates from each side
+RRF_K = 60  # the constant of Cormack et al. (2009); not tuned here
+DUPLICATE_COSINE = 0.97  # passages this close are copies of one story (syndicated wire text)
+
+Ranked = list[tuple[int, float]]  # (passage rowid, score), best first
+
+
+@dataclasses.dataclass
+class Hit:
+    """A ranked passage with its component scores."""
+
+    passage: StoredPassage
+    scores: dict
+    duplicates: list[StoredPassage] = dataclasses.field(default_factory=list)
+
+    def to_dict(self, rank: int) -> dict:
+        """The result object of the search API."""
+        p = self.passage
+        out = {"rank": rank, "score": round(float(self.scores["fused"]), 6), "passage_id": p.passage_id,
+               "doc_id": p.doc_id, "paragraph_index": p.paragraph_index, "text": p.text, "title": p.title,
+               "citation": p.citation(),
+               "scores": {key: (None if v is None else round(float(v), 6)) for key, v in self.scores.items()}}
+        if self.duplicates:
+            out["duplicates"] = [{"passage_id": d.passage_id, "doc_id": d.doc_id, "title": d.title,
+                                  "source": d.source, "url": d.url, "published": d.published}
+                                 for d in self.duplicates]
+        return out
+
+
+@dataclasses.dataclass
+class SearchResult:
+    """Hits and the time each stage took."""
+
+    query: str
+    mode: str
+    hits: list[Hit]
+    timings: dict
+    query_vector: np.ndarray | None = None
+    sentence_scores: dict = dataclasses.field(default_factory=dict)  # rowid -> [(idx, start, end, cosine)]
+
+
+# --- fusion: pure functions over (id, score) lists -----------------------------------------------------------
+
+def rrf(rankings: Sequence[Ranked], k: int = RRF_K) -> dict[int, float]:
+    """Reciprocal rank fusion: sum of 1 / (k + rank) over the rankings an id appears in."""
+    fused: dict[int, float] = {}
+    for ranking in rankings:
+        for rank, (rid, _) in enumerate(ranking, 1):
+            fused[rid] = fused.get(rid, 0.0) + 1.0 / (k + rank)
+    return fused
+
+
+def zscores(scores: Mapping[int, float], missing: float | None = None) -> dict[int, float]:
+    """Standardised scores (mean 0, unit deviation) over one query's candidates."""
+    if not scores:
+        return {}
+    values = np.fromiter(scores.values(), float)
+    mu, sd = float(values.mean()), float(values.std())
+    sd = sd if sd > 1e-9 else 1.0
+    return {rid: (s - mu) / sd for rid, s in scores.items()}
+
+
+def minmax(scores: Mapping[int, float]) -> dict[int, float]:
+    """Scores scaled to [0, 1] over one query's candidates."""
+    if not scores:
+        return {}
+    lo, hi = min(scores.values()), max(scores.values())
+    span = hi - lo if hi > lo else 1.0
+    return {rid: (s - lo) / span for rid, s in scores.items()}
+
+
+def combine(signals: Sequence[Mapping[int, float]], weights: Sequence[float]) -> dict[int, float]:
+    """Weighted sum of normalised signals over the union of their ids (absent counts as the signal's minimum)."""
+    ids = set().union(*signals)
+    out = {}
+    for rid in ids:
+        total = 0.0
+        for sig, w in zip(signals, weights):
+            total += w * sig.get(rid, min(sig.values()) if sig else 0.0)
+        out[rid] = total
+    return out
+
+
+def top(scores: Mapping[int, float], k: int) -> Ranked:
+    """The k best (id, score) pairs."""
+    return sorted(scores.items(), key=lambda x: (-x[1], x[0]))[:k]
+
+
+# --- validation --------------------------------------------------------------------------------------------
+
+def validate_query(q: object, max_chars: int = 1000) -> str:
+    """A non-blank query string of at most `max_chars` characters, without NUL bytes."""
+    if q is None:
+        raise BadRequest("missing query: give q")
+    if not isinstance(q, str):
+        raise BadRequest("q must be a string")
+    if "\x00" in q or "\ufffd" in q:
+        raise BadRequest("q contains NUL bytes or invalid UTF-8")
+    q = q.strip()
+    if not q:
+        raise BadRequest("q is blank")
+    if len(q) > max_chars:
+        raise BadRequest(f"q is longer than {max_chars} characters")
+    return q
+
+
+def parse_int(value: object, name: str, default: int, lo: int, hi: int) -> int:
+    """An integer parameter in lo..hi (strings of digits accepted); BadRequest otherwise."""
+    if value is None or value == "":
+        return default
+    error = BadRequest(f"{name} must be an integer from {lo} to {hi}")
+    if isinstance(value, bool):
+        raise error
+    if isinstance(value, str):
+        if not re.fullmatch(r"\s*-?\d{1,12}\s*", value):
+            raise error
+        value = int(value)
+    if not isinstance(value, int) or not lo <= value <= hi:
+        raise error
+    return value
+
+
+def validate_k(k: object, default: int = 10, max_k: int = 100) -> int:
+    """k as an integer in 1..max_k."""
+    return parse_int(k, "k", default, 1, max_k)
+
+
+def validate_mode(mode: object) -> str:
+    if mode in (None, ""):
+        return "hybrid"
+    if mode not in MODES:
+        raise BadRequest(f"mode must be one of {', '.join(MODES)}")
+    return mode
+
+
+def validate_date(value: object, name: str) -> str | None:
+    """An ISO date (YYYY-MM-DD, a longer ISO timestamp is cut to its date) or None."""
+    import datetime as dt
+
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str):
+        raise BadRequest(f"{name} must be an ISO date (YYYY-MM-DD)")
+    try:
+        return dt.date.fromisoformat(value.strip()[:10]).isoformat()
+    except ValueError:
+        raise BadRequest(f"{name} must be an ISO date (YYYY-MM-DD)") from None
+
+
+def make_filters(source=None, doc_id=None, published_after=None, published_before=None) -> Filters:
+    """Validated filters."""
+    for name, value in (("source", source), ("doc_id", doc_id)):
+        if value is not None and (not isinstance(value, str) or len(value) > 512 or "\x00" in value):
+            raise BadRequest(f"{name} must be a string of at most 512 characters")
+    return Filters(source or None, doc_id or None, validate_date(published_after, "published_after"),
+                   validate_date(published_before, "published_before"))
+
+
+# --- search ------------------------------------------------------------------------------------------------
+
+def _ms(t0: float) -> float:
+    return round((time.perf_counter() - t0) * 1000, 3)
+
+
+def dense_candidates(index, qvec: np.ndarray, depth: int, filters: Filters | None) -> Ranked:
+    """Best passages by their best window's cosine."""
+    allow = index.store.filtered_window_ids(filters) if filters else None
+    scores, ids = index.vectors.search(qvec[None, :], depth * 2, allow)
+    best: dict[int, float] = {}
+    rowids = index.passages_of_windows(ids[0])
+    for rid, s in zip(rowids.tolist(), scores[0].tolist()):
+        if rid >= 0 and s > best.get(rid, -math.inf):
+            best[rid] = s
+    return top(best, depth)
+
+
+def search(index, query: str, k: int = 10, *, mode: str = "hybrid", filters: Filters | None = None,
+           depth: int = DEPTH, collapse: bool = True) -> SearchResult:
+    """Ranked passages for a question: dense, lexical or hybrid, filtered before the top-k cut."""
+    from .answer import coverage, term_weights
+
+    timings = {"embed_ms": 0.0, "dense_ms": 0.0, "lexical_ms": 0.0, "fuse_ms": 0.0}
+    depth = max(depth, k)
+    qvec = None
+    dense: Ranked = []
+    lexical: Ranked = []
+    terms = query_terms(query)
+    if mode in ("hybrid", "dense"):
+        t = time.perf_counter()
+        qvec = index.embedder.encode([query])[0]
+        timings["embed_ms"] = _ms(t)
+        t = time.perf_counter()
+        dense = dense_candidates(index, qvec, depth, filters)
+        timings["dense_ms"] = _ms(t)
+    if mode in ("hybrid", "lexical"):
+        t = time.perf_counter()
+        lexical = index.store.lexical_search(terms, depth, filters)
+        timings["lexical_ms"] = _ms(t)
+    t = time.perf_counter()
+    candidates = list(dict.fromkeys([rid for rid, _ in dense] + [rid for rid, _ in lexical]))
+    dense_s: dict[int, float] = dict(dense)
+    lex_s: dict[int, float] = dict(lexical)
+    sent_s: dict[int, float] = {}
+    sentences: dict[int, list] = {}  # rowid -> [(idx, start, end, cosine, coverage)]
+    texts = index.store.passage_texts(candidates) if candidates and mode != "lexical" else {}
+    if qvec is not None and candidates:
+        # every candidate gets every signal exactly, whichever side found it
+        missing = [rid for rid in candidates if rid not in dense_s]
+        if missing:
+            owners, wvecs = index.store.window_vectors(missing, index.dim)
+            for rid, s in zip(owners.tolist(), (wvecs @ qvec).tolist()):
+                dense_s[rid] = max(s, dense_s.get(rid, -math.inf))
+        weights = term_weights(index, terms)
+        svecs, smeta = index.store.sentences(candidates, index.dim)
+        for (rid, idx, start, end), s in zip(smeta, (svecs @ qvec).tolist() if len(smeta) else []):
+            sentences.setdefault(rid, []).append((idx, start, end, s, coverage(texts[rid][start:end], weights)))
+            if s > sent_s.get(rid, -math.inf):
+                sent_s[rid] = s
+    if mode == "hybrid" and candidates:
+        missing = [rid for rid in candidates if rid not in lex_s]
+        if missing and terms:
+            lex_s.update(index.store.lexical_scores(terms, missing))
+    if mode == "dense":
+        fused = fuse_dense(dense_s, sent_s, candidates)
+    elif mode == "lexical":
+        fused = dict(lexical)
+    else:
+        fused = fuse_hybrid(sent_s, lex_s, sentence_evidence(sentences), candidates)
+    ranked = top(fused, len(fused))
+    timings["fuse_ms"] = _ms(t)
+    passages = index.store.passages([rid for rid, _ in ranked[:max(k * 3, k + 10)]])
+    hits = []
+    for rid, score in ranked:
+        p = passages.get(rid)
+        if p is None:
+            continue  # removed since the vector index was loaded
+        hits.append(Hit(p, {"dense": dense_s.get(rid), "sentence": sent_s.get(rid),
+                            "lexical": lex_s.get(rid, 0.0) if mode != "dense" else None, "fused": score}))
+        if len(hits) >= k * 3:
+            break
+    if collapse and len(hits) > 1:
+        hits = collapse_duplicates(index, hits)
+    return SearchResult(query, mode, hits[:k], timings, qvec, sentences)
+
+
+def sentence_evidence(sentences: Mapping[int, list]) -> dict[int, float]:
+    """Per passage, its best sentence by standardised cosine plus standardised term coverage, the standardisation
+    taken over every candidate sentence of the query (a passage is as good as its best-answering sentence)."""
+    flat = [(rid, s[3], s[4]) for rid, rows in sentences.items() for s in rows]
+    if not flat:
+        return {}
+    z_cos = zscores({i: f[1] for i, f in enumerate(flat)})
+    z_cov = zscores({i: f[2] for i, f in enumerate(flat)})
+    best: dict[int, float] = {}
+    for i, (rid, _, _) in enumerate(flat):
+        best[rid] = max(best.get(rid, -math.inf), z_cos[i] + z_cov[i])
+    return best
+
+
+def fuse_dense(dense: Mapping[int, float], sentence: Mapping[int, float], candidates: Sequence[int]) -> dict[int, float]:
+    """Dense-only score: the passage's best window and its best sentence, standardised and summed."""
+    d = zscores({rid: dense.get(rid, 0.0) for rid in candidates})
+    s = zscores({rid: sentence.get(rid, dense.get(rid, 0.0)) for rid in candidates})
+    return combine([d, s], [1.0, 1.0])
+
+
+def fuse_hybrid(sentence: Mapping[int, float], lexical: Mapping[int, float], evidence: Mapping[int, float],
+                candidates: Sequence[int]) -> dict[int, float]:
+    """Hybrid score: three kinds of evidence, each standardised over the query's candidates, summed with equal
+    weight: meaning (best sentence cosine), words (BM25 over title and text), and the best single sentence holding
+    both. Standardising per query makes the sum independent of each signal's scale on a given collection."""
+    s = zscores({rid: sentence.get(rid, 0.0) for rid in candidates})
+    lex = zscores({rid: lexical.get(rid, 0.0) for rid in candidates})
+    ev = zscores({rid: evidence.get(rid, min(evidence.values(), default=0.0)) for rid in candidates})
+    return combine([s, lex, ev], [1.0, 1.0, 1.0])
+
+
+def collapse_duplicates(index, hits: list[Hit]) -> list[Hit]:
+    """Fold near-identical passages (cosine ≥ DUPLICATE_COSINE, or the same text) into the best-ranked copy."""
+    vecs = index.store.passage_vectors([h.passage.rowid for h in hits], index.dim)
+    sims = vecs @ vecs.T
+    kept: list[int] = []
+    for i, hit in enumerate(hits):
+        for j in kept:
+            same_text = " ".join(hit.passage.text.split()).lower() == " ".join(hits[j].passage.text.split()).lower()
+            if (same_text or sims[i, j] >= DUPLICATE_COSINE) and hit.passage.doc_id != hits[j].passage.doc_id:
+                hits[j].duplicates.append(hit.passage)
+                break
+        else:
+            kept.append(i)
+    return [hits[i] for i in kept]

@@ -1,0 +1,193 @@
+"""`Engine`: the loaded index behind the API, the page and the CLI; validation, JSON shapes and live reload.
+
+The index is loaded lazily on first use and cached on the engine (one engine per app, never a module global).
+A background check notices a rebuilt or updated index (the manifest changes) and loads it beside the old one; the
+old one keeps answering until the new one is fully loaded, then a reference swap makes it live.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+
+from .config import Config
+from .errors import BadRequest, IndexUnavailable, NotFound, QAError
+from .index import Index, embedder_for, load_index
+from .search import make_filters, parse_int, search, validate_k, validate_mode, validate_query
+from .store import manifest_path, read_manifest
+
+log = logging.getLogger(__name__)
+
+
+def _stamp(index_dir: str) -> tuple | None:
+    try:
+        st = os.stat(manifest_path(index_dir))
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size, st.st_ino
+
+
+class Engine:
+    """The service's state: one live `Index`, its embedder, and the reload watcher."""
+
+    def __init__(self, config: Config | None = None, embedder=None):
+        self.config = config or Config.from_env()
+        self._embedder = embedder
+        self._embedder_key = None
+        self._index: Index | None = None
+        self._stamp = None
+        self._lock = threading.Lock()
+        self._loading = False
+        self._last_check = 0.0
+        self.reloads = 0
+
+    # --- loading and live reload ---
+    def _embedder_for(self, manifest: dict):
+        key = (manifest["model"], manifest.get("model_path"), self.config.embed_backend)
+        if self._embedder is not None and (self._embedder_key in (None, key)) \
+                and self._embedder.model_name == manifest["model"]:
+            return self._embedder
+        backend = None if self.config.embed_backend == "auto" else self.config.embed_backend
+        self._embedder = embedder_for(manifest, backend)
+        self._embedder_key = key
+        return self._embedder
+
+    def _load(self) -> Index:
+        stamp = _stamp(self.config.index_dir)
+        manifest = read_manifest(self.config.index_dir)
+        embedder = self._embedder_for(manifest)
+        index = load_index(self.config.index_dir, embedder=embedder)
+        self._stamp = stamp
+        return index
+
+    def index(self) -> Index:
+        """The live index, loading it on first use; a changed manifest starts a background reload."""
+        if self._index is None:
+            with self._lock:
+                if self._index is None:
+                    self._index = self._load()
+            return self._index
+        now = time.monotonic()
+        if now - self._last_check >= self.config.reload_interval:
+            self._last_check = now
+            stamp = _stamp(self.config.index_dir)
+            if stamp is not None and stamp != self._stamp and not self._loading:
+                self._loading = True
+                threading.Thread(target=self._reload, name="qa-reload", daemon=True).start()
+        return self._index
+
+    def _reload(self) -> None:
+        try:
+            index = self._load()
+            old, self._index = self._index, index
+            self.reloads += 1
+            log.info("reloaded index %s (generation %s)", self.config.index_dir, index.manifest.get("generation"))
+        except QAError as e:
+            log.warning("index changed but cannot be loaded yet (%s); still serving the previous one", e)
+            self._stamp = None  # try again at the next check
+        except Exception:  # a half-written folder from a crashed writer: keep serving
+            log.exception("reload failed; still serving the previous index")
+            self._stamp = None
+        finally:
+            self._loading = False
+
+    def reload_now(self) -> None:
+        """Load the index again synchronously (after this process changed it)."""
+        with self._lock:
+            self._index = self._load()
+
+    def warm_up(self) -> None:
+        """Load the index and the model and run one query, so the first request is fast."""
+        try:
+            index = self.index()
+            search(index, "warm up", 1)
+        except QAError as e:
+            log.warning("%s", e)
+
+    # --- requests ---
+    def _params(self, params: dict):
+        q = validate_query(params.get("q"), self.config.max_query_chars)
+        k = validate_k(params.get("k"), 10, self.config.max_k)
+        mode = validate_mode(params.get("mode"))
+        filters = make_filters(params.get("source"), params.get("doc_id"), params.get("published_after"),
+                               params.get("published_before"))
+        return q, k, mode, filters
+
+    def search(self, params: dict) -> dict:
+        """The /api/search object."""
+        t0 = time.perf_counter()
+        q, k, mode, filters = self._params(params)
+        result = search(self.index(), q, k, mode=mode, filters=filters or None)
+        return {"query": q, "mode": mode, "results": [h.to_dict(i) for i, h in enumerate(result.hits, 1)],
+                "timings": result.timings, "took_ms": round((time.perf_counter() - t0) * 1000, 3)}
+
+    def ask(self, params: dict) -> dict:
+        """The /api/ask object."""
+        from .answer import answer_question
+
+        t0 = time.perf_counter()
+        if params.get("k") in (None, ""):
+            params = {**params, "k": 5}
+        q, k, mode, filters = self._params(params)
+        answer = answer_question(self.index(), q, k, mode=mode, filters=filters or None)
+        return {"question": q,
+                "answer": None if answer.no_answer else {"text": answer.text,
+                                                         "sentences": [s.to_dict() for s in answer.sentences]},
+                "no_answer": answer.no_answer, "citations": answer.citations,
+                "passages": [h.to_dict(i) for i, h in enumerate(answer.search.hits, 1)],
+                "timings": answer.search.timings, "took_ms": round((time.perf_counter() - t0) * 1000, 3)}
+
+    def ask_full(self, params: dict):
+        """(validated question, Answer) for the web page."""
+        from .answer import answer_question
+
+        q, k, mode, filters = self._params({**params, "k": params.get("k") or 5})
+        return q, answer_question(self.index(), q, k, mode=mode, filters=filters or None)
+
+    def health(self) -> dict:
+        index = self.index()
+        return {"status": "ok", "passages": index.passage_count,
+                "documents": int(index.manifest["counts"]["documents"]),
+                "generation": index.manifest.get("generation"), "model": index.manifest["model"]}
+
+    def documents(self, params: dict) -> dict:
+        offset = parse_int(params.get("offset"), "offset", 0, 0, 10**9)
+        limit = parse_int(params.get("limit"), "limit", 50, 1, 1000)
+        total, docs = self.index().store.documents(offset, limit)
+        return {"total": total, "offset": offset, "limit": limit, "documents": docs}
+
+    def document(self, doc_id: str) -> dict:
+        if not doc_id or len(doc_id) > 512 or "\x00" in doc_id:
+            raise BadRequest("invalid document id")
+        doc = self.index().store.document(doc_id)
+        if doc is None:
+            raise NotFound(f"no such document: {doc_id}")
+        return doc
+
+    # --- admin writes ---
+    def add_article(self, obj: object) -> dict:
+        """Add or replace one article (JSONL schema); the live index is reloaded before returning."""
+        from .index import add_documents
+        from .ingest import article_from_dict
+
+        article = article_from_dict(obj)
+        if not article.paragraphs:
+            raise BadRequest("the article has no paragraphs left after removing boilerplate")
+        index = self.index()
+        report = add_documents(None, self.config.index_dir, articles=[article], embedder=index.embedder)
+        self.reload_now()
+        status = "unchanged" if report.unchanged else ("updated" if report.updated else "created")
+        return {"id": article.id, "status": status, "passages": len(article.paragraphs)}
+
+    def delete_document(self, doc_id: str) -> dict:
+        from .index import remove_documents
+
+        if not doc_id or len(doc_id) > 512 or "\x00" in doc_id:
+            raise BadRequest("invalid document id")
+        remove_documents([doc_id], self.config.index_dir)
+        self.reload_now()
+        return {"id": doc_id, "status": "deleted"}
+
+
+__all__ = ["Engine", "IndexUnavailable"]

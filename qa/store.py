@@ -1,0 +1,452 @@
+"""The passage store (SQLite: documents, passages, sentences, vectors, FTS5) and the index folder's manifest.
+
+The index folder holds `manifest.json` and one data folder per full build (`data-<timestamp>/`); the manifest names
+the live one. A full build writes a new data folder and swaps the manifest atomically; incremental writes change
+the live data folder in SQLite transactions. SQLite is the source of truth: it keeps every vector, so the FAISS file
+is a derived copy that can always be rebuilt from it without re-embedding.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import re
+import sqlite3
+import tempfile
+import threading
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from .chunk import Passage, Span, passage_id
+from .errors import IndexUnavailable
+from .ingest import Article
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+STORE_FILE = "store.sqlite"
+FORMAT_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS documents (
+    doc_id TEXT PRIMARY KEY, title TEXT NOT NULL, source TEXT, author TEXT, url TEXT, published TEXT,
+    tags TEXT NOT NULL DEFAULT '[]', path TEXT, content_hash TEXT NOT NULL, n_passages INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS passages (
+    id INTEGER PRIMARY KEY, passage_id TEXT NOT NULL UNIQUE,
+    doc_id TEXT NOT NULL REFERENCES documents(doc_id) ON DELETE CASCADE,
+    paragraph_index INTEGER NOT NULL, text TEXT NOT NULL, char_start INTEGER NOT NULL, char_end INTEGER NOT NULL,
+    vec BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS passages_doc ON passages(doc_id);
+CREATE TABLE IF NOT EXISTS windows (
+    id INTEGER PRIMARY KEY, passage INTEGER NOT NULL REFERENCES passages(id) ON DELETE CASCADE,
+    start INTEGER NOT NULL, end INTEGER NOT NULL, vec BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS windows_passage ON windows(passage);
+CREATE TABLE IF NOT EXISTS sentences (
+    passage INTEGER NOT NULL REFERENCES passages(id) ON DELETE CASCADE, idx INTEGER NOT NULL,
+    start INTEGER NOT NULL, end INTEGER NOT NULL, vec BLOB NOT NULL, PRIMARY KEY (passage, idx)) WITHOUT ROWID;
+CREATE VIRTUAL TABLE IF NOT EXISTS passages_fts USING fts5(
+    title, text, tokenize = 'porter unicode61 remove_diacritics 2');
+"""
+
+
+@dataclasses.dataclass
+class StoredPassage:
+    """A passage as stored, with its document's metadata for citations."""
+
+    rowid: int
+    passage_id: str
+    doc_id: str
+    paragraph_index: int
+    text: str
+    char_start: int
+    char_end: int
+    title: str
+    source: str | None
+    author: str | None
+    url: str | None
+    published: str | None
+
+    def citation(self) -> dict:
+        """The citation object of the API."""
+        return {"title": self.title, "source": self.source, "author": self.author, "url": self.url,
+                "published": self.published, "paragraph_index": self.paragraph_index,
+                "char_start": self.char_start, "char_end": self.char_end}
+
+
+@dataclasses.dataclass
+class Filters:
+    """Search filters, applied before the top-k cut."""
+
+    source: str | None = None
+    doc_id: str | None = None
+    published_after: str | None = None
+    published_before: str | None = None
+
+    def __bool__(self) -> bool:
+        return any(v is not None for v in dataclasses.astuple(self))
+
+    def sql(self, alias: str = "d") -> tuple[str, list]:
+        """A WHERE fragment over the documents table and its parameters."""
+        clauses, params = [], []
+        if self.source is not None:
+            clauses.append(f"{alias}.source = ? COLLATE NOCASE")
+            params.append(self.source)
+        if self.doc_id is not None:
+            clauses.append(f"{alias}.doc_id = ?")
+            params.append(self.doc_id)
+        if self.published_after is not None:
+            clauses.append(f"{alias}.published >= ?")
+            params.append(self.published_after)
+        if self.published_before is not None:
+            clauses.append(f"{alias}.published <= ?")
+            params.append(self.published_before)
+        return " AND ".join(clauses) or "1", params
+
+
+def to_blob(vec: np.ndarray) -> bytes:
+    """float32 bytes of a vector."""
+    return np.asarray(vec, dtype=np.float32).tobytes()
+
+
+def from_blobs(blobs: Sequence[bytes], dim: int) -> np.ndarray:
+    """A float32 matrix from vector blobs."""
+    if not blobs:
+        return np.zeros((0, dim), np.float32)
+    return np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), dim)
+
+
+# --- FTS5 query building ---
+_TERM = re.compile(r"\w+", re.UNICODE)
+STOPWORDS = frozenset("""a about above after again against all am an and any are as at be because been before being below
+between both but by can could did do does doing down during each few for from further had has have having he her here
+hers herself him himself his how i if in into is it its itself just me more most my myself no nor not now of off on
+once only or other our ours ourselves out over own same she should so some such than that the their theirs them
+themselves then there these they this those through to too under until up very was we were what when where which while
+who whom whose why will with would you your yours yourself yourselves""".split())
+
+
+def query_terms(text: str) -> list[str]:
+    """Distinct content words of a query (stop words dropped unless nothing else is left)."""
+    words = [w.lower() for w in _TERM.findall(text)]
+    content = [w for w in words if w not in STOPWORDS] or words
+    return list(dict.fromkeys(content))
+
+
+def fts_query(terms: Iterable[str]) -> str:
+    """An FTS5 OR-query of quoted terms (quoting keeps FTS5 syntax out of user input)."""
+    return " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
+
+
+class Store:
+    """The SQLite passage store of one data folder. One connection per thread; writes in transactions."""
+
+    def __init__(self, path: str, *, readonly: bool = False, create: bool = False):
+        if not create and not os.path.exists(path):
+            raise IndexUnavailable(f"passage store missing: {path}")
+        self.path = path
+        self.readonly = readonly
+        self._local = threading.local()
+        if create:
+            self.con.executescript(SCHEMA)  # executescript manages its own transaction
+            self.con.execute("INSERT OR IGNORE INTO meta VALUES ('generation', '0')")
+
+    @property
+    def con(self) -> sqlite3.Connection:
+        """This thread's connection."""
+        con = getattr(self._local, "con", None)
+        if con is None:
+            if self.readonly:
+                con = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False,
+                                      timeout=30)
+            else:
+                con = sqlite3.connect(self.path, check_same_thread=False, timeout=60, isolation_level=None)
+                con.execute("PRAGMA journal_mode=WAL")
+                con.execute("PRAGMA synchronous=NORMAL")
+            con.execute("PRAGMA foreign_keys=ON")
+            self._local.con = con
+        return con
+
+    def close(self) -> None:
+        """Close this thread's connection."""
+        con = getattr(self._local, "con", None)
+        if con is not None:
+            con.close()
+            self._local.con = None
+
+    @contextlib.contextmanager
+    def transaction(self):
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on error."""
+        con = self.con
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            yield con
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        con.execute("COMMIT")
+
+    # --- meta ---
+    def get_meta(self, key: str, default: str | None = None) -> str | None:
+        row = self.con.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else default
+
+    @property
+    def generation(self) -> int:
+        """Bumped by every committed write; the FAISS file records the generation it reflects."""
+        return int(self.get_meta("generation", "0"))
+
+    # --- writes ---
+    def content_hash(self, doc_id: str) -> str | None:
+        row = self.con.execute("SELECT content_hash FROM documents WHERE doc_id = ?", (doc_id,)).fetchone()
+        return row[0] if row else None
+
+    def _delete_document(self, con: sqlite3.Connection, doc_id: str) -> list[int]:
+        window_ids = [r[0] for r in con.execute(
+            "SELECT w.id FROM windows w JOIN passages p ON p.id = w.passage WHERE p.doc_id = ?", (doc_id,))]
+        con.execute("DELETE FROM passages_fts WHERE rowid IN (SELECT id FROM passages WHERE doc_id = ?)", (doc_id,))
+        con.execute("DELETE FROM documents WHERE doc_id = ?", (doc_id,))
+        return window_ids
+
+    def write(self, articles: Sequence[tuple[Article, Sequence[Passage], Sequence[np.ndarray],
+                                             Sequence[np.ndarray]]],
+              removals: Sequence[str] = ()) -> tuple[list[tuple[int, np.ndarray]], list[int]]:
+        """Remove documents and insert or replace articles in one transaction.
+
+        Each article comes with its passages, one window-vector matrix per passage and one sentence-vector matrix
+        per passage. Returns ((window id, vector) added, window ids removed)."""
+        added, removed = [], []
+        with self.transaction() as con:
+            for doc_id in removals:
+                removed += self._delete_document(con, doc_id)
+            for article, passages, window_vecs, sentence_vecs in articles:
+                removed += self._delete_document(con, article.id)
+                con.execute(
+                    "INSERT INTO documents VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    (article.id, article.title, article.source, article.author, article.url, article.published,
+                     json.dumps(article.tags), article.path, article.content_hash(), len(passages)))
+                for passage, wvecs, svecs in zip(passages, window_vecs, sentence_vecs):
+                    pvec = wvecs.mean(axis=0)
+                    pvec = pvec / max(float(np.linalg.norm(pvec)), 1e-12)
+                    cur = con.execute(
+                        "INSERT INTO passages (passage_id, doc_id, paragraph_index, text, char_start, char_end, vec)"
+                        " VALUES (?,?,?,?,?,?,?)",
+                        (passage.passage_id, passage.doc_id, passage.paragraph_index, passage.text,
+                         passage.char_start, passage.char_end, to_blob(pvec)))
+                    rowid = cur.lastrowid
+                    con.execute("INSERT INTO passages_fts (rowid, title, text) VALUES (?,?,?)",
+                                (rowid, article.title, passage.text))
+                    for (start, end), vec in zip(passage.windows, wvecs):
+                        cur = con.execute("INSERT INTO windows (passage, start, end, vec) VALUES (?,?,?,?)",
+                                          (rowid, start, end, to_blob(vec)))
+                        added.append((cur.lastrowid, vec))
+                    con.executemany("INSERT INTO sentences VALUES (?,?,?,?,?)",
+                                    [(rowid, i, s, e, to_blob(v))
+                                     for i, ((s, e), v) in enumerate(zip(passage.sentences, svecs))])
+            con.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
+        return added, removed
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.transaction() as con:
+            con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    # --- reads ---
+    def counts(self) -> dict:
+        con = self.con
+        return {"documents": con.execute("SELECT COUNT(*) FROM documents").fetchone()[0],
+                "passages": con.execute("SELECT COUNT(*) FROM passages").fetchone()[0],
+                "windows": con.execute("SELECT COUNT(*) FROM windows").fetchone()[0],
+                "sentences": con.execute("SELECT COUNT(*) FROM sentences").fetchone()[0]}
+
+    def all_windows(self, dim: int, batch: int = 50_000):
+        """(window ids, passage rowids, vectors) of every window, in id order, in batches."""
+        last = 0
+        while True:
+            rows = self.con.execute("SELECT id, passage, vec FROM windows WHERE id > ? ORDER BY id LIMIT ?",
+                                    (last, batch)).fetchall()
+            if not rows:
+                return
+            last = rows[-1][0]
+            yield (np.array([r[0] for r in rows], np.int64), np.array([r[1] for r in rows], np.int64),
+                   from_blobs([r[2] for r in rows], dim))
+
+    def window_passages(self) -> tuple[np.ndarray, np.ndarray]:
+        """(window ids, passage rowids) of every window."""
+        rows = self.con.execute("SELECT id, passage FROM windows ORDER BY id").fetchall()
+        arr = np.array(rows, np.int64).reshape(-1, 2)
+        return arr[:, 0], arr[:, 1]
+
+    _PASSAGE_COLS = ("p.id, p.passage_id, p.doc_id, p.paragraph_index, p.text, p.char_start, p.char_end, "
+                     "d.title, d.source, d.author, d.url, d.published")
+
+    def passages(self, rowids: Sequence[int]) -> dict[int, StoredPassage]:
+        """Stored passages by row id (unknown ids are left out)."""
+        out = {}
+        ids = list(rowids)
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            q = (f"SELECT {self._PASSAGE_COLS} FROM passages p JOIN documents d ON d.doc_id = p.doc_id "
+                 f"WHERE p.id IN ({','.join('?' * len(chunk))})")
+            for row in self.con.execute(q, chunk):
+                out[row[0]] = StoredPassage(*row)
+        return out
+
+    def passage_texts(self, rowids: Sequence[int]) -> dict[int, str]:
+        """Passage texts by row id."""
+        if not rowids:
+            return {}
+        return dict(self.con.execute(
+            f"SELECT id, text FROM passages WHERE id IN ({','.join('?' * len(rowids))})", list(rowids)).fetchall())
+
+    def passage_by_public_id(self, pid: str) -> StoredPassage | None:
+        row = self.con.execute(f"SELECT {self._PASSAGE_COLS} FROM passages p JOIN documents d "
+                               "ON d.doc_id = p.doc_id WHERE p.passage_id = ?", (pid,)).fetchone()
+        return StoredPassage(*row) if row else None
+
+    def passage_vectors(self, rowids: Sequence[int], dim: int) -> np.ndarray:
+        """Whole-passage vectors in the order of `rowids`."""
+        if not rowids:
+            return np.zeros((0, dim), np.float32)
+        rows = dict(self.con.execute(
+            f"SELECT id, vec FROM passages WHERE id IN ({','.join('?' * len(rowids))})", list(rowids)))
+        return from_blobs([rows[r] for r in rowids], dim)
+
+    def window_vectors(self, rowids: Sequence[int], dim: int) -> tuple[np.ndarray, np.ndarray]:
+        """(passage rowid per window, window vectors) of the windows of some passages."""
+        if not rowids:
+            return np.zeros(0, np.int64), np.zeros((0, dim), np.float32)
+        rows = self.con.execute(
+            f"SELECT passage, vec FROM windows WHERE passage IN ({','.join('?' * len(rowids))})",
+            list(rowids)).fetchall()
+        return np.array([r[0] for r in rows], np.int64), from_blobs([r[1] for r in rows], dim)
+
+    def lexical_scores(self, terms: Sequence[str], rowids: Sequence[int],
+                       title_weight: float = 1.0) -> dict[int, float]:
+        """BM25 scores of some passages (passages matching no term are left out)."""
+        if not terms or not rowids:
+            return {}
+        q = ("SELECT rowid, -bm25(passages_fts, ?, 1.0) FROM passages_fts WHERE passages_fts MATCH ? "
+             f"AND rowid IN ({','.join('?' * len(rowids))})")
+        return dict(self.con.execute(q, [title_weight, fts_query(terms), *rowids]).fetchall())
+
+    def sentences(self, rowids: Sequence[int], dim: int) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
+        """Sentence vectors and (passage rowid, idx, start, end) of the sentences of some passages."""
+        if not rowids:
+            return np.zeros((0, dim), np.float32), []
+        rows = self.con.execute(
+            f"SELECT passage, idx, start, end, vec FROM sentences WHERE passage IN ({','.join('?' * len(rowids))})"
+            " ORDER BY passage, idx", list(rowids)).fetchall()
+        return from_blobs([r[4] for r in rows], dim), [r[:4] for r in rows]
+
+    def doc_freqs(self, terms: Sequence[str]) -> dict[str, int]:
+        """Number of passages whose text holds each term (after FTS5's own stemming)."""
+        out = {}
+        for t in terms:
+            q = 'text:"' + t.replace('"', '""') + '"'
+            out[t] = self.con.execute("SELECT COUNT(*) FROM passages_fts WHERE passages_fts MATCH ?", (q,)).fetchone()[0]
+        return out
+
+    def lexical_search(self, terms: Sequence[str], limit: int, filters: Filters | None = None,
+                       title_weight: float = 1.0) -> list[tuple[int, float]]:
+        """BM25 (FTS5) over title and text: (passage rowid, score), best first, score higher is better."""
+        if not terms:
+            return []
+        where, params = (filters or Filters()).sql("d")
+        if filters:
+            q = ("SELECT f.rowid, -bm25(passages_fts, ?, 1.0) AS s FROM passages_fts f "
+                 "JOIN passages p ON p.id = f.rowid JOIN documents d ON d.doc_id = p.doc_id "
+                 f"WHERE passages_fts MATCH ? AND {where} ORDER BY s DESC LIMIT ?")
+        else:
+            q = ("SELECT rowid, -bm25(passages_fts, ?, 1.0) AS s FROM passages_fts "
+                 "WHERE passages_fts MATCH ? ORDER BY s DESC LIMIT ?")
+            params = []
+        return [(r[0], r[1]) for r in self.con.execute(q, [title_weight, fts_query(terms), *params, limit])]
+
+    def filtered_window_ids(self, filters: Filters) -> np.ndarray:
+        """Ids of the windows whose documents pass the filters."""
+        where, params = filters.sql("d")
+        rows = self.con.execute(
+            "SELECT w.id FROM windows w JOIN passages p ON p.id = w.passage JOIN documents d ON d.doc_id = p.doc_id"
+            f" WHERE {where}", params).fetchall()
+        return np.array([r[0] for r in rows], np.int64)
+
+    def document_ids(self) -> list[str]:
+        return [r[0] for r in self.con.execute("SELECT doc_id FROM documents ORDER BY doc_id")]
+
+    def documents(self, offset: int = 0, limit: int = 50) -> tuple[int, list[dict]]:
+        """(total, page of documents) in id order."""
+        total = self.con.execute("SELECT COUNT(*) FROM documents").fetchone()[0]
+        rows = self.con.execute(
+            "SELECT doc_id, title, source, author, url, published, n_passages FROM documents "
+            "ORDER BY doc_id LIMIT ? OFFSET ?", (limit, offset)).fetchall()
+        keys = ("id", "title", "source", "author", "url", "published", "passages")
+        return total, [dict(zip(keys, r)) for r in rows]
+
+    def document(self, doc_id: str) -> dict | None:
+        """A document's metadata and paragraphs, or None."""
+        row = self.con.execute("SELECT doc_id, title, source, author, url, published, tags, n_passages "
+                               "FROM documents WHERE doc_id = ?", (doc_id,)).fetchone()
+        if row is None:
+            return None
+        keys = ("id", "title", "source", "author", "url", "published", "tags", "passages")
+        doc = dict(zip(keys, row))
+        doc["tags"] = json.loads(doc["tags"])
+        doc["paragraphs"] = [
+            {"passage_id": pid, "paragraph_index": idx, "text": text, "char_start": s, "char_end": e}
+            for pid, idx, text, s, e in self.con.execute(
+                "SELECT passage_id, paragraph_index, text, char_start, char_end FROM passages "
+                "WHERE doc_id = ? ORDER BY paragraph_index", (doc_id,))]
+        return doc
+
+
+# --- manifest and index folder ---
+
+def manifest_path(index_dir: str) -> str:
+    return os.path.join(index_dir, MANIFEST)
+
+
+def read_manifest(index_dir: str) -> dict:
+    """The index folder's manifest; a clear `IndexUnavailable` naming the fix when missing or corrupt."""
+    path = manifest_path(index_dir)
+    fix = f"build it with: qa build SOURCE... --index-dir {index_dir}"
+    if not os.path.exists(path):
+        raise IndexUnavailable(f"no index in {index_dir} (manifest.json missing); {fix}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            manifest = json.load(f)
+    except (OSError, ValueError) as e:
+        raise IndexUnavailable(f"corrupt manifest {path} ({e}); rebuild: {fix}") from None
+    if not isinstance(manifest, dict) or "data_dir" not in manifest or "model" not in manifest:
+        raise IndexUnavailable(f"corrupt manifest {path} (fields missing); rebuild: {fix}")
+    if manifest.get("format") != FORMAT_VERSION:
+        raise IndexUnavailable(f"index format {manifest.get('format')} in {index_dir} is not {FORMAT_VERSION}; "
+                               f"rebuild: {fix}")
+    return manifest
+
+
+def write_json_atomic(path: str, obj: dict) -> None:
+    """Write JSON to a temporary file, fsync, and rename it into place."""
+    directory = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, sort_keys=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):
+        dfd = os.open(directory, os.O_RDONLY)
+        os.fsync(dfd)
+        os.close(dfd)
+
+
+__all__ = ["Store", "StoredPassage", "Filters", "read_manifest", "write_json_atomic", "query_terms", "fts_query",
+           "passage_id", "Span"]

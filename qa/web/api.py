@@ -1,0 +1,98 @@
+"""The JSON API: search, ask, documents, health, OpenAPI, and the admin writes behind a bearer token."""
+from __future__ import annotations
+
+import hmac
+
+from flask import Blueprint, current_app, jsonify, request
+
+from ..errors import BadRequest, Forbidden, Unauthorized
+from .openapi import openapi_spec
+
+bp = Blueprint("api", __name__)
+
+QUERY_KEYS = ("q", "k", "mode", "source", "doc_id", "published_after", "published_before")
+
+
+def engine():
+    return current_app.extensions["qa_engine"]
+
+
+def _json_body() -> dict:
+    """The request's JSON object; a clear 400 for anything else."""
+    data = request.get_data(cache=True)
+    if not data:
+        raise BadRequest("the request body must be a JSON object")
+    try:
+        body = request.get_json(force=True, silent=False)
+    except Exception:  # werkzeug raises its own BadRequest with an HTML body
+        raise BadRequest("the request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise BadRequest("the request body must be a JSON object")
+    return body
+
+
+def _query_params() -> dict:
+    if request.method == "POST":
+        body = _json_body()
+        unknown = set(body) - set(QUERY_KEYS)
+        if unknown:
+            raise BadRequest("unknown fields: " + ", ".join(sorted(unknown)[:5]))
+        return body
+    for key in QUERY_KEYS:
+        if len(request.args.getlist(key)) > 1:
+            raise BadRequest(f"{key} given more than once")
+    return {key: request.args.get(key) for key in QUERY_KEYS}
+
+
+@bp.route("/api/search", methods=["GET", "POST"])
+def search():
+    return jsonify(engine().search(_query_params()))
+
+
+@bp.route("/api/ask", methods=["GET", "POST"])
+def ask():
+    return jsonify(engine().ask(_query_params()))
+
+
+@bp.get("/healthz")
+def healthz():
+    return jsonify(engine().health())
+
+
+@bp.get("/openapi.json")
+def openapi():
+    return jsonify(openapi_spec())
+
+
+@bp.get("/api/documents")
+def documents():
+    return jsonify(engine().documents({"offset": request.args.get("offset"), "limit": request.args.get("limit")}))
+
+
+@bp.get("/api/documents/<path:doc_id>")
+def document(doc_id: str):
+    return jsonify(engine().document(doc_id))
+
+
+def _require_admin() -> None:
+    """401 for a wrong or missing bearer token, 403 while QA_ADMIN_TOKEN is unset; compared in constant time."""
+    token = current_app.extensions["qa_config"].admin_token
+    if not token:
+        raise Forbidden("the admin API is off: set QA_ADMIN_TOKEN to enable it")
+    header = request.headers.get("Authorization", "")
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+        raise Unauthorized("missing or wrong bearer token")
+
+
+@bp.post("/api/documents")
+def add_document():
+    _require_admin()
+    result = engine().add_article(_json_body())
+    return jsonify(result), 201 if result["status"] == "created" else 200
+
+
+@bp.delete("/api/documents/<path:doc_id>")
+def delete_document(doc_id: str):
+    _require_admin()
+    return jsonify(engine().delete_document(doc_id))

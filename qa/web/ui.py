@@ -1,0 +1,62 @@
+"""The web search box: one server-rendered page, works without JavaScript; `/?q=...` is a shareable URL."""
+from __future__ import annotations
+
+import re
+
+from flask import Blueprint, current_app, render_template, request
+from markupsafe import Markup, escape
+
+from ..errors import QAError
+from ..store import query_terms
+
+bp = Blueprint("ui", __name__, template_folder="templates", static_folder="static", static_url_path="/static")
+
+
+def highlight(text: str, spans: list[tuple[int, int]], terms: list[str]) -> Markup:
+    """Escaped passage text with answer spans in <mark> and the query's words in <em>."""
+    word_re = re.compile(r"\b(" + "|".join(re.escape(t) for t in terms) + r")\w*", re.I) if terms else None
+
+    def words(chunk: str) -> str:
+        if not word_re:
+            return str(escape(chunk))
+        out, last = [], 0
+        for m in word_re.finditer(chunk):
+            out.append(str(escape(chunk[last:m.start()])))
+            out.append(f"<em>{escape(m.group(0))}</em>")
+            last = m.end()
+        out.append(str(escape(chunk[last:])))
+        return "".join(out)
+
+    out, last = [], 0
+    for start, end in sorted(spans):
+        if start < last:
+            continue
+        out.append(words(text[last:start]))
+        out.append(f'<mark class="answer">{words(text[start:end])}</mark>')
+        last = end
+    out.append(words(text[last:]))
+    return Markup("".join(out))
+
+
+def error_page(message: str, status: int):
+    return render_template("index.html", q="", error=message, answer=None, results=[]), status
+
+
+@bp.get("/")
+def index():
+    q = request.args.get("q", "")
+    if not q.strip():
+        return render_template("index.html", q="", answer=None, results=[], error=None)
+    engine = current_app.extensions["qa_engine"]
+    try:
+        question, answer = engine.ask_full({"q": q, "k": request.args.get("k") or 5,
+                                             "mode": request.args.get("mode")})
+    except QAError as e:
+        return render_template("index.html", q=q, answer=None, results=[], error=str(e)), e.status
+    spans = answer.highlights()
+    cited = {c["passage_id"]: c["n"] for c in answer.citations}
+    terms = query_terms(question)
+    results = [{"hit": h, "n": cited.get(h.passage.passage_id),
+                "html": highlight(h.passage.text, spans.get(h.passage.passage_id, []), terms)}
+               for h in answer.search.hits]
+    return render_template("index.html", q=q, answer=answer, results=results, error=None)

@@ -1,0 +1,46 @@
+import pytest
+
+from qa.errors import BadRequest
+from qa.search import combine, fuse_hybrid, minmax, rrf, top, validate_k, validate_query, zscores
+
+
+def test_rrf_rewards_agreement():
+    fused = rrf([[(1, 9.0), (2, 8.0)], [(2, 0.5), (3, 0.4)]], k=60)
+    assert top(fused, 1)[0][0] == 2
+    assert fused[1] == pytest.approx(1 / 61)
+
+
+def test_zscores_and_minmax_are_scale_free():
+    a = zscores({1: 1.0, 2: 2.0, 3: 3.0})
+    b = zscores({1: 100.0, 2: 200.0, 3: 300.0})
+    assert a == pytest.approx(b)
+    assert minmax({1: 5.0, 2: 10.0}) == {1: 0.0, 2: 1.0}
+    assert zscores({1: 4.0, 2: 4.0}) == {1: 0.0, 2: 0.0}
+
+
+def test_combine_fills_missing_with_the_signal_minimum():
+    out = combine([{1: 1.0, 2: 0.0}, {2: 1.0}], [1.0, 1.0])
+    assert out == {1: 2.0, 2: 1.0}
+
+
+def test_hybrid_surfaces_lexical_only_and_dense_only_evidence():
+    candidates = [1, 2, 3]
+    sentence = {1: 0.9, 2: 0.1, 3: 0.2}  # 1: paraphrase, no shared words
+    lexical = {2: 12.0, 3: 0.5}  # 2: rare-name match, far in meaning
+    fused = fuse_hybrid(sentence, lexical, {}, candidates)
+    assert {r for r, _ in top(fused, 2)} == {1, 2}
+
+
+@pytest.mark.parametrize("k", [0, -1, 101, "abc", "1e9", 1.5, True, "", None])
+def test_bad_k(k):
+    if k in ("", None):
+        assert validate_k(k) == 10
+    else:
+        with pytest.raises(BadRequest):
+            validate_k(k)
+
+
+@pytest.mark.parametrize("q", [None, "", "   ", "x" * 1001, 5, "a\x00b"])
+def test_bad_query(q):
+    with pytest.raises(BadRequest):
+        validate_query(q)

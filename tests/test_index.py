@@ -1,0 +1,125 @@
+"""Index build, add, remove and check with the fake embedder (fast), and load errors that name the fix."""
+import json
+import os
+
+import pytest
+
+from qa.errors import IndexUnavailable, NotFound
+from qa.index import add_documents, build_index, check_index, load_index, remove_documents
+from qa.ingest import article_from_dict
+from qa.search import search
+from qa.store import Filters
+
+ARTS = [
+    {"id": "a1", "title": "Harbour strike", "source": "Wire", "published": "2024-01-05",
+     "paragraphs": ["Dock workers at the harbour walked out over pay on Monday morning.",
+                    "The union leader Marta Quist said talks would resume on Friday."]},
+    {"id": "a2", "title": "Rail fares", "source": "Gazette", "published": "2024-03-01",
+     "paragraphs": ["Rail fares will rise by four percent in March, the operator said.",
+                    "Commuter groups called the increase unfair to workers on low pay."]},
+]
+
+
+@pytest.fixture()
+def corpus(tmp_path):
+    path = tmp_path / "arts.jsonl"
+    path.write_text("".join(json.dumps(a) + "\n" for a in ARTS))
+    return str(path)
+
+
+@pytest.fixture()
+def built(tmp_path, corpus, fake_embedder):
+    idx = str(tmp_path / "index")
+    build_index([corpus], idx, embedder=fake_embedder)
+    return idx
+
+
+def _load(idx, emb):
+    return load_index(idx, embedder=emb)
+
+
+def test_build_writes_manifest_and_agrees(built, fake_embedder):
+    m = json.load(open(os.path.join(built, "manifest.json")))
+    assert m["counts"]["documents"] == 2 and m["counts"]["passages"] == 4
+    assert m["model"] == "hash" and m["dim"] == fake_embedder.dim and m["index_kind"] == "flat"
+    assert check_index(built) == []
+
+
+def test_add_is_idempotent_and_updates_replace(built, fake_embedder):
+    art = article_from_dict({"id": "a3", "title": "Zebra crossings", "paragraphs": ["Eleven zebra crossings were painted."]})
+    r = add_documents(None, built, articles=[art], embedder=fake_embedder)
+    assert (r.added, r.passages) == (1, 5)
+    r = add_documents(None, built, articles=[art], embedder=fake_embedder)
+    assert (r.unchanged, r.passages) == (1, 5)
+    changed = article_from_dict({"id": "a3", "title": "Zebra crossings", "paragraphs": ["Twelve.", "Two paragraphs now."]})
+    r = add_documents(None, built, articles=[changed], embedder=fake_embedder)
+    assert (r.updated, r.passages) == (1, 6)
+    assert check_index(built) == []
+    idx = _load(built, fake_embedder)
+    assert [h.passage.doc_id for h in search(idx, "two paragraphs now", 1, mode="lexical").hits] == ["a3"]
+
+
+def test_remove_and_unknown_id(built, fake_embedder):
+    r = remove_documents(["a1"], built)
+    assert (r.removed, r.documents, r.passages) == (1, 1, 2)
+    assert check_index(built) == []
+    with pytest.raises(NotFound):
+        remove_documents(["nope"], built)
+    idx = _load(built, fake_embedder)
+    assert all(h.passage.doc_id == "a2" for h in search(idx, "dock workers harbour", 5).hits)
+
+
+def test_filters_apply_before_the_cut(built, fake_embedder):
+    idx = _load(built, fake_embedder)
+    for mode in ("hybrid", "dense", "lexical"):
+        hits = search(idx, "workers pay", 1, mode=mode, filters=Filters(source="Gazette")).hits
+        assert hits and hits[0].passage.doc_id == "a2", mode
+    hits = search(idx, "workers pay", 10, filters=Filters(published_before="2024-02-01")).hits
+    assert {h.passage.doc_id for h in hits} == {"a1"}
+    assert search(idx, "workers", 10, filters=Filters(doc_id="zzz")).hits == []
+
+
+def test_near_duplicates_collapse(tmp_path, fake_embedder):
+    text = "The central bank raised interest rates by half a point on Thursday to fight inflation."
+    arts = [{"id": f"w{i}", "title": f"Rates {i}", "source": s, "paragraphs": [text]} for i, s in enumerate(["AP", "Reuters", "AFP"])]
+    arts.append({"id": "other", "title": "Other", "paragraphs": ["Farmers expect a record wheat harvest this summer."]})
+    path = tmp_path / "dups.jsonl"
+    path.write_text("".join(json.dumps(a) + "\n" for a in arts))
+    idx_dir = str(tmp_path / "index")
+    build_index([str(path)], idx_dir, embedder=fake_embedder)
+    hits = search(_load(idx_dir, fake_embedder), "interest rates inflation", 5).hits
+    assert hits[0].passage.doc_id.startswith("w") and len(hits[0].duplicates) == 2
+    assert sum(1 for h in hits if h.passage.doc_id.startswith("w")) == 1
+    assert "duplicates" in hits[0].to_dict(1)
+
+
+def test_missing_or_corrupt_index_names_the_fix(tmp_path, built, fake_embedder):
+    with pytest.raises(IndexUnavailable, match="qa build"):
+        load_index(str(tmp_path / "nothing"))
+    with open(os.path.join(built, "manifest.json"), "w") as f:
+        f.write("{broken")
+    with pytest.raises(IndexUnavailable, match="qa build"):
+        load_index(built)
+
+
+def test_other_model_is_refused(built):
+    from qa.embed import HashEmbedder
+
+    other = HashEmbedder(dim=32)
+    other.model_name = "another-model"
+    with pytest.raises(IndexUnavailable, match="qa build"):
+        load_index(built, embedder=other)
+
+
+def test_check_reports_disagreement(built):
+    m = json.load(open(os.path.join(built, "manifest.json")))
+    m["counts"]["passages"] = 99
+    json.dump(m, open(os.path.join(built, "manifest.json"), "w"))
+    assert any("passages" in p for p in check_index(built))
+
+
+def test_stale_vectors_are_rebuilt_from_the_store(built, fake_embedder):
+    m = json.load(open(os.path.join(built, "manifest.json")))
+    os.remove(os.path.join(built, m["data_dir"], "vectors.faiss"))
+    idx = _load(built, fake_embedder)
+    assert idx.vectors.ntotal == 4

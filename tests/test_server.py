@@ -1,0 +1,83 @@
+"""A real `qa serve` (waitress) on a loopback port, driven over HTTP."""
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+
+QA = os.path.join(os.path.dirname(sys.executable), "qa")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(url, data=None, headers=None, method=None):
+    req = urllib.request.Request(url, data=data, headers=headers or {}, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.headers, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, e.read()
+
+
+@contextlib.contextmanager
+def serve(index_dir, env=None, *args):
+    port = free_port()
+    p = subprocess.Popen([QA, "serve", "--index-dir", index_dir, "--port", str(port), *args],
+                         env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            with contextlib.suppress(OSError):
+                if get(base + "/healthz")[0] == 200:
+                    break
+            assert p.poll() is None, p.stdout.read().decode()[-2000:]
+            time.sleep(0.2)
+        yield base
+    finally:
+        os.killpg(p.pid, signal.SIGTERM)
+        p.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def server(seed_index_dir):
+    with serve(seed_index_dir) as base:
+        yield base
+
+
+def test_health_and_search_over_http(server):
+    status, headers, body = get(server + "/healthz")
+    assert status == 200 and json.loads(body)["passages"] == 15
+    status, headers, body = get(server + "/api/search?q=what+actions+has+China+taken%3F&k=3")
+    res = json.loads(body)["results"]
+    assert status == 200 and any("enforcement actions" in r["text"] or "Narcotics Control Board" in r["text"] for r in res)
+    assert headers["Server"] == "qa" or "waitress" in headers.get("Server", "")
+
+
+def test_errors_over_http_are_json(server):
+    for path in ("/api/search", "/api/search?q=china&k=abc", "/api/nope"):
+        status, headers, body = get(server + path)
+        assert 400 <= status < 500 and "json" in headers["Content-Type"] and json.loads(body)["error"]
+
+
+def test_page_is_escaped_and_secured(server):
+    status, headers, body = get(server + "/?q=%3Cscript%3Ealert(1)%3C%2Fscript%3E")
+    html = body.decode()
+    assert "<script>alert(1)</script>" not in html and "&lt;script&gt;" in html
+    assert "Content-Security-Policy" in headers and headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_binds_loopback_by_default(server):
+    assert server.startswith("http://127.0.0.1:")
