@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hmac
+from urllib.parse import unquote_to_bytes
 
 from flask import Blueprint, current_app, jsonify, request
 
@@ -11,6 +12,16 @@ from .openapi import openapi_spec
 bp = Blueprint("api", __name__)
 
 QUERY_KEYS = ("q", "k", "mode", "source", "doc_id", "published_after", "published_before")
+
+
+@bp.before_request
+def _reject_invalid_utf8() -> None:
+    """A 400 for a URL that is not UTF-8 (werkzeug would pass "%ff" on as the text "%FF", or as U+FFFD)."""
+    try:
+        request.environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8")
+        unquote_to_bytes(request.query_string).decode("utf-8")
+    except UnicodeError:
+        raise BadRequest("the URL is not valid UTF-8") from None
 
 
 def engine():

@@ -1,0 +1,43 @@
+"""`qa eval` on a small vendored SQuAD subset with the real model."""
+import json
+import os
+
+import pytest
+from click.testing import CliRunner
+
+from qa.cli import main
+from qa.index import build_index
+
+from conftest import SQUAD_SMALL
+
+
+@pytest.fixture(scope="module")
+def small_index(tmp_path_factory, embedder):
+    path = str(tmp_path_factory.mktemp("squad-small") / "index")
+    build_index([os.path.join(SQUAD_SMALL, "articles.jsonl")], path, embedder=embedder)
+    return path
+
+
+def _eval(index_dir, mode):
+    res = CliRunner().invoke(main, ["eval", os.path.join(SQUAD_SMALL, "questions.jsonl"), "--index-dir", index_dir,
+                                    "--mode", mode, "--json"])
+    assert res.exit_code == 0, res.output
+    return json.loads(res.stdout)
+
+
+def test_eval_reports_every_metric_and_hybrid_leads(small_index):
+    out = {mode: _eval(small_index, mode) for mode in ("hybrid", "dense", "lexical")}
+    h = out["hybrid"]
+    assert h["questions"] == 120
+    for key in ("recall@1", "recall@5", "recall@10", "mrr@10", "answer_hit@1", "latency_p50_ms", "latency_p95_ms"):
+        assert key in h
+    assert h["recall@5"] >= 0.9 and h["mrr@10"] >= 0.8 and h["answer_hit@1"] >= 0.6
+    for key in ("recall@1", "recall@5", "mrr@10"):
+        assert h[key] >= max(out["dense"][key], out["lexical"][key]) - 0.02, key
+
+
+def test_eval_rejects_a_bad_question_file(tmp_path, small_index):
+    bad = tmp_path / "q.jsonl"
+    bad.write_text('{"question": "x"}\n')
+    res = CliRunner().invoke(main, ["eval", str(bad), "--index-dir", small_index])
+    assert res.exit_code != 0 and "doc_id" in res.output and "Traceback" not in res.output
