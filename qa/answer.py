@@ -8,9 +8,6 @@ of one question, so no weight depends on a collection's score scale.
 from __future__ import annotations
 
 import dataclasses
-import functools
-import math
-import re
 
 import numpy as np
 
@@ -22,45 +19,6 @@ NO_ANSWER_COVERAGE = 0.50  # ... unless the sentence holds this share of the que
 ANSWER_PASSAGES = 5  # candidate sentences come from this many top passages
 MAX_SENTENCES = 3
 FOLLOW_MARGIN = 0.75  # further sentences (from other passages) within this many standard deviations of the best
-
-_WORD = re.compile(r"\w+", re.UNICODE)
-
-
-@functools.lru_cache(maxsize=1)
-def _stemmer():
-    import snowballstemmer
-
-    return snowballstemmer.stemmer("english")
-
-
-@functools.lru_cache(maxsize=100_000)
-def stem(word: str) -> str:
-    """The Snowball (Porter 2) stem of a lower-cased word."""
-    return _stemmer().stemWord(word.lower())
-
-
-def stems(text: str) -> set[str]:
-    """Stems of the words of a text."""
-    return {stem(w) for w in _WORD.findall(text)}
-
-
-def term_weights(index, terms: list[str]) -> dict[str, float]:
-    """IDF weight of each content stem of the query terms, document frequencies from the lexical index."""
-    n = max(index.passage_count, 1)
-    weights: dict[str, float] = {}
-    for term, df in index.store.doc_freqs(terms).items():
-        weights[stem(term)] = max(weights.get(stem(term), 0.0), math.log(1 + (n - df + 0.5) / (df + 0.5)))
-    return weights
-
-
-def coverage(text: str, weights: dict[str, float]) -> float:
-    """Share of the question's IDF weight whose stems the text holds."""
-    total = sum(weights.values())
-    if total <= 0:
-        return 0.0
-    present = stems(text)
-    return sum(w for s, w in weights.items() if s in present) / total
-
 
 @dataclasses.dataclass
 class AnswerSentence:

@@ -76,17 +76,22 @@ def _backend_choices(values: tuple[str, ...]) -> tuple[str | None, str | None]:
               help="Embedding backend (torch, onnx) and/or vector backend (faiss, milvus); repeatable.")
 @click.option("--index-type", "kind", type=click.Choice(["auto", "flat", "hnsw"]), default="auto", show_default=True,
               help="Vector index type; auto picks exact search below 200k vectors, HNSW above.")
+@click.option("--milvus-uri", default=None, help="Milvus server (http://host:19530) or Milvus Lite file (*.db) "
+                                                 "[default: milvus.db in the index folder]; implies --backend milvus.")
+@click.option("--milvus-token", default=None, envvar="QA_MILVUS_TOKEN", show_envvar=True,
+              help="Milvus token (user:password or API key); never written to the index folder.")
 @click.option("--strict", is_flag=True, help="Fail on the first unreadable file or bad JSONL line.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_handle_errors
-def build(sources, index_dir, model, backends, kind, strict, quiet):
+def build(sources, index_dir, model, backends, kind, milvus_uri, milvus_token, strict, quiet):
     """Full build of the index from files, folders and JSONL (beside the live index, then an atomic swap)."""
     from .index import build_index
 
     cfg = _config(index_dir=index_dir, model=model)
-    embed_backend, _vector_backend = _backend_choices(backends)
+    embed_backend, vector_backend = _backend_choices(backends)
     report = build_index(list(sources), cfg.index_dir, model=cfg.model, kind=kind,
-                         backend=embed_backend or cfg.embed_backend, strict=strict, progress=not quiet)
+                         backend=embed_backend or cfg.embed_backend, strict=strict, progress=not quiet,
+                         vector_backend=vector_backend, milvus_uri=milvus_uri, milvus_token=milvus_token)
     for problem in report.problems:
         click.echo(f"warning: {problem}", err=True)
     click.echo(f"built {cfg.index_dir}: {report.documents} documents, {report.passages} passages "
@@ -278,7 +283,9 @@ def serve(index_dir, host, port, threads):
 
     cfg = _config(index_dir=index_dir)
     app = create_app(cfg)
-    app.extensions["qa_engine"].warm_up()
+    engine = app.extensions["qa_engine"]
+    engine.warm_up()
+    engine.watch()
     click.echo(f"serving {os.path.abspath(cfg.index_dir)} on http://{host}:{port}", err=True)
     waitress.serve(app, host=host, port=port, threads=threads, ident="qa", clear_untrusted_proxy_headers=True,
                    max_request_body_size=cfg.max_body_bytes * 4, channel_timeout=60)

@@ -23,7 +23,7 @@ from .embed import Embedder, load_embedder, resolve_model
 from .errors import BadRequest, IndexUnavailable, QAError
 from .ingest import Article, Problem, read_sources
 from .store import (FORMAT_VERSION, STORE_FILE, Store, manifest_path, read_manifest, write_json_atomic)
-from .vectors import FaissIndex, choose_kind
+from .vectors import VECTOR_BACKENDS, FaissIndex, VectorIndex, choose_kind, open_vectors
 
 log = logging.getLogger(__name__)
 
@@ -124,15 +124,37 @@ class Report:
 
 
 def _manifest(model_name: str, model_path: str | None, dim: int, max_tokens: int, backend: str, kind: str,
-              data_dir: str, counts: dict, generation: int, built_at: str | None = None) -> dict:
+              data_dir: str, counts: dict, generation: int, built_at: str | None = None,
+              vector: dict | None = None) -> dict:
     return {
         "format": FORMAT_VERSION, "package_version": __version__,
         "model": model_name, "model_path": model_path, "dim": dim, "embed_backend": backend,
-        "vector_backend": "faiss", "index_kind": kind, "data_dir": data_dir, "counts": counts,
+        "vector_backend": "faiss", **(vector or {}), "index_kind": kind, "data_dir": data_dir, "counts": counts,
         "generation": generation, "built_at": built_at or _now(), "updated_at": _now(),
         "chunking": {"unit": "paragraph", "window_tokens": max_tokens - 2, "window_overlap_sentences": 1,
                      "sentence_splitter": "sentencex", "lexical": "sqlite-fts5 bm25 (porter)"},
     }
+
+
+def _vector_settings(index_dir: str, vector_backend: str | None, milvus_uri: str | None) -> dict:
+    """The manifest's vector keys for a build: as asked, else as the live index has them, else FAISS."""
+    previous: dict = {}
+    with contextlib.suppress(QAError):
+        previous = read_manifest(index_dir)
+    if vector_backend is None:
+        vector_backend = "milvus" if milvus_uri else previous.get("vector_backend", "faiss")
+    if vector_backend not in VECTOR_BACKENDS:
+        raise BadRequest(f"unknown vector backend {vector_backend!r}; choose one of {', '.join(VECTOR_BACKENDS)}")
+    if vector_backend == "faiss":
+        if milvus_uri:
+            raise BadRequest("--milvus-uri needs --backend milvus")
+        return {"vector_backend": "faiss"}
+    from .milvus_backend import alias_base, manifest_uri
+
+    same = previous.get("vector_backend") == "milvus"
+    uri = manifest_uri(index_dir, milvus_uri or (previous.get("milvus_uri") if same else None))
+    alias = previous.get("milvus_alias") if same and previous.get("milvus_uri") == uri else None
+    return {"vector_backend": "milvus", "milvus_uri": uri, "milvus_alias": alias or alias_base(index_dir)}
 
 
 def _prune_data_dirs(index_dir: str, keep: Sequence[str]) -> None:
@@ -147,20 +169,35 @@ def _prune_data_dirs(index_dir: str, keep: Sequence[str]) -> None:
 
 def build_index(sources: Sequence[str], index_dir: str, *, model: str | None = None,
                 embedder: Embedder | None = None, kind: str = "auto", backend: str = "torch",
-                strict: bool = False, progress: bool = False) -> Report:
-    """Full build from sources into a new data folder beside the live one, then an atomic manifest swap."""
+                strict: bool = False, progress: bool = False, vector_backend: str | None = None,
+                milvus_uri: str | None = None, milvus_token: str | None = None) -> Report:
+    """Full build from sources into a new data folder beside the live one, then an atomic manifest swap.
+
+    `vector_backend` None keeps the live index's (FAISS for a new one). On Milvus the vectors go to a new
+    collection, and the alias is switched to it together with the manifest swap.
+    """
     t0 = time.perf_counter()
     report = Report(index_dir=index_dir)
     sink = lambda p: report.problems.append(str(p))  # noqa: E731
     articles = dedupe_articles(read_sources(sources, strict=strict, on_problem=sink), sink)
     if not articles:
         raise BadRequest("no articles found in " + ", ".join(sources))
+    os.makedirs(index_dir, exist_ok=True)
+    vector = _vector_settings(index_dir, vector_backend, milvus_uri)
+    milvus = vector["vector_backend"] == "milvus"
+    if milvus:
+        from . import milvus_backend as mb
+
+        milvus_token = milvus_token or os.environ.get(mb.TOKEN_ENV)
+        mb.check_available(mb.resolve_uri(index_dir, vector["milvus_uri"]), milvus_token)  # fail before embedding
     if embedder is None:
         embedder = load_embedder(model, backend)
     model_path = None if embedder.model_name in ("hash",) else resolve_model(model)[0]
-    os.makedirs(index_dir, exist_ok=True)
     build_dir = os.path.join(index_dir, f".build-{uuid.uuid4().hex[:12]}")
     os.makedirs(build_dir)
+    vindex: VectorIndex | None = None
+    before: str | None = None  # the collection the alias pointed to
+    published = False
     try:
         prepared = prepare_articles(articles, embedder, progress=progress)
         store = Store(os.path.join(build_dir, STORE_FILE), create=True)
@@ -168,10 +205,15 @@ def build_index(sources: Sequence[str], index_dir: str, *, model: str | None = N
         ids = np.array([i for i, _ in added], np.int64)
         vecs = np.stack([v for _, v in added]).astype(np.float32)
         index_kind = choose_kind(kind, len(ids))
-        vindex = FaissIndex(embedder.dim, index_kind)
+        if milvus:  # a new collection; the live alias and manifest are untouched until the swap below
+            vector["milvus_collection"] = mb.new_collection_name(vector["milvus_alias"])
+            vindex = mb.MilvusIndex(mb.resolve_uri(index_dir, vector["milvus_uri"]), vector["milvus_collection"],
+                                    embedder.dim, token=milvus_token, create=True, index_type=index_kind.upper())
+        else:
+            vindex = FaissIndex(embedder.dim, index_kind)
         vindex.add(ids, vecs)
         generation = store.generation
-        vindex.save(build_dir, generation)
+        vindex.save(build_dir, generation)  # Milvus: flushed, so searches hit sealed, indexed segments
         counts = store.counts()
         store.con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         store.close()
@@ -181,18 +223,36 @@ def build_index(sources: Sequence[str], index_dir: str, *, model: str | None = N
             previous = None
             with contextlib.suppress(QAError):
                 previous = read_manifest(index_dir)["data_dir"]
+            before = mb.switch_alias(vindex.client, vector["milvus_alias"], vindex.collection) if milvus else None
             write_json_atomic(manifest_path(index_dir), _manifest(
                 embedder.model_name, model_path if model else None, embedder.dim, embedder.max_tokens,
-                getattr(embedder, "backend", backend), index_kind, data_dir, counts, generation))
-            # the previous folder stays one round for servers still loading it
+                getattr(embedder, "backend", backend), index_kind, data_dir, counts, generation, vector=vector))
+            published = True
+            # the previous folder (and collection) stays one round for servers still loading it
             _prune_data_dirs(index_dir, keep=[data_dir] + ([previous] if previous else []))
+            if milvus:
+                mb.drop_older(vindex.client, vector["milvus_alias"], before)
     except BaseException:
         shutil.rmtree(build_dir, ignore_errors=True)
+        if milvus and vindex is not None and not published:  # never made live: alias back, collection dropped
+            with contextlib.suppress(Exception):
+                if before:
+                    mb.switch_alias(vindex.client, vector["milvus_alias"], before)
+                mb.drop_collection(vindex.client, vindex.collection, force=True)
         raise
+    finally:
+        _close(vindex)
     report.documents, report.passages = counts["documents"], counts["passages"]
     report.added = len(articles)
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _close(vectors: VectorIndex | None) -> None:
+    """Close a vector index that holds a connection (Milvus; the last user of a Lite database releases it)."""
+    close = getattr(vectors, "close", None)
+    if close is not None:
+        close()
 
 
 # --- load --------------------------------------------------------------------------------------------------
@@ -200,7 +260,7 @@ def build_index(sources: Sequence[str], index_dir: str, *, model: str | None = N
 class Index:
     """A loaded index folder: manifest, store, vector index and the window → passage map. Read-only."""
 
-    def __init__(self, index_dir: str, manifest: dict, store: Store, vectors: FaissIndex,
+    def __init__(self, index_dir: str, manifest: dict, store: Store, vectors: VectorIndex,
                  window_ids: np.ndarray, window_passages: np.ndarray, embedder: Embedder | None = None):
         self.index_dir = index_dir
         self.manifest = manifest
@@ -226,25 +286,46 @@ class Index:
 
     def close(self) -> None:
         self.store.close()
+        _close(self.vectors)
 
 
-def open_data(index_dir: str, manifest: dict, *, readonly: bool = True) -> tuple[Store, FaissIndex]:
-    """The store and vector index of the live data folder, the vectors rebuilt from the store if out of date."""
+def _resync(vectors: VectorIndex, store: Store, dim: int) -> None:
+    """Make an upserting vector index (Milvus) hold exactly the store's window vectors."""
+    have, _ = vectors.reconstruct_all()
+    want, _ = store.window_passages()
+    vectors.remove(np.setdiff1d(have, want))
+    for ids, _, vecs in store.all_windows(dim):
+        vectors.add(ids, vecs)
+
+
+def open_data(index_dir: str, manifest: dict, *, readonly: bool = True) -> tuple[Store, VectorIndex]:
+    """The store and vector index of the live data folder, the vectors rebuilt from the store if out of date.
+
+    FAISS is rebuilt in memory; a Milvus collection is resynced in place by writers (`readonly=False`, under the
+    write lock) and used as it is by readers.
+    """
     data = os.path.join(index_dir, manifest["data_dir"])
     if not os.path.isdir(data):
         raise IndexUnavailable(f"data folder {data} missing; rebuild: qa build SOURCE... --index-dir {index_dir}")
     store = Store(os.path.join(data, STORE_FILE), readonly=readonly)
     dim = int(manifest["dim"])
+    faiss = manifest.get("vector_backend", "faiss") == "faiss"
     try:
-        vectors, generation = FaissIndex.load(data, dim)
+        vectors, generation = open_vectors(index_dir, manifest, data)
     except IndexUnavailable:
+        if not faiss:  # a Milvus collection cannot be conjured from here: say why
+            store.close()
+            raise
         vectors, generation = None, -1
     if vectors is None or generation != store.generation:
-        log.warning("vector index in %s behind the store (generation %s vs %s): rebuilding it from stored vectors",
-                    data, generation, store.generation)
-        vectors = FaissIndex(dim, manifest.get("index_kind", "flat"))
-        for ids, _, vecs in store.all_windows(dim):
-            vectors.add(ids, vecs)
+        log.warning("vector index in %s behind the store (generation %s vs %s): %s", data, generation,
+                    store.generation, "rebuilding it from stored vectors" if faiss or not readonly else "using it")
+        if faiss:
+            vectors = FaissIndex(dim, manifest.get("index_kind", "flat"))
+            for ids, _, vecs in store.all_windows(dim):
+                vectors.add(ids, vecs)
+        elif not readonly:
+            _resync(vectors, store, dim)
     return store, vectors
 
 
@@ -329,6 +410,7 @@ def _apply(index_dir: str, embedder: Embedder | None, articles: Sequence[Article
             report.documents, report.passages = manifest["counts"]["documents"], manifest["counts"]["passages"]
         finally:
             store.close()
+            _close(vectors)
     report.seconds = time.perf_counter() - t0
     return report
 
@@ -377,13 +459,24 @@ def check_index(index_dir: str) -> list[str]:
         if manifest.get("counts", {}).get(key) != counts[key]:
             problems.append(f"manifest says {manifest.get('counts', {}).get(key)} {key}, the store has {counts[key]}")
     try:
-        vectors, generation = FaissIndex.load(data, int(manifest["dim"]))
+        vectors, generation = open_vectors(index_dir, manifest, data)
     except QAError as e:
         problems.append(str(e))
+        store.close()
         return problems
+    try:
+        ids, _ = vectors.reconstruct_all()
+        if manifest.get("vector_backend") == "milvus":
+            from .milvus_backend import alias_target
+
+            target = alias_target(vectors.client, manifest.get("milvus_alias", ""))
+            if target != manifest["milvus_collection"]:
+                problems.append(f"Milvus alias {manifest.get('milvus_alias')} points to {target}, "
+                                f"the manifest to {manifest['milvus_collection']}")
+    finally:
+        _close(vectors)
     if generation != store.generation:
         problems.append(f"vector index reflects store generation {generation}, the store is at {store.generation}")
-    ids, _ = vectors.reconstruct_all()
     if not np.array_equal(np.sort(ids), window_ids):
         extra = len(np.setdiff1d(ids, window_ids))
         missing = len(np.setdiff1d(window_ids, ids))

@@ -76,10 +76,28 @@ def connect(uri: str, token: str | None = None) -> "MilvusClient":
         return MilvusClient(uri=uri, token=token or "")
     except MilvusException as e:
         if is_lite(uri) and _lite_locked(uri):
-            raise IndexUnavailable(
-                f"Milvus Lite database {uri} is open in another process (Milvus Lite allows one process per "
-                "database; serve it with `milvus-lite server --data-dir ...` and use http:// instead)") from None
+            raise IndexUnavailable(lite_locked_message(uri)) from None
         raise IndexUnavailable(f"cannot open Milvus at {uri}: {e}") from None
+
+
+def lite_locked_message(uri: str) -> str:
+    """The one line explaining that another process has a Milvus Lite database open, and what to do instead."""
+    return (f"Milvus Lite database {uri} is open in another process (a running `qa serve`?): Milvus Lite allows one "
+            "process per database; send changes through that server's admin API (POST /api/documents, "
+            "DELETE /api/documents/<id>), stop it first, or build on a Milvus server: "
+            "qa build ... --backend milvus --milvus-uri http://HOST:19530")
+
+
+def check_available(uri: str, token: str | None = None) -> None:
+    """`IndexUnavailable` at once, before a long build, when Milvus at `uri` cannot be opened by this process."""
+    if is_lite(uri):
+        uri = os.path.abspath(uri)
+        with _lite_lock:
+            mine = uri in _lite_users
+        if not mine and _lite_locked(uri):
+            raise IndexUnavailable(lite_locked_message(uri))
+        return
+    connect(uri, token).close()
 
 
 def _lite_locked(path: str) -> bool:
@@ -168,7 +186,15 @@ class _DropMessage(logging.Filter):
         return not str(record.msg).startswith(self.prefix)
 
 
+class _DropNotImplemented(logging.Filter):
+    """Drops records of a gRPC method Milvus Lite does not implement (it logs them with a traceback)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and record.exc_info[0] is NotImplementedError)
+
+
 _quiet_iterator = _DropMessage("failed to get mvccTs")  # Milvus Lite has no MVCC timestamps; harmless
+_quiet_lite_server = _DropNotImplemented()  # ... and its in-process gRPC server logs AllocTimestamp as unimplemented
 
 
 class MilvusIndex:
@@ -309,6 +335,7 @@ class MilvusIndex:
         """(ids, vectors) of every live vector, in id order."""
         iter_log = logging.getLogger("pymilvus.client.iterator.query_iterator")
         iter_log.addFilter(_quiet_iterator)
+        logging.getLogger("grpc._server").addFilter(_quiet_lite_server)
         ids: list[int] = []
         vecs: list[np.ndarray] = []
         it = self.client.query_iterator(self.collection, batch_size=batch_size, output_fields=[VEC],
@@ -384,3 +411,69 @@ class MilvusIndex:
 
     def __repr__(self) -> str:
         return f"MilvusIndex({self.uri!r}, {self.collection!r}, dim={self.dim}, index_type={self.index_type!r})"
+
+
+# --- an index folder's collections (the manifest's `milvus_*` keys) -----------------------------------------------
+
+LITE_FILE = "milvus.db"  # default: a Milvus Lite database at the top of the index folder, shared by its builds
+
+
+def manifest_uri(index_dir: str, uri: str | None) -> str:
+    """The URI to record in the manifest: `milvus.db` (relative, inside the index folder) by default."""
+    if not uri:
+        return LITE_FILE
+    if is_lite(uri):
+        full = os.path.abspath(uri)
+        return LITE_FILE if full == os.path.abspath(os.path.join(index_dir, LITE_FILE)) else full
+    return uri
+
+
+def resolve_uri(index_dir: str, uri: str) -> str:
+    """A manifest URI made usable: a relative Lite path is taken inside the index folder."""
+    return os.path.join(index_dir, uri) if is_lite(uri) and not os.path.isabs(uri) else uri
+
+
+def alias_base(index_dir: str) -> str:
+    """A default alias for an index folder, unique per folder path: `qa_<folder name>_<hash of its path>`."""
+    import hashlib
+
+    full = os.path.abspath(index_dir)
+    name = re.sub(r"[^A-Za-z0-9_]", "_", os.path.basename(full))[:40] or "index"
+    return f"qa_{name}_{hashlib.sha1(full.encode()).hexdigest()[:8]}"
+
+
+def read_generation(data_dir: str) -> int:
+    """The store generation recorded in a data folder's `vectors.json`."""
+    try:
+        with open(os.path.join(data_dir, MILVUS_META), encoding="utf-8") as f:
+            meta = json.load(f)
+        if meta.get("kind") != KIND:
+            raise ValueError(f"kind is {meta.get('kind')!r}, not {KIND!r}")
+        return int(meta["generation"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise IndexUnavailable(f"vector index meta in {data_dir} unreadable: {e}") from None
+
+
+def open_manifest_collection(index_dir: str, manifest: dict, data_dir: str,
+                             token: str | None = None) -> tuple[MilvusIndex, int]:
+    """(the manifest's collection, store generation it reflects); token from $QA_MILVUS_TOKEN unless given."""
+    try:
+        uri, collection = manifest["milvus_uri"], manifest["milvus_collection"]
+    except KeyError as e:
+        raise IndexUnavailable(f"manifest of {index_dir} lacks {e.args[0]!r}; rebuild with --backend milvus") from None
+    generation = read_generation(data_dir)
+    index = MilvusIndex(resolve_uri(index_dir, uri), collection, int(manifest["dim"]),
+                        token=token or os.environ.get(TOKEN_ENV),
+                        index_type=str(manifest.get("index_kind", "flat")).upper())
+    return index, generation
+
+
+def drop_older(client: "MilvusClient", base: str, previous: str | None) -> list[str]:
+    """Drop collections behind `base` older than `previous` (kept for servers still on it); the names dropped."""
+    if previous is None:
+        return []
+    live = alias_target(client, base)
+    doomed = [c for c in collections_behind(client, base) if c < previous and c != live]
+    for name in doomed:
+        drop_collection(client, name)
+    return doomed

@@ -6,7 +6,9 @@ weight depends on one collection's score scale.
 """
 from __future__ import annotations
 
+import bisect
 import dataclasses
+import functools
 import math
 import re
 import time
@@ -92,18 +94,62 @@ def minmax(scores: Mapping[int, float]) -> dict[int, float]:
 def combine(signals: Sequence[Mapping[int, float]], weights: Sequence[float]) -> dict[int, float]:
     """Weighted sum of normalised signals over the union of their ids (absent counts as the signal's minimum)."""
     ids = set().union(*signals)
-    out = {}
-    for rid in ids:
-        total = 0.0
-        for sig, w in zip(signals, weights):
-            total += w * sig.get(rid, min(sig.values()) if sig else 0.0)
-        out[rid] = total
-    return out
+    floors = [min(sig.values()) if sig else 0.0 for sig in signals]
+    return {rid: sum(w * sig.get(rid, floor) for sig, w, floor in zip(signals, weights, floors)) for rid in ids}
 
 
 def top(scores: Mapping[int, float], k: int) -> Ranked:
     """The k best (id, score) pairs."""
     return sorted(scores.items(), key=lambda x: (-x[1], x[0]))[:k]
+
+
+# --- term evidence at sentence level --------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=1)
+def _stemmer():
+    import snowballstemmer
+
+    return snowballstemmer.stemmer("english")
+
+
+@functools.lru_cache(maxsize=100_000)
+def stem(word: str) -> str:
+    """The Snowball (Porter 2) stem of a lower-cased word."""
+    return _stemmer().stemWord(word.lower())
+
+
+class TermMatcher:
+    """Finds a query's content words (by stem prefix, so "actions" matches "action") in passages, and gives each
+    sentence its coverage: the share of the query's IDF weight whose words it holds."""
+
+    def __init__(self, weights: Mapping[str, float]):
+        self.stems = [s for s in weights if s]
+        self.weights = np.array([weights[s] for s in self.stems], float)
+        self.total = float(self.weights.sum())
+        self.pattern = re.compile(r"\b(?:" + "|".join(f"({re.escape(s)})" for s in self.stems) + r")\w*",
+                                  re.I) if self.stems else None
+
+    @classmethod
+    def for_query(cls, store, terms: Sequence[str], n_passages: int) -> "TermMatcher":
+        """IDF weights of the query terms' stems, document frequencies from the lexical index."""
+        n = max(n_passages, 1)
+        weights: dict[str, float] = {}
+        for term, df in store.doc_freqs(terms).items():
+            key = stem(term)
+            weights[key] = max(weights.get(key, 0.0), math.log(1 + (n - df + 0.5) / (df + 0.5)))
+        return cls(weights)
+
+    def coverages(self, text: str, spans: Sequence[tuple[int, int]]) -> list[float]:
+        """Coverage of each span of `text`, from one scan of the text."""
+        if self.pattern is None or self.total <= 0 or not spans:
+            return [0.0] * len(spans)
+        starts = [s for s, _ in spans]
+        found: list[set[int]] = [set() for _ in spans]
+        for m in self.pattern.finditer(text):
+            i = bisect.bisect_right(starts, m.start()) - 1
+            if i >= 0 and m.start() < spans[i][1]:
+                found[i].add(m.lastindex - 1)
+        return [float(self.weights[sorted(f)].sum()) / self.total if f else 0.0 for f in found]
 
 
 # --- validation --------------------------------------------------------------------------------------------
@@ -197,8 +243,6 @@ def dense_candidates(index, qvec: np.ndarray, depth: int, filters: Filters | Non
 def search(index, query: str, k: int = 10, *, mode: str = "hybrid", filters: Filters | None = None,
            depth: int = DEPTH, collapse: bool = True) -> SearchResult:
     """Ranked passages for a question: dense, lexical or hybrid, filtered before the top-k cut."""
-    from .answer import coverage, term_weights
-
     timings = {"embed_ms": 0.0, "dense_ms": 0.0, "lexical_ms": 0.0, "fuse_ms": 0.0}
     depth = max(depth, k)
     qvec = None
@@ -230,12 +274,18 @@ def search(index, query: str, k: int = 10, *, mode: str = "hybrid", filters: Fil
             owners, wvecs = index.store.window_vectors(missing, index.dim)
             for rid, s in zip(owners.tolist(), (wvecs @ qvec).tolist()):
                 dense_s[rid] = max(s, dense_s.get(rid, -math.inf))
-        weights = term_weights(index, terms)
+        matcher = TermMatcher.for_query(index.store, terms, index.passage_count)
         svecs, smeta = index.store.sentences(candidates, index.dim)
+        by_passage: dict[int, list] = {}
         for (rid, idx, start, end), s in zip(smeta, (svecs @ qvec).tolist() if len(smeta) else []):
-            sentences.setdefault(rid, []).append((idx, start, end, s, coverage(texts[rid][start:end], weights)))
+            if rid not in texts:
+                continue  # written between the two reads (a writer committed in between); it has no text here
+            by_passage.setdefault(rid, []).append((idx, start, end, s))
             if s > sent_s.get(rid, -math.inf):
                 sent_s[rid] = s
+        for rid, rows in by_passage.items():
+            covs = matcher.coverages(texts[rid], [(start, end) for _, start, end, _ in rows])
+            sentences[rid] = [(*row, cov) for row, cov in zip(rows, covs)]
     if mode == "hybrid" and candidates:
         missing = [rid for rid in candidates if rid not in lex_s]
         if missing and terms:
@@ -291,7 +341,8 @@ def fuse_hybrid(sentence: Mapping[int, float], lexical: Mapping[int, float], evi
     both. Standardising per query makes the sum independent of each signal's scale on a given collection."""
     s = zscores({rid: sentence.get(rid, 0.0) for rid in candidates})
     lex = zscores({rid: lexical.get(rid, 0.0) for rid in candidates})
-    ev = zscores({rid: evidence.get(rid, min(evidence.values(), default=0.0)) for rid in candidates})
+    floor = min(evidence.values(), default=0.0)
+    ev = zscores({rid: evidence.get(rid, floor) for rid in candidates})
     return combine([s, lex, ev], [1.0, 1.0, 1.0])
 
 
@@ -299,11 +350,12 @@ def collapse_duplicates(index, hits: list[Hit]) -> list[Hit]:
     """Fold near-identical passages (cosine ≥ DUPLICATE_COSINE, or the same text) into the best-ranked copy."""
     vecs = index.store.passage_vectors([h.passage.rowid for h in hits], index.dim)
     sims = vecs @ vecs.T
+    norm = [" ".join(h.passage.text.split()).lower() for h in hits]
     kept: list[int] = []
     for i, hit in enumerate(hits):
         for j in kept:
-            same_text = " ".join(hit.passage.text.split()).lower() == " ".join(hits[j].passage.text.split()).lower()
-            if (same_text or sims[i, j] >= DUPLICATE_COSINE) and hit.passage.doc_id != hits[j].passage.doc_id:
+            same = norm[i] == norm[j] or sims[i, j] >= DUPLICATE_COSINE
+            if same and hit.passage.doc_id != hits[j].passage.doc_id:
                 hits[j].duplicates.append(hit.passage)
                 break
         else:

@@ -6,6 +6,7 @@ old one keeps answering until the new one is fully loaded, then a reference swap
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -109,6 +110,18 @@ class Engine:
             search(index, "warm up", 1)
         except QAError as e:
             log.warning("%s", e)
+
+    def watch(self) -> None:
+        """Check for a changed index in the background too, so an idle server never falls behind two rebuilds
+        (a full build keeps only the previous data folder)."""
+
+        def loop() -> None:
+            while True:
+                time.sleep(self.config.reload_interval)
+                with contextlib.suppress(QAError):
+                    self.index()
+
+        threading.Thread(target=loop, name="qa-watch", daemon=True).start()
 
     # --- requests ---
     def _params(self, params: dict):

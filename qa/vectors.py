@@ -167,3 +167,20 @@ class FaissIndex:
         if index.d != dim:
             raise IndexUnavailable(f"vector index has dim {index.d}, manifest says {dim}")
         return cls(dim, meta.get("kind", "flat"), index, set(meta.get("deleted", []))), int(meta["generation"])
+
+
+VECTOR_BACKENDS = ("faiss", "milvus")
+
+
+def open_vectors(index_dir: str, manifest: dict, data_dir: str) -> tuple[VectorIndex, int]:
+    """(vector index, store generation it reflects) of a data folder, by `manifest["vector_backend"]`."""
+    backend = manifest.get("vector_backend", "faiss")
+    dim = int(manifest["dim"])
+    if backend == "faiss":
+        return FaissIndex.load(data_dir, dim)
+    if backend == "milvus":
+        from .milvus_backend import open_manifest_collection
+
+        return open_manifest_collection(index_dir, manifest, data_dir)
+    raise IndexUnavailable(f"unknown vector backend {backend!r} in the manifest of {index_dir}; "
+                           f"choose one of {', '.join(VECTOR_BACKENDS)} and rebuild")

@@ -1,0 +1,193 @@
+"""The index folder on Milvus Lite (real, no mocks) with the real model: build, check, search, update, rebuild."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pymilvus")
+pytest.importorskip("milvus_lite")
+
+from qa import milvus_backend as mb  # noqa: E402
+from qa.index import add_documents, build_index, check_index, load_index, remove_documents  # noqa: E402
+from qa.search import make_filters, search  # noqa: E402
+from qa.store import read_manifest  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL = os.path.join(ROOT, "eval", "squad-small")
+ARTICLES = os.path.join(SMALL, "articles.jsonl")
+
+
+def _articles() -> list[dict]:
+    with open(ARTICLES, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _jsonl(path, articles: list[dict]) -> str:
+    path.write_text("".join(json.dumps(a) + "\n" for a in articles))
+    return str(path)
+
+
+def _few(n: int = 4) -> list[dict]:
+    """The small corpus' articles cut to their first `n` paragraphs (quick to embed)."""
+    return [{**a, "paragraphs": a["paragraphs"][:n]} for a in _articles()]
+
+
+@pytest.fixture(scope="module")
+def milvus_dir(tmp_path_factory, embedder) -> str:
+    path = str(tmp_path_factory.mktemp("milvus") / "index")
+    build_index([ARTICLES], path, embedder=embedder, vector_backend="milvus", milvus_token="not-a-secret")
+    return path
+
+
+@pytest.fixture(scope="module")
+def faiss_dir(tmp_path_factory, embedder) -> str:
+    path = str(tmp_path_factory.mktemp("faiss") / "index")
+    build_index([ARTICLES], path, embedder=embedder)
+    return path
+
+
+@pytest.fixture(scope="module")
+def milvus_index(milvus_dir, embedder):
+    index = load_index(milvus_dir, embedder=embedder)
+    yield index
+    index.close()
+
+
+def test_build_manifest_and_check(milvus_dir):
+    manifest = read_manifest(milvus_dir)
+    assert manifest["vector_backend"] == "milvus" and manifest["milvus_uri"] == mb.LITE_FILE
+    assert manifest["milvus_collection"].startswith(manifest["milvus_alias"] + "_")
+    assert os.path.isdir(os.path.join(milvus_dir, mb.LITE_FILE))  # top level, shared by builds
+    data = os.path.join(milvus_dir, manifest["data_dir"])
+    for name in ("manifest.json", os.path.join(manifest["data_dir"], "vectors.json")):
+        with open(os.path.join(milvus_dir, name), encoding="utf-8") as f:
+            assert "not-a-secret" not in f.read()
+    assert not os.path.exists(os.path.join(data, "vectors.faiss"))
+    assert check_index(milvus_dir) == []
+
+
+def test_search_modes_and_filters(milvus_index):
+    assert milvus_index.vectors.kind == "milvus"
+    assert milvus_index.vectors.ntotal == milvus_index.manifest["counts"]["windows"]
+    for mode in ("hybrid", "dense", "lexical"):
+        hits = search(milvus_index, "Where did Super Bowl 50 take place?", 5, mode=mode).hits
+        assert hits and hits[0].passage.doc_id == "Super_Bowl_50", mode
+    for mode in ("hybrid", "dense"):
+        hits = search(milvus_index, "Where did Super Bowl 50 take place?", 5, mode=mode,
+                      filters=make_filters(doc_id="Warsaw")).hits
+        assert hits and {h.passage.doc_id for h in hits} == {"Warsaw"}, mode
+    assert not search(milvus_index, "Super Bowl", 5, mode="dense", filters=make_filters(source="Nobody")).hits
+
+
+def test_dense_parity_with_faiss(milvus_index, faiss_dir, embedder):
+    faiss_index = load_index(faiss_dir, embedder=embedder)
+    with open(os.path.join(SMALL, "questions.jsonl"), encoding="utf-8") as f:
+        questions = [json.loads(line)["question"] for line in f][:50]
+    overlaps, vector_overlaps = [], []
+    for q in questions:
+        a = [h.passage.passage_id for h in search(milvus_index, q, 10, mode="dense").hits]
+        b = [h.passage.passage_id for h in search(faiss_index, q, 10, mode="dense").hits]
+        overlaps.append(len(set(a) & set(b)) / max(len(b), 1))
+        qvec = embedder.encode([q])
+        _, m_ids = milvus_index.vectors.search(qvec, 10)
+        _, f_ids = faiss_index.vectors.search(qvec, 10)
+        vector_overlaps.append(len(set(m_ids[0].tolist()) & set(f_ids[0].tolist())) / 10)
+    faiss_index.close()
+    assert len(questions) == 50
+    assert np.mean(overlaps) >= 0.99 and np.mean(vector_overlaps) >= 0.99
+
+
+def test_add_remove(tmp_path, embedder):
+    few = _few()
+    path = str(tmp_path / "index")
+    build_index([_jsonl(tmp_path / "a.jsonl", few[:2])], path, embedder=embedder, vector_backend="milvus")
+    report = add_documents([_jsonl(tmp_path / "b.jsonl", few[2:])], path, embedder=embedder)
+    assert report.added == 1 and report.documents == 3
+    assert check_index(path) == []
+    index = load_index(path, embedder=embedder)
+    try:
+        assert index.vectors.ntotal == index.manifest["counts"]["windows"]
+        assert search(index, "Who were the Normans?", 3, mode="dense").hits[0].passage.doc_id == "Normans"
+    finally:
+        index.close()
+    assert remove_documents(["Super_Bowl_50"], path).removed == 1
+    assert check_index(path) == []
+    index = load_index(path, embedder=embedder)
+    try:
+        assert index.manifest["counts"]["documents"] == 2
+        assert index.vectors.ntotal == index.manifest["counts"]["windows"]
+        hits = search(index, "Where did Super Bowl 50 take place?", 10, mode="dense").hits
+        assert hits and "Super_Bowl_50" not in {h.passage.doc_id for h in hits}
+    finally:
+        index.close()
+
+
+def test_rebuild_switches_alias_and_drops_old(tmp_path, embedder, monkeypatch):
+    path = str(tmp_path / "index")
+    corpus = _jsonl(tmp_path / "a.jsonl", _few(2))
+    build_index([corpus], path, embedder=embedder, vector_backend="milvus")
+    names = [read_manifest(path)["milvus_collection"]]
+    build_index([corpus], path, embedder=embedder)  # no backend given: the live index's
+    names.append(read_manifest(path)["milvus_collection"])
+    manifest = read_manifest(path)
+    with mb.MilvusIndex(mb.resolve_uri(path, manifest["milvus_uri"]), manifest["milvus_alias"], 384) as live:
+        assert live.live_collection == names[1]
+        assert mb.collections_behind(live.client, manifest["milvus_alias"]) == names  # previous kept
+    build_index([corpus], path, embedder=embedder)
+    names.append(read_manifest(path)["milvus_collection"])
+    manifest = read_manifest(path)
+    assert len(set(names)) == 3 and manifest["vector_backend"] == "milvus"
+    with mb.MilvusIndex(mb.resolve_uri(path, manifest["milvus_uri"]), manifest["milvus_alias"], 384) as live:
+        assert live.live_collection == names[-1]
+        assert mb.collections_behind(live.client, manifest["milvus_alias"]) == names[-2:]  # previous kept
+    assert check_index(path) == []
+
+    def killed(self, directory, generation):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mb.MilvusIndex, "save", killed)  # dies after inserting into its new collection
+    with pytest.raises(KeyboardInterrupt):
+        build_index([corpus], path, embedder=embedder)
+    monkeypatch.undo()
+    assert read_manifest(path) == manifest
+    with mb.MilvusIndex(mb.resolve_uri(path, manifest["milvus_uri"]), manifest["milvus_alias"], 384) as live:
+        assert live.live_collection == names[-1]
+        assert mb.collections_behind(live.client, manifest["milvus_alias"]) == names[-2:]
+    assert check_index(path) == []
+
+
+HOLDER = textwrap.dedent("""
+    import sys
+    from qa.milvus_backend import MilvusIndex
+    idx = MilvusIndex(sys.argv[1], sys.argv[2], 384)
+    print("holding", flush=True)
+    sys.stdin.read()
+""")
+
+
+def test_cli_add_while_another_process_holds_lite(tmp_path, embedder):
+    path = str(tmp_path / "index")
+    few = _few(2)
+    build_index([_jsonl(tmp_path / "a.jsonl", few[:1])], path, embedder=embedder, vector_backend="milvus")
+    manifest = read_manifest(path)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=ROOT)
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, os.path.join(path, mb.LITE_FILE),
+                               manifest["milvus_collection"]], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True, env=env)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        out = subprocess.run([sys.executable, "-m", "qa.cli", "add", _jsonl(tmp_path / "b.jsonl", few[1:]),
+                              "--index-dir", path], capture_output=True, text=True, env=env, timeout=300)
+    finally:
+        holder.communicate("", timeout=60)
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: Milvus Lite database") and "admin API" in lines[0]
+    assert read_manifest(path) == manifest  # nothing written
+    assert check_index(path) == []

@@ -1,0 +1,168 @@
+"""The ONNX Runtime backend against the PyTorch reference, with the real packaged all-MiniLM-L6-v2."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from qa.chunk import split_sentences  # noqa: E402
+from qa.embed import PACKAGED_MODEL, TorchEmbedder, packaged_model_path  # noqa: E402
+from qa.onnx_backend import CACHE_ENV, INT8_FILE, OnnxEmbedder, cache_dir  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTICLES = ROOT / "eval" / "squad-dev" / "articles.jsonl"
+MIN_COSINE = 0.99
+
+QUERIES = [
+    "who won super bowl 50?",
+    "Which NFL team represented the AFC at Super Bowl 50?",
+    "when did the apollo program end",
+    "What is the capital of Warsaw's Mazovian Voivodeship?",
+    "causes of the French and Indian war",
+    "how do oxygen atoms bond",
+    "Who designed the Victoria and Albert Museum building?",
+    "largest city in southern California",
+    "What did Tesla think could be used to transmit power?",
+    "Why do pharmacists need a licence?",
+    "the Amazon rainforest covers how many square kilometres",
+    "Kenya economy tourism",
+    "climate",
+    "a",
+    "Zürich – 東京 ☃ café naïve résumé",
+    "1997 2024 3.14159 $5,000,000",
+    "US says fentanyl talks with China 'meaningful' but more needs to be done",
+]
+
+
+def _paragraphs() -> list[str]:
+    """Every SQuAD dev paragraph, in file order."""
+    with open(ARTICLES, encoding="utf-8") as f:
+        return [p for line in f if line.strip() for p in json.loads(line)["paragraphs"]]
+
+
+@pytest.fixture(scope="session")
+def texts() -> list[str]:
+    """About 50 varied texts: queries, odd strings, SQuAD paragraphs and one text longer than the window."""
+    paragraphs = _paragraphs()
+    sample = paragraphs[:: len(paragraphs) // 30][:30]
+    long_text = " ".join(paragraphs[:6])
+    return [*QUERIES, *sample, long_text]
+
+
+@pytest.fixture(scope="session")
+def onnx_cache(tmp_path_factory: pytest.TempPathFactory):
+    """QA_CACHE_DIR pointed at a fresh folder for the whole session, so the export below runs once, there."""
+    folder = tmp_path_factory.mktemp("onnx-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(CACHE_ENV, str(folder))
+        yield folder
+
+
+@pytest.fixture(scope="session")
+def onnx_embedder(onnx_cache: Path) -> OnnxEmbedder:
+    """The int8 ONNX embedder, exported into the session's cache folder."""
+    return OnnxEmbedder(packaged_model_path(), PACKAGED_MODEL)
+
+
+@pytest.fixture(scope="session")
+def torch_embedder() -> TorchEmbedder:
+    """The PyTorch reference."""
+    return TorchEmbedder(packaged_model_path(), PACKAGED_MODEL)
+
+
+def test_export_lands_in_the_cache_dir(onnx_embedder: OnnxEmbedder, onnx_cache: Path) -> None:
+    folder = Path(cache_dir(packaged_model_path()))
+    assert folder.parent == onnx_cache
+    assert Path(onnx_embedder.onnx_path) == folder / INT8_FILE
+    assert onnx_embedder.backend == "onnx"
+    assert not [p.name for p in folder.iterdir() if p.name.endswith(".tmp.onnx")]  # no temporary left over
+
+
+def test_shape_and_settings_match_torch(onnx_embedder: OnnxEmbedder, torch_embedder: TorchEmbedder) -> None:
+    assert onnx_embedder.dim == torch_embedder.dim == 384
+    assert onnx_embedder.max_tokens == torch_embedder.max_tokens == 256
+    vecs = onnx_embedder.encode(["one", "two words"])
+    assert vecs.shape == (2, 384) and vecs.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+    assert onnx_embedder.encode([]).shape == (0, 384)
+
+
+def test_encode_matches_torch(onnx_embedder: OnnxEmbedder, torch_embedder: TorchEmbedder,
+                              texts: list[str]) -> None:
+    assert len(texts) >= 45
+    assert max(onnx_embedder.count_tokens(texts)) > 256  # one text is split into pieces
+    expected = torch_embedder.encode(texts, batch_size=8)
+    # int8 activations are quantised per batch, so check batched encodes and one-text encodes (the query path)
+    for batch_size in (8, 32, 1):
+        got = onnx_embedder.encode(texts, batch_size=batch_size)
+        cosines = (got * expected).sum(axis=1)
+        worst = int(np.argmin(cosines))
+        assert cosines.min() >= MIN_COSINE, f"batch {batch_size}: {cosines[worst]:.4f} for {texts[worst][:80]!r}"
+
+
+def test_blank_text_gives_a_unit_vector(onnx_embedder: OnnxEmbedder, torch_embedder: TorchEmbedder) -> None:
+    # only [CLS] [SEP]: the service rejects blank queries, so a looser bound than for real text
+    got, expected = onnx_embedder.encode(["", " "]), torch_embedder.encode(["", " "])
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    assert (got * expected).sum(axis=1).min() >= 0.97
+
+
+def test_encode_spans_matches_torch(onnx_embedder: OnnxEmbedder, torch_embedder: TorchEmbedder,
+                                    texts: list[str]) -> None:
+    docs = [t for t in texts if len(t) > 200]
+    spans = [split_sentences(t) for t in docs]
+    assert sum(len(s) for s in spans) > 3 * len(docs)
+    got_texts, got_spans = onnx_embedder.encode_spans(docs, spans, batch_size=8)
+    exp_texts, exp_spans = torch_embedder.encode_spans(docs, spans, batch_size=8)
+    assert (got_texts * exp_texts).sum(axis=1).min() >= MIN_COSINE
+    for doc, g, e in zip(docs, got_spans, exp_spans):
+        assert g.shape == e.shape
+        assert (g * e).sum(axis=1).min() >= MIN_COSINE, doc[:80]
+    np.testing.assert_allclose(got_texts, onnx_embedder.encode(docs, batch_size=8), atol=1e-6)
+
+
+def test_second_construction_reuses_the_cached_file(onnx_embedder: OnnxEmbedder, onnx_cache: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(CACHE_ENV, str(onnx_cache))
+    before = {p.name: p.stat().st_mtime_ns for p in Path(onnx_embedder.onnx_path).parent.iterdir()}
+    again = OnnxEmbedder(packaged_model_path(), PACKAGED_MODEL)
+    assert again.onnx_path == onnx_embedder.onnx_path
+    after = {p.name: p.stat().st_mtime_ns for p in Path(again.onnx_path).parent.iterdir()}
+    assert after == before  # nothing exported or written again
+    np.testing.assert_array_equal(again.encode(QUERIES[:3]), onnx_embedder.encode(QUERIES[:3]))
+
+
+def test_cached_load_in_a_fresh_process_needs_no_torch(onnx_embedder: OnnxEmbedder, onnx_cache: Path) -> None:
+    code = (
+        "import sys, time\n"
+        "started = time.perf_counter()\n"
+        "from qa.embed import PACKAGED_MODEL, packaged_model_path\n"
+        "from qa.onnx_backend import OnnxEmbedder\n"
+        "e = OnnxEmbedder(packaged_model_path(), PACKAGED_MODEL)\n"
+        "e.encode(['who won super bowl 50?'])\n"
+        "print(time.perf_counter() - started, 'torch' in sys.modules, 'transformers' in sys.modules)\n"
+    )
+    env = {**os.environ, CACHE_ENV: str(onnx_cache), "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True,
+                         timeout=120, check=True).stdout.split()
+    seconds, torch_loaded, transformers_loaded = float(out[0]), out[1] == "True", out[2] == "True"
+    assert not torch_loaded and not transformers_loaded
+    assert seconds < 5.0  # the service must answer within 5 s of starting
+
+
+def test_fp32_variant_matches_torch_closely(onnx_embedder: OnnxEmbedder, torch_embedder: TorchEmbedder,
+                                            texts: list[str]) -> None:
+    fp32 = OnnxEmbedder(packaged_model_path(), PACKAGED_MODEL, quantize=False)  # reuses the session's export
+    assert fp32.onnx_path != onnx_embedder.onnx_path
+    assert Path(fp32.onnx_path).stat().st_size > 2 * Path(onnx_embedder.onnx_path).stat().st_size
+    cosines = (fp32.encode(texts[:25]) * torch_embedder.encode(texts[:25])).sum(axis=1)
+    assert cosines.min() >= 0.9999
