@@ -152,7 +152,7 @@ def _vector_settings(index_dir: str, vector_backend: str | None, milvus_uri: str
     from .milvus_backend import alias_base, manifest_uri
 
     same = previous.get("vector_backend") == "milvus"
-    uri = manifest_uri(index_dir, milvus_uri or (previous.get("milvus_uri") if same else None))
+    uri = manifest_uri(index_dir, milvus_uri) if milvus_uri or not same else previous["milvus_uri"]
     alias = previous.get("milvus_alias") if same and previous.get("milvus_uri") == uri else None
     return {"vector_backend": "milvus", "milvus_uri": uri, "milvus_alias": alias or alias_base(index_dir)}
 

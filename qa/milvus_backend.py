@@ -72,6 +72,10 @@ def connect(uri: str, token: str | None = None) -> "MilvusClient":
         uri = os.path.abspath(uri)
         if not os.path.isdir(os.path.dirname(uri)):
             raise IndexUnavailable(f"folder of Milvus Lite database {uri} does not exist")
+        with _lite_lock:
+            mine = uri in _lite_users
+        if not mine and _lite_locked(uri):  # ask first: Milvus Lite would log a traceback, then fail
+            raise IndexUnavailable(lite_locked_message(uri))
     try:
         return MilvusClient(uri=uri, token=token or "")
     except MilvusException as e:
@@ -96,7 +100,7 @@ def check_available(uri: str, token: str | None = None) -> None:
             mine = uri in _lite_users
         if not mine and _lite_locked(uri):
             raise IndexUnavailable(lite_locked_message(uri))
-        return
+        return  # opening it here would hold it: the build opens it when it needs it
     connect(uri, token).close()
 
 
@@ -195,6 +199,7 @@ class _DropNotImplemented(logging.Filter):
 
 _quiet_iterator = _DropMessage("failed to get mvccTs")  # Milvus Lite has no MVCC timestamps; harmless
 _quiet_lite_server = _DropNotImplemented()  # ... and its in-process gRPC server logs AllocTimestamp as unimplemented
+logging.getLogger("grpc._server").addFilter(_quiet_lite_server)
 
 
 class MilvusIndex:
@@ -335,7 +340,6 @@ class MilvusIndex:
         """(ids, vectors) of every live vector, in id order."""
         iter_log = logging.getLogger("pymilvus.client.iterator.query_iterator")
         iter_log.addFilter(_quiet_iterator)
-        logging.getLogger("grpc._server").addFilter(_quiet_lite_server)
         ids: list[int] = []
         vecs: list[np.ndarray] = []
         it = self.client.query_iterator(self.collection, batch_size=batch_size, output_fields=[VEC],
