@@ -10,7 +10,7 @@ PORT   ?= 8000
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install serve test index rebuild eval browser-deps clean
+.PHONY: install serve test index rebuild eval browser-deps bench-deps soak bench clean
 
 install: $(STAMP)
 
@@ -44,6 +44,21 @@ browser-deps:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
 	  else echo "browser tests need: sudo apt-get install chromium chromium-driver" >&2; fi; \
 	fi
+
+# Debian's wrk, the load generator of scripts/bench_query.py (which falls back to a Python one without it)
+bench-deps:
+	@if ! command -v wrk >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; \
+	  else echo "the load benchmark needs: sudo apt-get install wrk" >&2; fi; \
+	fi
+
+# 10 minutes of mixed traffic with writes and a full rebuild; DURATION=60 for a short run
+DURATION ?= 600
+soak: $(STAMP)
+	$(PY) scripts/soak --duration $(DURATION)
+
+bench: $(STAMP) bench-deps
+	$(PY) scripts/bench_query.py
 
 test: $(STAMP) browser-deps
 	$(PY) -m pytest -q

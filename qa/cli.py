@@ -74,8 +74,8 @@ def _backend_choices(values: tuple[str, ...]) -> tuple[str | None, str | None]:
                                             "the packaged all-MiniLM-L6-v2].")
 @click.option("--backend", "backends", multiple=True, type=click.Choice(["torch", "onnx", "faiss", "milvus"]),
               help="Embedding backend (torch, onnx) and/or vector backend (faiss, milvus); repeatable.")
-@click.option("--index-type", "kind", type=click.Choice(["auto", "flat", "hnsw"]), default="auto", show_default=True,
-              help="Vector index type; auto picks exact search below 200k vectors, HNSW above.")
+@click.option("--index-type", "kind", type=click.Choice(["auto", "flat", "hnsw", "ivfpq"]), default="auto", show_default=True,
+              help="Vector index type; auto picks exact search below 100k vectors, HNSW (SQ8) above.")
 @click.option("--milvus-uri", default=None, help="Milvus server (http://host:19530) or Milvus Lite file (*.db) "
                                                  "[default: milvus.db in the index folder]; implies --backend milvus.")
 @click.option("--milvus-token", default=None, envvar="QA_MILVUS_TOKEN", show_envvar=True,
@@ -281,6 +281,7 @@ def serve(index_dir, host, port, threads):
 
     from .web import create_app
 
+    _limit_malloc_arenas()
     cfg = _config(index_dir=index_dir)
     app = create_app(cfg)
     engine = app.extensions["qa_engine"]
@@ -289,6 +290,20 @@ def serve(index_dir, host, port, threads):
     click.echo(f"serving {os.path.abspath(cfg.index_dir)} on http://{host}:{port}", err=True)
     waitress.serve(app, host=host, port=port, threads=threads, ident="qa", clear_untrusted_proxy_headers=True,
                    max_request_body_size=cfg.max_body_bytes * 4, channel_timeout=60)
+
+
+def _limit_malloc_arenas(arenas: int = 2) -> None:
+    """glibc gives each request thread its own malloc arena; with reloads that keeps freed memory in the process.
+    Two arenas (MALLOC_ARENA_MAX=2) keep RSS flat at no measurable cost in speed."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name and sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(name).mallopt(-8, arenas)  # M_ARENA_MAX
+        except (OSError, AttributeError):
+            pass
 
 
 if __name__ == "__main__":

@@ -298,7 +298,8 @@ def _resync(vectors: VectorIndex, store: Store, dim: int) -> None:
         vectors.add(ids, vecs)
 
 
-def open_data(index_dir: str, manifest: dict, *, readonly: bool = True) -> tuple[Store, VectorIndex]:
+def open_data(index_dir: str, manifest: dict, *, readonly: bool = True,
+              store: Store | None = None) -> tuple[Store, VectorIndex]:
     """The store and vector index of the live data folder, the vectors rebuilt from the store if out of date.
 
     FAISS is rebuilt in memory; a Milvus collection is resynced in place by writers (`readonly=False`, under the
@@ -307,7 +308,8 @@ def open_data(index_dir: str, manifest: dict, *, readonly: bool = True) -> tuple
     data = os.path.join(index_dir, manifest["data_dir"])
     if not os.path.isdir(data):
         raise IndexUnavailable(f"data folder {data} missing; rebuild: qa build SOURCE... --index-dir {index_dir}")
-    store = Store(os.path.join(data, STORE_FILE), readonly=readonly)
+    if store is None or store.path != os.path.join(data, STORE_FILE):
+        store = Store(os.path.join(data, STORE_FILE), readonly=readonly)
     dim = int(manifest["dim"])
     faiss = manifest.get("vector_backend", "faiss") == "faiss"
     try:
@@ -329,8 +331,12 @@ def open_data(index_dir: str, manifest: dict, *, readonly: bool = True) -> tuple
     return store, vectors
 
 
-def load_index(index_dir: str, *, embedder: Embedder | None = None, model: str | None = None) -> Index:
-    """Load an index folder for search; a clear `IndexUnavailable` naming the fix when it cannot be used."""
+def load_index(index_dir: str, *, embedder: Embedder | None = None, model: str | None = None,
+               store: Store | None = None) -> Index:
+    """Load an index folder for search; a clear `IndexUnavailable` naming the fix when it cannot be used.
+
+    `store`: the store of a previously loaded generation, reused (with its per-thread connections) when the
+    data folder is the same, as after an incremental update."""
     manifest = read_manifest(index_dir)
     if model is not None and model != manifest["model"] and resolve_model(model)[1] != manifest["model"]:
         raise IndexUnavailable(f"index in {index_dir} was built with {manifest['model']}, not {model}; rebuild: "
@@ -342,7 +348,7 @@ def load_index(index_dir: str, *, embedder: Embedder | None = None, model: str |
         raise IndexUnavailable(f"index dim {manifest['dim']} differs from the model's {embedder.dim}; rebuild: "
                                f"qa build SOURCE... --index-dir {index_dir}")
     try:
-        store, vectors = open_data(index_dir, manifest)
+        store, vectors = open_data(index_dir, manifest, store=store)
         window_ids, window_passages = store.window_passages()
     except (OSError, ValueError, KeyError) as e:
         raise IndexUnavailable(f"index in {index_dir} unreadable ({e}); rebuild: qa build SOURCE... "

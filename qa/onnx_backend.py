@@ -5,10 +5,10 @@ TorchScript exporter, then its weights are quantised to int8 per output channel 
 `onnxruntime.quantization.quantize_dynamic`. Later loads need only onnxruntime, tokenizers and numpy; PyTorch is
 imported only to export.
 
-Two layer groups stay float32 in the int8 model: the first transformer layer and the feed-forward
-down-projections (input width `intermediate_size`). Their activations have outliers that per-tensor dynamic
-activation quantisation handles badly; keeping them float costs about a tenth of the int8 speed-up and lifts the
-worst paragraph's cosine to the PyTorch vector from 0.984 to 0.993 on SQuAD dev.
+By default (`keep_float=True`) some layers stay float32 in the int8 model: the first transformer layer, the
+feed-forward down-projections (input width `intermediate_size`) and the attention output projections. ONNX
+Runtime quantises activations per tensor, and these layers' inputs have outliers; on this AVX2 CPU (no VNNI) the
+fully quantised model leaves 8% of SQuAD paragraphs below cosine 0.99 to the PyTorch vector.
 
 Why the legacy exporter (`dynamo=False`): with torch 2.13 the dynamo exporter needs `onnxscript` (not installed
 here), takes ~4x longer and writes the weights to a separate `.onnx.data` file, which makes the atomic
@@ -24,10 +24,14 @@ import re
 import time
 import warnings
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .embed import TransformerEmbedder, _model_max_tokens, model_fingerprint
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +40,13 @@ OPSET = 17
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 OUTPUT_NAME = "last_hidden_state"
 FP32_FILE = "model.fp32.onnx"
-INT8_FILE = "model.int8-pc-v1.onnx"  # bump the suffix when the quantisation recipe changes
+INT8_FILES = {True: "model.int8-mixed-v1.onnx", False: "model.int8-v1.onnx"}  # by keep_float; bump on recipe change
 LOCK_FILE = "export.lock"
 LOCK_TIMEOUT = 1800.0
 EXPORT_TOLERANCE = 1e-3  # max abs difference to PyTorch accepted for the fp32 export
 FIRST_LAYER = re.compile(r"/layers?\.0/")
+ATTENTION_OUTPUT = re.compile(r"/attention/output/")
+TEMP_SUFFIX = ".tmp.onnx"
 
 
 def cache_dir(model_path: str) -> str:
@@ -59,7 +65,7 @@ def _read_config(model_path: str) -> dict:
 def _temporary_path(final: str) -> Iterator[str]:
     """A temporary file name beside `final`, removed unless it was renamed into place."""
     folder, name = os.path.split(final)
-    tmp = os.path.join(folder, f".{name}.{os.getpid()}.tmp.onnx")
+    tmp = os.path.join(folder, f".{name}.{os.getpid()}{TEMP_SUFFIX}")
     try:
         yield tmp
     finally:
@@ -104,7 +110,7 @@ def _export(model_path: str, target: str) -> None:
         os.replace(tmp, target)
 
 
-def _check_export(onnx_path: str, model, names: tuple[str, ...]) -> None:
+def _check_export(onnx_path: str, model: PreTrainedModel, names: tuple[str, ...]) -> None:
     """Raise if the exported graph disagrees with PyTorch on a batch of another shape than the example."""
     import onnxruntime as ort
     import torch
@@ -124,36 +130,44 @@ def _check_export(onnx_path: str, model, names: tuple[str, ...]) -> None:
 
 
 def _float_nodes(onnx_path: str, intermediate_size: int | None) -> list[str]:
-    """MatMul nodes kept float32: the first transformer layer and the feed-forward down-projections."""
+    """MatMul nodes kept float32: first layer, feed-forward down-projections, attention output projections."""
     import onnx
 
     model = onnx.load(onnx_path)
     shapes = {init.name: tuple(init.dims) for init in model.graph.initializer}
     keep = []
     for node in model.graph.node:
-        if node.op_type != "MatMul" or not any(i in shapes for i in node.input):
+        weights = [shapes[i] for i in node.input if i in shapes]
+        if node.op_type != "MatMul" or not weights:
             continue
-        weight = next(shapes[i] for i in node.input if i in shapes)
-        if FIRST_LAYER.search(node.name) or (intermediate_size and weight[:1] == (intermediate_size,)):
+        down_projection = bool(intermediate_size) and weights[0][:1] == (intermediate_size,)
+        if down_projection or FIRST_LAYER.search(node.name) or ATTENTION_OUTPUT.search(node.name):
             keep.append(node.name)
     return keep
 
 
-def _quantize(source: str, target: str, intermediate_size: int | None) -> None:
+def _quantize(source: str, target: str, keep: list[str]) -> None:
     """Dynamic int8 quantisation of a float32 ONNX file: weights per output channel, activations per tensor."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    keep = _float_nodes(source, intermediate_size)
     with _temporary_path(target) as tmp:
         quantize_dynamic(source, tmp, per_channel=True, weight_type=QuantType.QInt8, nodes_to_exclude=keep)
         os.replace(tmp, target)
-    log.info("quantised %s: %d MatMul nodes kept float32", os.path.basename(target), len(keep))
 
 
-def ensure_onnx_model(model_path: str, quantize: bool = True) -> str:
+def _remove_stale_temporaries(folder: str) -> None:
+    """Delete temporaries of exports that were killed; call only while holding the folder's lock."""
+    for name in os.listdir(folder):
+        if name.endswith(TEMP_SUFFIX):
+            log.warning("removing %s, left by an interrupted export", name)
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(folder, name))
+
+
+def ensure_onnx_model(model_path: str, quantize: bool = True, keep_float: bool = True) -> str:
     """Path of the model's cached ONNX file, exported (and quantised) first if missing; safe across processes."""
     folder = cache_dir(model_path)
-    target = os.path.join(folder, INT8_FILE if quantize else FP32_FILE)
+    target = os.path.join(folder, INT8_FILES[keep_float] if quantize else FP32_FILE)
     if os.path.exists(target):  # files appear only by rename, so an existing one is complete
         return target
     from filelock import FileLock, Timeout
@@ -163,16 +177,19 @@ def ensure_onnx_model(model_path: str, quantize: bool = True) -> str:
         with FileLock(os.path.join(folder, LOCK_FILE), timeout=LOCK_TIMEOUT):
             if os.path.exists(target):  # another process made it while we waited
                 return target
+            _remove_stale_temporaries(folder)
             fp32 = os.path.join(folder, FP32_FILE)
             if not os.path.exists(fp32):
                 started = time.perf_counter()
                 log.info("exporting %s to ONNX in %s", model_path, folder)
                 _export(model_path, fp32)
-                log.info("exported in %.1fs", time.perf_counter() - started)
+                log.info("exported %s in %.1fs", FP32_FILE, time.perf_counter() - started)
             if quantize:
                 started = time.perf_counter()
-                _quantize(fp32, target, _read_config(model_path).get("intermediate_size"))
-                log.info("quantised in %.1fs", time.perf_counter() - started)
+                keep = _float_nodes(fp32, _read_config(model_path).get("intermediate_size")) if keep_float else []
+                _quantize(fp32, target, keep)
+                log.info("quantised %s in %.1fs (%d MatMul nodes kept float32)", os.path.basename(target),
+                         time.perf_counter() - started, len(keep))
     except Timeout:
         raise RuntimeError(f"another process holds {folder}/{LOCK_FILE} (waited {LOCK_TIMEOUT:.0f}s)") from None
     return target
@@ -187,12 +204,16 @@ def _cpu_count() -> int:
 
 
 class OnnxEmbedder(TransformerEmbedder):
-    """The model's transformer run by ONNX Runtime on the CPU, int8 quantised unless `quantize=False`."""
+    """The model's transformer run by ONNX Runtime on the CPU, int8 quantised unless `quantize=False`.
+
+    `keep_float=False` quantises every layer: faster, further from PyTorch (see the module docstring).
+    `threads` defaults to the cores this process may use.
+    """
 
     backend = "onnx"
 
     def __init__(self, model_path: str, model_name: str, max_tokens: int | None = None, *, quantize: bool = True,
-                 threads: int | None = None):
+                 keep_float: bool = True, threads: int | None = None):
         import onnxruntime as ort
 
         config = _read_config(model_path)
@@ -200,7 +221,7 @@ class OnnxEmbedder(TransformerEmbedder):
         super().__init__(model_path, model_name, limit)
         self.dim = int(config["hidden_size"])
         self.quantize = quantize
-        self.onnx_path = ensure_onnx_model(model_path, quantize)
+        self.onnx_path = ensure_onnx_model(model_path, quantize, keep_float)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or _cpu_count()
         options.inter_op_num_threads = 1
@@ -210,6 +231,7 @@ class OnnxEmbedder(TransformerEmbedder):
         self._inputs = {i.name for i in self.session.get_inputs()}
 
     def _forward(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """Token embeddings [batch, seq, dim] from the ONNX session."""
         feed = {"input_ids": input_ids, "attention_mask": attention_mask}
         if "token_type_ids" in self._inputs:
             feed["token_type_ids"] = np.zeros_like(input_ids)

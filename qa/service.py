@@ -63,7 +63,10 @@ class Engine:
         stamp = _stamp(self.config.index_dir)
         manifest = read_manifest(self.config.index_dir)
         embedder = self._embedder_for(manifest)
-        index = load_index(self.config.index_dir, embedder=embedder)
+        # an incremental update keeps the data folder: reuse its store and per-thread connections rather than
+        # opening new ones on every reload (they held memory until garbage collection)
+        index = load_index(self.config.index_dir, embedder=embedder,
+                           store=self._index.store if self._index is not None else None)
         self._stamp = stamp
         return index
 

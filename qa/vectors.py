@@ -20,12 +20,23 @@ log = logging.getLogger(__name__)
 
 FAISS_FILE = "vectors.faiss"
 FAISS_META = "vectors.json"
-KINDS = ("auto", "flat", "hnsw")
-HNSW_THRESHOLD = 200_000  # vectors; below it exact search is fast enough and exact
+KINDS = ("auto", "flat", "hnsw", "ivfpq")
+HNSW_THRESHOLD = 100_000  # vectors; below it exact search is fast enough (p50 ~13 ms at 100k, 1 thread) and exact
+LARGE_KIND = "hnsw"  # what `auto` picks at or above HNSW_THRESHOLD (see scripts/bench_scale.py)
+
+# Search-time knobs, chosen with scripts/bench_scale.py so recall@10 against exact search stays >= 0.95 at 1M.
+HNSW_M = 32  # graph degree (level 0 keeps 2*M links)
+HNSW_EF_CONSTRUCTION = 64
+HNSW_EF_SEARCH = 256  # 128 gave recall@10 0.955 at 1M: too close to the 0.95 target
+IVF_NPROBE = 64
+IVF_K_FACTOR = 32  # the PQ stage proposes k * IVF_K_FACTOR candidates, re-scored on the SQ8 codes (cheap)
+PQ_M = 48  # sub-quantizers (8 dims each at 384-d), 8 bits each
+TRAIN_MAX = 65_536  # training sample cap for the IVF-PQ coarse quantizer / PQ / SQ8 ranges
+EXACT_ALLOW_MAX = 20_000  # a filter allowing at most this many ids is searched exactly over their (SQ8) vectors
 
 
 class VectorIndex(Protocol):
-    """What search needs from a vector index."""
+    """What search needs from a vector index (FAISS here, Milvus in qa/milvus_backend.py)."""
 
     kind: str
 
@@ -42,18 +53,55 @@ class VectorIndex(Protocol):
     def search(self, queries: np.ndarray, k: int, allow: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(scores, ids) of the k best per query, restricted to `allow` ids when given; missing slots are id -1."""
 
+    def save(self, directory: str, generation: int) -> None:
+        """Persist, recording the store generation the vectors reflect."""
+
+    def reconstruct_all(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors) of every live vector."""
+
 
 def choose_kind(kind: str, n: int) -> str:
-    """The index kind for `n` vectors: exact below a threshold, HNSW above, unless forced."""
+    """The index kind for `n` vectors: exact below HNSW_THRESHOLD, LARGE_KIND at or above, unless forced."""
     if kind not in KINDS:
         raise BadRequest(f"unknown index kind {kind!r}; choose one of {', '.join(KINDS)}")
     if kind != "auto":
         return kind
-    return "flat" if n < HNSW_THRESHOLD else "hnsw"
+    return "flat" if n < HNSW_THRESHOLD else LARGE_KIND
+
+
+def ivf_nlist(n: int) -> int:
+    """Inverted lists for an IVF index trained with `n` vectors: about 2*sqrt(n), a power of two in [16, 8192]."""
+    target = 2 * max(n, 1) ** 0.5
+    nlist = 16
+    while nlist * 2 <= target and nlist < 8192:
+        nlist *= 2
+    return nlist
+
+
+def _training_sample(vectors: np.ndarray, need: int, seed: int = 0) -> np.ndarray:
+    """At most TRAIN_MAX rows of `vectors`; a short batch is padded with jittered, re-normalised copies up to `need`."""
+    rng = np.random.default_rng(seed)
+    x = vectors
+    if len(x) > TRAIN_MAX:
+        x = x[np.sort(rng.choice(len(x), TRAIN_MAX, replace=False))]
+    if len(x) < need:
+        extra = x[rng.integers(0, len(x), need - len(x))] + rng.normal(0, 0.02, (need - len(x), x.shape[1]))
+        extra /= np.maximum(np.linalg.norm(extra, axis=1, keepdims=True), 1e-12)
+        x = np.vstack([x, extra.astype(np.float32)])
+    return np.ascontiguousarray(x, dtype=np.float32)
 
 
 class FaissIndex:
-    """A FAISS index with explicit ids: exact inner product (`flat`) or HNSW (`hnsw`, deletions as tombstones)."""
+    """A FAISS index with explicit int64 ids (an IndexIDMap2 around one of):
+
+    - `flat`: exact inner product (IndexFlatIP), 1.5 KB/vector; deletions are real.
+    - `hnsw`: HNSW32 graph over SQ8 codes (IndexHNSWSQ), ~0.7 KB/vector; deletions are tombstones.
+    - `ivfpq`: IVF + PQ48 candidates re-scored on SQ8 codes (IVF{nlist},PQ48x8,Refine(SQ8)), ~0.5 KB/vector,
+      trained on the first batch added; deletions are tombstones.
+
+    Search knobs (efSearch, nprobe, k_factor) go per call through SearchParameters, with the `allow` filter and the
+    tombstones as an IDSelector, so filtered search works for every kind.
+    """
 
     def __init__(self, dim: int, kind: str = "flat", index=None, deleted: set[int] | None = None):
         import faiss
@@ -61,70 +109,144 @@ class FaissIndex:
         self.dim = dim
         self.kind = kind
         self.deleted: set[int] = deleted or set()
+        self._deleted_sel = None  # cached IDSelectorNot over the tombstones
         if index is None:
             if kind == "flat":
                 index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
             elif kind == "hnsw":
-                base = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
-                base.hnsw.efConstruction = 80
-                base.hnsw.efSearch = 128
+                base = faiss.IndexHNSWSQ(dim, faiss.ScalarQuantizer.QT_8bit, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+                base.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+                base.hnsw.efSearch = HNSW_EF_SEARCH
                 index = faiss.IndexIDMap2(base)
+            elif kind == "ivfpq":
+                index = None  # built on the first add, sized by that batch
             else:
-                raise BadRequest(f"unknown index kind {kind!r}")
+                raise BadRequest(f"unknown index kind {kind!r}; choose one of {', '.join(k for k in KINDS if k != 'auto')}")
         self.index = index
 
     @property
     def ntotal(self) -> int:
-        return int(self.index.ntotal) - len(self.deleted)
+        return (int(self.index.ntotal) if self.index is not None else 0) - len(self.deleted)
+
+    def _train(self, vectors: np.ndarray) -> None:
+        """Train the codecs of an empty `hnsw`/`ivfpq` index on (a sample of) its first batch."""
+        import faiss
+
+        if self.kind == "ivfpq":
+            nlist = ivf_nlist(len(vectors))
+            base = faiss.index_factory(self.dim, f"IVF{nlist},PQ{PQ_M}x8,Refine(SQ8)", faiss.METRIC_INNER_PRODUCT)
+            ivf = faiss.downcast_index(faiss.downcast_index(base).base_index)
+            ivf.cp.niter = 10
+            ivf.cp.max_points_per_centroid = 64
+            ivf.pq.cp.niter = 10
+            ivf.do_polysemous_training = False  # on by default in the factory; slow and unused here
+            ivf.pq.cp.max_points_per_centroid = 64
+            ivf.nprobe = IVF_NPROBE
+            base.k_factor = IVF_K_FACTOR
+            base.train(_training_sample(vectors, max(39 * nlist, 8 * 256)))  # >= 8 points per PQ centroid
+            self.index = faiss.IndexIDMap2(base)
+        else:
+            hnsw = faiss.downcast_index(self.index.index)
+            sq = faiss.downcast_index(hnsw.storage).sq
+            sq.rangestat = faiss.ScalarQuantizer.RS_minmax
+            sq.rangestat_arg = 0.05 if len(vectors) >= 10_000 else 0.5  # a margin for values the sample missed
+            hnsw.train(_training_sample(vectors, 1))
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         if len(ids):
             ids = np.ascontiguousarray(ids, dtype=np.int64)
-            self.deleted.difference_update(ids.tolist())
-            self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids)
+            vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.dim)
+            if self.index is None or not self.index.index.is_trained:
+                self._train(vectors)
+                self.index.is_trained = True  # IndexIDMap2 copied the flag of its empty inner index
+            if self.deleted:
+                self.deleted.difference_update(ids.tolist())
+                self._deleted_sel = None
+            self.index.add_with_ids(vectors, ids)
 
     def remove(self, ids: np.ndarray) -> None:
         import faiss
 
-        if not len(ids):
+        if not len(ids) or self.index is None:
             return
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         if self.kind == "flat":
             self.index.remove_ids(faiss.IDSelectorBatch(ids))
-        else:  # HNSW graphs cannot drop nodes: hide them until the next compaction
+        else:  # graphs and refine stages cannot drop entries: hide them until the next rebuild
             self.deleted.update(ids.tolist())
+            self._deleted_sel = None
+
+    def _search_exact_subset(self, queries: np.ndarray, k: int, allow: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Brute force over the stored vectors of a small `allow` list (approximate kinds: selective filters
+        would starve the graph / probed lists)."""
+        allow = np.unique(np.ascontiguousarray(allow, dtype=np.int64))
+        import faiss
+
+        allow = allow[np.isin(allow, faiss.vector_to_array(self.index.id_map))]
+        if self.deleted:
+            allow = allow[~np.isin(allow, np.fromiter(self.deleted, np.int64, len(self.deleted)))]
+        n = len(queries)
+        if not len(allow):
+            return np.zeros((n, 0), np.float32), np.zeros((n, 0), np.int64)
+        vecs = self.index.reconstruct_batch(allow)
+        scores = queries @ vecs.T
+        k = min(k, len(allow))
+        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        order = np.take_along_axis(scores, top, 1).argsort(axis=1)[:, ::-1]
+        top = np.take_along_axis(top, order, 1)
+        return np.take_along_axis(scores, top, 1).astype(np.float32), allow[top]
 
     def search(self, queries: np.ndarray, k: int, allow: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         import faiss
 
         queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
-        if self.index.ntotal == 0:
-            return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
+        empty = np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
+        if self.index is None or self.index.ntotal == 0:
+            return empty
         k = min(k, int(self.index.ntotal))
         selectors = []
         if allow is not None:
             if not len(allow):
-                return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
+                return empty
+            if self.kind != "flat" and len(allow) <= EXACT_ALLOW_MAX:
+                return self._search_exact_subset(queries, k, allow)
             selectors.append(faiss.IDSelectorBatch(np.ascontiguousarray(allow, dtype=np.int64)))
         if self.deleted:
-            selectors.append(faiss.IDSelectorNot(faiss.IDSelectorBatch(np.array(sorted(self.deleted), np.int64))))
-        params = None
+            if self._deleted_sel is None:
+                inner = faiss.IDSelectorBatch(np.fromiter(self.deleted, np.int64, len(self.deleted)))
+                self._deleted_sel = faiss.IDSelectorNot(inner)
+                self._deleted_sel._inner = inner  # keep alive
+            selectors.append(self._deleted_sel)
+        sel = None
         if selectors:
             sel = selectors[0] if len(selectors) == 1 else faiss.IDSelectorAnd(*selectors)
-            if self.kind == "hnsw":
-                params = faiss.SearchParametersHNSW(sel=sel, efSearch=max(128, k))
-            else:
-                params = faiss.SearchParameters(sel=sel)
-            params._selectors = selectors  # keep the selectors alive while FAISS holds pointers to them
-        elif self.kind == "hnsw":
-            params = faiss.SearchParametersHNSW(efSearch=max(128, k))
+        # a selective filter starves the graph / probed lists: widen the search by the fraction it lets through
+        widen = 1.0
+        if allow is not None:
+            widen = min(8.0, max(1.0, int(self.index.ntotal) / max(len(allow), 1)))
+        keep = [selectors, sel]
+        if self.kind == "hnsw":
+            params = faiss.SearchParametersHNSW(sel=sel, efSearch=max(int(HNSW_EF_SEARCH * widen), k))
+        elif self.kind == "ivfpq":
+            # IndexRefine hands only base_index_params to the IVF stage, so the selector goes there, translated
+            # from external ids to the IDMap's internal positions by hand (IndexIDMap2 only translates top-level sel)
+            tsel = faiss.IDSelectorTranslated(self.index.id_map, sel) if sel is not None else None
+            ivf = faiss.SearchParametersIVF(nprobe=int(IVF_NPROBE * widen), sel=tsel)
+            params = faiss.IndexRefineSearchParameters(k_factor=IVF_K_FACTOR, base_index_params=ivf)
+            keep += [tsel, ivf]
+        else:
+            params = faiss.SearchParameters(sel=sel) if sel is not None else None
+        if params is not None:
+            params._keep = keep  # FAISS holds raw pointers to these: keep them alive for the call
         scores, ids = self.index.search(queries, k, params=params)
         return scores, ids
 
     def reconstruct_all(self) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, vectors) of every live vector."""
+        """(ids, vectors) of every live vector (decoded from SQ8 codes for `hnsw` / `ivfpq`)."""
         import faiss
 
+        if self.index is None:
+            return np.zeros(0, np.int64), np.zeros((0, self.dim), np.float32)
         ids = faiss.vector_to_array(self.index.id_map).astype(np.int64)
         vecs = self.index.index.reconstruct_n(0, self.index.ntotal) if len(ids) else np.zeros((0, self.dim))
         keep = np.array([i not in self.deleted for i in ids], bool) if self.deleted else slice(None)
@@ -134,10 +256,12 @@ class FaissIndex:
         """Write the FAISS file and its meta atomically (temporary names, then rename)."""
         import faiss
 
+        # an untrained ivfpq index (nothing added yet) is stored as an empty exact one; `load` restores it untrained
+        index = self.index if self.index is not None else faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".faiss", dir=directory)
         os.close(fd)
         try:
-            faiss.write_index(self.index, tmp)
+            faiss.write_index(index, tmp)
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
             os.replace(tmp, os.path.join(directory, FAISS_FILE))
@@ -149,7 +273,7 @@ class FaissIndex:
 
         write_json_atomic(os.path.join(directory, FAISS_META),
                           {"generation": generation, "kind": self.kind, "dim": self.dim,
-                           "ntotal": int(self.index.ntotal), "deleted": sorted(self.deleted)})
+                           "ntotal": int(index.ntotal), "deleted": sorted(self.deleted)})
 
     @classmethod
     def load(cls, directory: str, dim: int, mmap: bool = False) -> tuple["FaissIndex", int]:
@@ -166,7 +290,10 @@ class FaissIndex:
             raise IndexUnavailable(f"vector index in {directory} unreadable: {e}") from None
         if index.d != dim:
             raise IndexUnavailable(f"vector index has dim {index.d}, manifest says {dim}")
-        return cls(dim, meta.get("kind", "flat"), index, set(meta.get("deleted", []))), int(meta["generation"])
+        kind = meta.get("kind", "flat")
+        if kind == "ivfpq" and index.ntotal == 0:
+            index = None  # saved before its first add: train on the next one
+        return cls(dim, kind, index, set(meta.get("deleted", []))), int(meta["generation"])
 
 
 VECTOR_BACKENDS = ("faiss", "milvus")

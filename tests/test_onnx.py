@@ -15,7 +15,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from qa.chunk import split_sentences  # noqa: E402
 from qa.embed import PACKAGED_MODEL, TorchEmbedder, packaged_model_path  # noqa: E402
-from qa.onnx_backend import CACHE_ENV, INT8_FILE, OnnxEmbedder, cache_dir  # noqa: E402
+from qa.onnx_backend import CACHE_ENV, INT8_FILES, OnnxEmbedder, cache_dir  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTICLES = ROOT / "eval" / "squad-dev" / "articles.jsonl"
@@ -81,7 +81,7 @@ def torch_embedder() -> TorchEmbedder:
 def test_export_lands_in_the_cache_dir(onnx_embedder: OnnxEmbedder, onnx_cache: Path) -> None:
     folder = Path(cache_dir(packaged_model_path()))
     assert folder.parent == onnx_cache
-    assert Path(onnx_embedder.onnx_path) == folder / INT8_FILE
+    assert Path(onnx_embedder.onnx_path) == folder / INT8_FILES[True]
     assert onnx_embedder.backend == "onnx"
     assert not [p.name for p in folder.iterdir() if p.name.endswith(".tmp.onnx")]  # no temporary left over
 

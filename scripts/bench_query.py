@@ -1,0 +1,299 @@
+#!/usr/bin/env python3
+"""Query latency and throughput of a real `qa serve` on a loopback port.
+
+(a) one client, N sequential GET /api/search requests (SQuAD dev questions): client latency p50/p99 and the
+    server-reported took_ms;
+(b) load: wrk (Debian package `wrk`; `make bench-deps` or `sudo apt-get install wrk`) with a Lua script rotating
+    through URL-encoded questions, --connections connections on --wrk-threads threads for --load-duration
+    seconds: requests/s, latency percentiles, non-2xx and socket errors. Without wrk a Python thread-pool load
+    generator (keep-alive connections, one per thread) runs instead and is labelled as such.
+
+The index is built into a temporary folder from squad-dev (build time is reported), or copied from --index-dir;
+--passages N synthesises a bigger corpus of about N passages by repeating real squad-dev paragraphs under varied
+ids and titles. Standard library only; all traffic goes to 127.0.0.1.
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+
+sys.dont_write_bytecode = True  # no __pycache__ in scripts/
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from qa_harness import (CORPORA, Server, build_index, copy_index, fmt, log, machine_note,  # noqa: E402
+                        markdown_table, percentile, read_questions)
+from qa_harness import http as http_call  # noqa: E402
+
+TARGETS = ("reference targets: p50 ≤ 15 ms, p99 ≤ 50 ms one client on 100k passages; "
+           "≥ 100 req/s from 8 clients, 0 errors")
+
+WRK_LUA = r"""
+-- rotate through the request paths in paths.txt; each wrk thread starts at a different offset
+local paths = {}
+for line in io.lines("%(paths)s") do paths[#paths + 1] = line end
+local counter = 1
+local threads = {}
+
+function setup(thread)
+  thread:set("offset", #threads * 7919)
+  table.insert(threads, thread)
+end
+
+function init(args)
+  counter = offset or 0
+end
+
+function request()
+  counter = counter + 1
+  return wrk.format("GET", paths[(counter %% #paths) + 1])
+end
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    "WRK_JSON {\"requests\": %%d, \"duration_us\": %%d, \"non2xx\": %%d, \"connect\": %%d, \"read\": %%d, " ..
+    "\"write\": %%d, \"timeout\": %%d, \"p50_us\": %%d, \"p90_us\": %%d, \"p99_us\": %%d, \"max_us\": %%d, " ..
+    "\"mean_us\": %%f}\n",
+    summary.requests, summary.duration, e.status, e.connect, e.read, e.write, e.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max, latency.mean))
+end
+"""
+
+
+# --- corpus ---------------------------------------------------------------------------------------------------
+
+def synthesise(articles_path: str, passages: int, out_path: str) -> int:
+    """A JSONL corpus of about `passages` paragraphs: squad-dev articles repeated as copies with their own ids and
+    titles (real text; each copy shuffles its paragraph order). Returns the number of paragraphs written."""
+    with open(articles_path, encoding="utf-8") as f:
+        articles = [json.loads(line) for line in f if line.strip()]
+    rng = random.Random(0)
+    written, copy = 0, 0
+    with open(out_path, "w", encoding="utf-8") as out:
+        while written < passages:
+            for a in articles:
+                if written >= passages:
+                    break
+                paras = a["paragraphs"][: passages - written]
+                rng.shuffle(paras)
+                doc = {"id": f"{a['id']}~{copy}" if copy else a["id"],
+                       "title": f"{a['title']} ({copy + 1})" if copy else a["title"], "paragraphs": paras}
+                out.write(json.dumps(doc, ensure_ascii=False) + "\n")
+                written += len(paras)
+            copy += 1
+    return written
+
+
+def search_path(q: str, k: int, mode: str) -> str:
+    return "/api/search?" + urllib.parse.urlencode({"q": q, "k": k, "mode": mode})
+
+
+# --- (a) one client -------------------------------------------------------------------------------------------
+
+def sequential(base: str, paths: list[str], n: int) -> dict:
+    """N sequential requests over one keep-alive connection: client latency and server took_ms (ms)."""
+    host, port = urllib.parse.urlsplit(base).hostname, urllib.parse.urlsplit(base).port
+    conn = http.client.HTTPConnection(host, port, timeout=60)
+    client, server, errors = [], [], []
+    for i in range(n):
+        path = paths[i % len(paths)]
+        t0 = time.perf_counter()
+        try:
+            conn.request("GET", path)
+            r = conn.getresponse()
+            body = r.read()
+        except (OSError, http.client.HTTPException) as e:
+            errors.append(f"{type(e).__name__}: {e}")
+            conn.close()
+            conn = http.client.HTTPConnection(host, port, timeout=60)
+            continue
+        elapsed = (time.perf_counter() - t0) * 1000
+        if r.status != 200:
+            errors.append(f"HTTP {r.status}: {body[:200]!r}")
+            continue
+        obj = json.loads(body)
+        if not obj["results"]:
+            errors.append(f"no results for {path}")
+            continue
+        client.append(elapsed)
+        server.append(obj["took_ms"])
+    conn.close()
+    return {"n": n, "errors": errors, "client": client, "server": server}
+
+
+# --- (b) load -------------------------------------------------------------------------------------------------
+
+def run_wrk(wrk: str, base: str, paths: list[str], workdir: str, connections: int, threads: int,
+            seconds: float) -> dict:
+    paths_file = os.path.join(workdir, "paths.txt")
+    with open(paths_file, "w", encoding="utf-8") as f:
+        f.write("\n".join(paths) + "\n")
+    lua = os.path.join(workdir, "rotate.lua")
+    with open(lua, "w", encoding="utf-8") as f:
+        f.write(WRK_LUA % {"paths": paths_file})
+    cmd = [wrk, f"-t{threads}", f"-c{connections}", f"-d{int(seconds)}s", "--timeout", "30s", "-s", lua, base]
+    log("running " + " ".join(cmd))
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120)
+    m = re.search(r"^WRK_JSON (\{.*\})$", p.stdout, re.M)
+    if p.returncode != 0 or not m:
+        raise RuntimeError(f"wrk failed ({p.returncode}): {p.stderr.strip()} {p.stdout[-1000:]}")
+    s = json.loads(m.group(1))
+    secs = s["duration_us"] / 1e6
+    return {"tool": f"wrk {threads} threads", "requests": s["requests"], "seconds": secs,
+            "rps": s["requests"] / secs, "non2xx": s["non2xx"],
+            "socket_errors": s["connect"] + s["read"] + s["write"] + s["timeout"],
+            "p50": s["p50_us"] / 1000, "p90": s["p90_us"] / 1000, "p99": s["p99_us"] / 1000,
+            "max": s["max_us"] / 1000, "command": " ".join(cmd)}
+
+
+def run_python_load(base: str, paths: list[str], connections: int, seconds: float) -> dict:
+    """Fallback load generator: one thread per connection, keep-alive, for `seconds`. Python clients share the
+    GIL with each other (not with the server), so this understates what the server can take."""
+    split = urllib.parse.urlsplit(base)
+    lock, lat, counts = threading.Lock(), [], {"non2xx": 0, "socket": 0}
+    stop = threading.Event()
+
+    def worker(i: int) -> None:
+        conn = http.client.HTTPConnection(split.hostname, split.port, timeout=30)
+        j = i * 7919
+        while not stop.is_set():
+            j += 1
+            t0 = time.perf_counter()
+            try:
+                conn.request("GET", paths[j % len(paths)])
+                r = conn.getresponse()
+                r.read()
+            except (OSError, http.client.HTTPException):
+                with lock:
+                    counts["socket"] += 1
+                conn.close()
+                conn = http.client.HTTPConnection(split.hostname, split.port, timeout=30)
+                continue
+            ms = (time.perf_counter() - t0) * 1000
+            with lock:
+                lat.append(ms)
+                counts["non2xx"] += not 200 <= r.status < 300
+        conn.close()
+
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(connections)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    time.sleep(seconds)
+    stop.set()
+    for t in threads:
+        t.join(timeout=60)
+    secs = time.perf_counter() - t0
+    return {"tool": "Python thread pool (FALLBACK, not wrk)", "requests": len(lat), "seconds": secs,
+            "rps": len(lat) / secs, "non2xx": counts["non2xx"], "socket_errors": counts["socket"],
+            "p50": percentile(lat, 50), "p90": percentile(lat, 90), "p99": percentile(lat, 99),
+            "max": max(lat) if lat else None, "command": "built-in thread pool"}
+
+
+# --- main -----------------------------------------------------------------------------------------------------
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="scripts/bench_query.py", description=__doc__.split("\n\n")[0],
+                                 epilog="example: .venv/bin/python scripts/bench_query.py --passages 100000; "
+                                        + TARGETS, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--index-dir", help="an existing index to copy and serve instead of building one")
+    ap.add_argument("--passages", type=int, help="synthesise a corpus of about this many passages from squad-dev")
+    ap.add_argument("--questions", default=CORPORA["squad-dev"][1], help="question JSONL file")
+    ap.add_argument("--requests", type=int, default=200, help="sequential one-client requests")
+    ap.add_argument("--k", type=int, default=10, help="results per search")
+    ap.add_argument("--mode", choices=["hybrid", "dense", "lexical"], default="hybrid")
+    ap.add_argument("--connections", type=int, default=8, help="concurrent connections of the load phase")
+    ap.add_argument("--wrk-threads", type=int, default=2, help="wrk threads")
+    ap.add_argument("--load-duration", type=float, default=30, help="seconds of the load phase")
+    ap.add_argument("--server-threads", type=int, default=8, help="waitress threads of `qa serve`")
+    ap.add_argument("--no-wrk", action="store_true", help="use the Python load generator even if wrk is installed")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary folder (index, server log)")
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    tmp = tempfile.mkdtemp(prefix="qa-bench-")
+    index_dir = os.path.join(tmp, "index")
+    build_seconds, corpus = None, "squad-dev"
+    try:
+        if args.index_dir:
+            log(f"copying {args.index_dir} to {index_dir}")
+            copy_index(args.index_dir, index_dir)
+            corpus = os.path.abspath(args.index_dir)
+        else:
+            sources = CORPORA["squad-dev"][0]
+            if args.passages:
+                synthetic = os.path.join(tmp, "synthetic.jsonl")
+                n = synthesise(sources[0], args.passages, synthetic)
+                sources, corpus = [synthetic], f"synthetic {n:,} paragraphs from squad-dev"
+            log(f"building the index ({corpus})")
+            build_seconds = build_index(sources, index_dir)
+            log(f"built in {build_seconds:.1f}s")
+        with open(os.path.join(index_dir, "manifest.json")) as f:
+            counts = json.load(f)["counts"]
+        paths = [search_path(q, args.k, args.mode) for q in read_questions(args.questions, limit=2000)]
+        with Server(index_dir, os.path.join(tmp, "server.log"), threads=args.server_threads) as server:
+            for p in paths[:20]:  # warm-up, not measured
+                http_call(server.base + p, timeout=60)
+            log(f"(a) {args.requests} sequential requests, one client")
+            seq = sequential(server.base, paths[20:], args.requests)
+            wrk = None if args.no_wrk else shutil.which("wrk")
+            if wrk is None and not args.no_wrk:
+                log("wrk is not installed (install: `make bench-deps` or `sudo apt-get install wrk`); "
+                    "falling back to the Python thread-pool load generator")
+            log(f"(b) load: {args.connections} connections for {args.load_duration:.0f}s")
+            load = (run_wrk(wrk, server.base, paths, tmp, args.connections, args.wrk_threads, args.load_duration)
+                    if wrk else run_python_load(server.base, paths, args.connections, args.load_duration))
+        report(args, corpus, counts, build_seconds, seq, load)
+    except (RuntimeError, subprocess.SubprocessError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        if args.keep:
+            log(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return 1 if seq["errors"] or load["non2xx"] or load["socket_errors"] else 0
+
+
+def report(args, corpus: str, counts: dict, build_seconds, seq: dict, load: dict) -> None:
+    print(f"\n### Query benchmark: {corpus}, {counts['passages']:,} passages "
+          f"({counts['windows']:,} window + {counts['sentences']:,} sentence vectors), mode {args.mode}, "
+          f"k={args.k}\n")
+    rows = []
+    if build_seconds is not None:
+        rows.append(["build (`qa build`, incl. model load)", f"{build_seconds:.1f} s "
+                     f"({counts['passages'] / build_seconds:,.0f} passages/s)"])
+    c, s = seq["client"], seq["server"]
+    rows += [
+        [f"one client, {seq['n']} sequential searches: client p50 / p99",
+         f"{fmt(percentile(c, 50))} / {fmt(percentile(c, 99))} ms"],
+        ["… server `took_ms` p50 / p99", f"{fmt(percentile(s, 50))} / {fmt(percentile(s, 99))} ms"],
+        ["… errors", fmt(len(seq["errors"]))],
+        [f"load: {load['tool']}, {args.connections} connections, {load['seconds']:.0f} s",
+         f"{load['rps']:,.1f} req/s ({load['requests']:,} requests)"],
+        ["… latency p50 / p90 / p99 / max",
+         f"{fmt(load['p50'])} / {fmt(load['p90'])} / {fmt(load['p99'])} / {fmt(load['max'])} ms"],
+        ["… non-2xx / socket errors", f"{load['non2xx']} / {load['socket_errors']}"],
+        ["machine", machine_note()],
+    ]
+    print(markdown_table(["measure", "value"], rows))
+    print(f"\nload command: `{load['command']}`")
+    for e in seq["errors"][:5]:
+        print(f"- error: {e}")
+    print(f"\n{TARGETS[0].upper()}{TARGETS[1:]}.")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
