@@ -243,6 +243,12 @@ def dense_candidates(index, qvec: np.ndarray, depth: int, filters: Filters | Non
 def search(index, query: str, k: int = 10, *, mode: str = "hybrid", filters: Filters | None = None,
            depth: int = DEPTH, collapse: bool = True) -> SearchResult:
     """Ranked passages for a question: dense, lexical or hybrid, filtered before the top-k cut."""
+    with index.store.snapshot():
+        return _search(index, query, k, mode, filters, depth, collapse)
+
+
+def _search(index, query: str, k: int, mode: str, filters: Filters | None, depth: int,
+            collapse: bool) -> SearchResult:
     timings = {"embed_ms": 0.0, "dense_ms": 0.0, "lexical_ms": 0.0, "fuse_ms": 0.0}
     depth = max(depth, k)
     qvec = None

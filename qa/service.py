@@ -168,7 +168,8 @@ class Engine:
 
     def health(self) -> dict:
         index = self.index()
-        return {"status": "ok", "passages": index.passage_count,
+        # counted in the store, which writers change first: what search can find right now
+        return {"status": "ok", "passages": index.store.count_passages(),
                 "documents": int(index.manifest["counts"]["documents"]),
                 "generation": index.manifest.get("generation"), "model": index.manifest["model"]}
 

@@ -178,6 +178,20 @@ class Store:
             self._local.con = None
 
     @contextlib.contextmanager
+    def snapshot(self):
+        """A consistent read snapshot across several statements (WAL readers see one committed state), so a
+        writer committing in the middle of a search cannot remove rows between two of its reads."""
+        con = self.con
+        if con.in_transaction:
+            yield con
+            return
+        con.execute("BEGIN")
+        try:
+            yield con
+        finally:
+            con.execute("COMMIT")  # nothing to commit: ends the read snapshot
+
+    @contextlib.contextmanager
     def transaction(self):
         """BEGIN IMMEDIATE ... COMMIT, rolled back on error."""
         con = self.con
@@ -261,6 +275,9 @@ class Store:
                 "windows": con.execute("SELECT COUNT(*) FROM windows").fetchone()[0],
                 "sentences": con.execute("SELECT COUNT(*) FROM sentences").fetchone()[0]}
 
+    def count_passages(self) -> int:
+        return self.con.execute("SELECT COUNT(*) FROM passages").fetchone()[0]
+
     def all_windows(self, dim: int, batch: int = 50_000):
         """(window ids, passage rowids, vectors) of every window, in id order, in batches."""
         last = 0
@@ -312,7 +329,8 @@ class Store:
             return np.zeros((0, dim), np.float32)
         rows = dict(self.con.execute(
             f"SELECT id, vec FROM passages WHERE id IN ({','.join('?' * len(rowids))})", list(rowids)))
-        return from_blobs([rows[r] for r in rowids], dim)
+        zero = bytes(4 * dim)  # a passage deleted meanwhile: a zero vector matches nothing
+        return from_blobs([rows.get(r, zero) for r in rowids], dim)
 
     def window_vectors(self, rowids: Sequence[int], dim: int) -> tuple[np.ndarray, np.ndarray]:
         """(passage rowid per window, window vectors) of the windows of some passages."""
