@@ -194,11 +194,9 @@ def _engine(index_dir):
 @click.argument("question")
 @_search_options
 @_handle_errors
-def search(question, k, mode, source, doc_id, published_after, published_before, as_json, index_dir):
+def search(question, as_json, index_dir, **params):
     """Ranked passages for a question, with citations."""
-    engine = _engine(index_dir)
-    body = engine.search({"q": question, "k": k, "mode": mode, "source": source, "doc_id": doc_id,
-                          "published_after": published_after, "published_before": published_before})
+    body = _engine(index_dir).search({"q": question, **params})
     if as_json:
         click.echo(json.dumps(body, ensure_ascii=False, indent=2))
         return
@@ -216,11 +214,9 @@ def search(question, k, mode, source, doc_id, published_after, published_before,
 @click.argument("question")
 @_search_options
 @_handle_errors
-def ask(question, k, mode, source, doc_id, published_after, published_before, as_json, index_dir):
+def ask(question, as_json, index_dir, **params):
     """An extractive answer with numbered citations."""
-    engine = _engine(index_dir)
-    body = engine.ask({"q": question, "k": k, "mode": mode, "source": source, "doc_id": doc_id,
-                       "published_after": published_after, "published_before": published_before})
+    body = _engine(index_dir).ask({"q": question, **params})
     if as_json:
         click.echo(json.dumps(body, ensure_ascii=False, indent=2))
         return
