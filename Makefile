@@ -10,7 +10,7 @@ PORT   ?= 8000
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install serve test index rebuild eval browser-deps bench-deps soak bench clean
+.PHONY: install serve test index rebuild eval browser-deps bench-deps soak bench bench-build clean
 
 install: $(STAMP)
 
@@ -59,6 +59,11 @@ soak: $(STAMP)
 
 bench: $(STAMP) bench-deps
 	$(PY) scripts/bench_query.py
+	$(PY) scripts/bench_build.py
+
+# `qa build` of squad-dev (torch, onnx) against sentence-transformers' encode() of the same paragraphs
+bench-build: $(STAMP)
+	$(PY) scripts/bench_build.py
 
 test: $(STAMP) browser-deps
 	$(PY) -m pytest -q

@@ -94,8 +94,9 @@ def build(sources, index_dir, model, backends, kind, milvus_uri, milvus_token, s
                          vector_backend=vector_backend, milvus_uri=milvus_uri, milvus_token=milvus_token)
     for problem in report.problems:
         click.echo(f"warning: {problem}", err=True)
+    replayed = f", {report.replayed} writes made meanwhile replayed" if report.replayed else ""
     click.echo(f"built {cfg.index_dir}: {report.documents} documents, {report.passages} passages "
-               f"in {report.seconds:.1f}s ({len(report.problems)} problems)")
+               f"in {report.seconds:.1f}s ({len(report.problems)} problems{replayed})")
 
 
 @main.command()

@@ -225,14 +225,17 @@ def resolve_model(model: str | None) -> tuple[str, str]:
     return path, f"{os.path.basename(path.rstrip('/'))}@{model_fingerprint(path)}"
 
 
-def load_embedder(model: str | None = None, backend: str = "torch") -> Embedder:
-    """Load the embedding model from a local folder (default: the packaged all-MiniLM-L6-v2)."""
+def load_embedder(model: str | None = None, backend: str = "auto") -> Embedder:
+    """Load the embedding model from a local folder (default: the packaged all-MiniLM-L6-v2).
+
+    `backend`: "onnx" (int8 ONNX Runtime, exported once from the model and cached), "torch", or "auto", which is
+    ONNX: on squad-dev it costs 0.05 points of R@5 and builds about twice as fast."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     if model == "hash":
         return HashEmbedder()
     path, name = resolve_model(model)
-    if backend == "onnx":
+    if backend in ("onnx", "auto"):
         from .onnx_backend import OnnxEmbedder
 
         return OnnxEmbedder(path, name)

@@ -5,12 +5,14 @@ agreement, under one writer lock.
 """
 from __future__ import annotations
 
+import bisect
 import contextlib
 import dataclasses
 import datetime as dt
 import logging
 import os
 import shutil
+import sqlite3
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -18,11 +20,11 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from . import __version__
-from .chunk import Passage, chunk_article
+from .chunk import Passage, Span, chunk_article
 from .embed import Embedder, load_embedder, resolve_model
 from .errors import BadRequest, IndexUnavailable, QAError
 from .ingest import Article, Problem, read_sources
-from .store import (FORMAT_VERSION, STORE_FILE, Store, manifest_path, read_manifest, write_json_atomic)
+from .store import (FORMAT_VERSION, JOURNAL_KEEP, STORE_FILE, Store, manifest_path, read_manifest, write_json_atomic)
 from .vectors import VECTOR_BACKENDS, FaissIndex, VectorIndex, choose_kind, open_vectors
 
 log = logging.getLogger(__name__)
@@ -54,26 +56,33 @@ def _now() -> str:
 
 # --- embedding passages ------------------------------------------------------------------------------------
 
+def _sentences_inside(sentences: Sequence[Span], starts: Sequence[int], start: int, end: int) -> range:
+    """Indexes of the (sorted, non-overlapping) sentences lying within [start, end), found by bisection."""
+    lo = hi = bisect.bisect_left(starts, start)
+    while hi < len(sentences) and sentences[hi][1] <= end:
+        hi += 1
+    return range(lo, hi)
+
+
 def embed_passages(embedder: Embedder, passages: Sequence[Passage], *, progress: bool = False,
                    batch_size: int = 32) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Per passage: its window vectors and its sentence vectors, from one forward pass per window."""
-    texts, spans, owners = [], [], []
+    texts, spans, owners, inside = [], [], [], []
     for pi, passage in enumerate(passages):
+        starts = [s for s, _ in passage.sentences]
         for start, end in passage.windows:
+            held = _sentences_inside(passage.sentences, starts, start, end)
             texts.append(passage.text[start:end])
-            spans.append([(s - start, e - start) for s, e in passage.sentences if s >= start and e <= end])
+            spans.append([(passage.sentences[i][0] - start, passage.sentences[i][1] - start) for i in held])
             owners.append(pi)
+            inside.append(held)
     unit_vecs, unit_span_vecs = embedder.encode_spans(texts, spans, progress=progress, batch_size=batch_size)
     window_vecs: list[list[np.ndarray]] = [[] for _ in passages]
     sentence_vecs: list[dict[int, np.ndarray]] = [{} for _ in passages]
-    for u, pi in enumerate(owners):
+    for u, (pi, held) in enumerate(zip(owners, inside)):
         window_vecs[pi].append(unit_vecs[u])
-        start, end = passages[pi].windows[len(window_vecs[pi]) - 1]
-        k = 0
-        for si, (s, e) in enumerate(passages[pi].sentences):
-            if s >= start and e <= end:
-                sentence_vecs[pi].setdefault(si, unit_span_vecs[u][k])  # first window that holds it
-                k += 1
+        for k, si in enumerate(held):
+            sentence_vecs[pi].setdefault(si, unit_span_vecs[u][k])  # first window that holds it
     out_s = []
     for pi, passage in enumerate(passages):
         fallback = np.mean(window_vecs[pi], axis=0)
@@ -118,6 +127,7 @@ class Report:
     updated: int = 0
     unchanged: int = 0
     removed: int = 0
+    replayed: int = 0  # writes made to the live index during a full build, replayed into it at the swap
     problems: list[str] = dataclasses.field(default_factory=list)
     seconds: float = 0.0
     index_dir: str = ""
@@ -167,8 +177,65 @@ def _prune_data_dirs(index_dir: str, keep: Sequence[str]) -> None:
             shutil.rmtree(full, ignore_errors=True)
 
 
+def _write(store: Store, vectors: VectorIndex, prepared: Sequence, removals: Sequence[str] = ()) -> None:
+    """Write prepared articles and removals to the store, then the same change to the vector index."""
+    added, removed = store.write(prepared, removals)
+    vectors.remove(np.array(removed, np.int64))
+    if added:
+        vectors.add(np.array([i for i, _ in added], np.int64), np.stack([v for _, v in added]))
+
+
+def _journal_mark(index_dir: str) -> tuple[str, int] | None:
+    """(live data folder, its journal's last seq), or None without a usable live index."""
+    try:
+        data_dir = read_manifest(index_dir)["data_dir"]
+        store = Store(os.path.join(index_dir, data_dir, STORE_FILE), readonly=True)
+    except QAError:
+        return None
+    try:
+        return data_dir, store.journal_seq()
+    except sqlite3.Error:  # a corrupt live store: nothing to replay (the build replaces it)
+        return None
+    finally:
+        store.close()
+
+
+def _replay(index_dir: str, mark: tuple[str, int] | None, store: Store, vectors: VectorIndex,
+            embedder: Embedder) -> int:
+    """Under the writer lock: apply to a new build the writes journaled in the live index since `mark`; their number.
+
+    Each write sets its document's whole state, so only the last one per document is applied."""
+    if mark is None:
+        return 0
+    data_dir, after = mark
+    try:
+        manifest = read_manifest(index_dir)
+    except QAError:  # the live index is gone: nothing to replay into this build
+        return 0
+    if manifest["data_dir"] != data_dir:
+        # another full build swapped in meanwhile: its journal began empty, then took the writes it replayed and
+        # every one since
+        log.warning("the live index was rebuilt during this build; replaying all of its journal")
+        after = 0
+    live = Store(os.path.join(index_dir, manifest["data_dir"], STORE_FILE), readonly=True)
+    try:
+        entries = live.journal(after)
+    finally:
+        live.close()
+    if entries and entries[0].seq > after + 1:
+        raise QAError(f"more writes were made during this build than the journal keeps ({JOURNAL_KEEP}); "
+                      "the live index is unchanged, build again")
+    last = {e.doc_id: e for e in entries}
+    upserts = [e.article for e in last.values()
+               if e.op == "upsert" and store.content_hash(e.doc_id) != e.article.content_hash()]
+    removals = [d for d, e in last.items() if e.op == "remove"]
+    if upserts or removals:
+        _write(store, vectors, prepare_articles(upserts, embedder) if upserts else [], removals)
+    return len(entries)
+
+
 def build_index(sources: Sequence[str], index_dir: str, *, model: str | None = None,
-                embedder: Embedder | None = None, kind: str = "auto", backend: str = "torch",
+                embedder: Embedder | None = None, kind: str = "auto", backend: str = "auto",
                 strict: bool = False, progress: bool = False, vector_backend: str | None = None,
                 milvus_uri: str | None = None, milvus_token: str | None = None) -> Report:
     """Full build from sources into a new data folder beside the live one, then an atomic manifest swap.
@@ -179,6 +246,7 @@ def build_index(sources: Sequence[str], index_dir: str, *, model: str | None = N
     t0 = time.perf_counter()
     report = Report(index_dir=index_dir)
     sink = lambda p: report.problems.append(str(p))  # noqa: E731
+    mark = _journal_mark(index_dir)  # before the sources are read: later writes are replayed at the swap
     articles = dedupe_articles(read_sources(sources, strict=strict, on_problem=sink), sink)
     if not articles:
         raise BadRequest("no articles found in " + ", ".join(sources))
@@ -201,7 +269,7 @@ def build_index(sources: Sequence[str], index_dir: str, *, model: str | None = N
     try:
         prepared = prepare_articles(articles, embedder, progress=progress)
         store = Store(os.path.join(build_dir, STORE_FILE), create=True)
-        added, _ = store.write(prepared)
+        added, _ = store.write(prepared, journal=False)
         ids = np.array([i for i, _ in added], np.int64)
         vecs = np.stack([v for _, v in added]).astype(np.float32)
         index_kind = choose_kind(kind, len(ids))
@@ -219,6 +287,13 @@ def build_index(sources: Sequence[str], index_dir: str, *, model: str | None = N
         store.close()
         data_dir = f"data-{dt.datetime.now().strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:6]}"
         with write_lock(index_dir):
+            report.replayed = _replay(index_dir, mark, store, vindex, embedder)
+            if report.replayed:
+                generation = store.generation
+                vindex.save(build_dir, generation)
+                counts = store.counts()
+                store.con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                store.close()
             os.replace(build_dir, os.path.join(index_dir, data_dir))
             previous = None
             with contextlib.suppress(QAError):
@@ -401,12 +476,8 @@ def _apply(index_dir: str, embedder: Embedder | None, articles: Sequence[Article
                 return report
             if changed and embedder is None:
                 embedder = embedder_for(manifest)
-            prepared = prepare_articles(changed, embedder) if changed else []
-            added, removed = store.write(prepared, removals)
+            _write(store, vectors, prepare_articles(changed, embedder) if changed else [], removals)
             report.removed = len(removals)
-            vectors.remove(np.array(removed, np.int64))
-            if added:
-                vectors.add(np.array([i for i, _ in added], np.int64), np.stack([v for _, v in added]))
             generation = store.generation
             vectors.save(os.path.join(index_dir, manifest["data_dir"]), generation)
             manifest["counts"] = store.counts()

@@ -80,6 +80,7 @@ ProblemSink = Callable[[Problem], None]
 # --- boilerplate ---------------------------------------------------------------------------------------------
 
 _WORD = re.compile(r"\w+", re.UNICODE)
+_OVER_30_WORDS = re.compile(r"(?:\W*+\w++){31}")  # possessive: linear, a word is never split in two
 _URL_ONLY = re.compile(r"^\s*(<)?(https?://|www\.)\S+(>)?\s*$", re.I)
 _LEGAL = re.compile(
     r"©|\(c\)\s*\d{4}|\bcopyright\s*(\d{4}|\(c\))|\ball rights reserved\b|\b(privacy|cookie|refund|trademark"
@@ -107,7 +108,8 @@ def is_boilerplate(text: str) -> bool:
     text = text.strip()
     if not text or not _WORD.search(text):
         return True
-    words = word_count(text)
+    # the checks below only ask "at most 30 words?": a long paragraph's words are not listed
+    words = 31 if _OVER_30_WORDS.match(text) else word_count(text)
     if _URL_ONLY.match(text) or _SHARE.match(text):
         return True
     # short lines only: a real paragraph may well discuss copyright or subscriptions
@@ -128,9 +130,13 @@ _BYLINE = re.compile(r"^(?:by|written by|reporting by|story by)\s+(?P<who>[^\n]{
 _TAGS = re.compile(r"^(?:tags?|topics?|categories|category|filed under|keywords)\s*:\s*(?P<tags>.*)$", re.I)
 _META = re.compile(r"^(?P<key>published|date|updated|url|link|source|author|outlet)\s*:\s*(?P<value>\S.*)$", re.I)
 _MD_HEADING = re.compile(r"^\s{0,3}#{1,6}\s+")
-_MD_IMAGE = re.compile(r"!\[[^\]]*\]\([^)]*\)")
-_MD_LINK = re.compile(r"\[([^\]]+)\]\([^)]*\)")
-_MD_EMPH = re.compile(r"(\*\*|__|\*|_|`)(?=\S)(.+?)(?<=\S)\1")
+# Each scan stops at the next bracket, parenthesis or same delimiter, so a huge paragraph with unclosed markers
+# costs linear time (a bare `.+?` to the closing delimiter rescanned the rest of the paragraph per marker).
+# Link targets may hold one level of parentheses (Wikipedia URLs).
+_MD_TARGET = r"\([^()]*(?:\([^()]*\)[^()]*)*\)"
+_MD_IMAGE = re.compile(r"!\[[^\[\]]*\]" + _MD_TARGET)
+_MD_LINK = re.compile(r"\[([^\[\]]+)\]" + _MD_TARGET)
+_MD_EMPH = re.compile(r"(\*\*|__|\*|_|`)(?=\S)((?:(?!\1).)+?)(?<=\S)\1")
 _ISO_DATE = re.compile(r"\b(\d{4}-\d{2}-\d{2})(?:[T ][\d:.+Z-]+)?\b")
 _MONTHS = {m: i for i, m in enumerate(
     ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"], 1)}
@@ -254,6 +260,34 @@ def parse_html(html: str, doc_id: str, *, path: str | None = None) -> Article:
 
 # --- JSON Lines ----------------------------------------------------------------------------------------------
 
+_SQUASH_PIECE = 1 << 20
+
+
+def squash_spaces(text: str) -> str:
+    """`text` trimmed, with each run of white space as one space (as `" ".join(text.split())`).
+
+    A clean text is returned as is, and a huge one is squashed a piece at a time: splitting a 50 MB paragraph
+    into words at once would hold ten times its size in word objects.
+    """
+    if "  " not in text and text.isprintable():  # white space, if any, is single spaces only
+        return text.strip()
+    if len(text) <= _SQUASH_PIECE:
+        return " ".join(text.split())
+    out: list[str] = []
+    space = False  # white space seen since the last word written
+    for i in range(0, len(text), _SQUASH_PIECE):
+        piece = text[i:i + _SQUASH_PIECE]
+        words = " ".join(piece.split())
+        if not words:
+            space = True
+            continue
+        if out and (space or piece[0].isspace()):
+            out.append(" ")
+        out.append(words)
+        space = piece[-1].isspace()
+    return "".join(out)
+
+
 def _opt_str(obj: dict, key: str) -> str | None:
     value = obj.get(key)
     if value is None:
@@ -278,11 +312,11 @@ def article_from_dict(obj: object, *, path: str | None = None) -> Article:
         raw = obj["paragraphs"]
         if not isinstance(raw, list) or not all(isinstance(p, str) for p in raw):
             raise IngestError('"paragraphs" must be a list of strings')
-        paragraphs = [Paragraph(i, " ".join(p.split())) for i, p in enumerate(raw)]
+        paragraphs = [Paragraph(i, squash_spaces(p)) for i, p in enumerate(raw)]
     elif "text" in obj:
         if not isinstance(obj["text"], str):
             raise IngestError('"text" must be a string')
-        blocks = [" ".join(b.split()) for b in _BLOCK_SPLIT.split(obj["text"].replace("\r\n", "\n"))]
+        blocks = [squash_spaces(b) for b in _BLOCK_SPLIT.split(obj["text"].replace("\r\n", "\n"))]
         paragraphs = [Paragraph(i, b) for i, b in enumerate(b for b in blocks if b)]
     else:
         raise IngestError('an article needs "paragraphs" or "text"')

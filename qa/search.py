@@ -1,8 +1,8 @@
 """Ranking: dense and lexical candidates, fusion as small pure functions, filters, duplicate collapse, `Hit`.
 
-Both sides contribute deep candidate lists; every candidate then gets every signal exactly (its best window's
-cosine, its best sentence's cosine, its BM25 score), and the signals are fused per query after normalisation, so no
-weight depends on one collection's score scale.
+Both sides contribute deep candidate lists; every candidate then gets every signal (its best window's cosine, its
+best sentence's cosine, its BM25 score, exact within the best 2,000 lexical matches and bounded past them), and the
+signals are fused per query after normalisation, so no weight depends on one collection's score scale.
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from .store import Filters, StoredPassage, query_terms
 
 MODES = ("hybrid", "dense", "lexical")
 DEPTH = 100  # candidates from each side
+LEXICAL_POOL = 2000  # BM25 scores read in one query, to score the dense side's candidates too
 RRF_K = 60  # the constant of Cormack et al. (2009); not tuned here
 DUPLICATE_COSINE = 0.97  # passages this close are copies of one story (syndicated wire text)
 
@@ -124,8 +125,8 @@ class TermMatcher:
 
     def __init__(self, weights: Mapping[str, float]):
         self.stems = [s for s in weights if s]
-        self.weights = np.array([weights[s] for s in self.stems], float)
-        self.total = float(self.weights.sum())
+        self.weights = [float(weights[s]) for s in self.stems]
+        self.total = sum(self.weights)
         self.pattern = re.compile(r"\b(?:" + "|".join(f"({re.escape(s)})" for s in self.stems) + r")\w*",
                                   re.I) if self.stems else None
 
@@ -140,16 +141,32 @@ class TermMatcher:
         return cls(weights)
 
     def coverages(self, text: str, spans: Sequence[tuple[int, int]]) -> list[float]:
-        """Coverage of each span of `text`, from one scan of the text."""
-        if self.pattern is None or self.total <= 0 or not spans:
+        """Coverage of each span of `text`: a word counts where it starts with one of the query's stems."""
+        if not self.stems or self.total <= 0 or not spans:
             return [0.0] * len(spans)
+        low = text.lower()
+        if len(low) != len(text):  # lower-casing changed the offsets (rare letters): match case-insensitively
+            return self._coverages_re(text, spans)
+        starts = [s for s, _ in spans]
+        found: list[set[int]] = [set() for _ in spans]
+        for j, s in enumerate(self.stems):
+            pos = low.find(s)
+            while pos >= 0:
+                if pos == 0 or not (low[pos - 1].isalnum() or low[pos - 1] == "_"):
+                    i = bisect.bisect_right(starts, pos) - 1
+                    if i >= 0 and pos < spans[i][1]:
+                        found[i].add(j)
+                pos = low.find(s, pos + 1)
+        return [sum(self.weights[j] for j in f) / self.total if f else 0.0 for f in found]
+
+    def _coverages_re(self, text: str, spans: Sequence[tuple[int, int]]) -> list[float]:
         starts = [s for s, _ in spans]
         found: list[set[int]] = [set() for _ in spans]
         for m in self.pattern.finditer(text):
             i = bisect.bisect_right(starts, m.start()) - 1
             if i >= 0 and m.start() < spans[i][1]:
                 found[i].add(m.lastindex - 1)
-        return [float(self.weights[sorted(f)].sum()) / self.total if f else 0.0 for f in found]
+        return [sum(self.weights[j] for j in f) / self.total if f else 0.0 for f in found]
 
 
 # --- validation --------------------------------------------------------------------------------------------
@@ -254,6 +271,7 @@ def _search(index, query: str, k: int, mode: str, filters: Filters | None, depth
     qvec = None
     dense: Ranked = []
     lexical: Ranked = []
+    pool: Ranked = []
     terms = query_terms(query)
     if mode in ("hybrid", "dense"):
         t = time.perf_counter()
@@ -264,7 +282,8 @@ def _search(index, query: str, k: int, mode: str, filters: Filters | None, depth
         timings["dense_ms"] = _ms(t)
     if mode in ("hybrid", "lexical"):
         t = time.perf_counter()
-        lexical = index.store.lexical_search(terms, depth, filters)
+        pool = index.store.lexical_search(terms, max(depth, LEXICAL_POOL) if mode == "hybrid" else depth, filters)
+        lexical = pool[:depth]
         timings["lexical_ms"] = _ms(t)
     t = time.perf_counter()
     candidates = list(dict.fromkeys([rid for rid, _ in dense] + [rid for rid, _ in lexical]))
@@ -292,10 +311,13 @@ def _search(index, query: str, k: int, mode: str, filters: Filters | None, depth
         for rid, rows in by_passage.items():
             covs = matcher.coverages(texts[rid], [(start, end) for _, start, end, _ in rows])
             sentences[rid] = [(*row, cov) for row, cov in zip(rows, covs)]
-    if mode == "hybrid" and candidates:
-        missing = [rid for rid in candidates if rid not in lex_s]
-        if missing and terms:
-            lex_s.update(index.store.lexical_scores(terms, missing))
+    if mode == "hybrid" and candidates and len(pool) > len(lexical):
+        # BM25 of the dense side's candidates from the lexical pool; past its end, the pool's last score (a bound)
+        pool_s = dict(pool)
+        beyond = pool[-1][1] if len(pool) >= LEXICAL_POOL else 0.0
+        for rid in candidates:
+            if rid not in lex_s:
+                lex_s[rid] = pool_s.get(rid, beyond)
     if mode == "dense":
         fused = fuse_dense(dense_s, sent_s, candidates)
     elif mode == "lexical":

@@ -1,8 +1,8 @@
-"""The passage store (SQLite: documents, passages, sentences, vectors, FTS5) and the index folder's manifest.
+"""The passage store (SQLite: documents, passages, sentences, vectors, FTS5, journal) and the index folder's manifest.
 
 The index folder holds `manifest.json` and one data folder per full build (`data-<timestamp>/`); the manifest names
 the live one. A full build writes a new data folder and swaps the manifest atomically; incremental writes change
-the live data folder in SQLite transactions. SQLite is the source of truth: it keeps every vector, so the FAISS file
+the live data folder in SQLite transactions and are journaled, so a full build can replay those made meanwhile. SQLite is the source of truth: it keeps every vector, so the FAISS file
 is a derived copy that can always be rebuilt from it without re-embedding.
 """
 from __future__ import annotations
@@ -22,13 +22,18 @@ import numpy as np
 
 from .chunk import Passage, Span, passage_id
 from .errors import IndexUnavailable
-from .ingest import Article
+from .ingest import Article, Paragraph
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 STORE_FILE = "store.sqlite"
 FORMAT_VERSION = 1
+# Journal entries kept in a live store. A full build replays the entries written after it read its sources, so this
+# bounds how many writes a build may overlap; a build that finds its entries pruned fails instead of losing them.
+# Entries are article JSON, small beside the vectors the same writes add, and each full build starts a new, empty
+# journal.
+JOURNAL_KEEP = 10_000
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -50,6 +55,11 @@ CREATE TABLE IF NOT EXISTS sentences (
     start INTEGER NOT NULL, end INTEGER NOT NULL, vec BLOB NOT NULL, PRIMARY KEY (passage, idx)) WITHOUT ROWID;
 CREATE VIRTUAL TABLE IF NOT EXISTS passages_fts USING fts5(
     title, text, tokenize = 'porter unicode61 remove_diacritics 2');
+"""
+# Every incremental write, in commit order: 'upsert' with the article as JSON, or 'remove'.
+JOURNAL_SCHEMA = """
+CREATE TABLE IF NOT EXISTS journal (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, op TEXT NOT NULL, doc_id TEXT NOT NULL, article TEXT);
 """
 
 
@@ -107,16 +117,51 @@ class Filters:
         return " AND ".join(clauses) or "1", params
 
 
+@dataclasses.dataclass
+class JournalEntry:
+    """One journaled write: `article` for an upsert, None for a removal."""
+
+    seq: int
+    op: str
+    doc_id: str
+    article: Article | None
+
+
+def _article_json(article: Article) -> str:
+    return json.dumps({**article.to_dict(), "path": article.path}, ensure_ascii=False)
+
+
+def _journal_article(text: str) -> Article:
+    """The exact inverse of `_article_json` (not `article_from_dict`, which re-cleans and renumbers paragraphs)."""
+    obj = json.loads(text)
+    paragraphs = [Paragraph(i, t) for i, t in zip(obj["paragraph_indexes"], obj["paragraphs"])]
+    return Article(id=obj["id"], title=obj["title"], paragraphs=paragraphs, source=obj["source"],
+                   author=obj["author"], url=obj["url"], published=obj["published"], tags=obj["tags"],
+                   path=obj["path"])
+
+
 def to_blob(vec: np.ndarray) -> bytes:
     """float32 bytes of a vector."""
     return np.asarray(vec, dtype=np.float32).tobytes()
 
 
+def to_half_blob(vec: np.ndarray) -> bytes:
+    """float16 bytes of a vector: sentence vectors, read by the hundred per query, are kept at half size (their
+    rows then fit in SQLite's b-tree pages without overflow pages; cosines move by about 1e-3)."""
+    return np.asarray(vec, dtype=np.float16).tobytes()
+
+
 def from_blobs(blobs: Sequence[bytes], dim: int) -> np.ndarray:
-    """A float32 matrix from vector blobs."""
+    """A float32 matrix from vector blobs (float32 or float16, told apart by their length)."""
     if not blobs:
         return np.zeros((0, dim), np.float32)
-    return np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), dim)
+    data = b"".join(blobs)
+    if len(data) == 2 * dim * len(blobs) and len(blobs[0]) == 2 * dim:
+        return np.frombuffer(data, dtype=np.float16).reshape(len(blobs), dim).astype(np.float32)
+    if len(data) == 4 * dim * len(blobs):
+        return np.frombuffer(data, dtype=np.float32).reshape(len(blobs), dim)
+    return np.stack([np.frombuffer(b, dtype=np.float16 if len(b) == 2 * dim else np.float32) for b in blobs]
+                    ).astype(np.float32)  # a store holding both (sentences written before and after the change)
 
 
 # --- FTS5 query building ---
@@ -151,8 +196,10 @@ class Store:
         self.readonly = readonly
         self._local = threading.local()
         if create:
-            self.con.executescript(SCHEMA)  # executescript manages its own transaction
+            self.con.executescript(SCHEMA + JOURNAL_SCHEMA)  # executescript manages its own transaction
             self.con.execute("INSERT OR IGNORE INTO meta VALUES ('generation', '0')")
+        elif not readonly:
+            self.con.execute(JOURNAL_SCHEMA)  # stores made before the journal get it on their first write
 
     @property
     def con(self) -> sqlite3.Connection:
@@ -167,6 +214,8 @@ class Store:
                 con.execute("PRAGMA journal_mode=WAL")
                 con.execute("PRAGMA synchronous=NORMAL")
             con.execute("PRAGMA foreign_keys=ON")
+            con.execute("PRAGMA mmap_size=1073741824")  # read pages by mapping, not one read() each
+            con.execute("PRAGMA cache_size=-65536")  # 64 MiB of page cache per connection
             self._local.con = con
         return con
 
@@ -227,13 +276,19 @@ class Store:
 
     def write(self, articles: Sequence[tuple[Article, Sequence[Passage], Sequence[np.ndarray],
                                              Sequence[np.ndarray]]],
-              removals: Sequence[str] = ()) -> tuple[list[tuple[int, np.ndarray]], list[int]]:
-        """Remove documents and insert or replace articles in one transaction.
+              removals: Sequence[str] = (), *, journal: bool = True
+              ) -> tuple[list[tuple[int, np.ndarray]], list[int]]:
+        """Remove documents and insert or replace articles in one transaction, journaled unless `journal` is False.
 
         Each article comes with its passages, one window-vector matrix per passage and one sentence-vector matrix
         per passage. Returns ((window id, vector) added, window ids removed)."""
         added, removed = [], []
         with self.transaction() as con:
+            if journal:
+                con.executemany("INSERT INTO journal (op, doc_id, article) VALUES (?,?,?)",
+                                [("remove", d, None) for d in removals]
+                                + [("upsert", a.id, _article_json(a)) for a, *_ in articles])
+                con.execute("DELETE FROM journal WHERE seq <= (SELECT MAX(seq) FROM journal) - ?", (JOURNAL_KEEP,))
             for doc_id in removals:
                 removed += self._delete_document(con, doc_id)
             for article, passages, window_vecs, sentence_vecs in articles:
@@ -258,7 +313,7 @@ class Store:
                                           (rowid, start, end, to_blob(vec)))
                         added.append((cur.lastrowid, vec))
                     con.executemany("INSERT INTO sentences VALUES (?,?,?,?,?)",
-                                    [(rowid, i, s, e, to_blob(v))
+                                    [(rowid, i, s, e, to_half_blob(v))
                                      for i, ((s, e), v) in enumerate(zip(passage.sentences, svecs))])
             con.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
         return added, removed
@@ -266,6 +321,24 @@ class Store:
     def set_meta(self, key: str, value: str) -> None:
         with self.transaction() as con:
             con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    # --- journal ---
+    def _has_journal(self) -> bool:
+        return self.con.execute("SELECT 1 FROM sqlite_master WHERE name = 'journal'").fetchone() is not None
+
+    def journal_seq(self) -> int:
+        """The last journaled write's seq (0 when none, or in a store made before the journal)."""
+        if not self._has_journal():
+            return 0
+        return self.con.execute("SELECT COALESCE(MAX(seq), 0) FROM journal").fetchone()[0]
+
+    def journal(self, after: int = 0) -> list[JournalEntry]:
+        """The journaled writes with a seq above `after`, in order."""
+        if not self._has_journal():
+            return []
+        rows = self.con.execute("SELECT seq, op, doc_id, article FROM journal WHERE seq > ? ORDER BY seq", (after,))
+        return [JournalEntry(seq, op, doc_id, _journal_article(article) if article else None)
+                for seq, op, doc_id, article in rows]
 
     # --- reads ---
     def counts(self) -> dict:
@@ -340,15 +413,6 @@ class Store:
             f"SELECT passage, vec FROM windows WHERE passage IN ({','.join('?' * len(rowids))})",
             list(rowids)).fetchall()
         return np.array([r[0] for r in rows], np.int64), from_blobs([r[1] for r in rows], dim)
-
-    def lexical_scores(self, terms: Sequence[str], rowids: Sequence[int],
-                       title_weight: float = 1.0) -> dict[int, float]:
-        """BM25 scores of some passages (passages matching no term are left out)."""
-        if not terms or not rowids:
-            return {}
-        q = ("SELECT rowid, -bm25(passages_fts, ?, 1.0) FROM passages_fts WHERE passages_fts MATCH ? "
-             f"AND rowid IN ({','.join('?' * len(rowids))})")
-        return dict(self.con.execute(q, [title_weight, fts_query(terms), *rowids]).fetchall())
 
     def sentences(self, rowids: Sequence[int], dim: int) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
         """Sentence vectors and (passage rowid, idx, start, end) of the sentences of some passages."""
@@ -466,5 +530,5 @@ def write_json_atomic(path: str, obj: dict) -> None:
         os.close(dfd)
 
 
-__all__ = ["Store", "StoredPassage", "Filters", "read_manifest", "write_json_atomic", "query_terms", "fts_query",
+__all__ = ["Store", "StoredPassage", "JournalEntry", "Filters", "read_manifest", "write_json_atomic", "query_terms", "fts_query",
            "passage_id", "Span"]

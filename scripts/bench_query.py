@@ -9,8 +9,8 @@
     generator (keep-alive connections, one per thread) runs instead and is labelled as such.
 
 The index is built into a temporary folder from squad-dev (build time is reported), or copied from --index-dir;
---passages N synthesises a bigger corpus of about N passages by repeating real squad-dev paragraphs under varied
-ids and titles. Standard library only; all traffic goes to 127.0.0.1.
+--passages N synthesises a bigger corpus of about N passages: squad-dev, then copies of its articles whose
+paragraphs are remixed from the article's own sentences (real text, no two paragraphs alike). Standard library only; all traffic goes to 127.0.0.1.
 """
 from __future__ import annotations
 
@@ -73,19 +73,25 @@ end
 # --- corpus ---------------------------------------------------------------------------------------------------
 
 def synthesise(articles_path: str, passages: int, out_path: str) -> int:
-    """A JSONL corpus of about `passages` paragraphs: squad-dev articles repeated as copies with their own ids and
-    titles (real text; each copy shuffles its paragraph order). Returns the number of paragraphs written."""
+    """A JSONL corpus of about `passages` paragraphs of real text: the squad-dev articles, then copies of them with
+    their own ids and titles whose every paragraph is remixed from sentences drawn at random across its article, so
+    no two paragraphs are copies of each other (copies would make every query a duplicate-collapse case).
+    Returns the number of paragraphs written."""
     with open(articles_path, encoding="utf-8") as f:
         articles = [json.loads(line) for line in f if line.strip()]
     rng = random.Random(0)
+    split = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
+    pools = [[s for p in a["paragraphs"] for s in split.split(p) if s.strip()] for a in articles]
     written, copy = 0, 0
     with open(out_path, "w", encoding="utf-8") as out:
         while written < passages:
-            for a in articles:
+            for a, pool in zip(articles, pools):
                 if written >= passages:
                     break
                 paras = a["paragraphs"][: passages - written]
-                rng.shuffle(paras)
+                if copy:
+                    paras = [" ".join(rng.sample(pool, min(len(pool), max(1, len(split.split(p))))))
+                             for p in paras]
                 doc = {"id": f"{a['id']}~{copy}" if copy else a["id"],
                        "title": f"{a['title']} ({copy + 1})" if copy else a["title"], "paragraphs": paras}
                 out.write(json.dumps(doc, ensure_ascii=False) + "\n")

@@ -59,14 +59,20 @@ def read_questions(path: str, limit: int | None = None, seed: int = 0) -> list[s
     return qs[:limit] if limit else qs
 
 
-def build_index(sources: list[str], index_dir: str, timeout: float = 3600) -> float:
-    """`qa build` into index_dir; returns the wall-clock seconds. Raises on failure with the tool's output."""
+def run_build(sources: list[str], index_dir: str, *options: str, timeout: float = 3600) -> tuple[float, str]:
+    """`qa build` into index_dir with extra options: (wall-clock seconds, its stdout). Raises on failure with the
+    tool's output."""
     t0 = time.perf_counter()
-    p = subprocess.run([QA, "build", *sources, "--index-dir", index_dir, "--quiet"], env=qa_env(),
+    p = subprocess.run([QA, "build", *sources, "--index-dir", index_dir, "--quiet", *options], env=qa_env(),
                        capture_output=True, text=True, timeout=timeout)
     if p.returncode != 0:
         raise RuntimeError(f"qa build failed ({p.returncode}): {p.stderr.strip()[-2000:]}")
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, p.stdout
+
+
+def build_index(sources: list[str], index_dir: str, timeout: float = 3600) -> float:
+    """`qa build` into index_dir; returns the wall-clock seconds. Raises on failure with the tool's output."""
+    return run_build(sources, index_dir, timeout=timeout)[0]
 
 
 def copy_index(src: str, dst: str) -> None:

@@ -1,9 +1,16 @@
 import json
+import os
+import random
+import re
+import time
+from collections.abc import Callable, Sequence
 
 import pytest
 
+import qa.ingest
+from qa.chunk import chunk_article
 from qa.errors import IngestError
-from qa.ingest import article_from_dict, is_boilerplate, parse_html, parse_text, read_sources
+from qa.ingest import article_from_dict, is_boilerplate, parse_html, parse_text, read_sources, squash_spaces
 
 from conftest import SEED_FILE
 
@@ -107,3 +114,196 @@ def test_html_through_trafilatura():
     assert any("nine-day strike" in t for t in texts)
     assert not any("Copyright" in t or "Log in" in t for t in texts)
     assert a.author == "Ana Lima" and a.url == "https://example.com/port-strike" and a.published == "2024-03-05"
+
+
+@pytest.mark.parametrize("text", ["", "  ", "one", " a  b\tc\n\nd ", "a\u2028b\xa0c", "x \x01 y", "é  é"])
+def test_squash_spaces_is_split_and_join(text):
+    assert squash_spaces(text) == " ".join(text.split())
+
+
+def test_squash_spaces_in_pieces_is_split_and_join(monkeypatch):
+    monkeypatch.setattr(qa.ingest, "_SQUASH_PIECE", 3)  # piece edges fall inside words and space runs
+    rng = random.Random(0)
+    for _ in range(2000):
+        text = "".join(rng.choice(["ab", "c", " ", "  ", "\n", "\t", "é"]) for _ in range(rng.randint(0, 30)))
+        assert squash_spaces(text) == " ".join(text.split()), repr(text)
+
+
+@pytest.mark.parametrize("markers", ["rate *{} rose", "rate __{} rose", "x `{} y", "see [note {} here",
+                                     "see ![a](b {} here", "see [a](b {} here"])
+def test_markdown_cleanup_of_unclosed_markers_is_linear(markers):
+    # each unclosed marker used to rescan the rest of the paragraph
+    para = " ".join(markers.format(i) for i in range(10_000))  # ~150 KB: 30 s before, 0.05 s now
+    t0 = time.perf_counter()
+    a = parse_text("Title\n\n" + para, "md", markdown=True)
+    assert time.perf_counter() - t0 < 2
+    assert len(a.paragraphs) == 1
+
+
+def test_markdown_links_keep_their_text():
+    a = parse_text("Title\n\nSee [Foo](https://en.wikipedia.org/wiki/Foo_(bar)) and **bold *it* text**.", "md",
+                   markdown=True)
+    assert a.paragraphs[0].text == "See Foo and bold *it* text."
+
+
+# --- a 50 MB file --------------------------------------------------------------------------------------------
+# Varied news sentences (abbreviations, quotes, accents, numbers) cycled to 50 MB of UTF-8. Time is checked per
+# step with a wide margin for a loaded machine: the quadratic paths this guards against take minutes to hours.
+# Peak memory comes from the kernel's high-water mark (VmHWM, reset through /proc/self/clear_refs), which costs
+# nothing, where tracemalloc would triple the run time; elsewhere than Linux it is not checked.
+
+BIG = 50_000_000  # bytes
+STEP_SECONDS = 60
+SUBJECTS = ["The council", "Mr. Okafor", "U.S. officials", "The São Paulo exchange", "Dr. Müller’s team",
+            "A spokeswoman for the ministry", "Shareholders", "Fishermen in Tromsø", "The 3.5% bond", "Prof. Nakamura",
+            "Residents of the old town", "The union", "Ms. García", "Investors in Zürich", "The committee"]
+VERBS = ["said on Jan. 5 that it would review", "voted 7-2 to delay", "rejected", "welcomed", "warned about",
+         "asked the court to block", "spent $2.4 billion on", "called for an inquiry into", "praised",
+         "will publish a report on", "doubled its spending on", "has questioned"]
+OBJECTS = ["the budget for schools and roads", "a plan to rebuild the harbour", "“a fair deal for everyone”",
+           "new rules on fishing quotas", "the merger of two regional banks", "rising prices for bread and milk",
+           "the 12-km rail link", "a ban on night flights", "the mayor’s housing plan", "talks with the EU"]
+ENDINGS = [".", " on Monday.", ", officials said.", " — and more talks are planned.", " after months of debate.",
+           ", according to a statement.", "!", " in 2023.", ", the report (p. 14) said.", "?"]
+
+
+@pytest.fixture(scope="module")
+def big_paragraphs() -> list[list[str]]:
+    """Paragraphs, as lists of sentences, of a little over 50 MB of text."""
+    rng = random.Random(0)
+    sentences = [f"{rng.choice(SUBJECTS)} {rng.choice(VERBS)} {rng.choice(OBJECTS)}{rng.choice(ENDINGS)}"
+                 for _ in range(4000)]
+    pool = []
+    for _ in range(2000):
+        start = rng.randrange(len(sentences) - 8)
+        pool.append(sentences[start:start + rng.randint(3, 8)])
+    paragraphs, size = [], 0
+    while size < BIG:
+        paragraphs.append(pool[len(paragraphs) % len(pool)])
+        size += sum(len(s.encode()) + 1 for s in paragraphs[-1]) + 1
+    return paragraphs
+
+
+def _rss(key: str) -> int:
+    with open("/proc/self/status") as f:
+        return int(re.search(rf"^{key}:\s+(\d+) kB", f.read(), re.M).group(1)) * 1024
+
+
+def measured(fn: Callable[[], object]) -> tuple[object, float, int | None]:
+    """`fn()`, the seconds it took, and the growth of the process's peak resident memory (None if unknown)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets the peak (VmHWM) to the current resident size
+        start = _rss("VmRSS")
+    except OSError:
+        start = None
+    t0 = time.perf_counter()
+    result = fn()
+    seconds = time.perf_counter() - t0
+    return result, seconds, None if start is None else _rss("VmHWM") - start
+
+
+def first_difference(a: Sequence, b: Sequence) -> int | None:
+    """Where two long sequences first differ, None if equal (pytest's own diff of 50 MB would not end)."""
+    if a == b:
+        return None
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
+def count_words(texts: Sequence[str]) -> list[int]:
+    return [len(t.split()) for t in texts]
+
+
+def test_a_50_mb_text_file_is_read_whole(tmp_path, big_paragraphs):
+    # hard-wrapped (a sentence a line), with share buttons between paragraphs and a copyright footer
+    blocks = ["Harbour council budget, day by day", "By Jane Roe, Example News", "Published: 2024-03-01"]
+    for k, sentences in enumerate(big_paragraphs):
+        blocks.append("\n".join(sentences))
+        if k % 40 == 7:
+            blocks.append("Share this")
+    blocks.append("Copyright © 2024 Example News. All rights reserved.")
+    path = tmp_path / "long.txt"
+    path.write_text("\n\n".join(blocks) + "\n", encoding="utf-8")
+    del blocks
+    size = os.path.getsize(path)
+    assert size >= BIG
+    problems = []
+    articles, seconds, peak = measured(lambda: list(read_sources([str(path)], on_problem=problems.append)))
+    assert problems == [] and len(articles) == 1
+    a = articles[0]
+    assert a.title == "Harbour council budget, day by day" and a.author == "Jane Roe" and a.published == "2024-03-01"
+    expected = [" ".join(sentences) for sentences in big_paragraphs]
+    assert first_difference([p.text for p in a.paragraphs], expected) is None  # all kept, chrome only dropped
+    assert [p.index for p in a.paragraphs] == list(range(len(expected)))
+    assert seconds < STEP_SECONDS
+    assert peak is None or peak < 10 * size, f"{peak / size:.1f} times the file"  # a few copies of the text (~4x)
+
+
+def test_a_50_mb_jsonl_file_is_streamed(tmp_path, big_paragraphs):
+    path, size, articles, chars, bad_line = tmp_path / "many.jsonl", 0, 0, 0, None
+    with open(path, "w", encoding="utf-8") as f:
+        while size < BIG:
+            if articles == 5000 and bad_line is None:
+                bad_line = articles + 1
+                f.write('{"id": "broken", "title": "Cut off", "paragraphs": ["The council said\n')
+                continue
+            paragraphs = [" ".join(s) for s in big_paragraphs[articles * 6 % len(big_paragraphs):][:6]]
+            line = json.dumps({"id": f"story-{articles}", "title": f"Story {articles}", "paragraphs": paragraphs},
+                              ensure_ascii=False) + "\n"
+            f.write(line)
+            size += len(line.encode())
+            articles += 1
+            chars += sum(map(len, paragraphs))
+    problems = []
+
+    def consume():  # counted as they come, never kept: a stream holds one article at a time
+        seen = seen_chars = 0
+        for a in read_sources([str(path)], on_problem=problems.append):
+            seen += 1
+            seen_chars += sum(len(p.text) for p in a.paragraphs)
+        return seen, seen_chars
+
+    (seen, seen_chars), seconds, peak = measured(consume)
+    assert (seen, seen_chars) == (articles, chars)
+    assert [p.line for p in problems] == [bad_line]
+    assert seconds < STEP_SECONDS
+    assert peak is None or peak < size / 10, f"{peak / 1e6:.0f} MB resident for a {size / 1e6:.0f} MB file"
+
+
+def test_a_50_mb_paragraph_is_kept_and_windowed_whole(tmp_path, big_paragraphs):
+    sentences = [s for paragraph in big_paragraphs for s in paragraph]
+    # one paragraph, its sentences apart by line breaks, tabs and double spaces: white space is squashed
+    raw = "".join(s + (" ", "\n", "  ", " \t")[i % 4] for i, s in enumerate(sentences))
+    path = tmp_path / "huge.jsonl"
+    path.write_text(json.dumps({"id": "huge", "title": "Huge", "paragraphs": [raw]}, ensure_ascii=False) + "\n",
+                    encoding="utf-8")
+    del raw
+    size = os.path.getsize(path)
+    assert size >= BIG
+    articles, seconds, peak = measured(lambda: list(read_sources([str(path)])))
+    assert seconds < STEP_SECONDS
+    # the line, its decoded and parsed copies and the squashed text (~6x); listing its words took 18x
+    assert peak is None or peak < 10 * size, f"{peak / size:.1f} times the file"
+    [article] = articles
+    expected = " ".join(sentences)
+    assert len(article.paragraphs) == 1 and first_difference(article.paragraphs[0].text, expected) is None
+
+    passages, seconds, _ = measured(lambda: chunk_article(article, count_words, max_tokens=254))
+    assert seconds < STEP_SECONDS
+    [p] = passages
+    assert (p.char_start, p.char_end) == (0, len(expected)) and p.text is article.paragraphs[0].text
+    # the sentences hold every character but the spaces between them
+    spans = p.sentences
+    assert spans[0][0] == 0 and spans[-1][1] == len(p.text)
+    assert all(e <= s and not p.text[e:s].strip() for (_, e), (s, _) in zip(spans, spans[1:]))
+    # the windows run from the first sentence to the last, whole sentences, no gaps, within the token budget
+    first = {s: i for i, (s, _) in enumerate(spans)}
+    last = {e: i for i, (_, e) in enumerate(spans)}
+    prefix = [0]
+    for n in count_words([p.text[s:e] for s, e in spans]):
+        prefix.append(prefix[-1] + n)
+    bounds = [(first[s], last[e]) for s, e in p.windows]
+    assert bounds[0][0] == 0 and bounds[-1][1] == len(spans) - 1
+    assert all(i < j <= k + 1 for (i, k), (j, _) in zip(bounds, bounds[1:]))
+    assert all(prefix[k + 1] - prefix[i] <= 254 or i == k for i, k in bounds)
+    assert len(p.windows) > len(spans) // 20  # windows of ~250 words, not one window for the lot

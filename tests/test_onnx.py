@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from qa.chunk import split_sentences  # noqa: E402
-from qa.embed import PACKAGED_MODEL, TorchEmbedder, packaged_model_path  # noqa: E402
+from qa.embed import PACKAGED_MODEL, TorchEmbedder, load_embedder, packaged_model_path  # noqa: E402
 from qa.onnx_backend import CACHE_ENV, INT8_FILES, OnnxEmbedder, cache_dir  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,7 +59,7 @@ def texts() -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def onnx_cache(tmp_path_factory: pytest.TempPathFactory):
+def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """QA_CACHE_DIR pointed at a fresh folder for the whole session, so the export below runs once, there."""
     folder = tmp_path_factory.mktemp("onnx-cache")
     with pytest.MonkeyPatch.context() as mp:
@@ -139,6 +140,12 @@ def test_second_construction_reuses_the_cached_file(onnx_embedder: OnnxEmbedder,
     after = {p.name: p.stat().st_mtime_ns for p in Path(again.onnx_path).parent.iterdir()}
     assert after == before  # nothing exported or written again
     np.testing.assert_array_equal(again.encode(QUERIES[:3]), onnx_embedder.encode(QUERIES[:3]))
+
+
+def test_load_embedder_picks_the_onnx_backend(onnx_embedder: OnnxEmbedder) -> None:
+    embedder = load_embedder(None, backend="onnx")
+    assert isinstance(embedder, OnnxEmbedder) and embedder.model_name == PACKAGED_MODEL
+    assert embedder.onnx_path == onnx_embedder.onnx_path
 
 
 def test_cached_load_in_a_fresh_process_needs_no_torch(onnx_embedder: OnnxEmbedder, onnx_cache: Path) -> None:
