@@ -6,7 +6,6 @@ signals are fused per query after normalisation, so no weight depends on one col
 """
 from __future__ import annotations
 
-import bisect
 import dataclasses
 import functools
 import math
@@ -125,10 +124,8 @@ class TermMatcher:
 
     def __init__(self, weights: Mapping[str, float]):
         self.stems = [s for s in weights if s]
-        self.weights = [float(weights[s]) for s in self.stems]
-        self.total = sum(self.weights)
-        self.pattern = re.compile(r"\b(?:" + "|".join(f"({re.escape(s)})" for s in self.stems) + r")\w*",
-                                  re.I) if self.stems else None
+        self.weights = np.array([weights[s] for s in self.stems], float)
+        self.total = float(self.weights.sum())
 
     @classmethod
     def for_query(cls, store, terms: Sequence[str], n_passages: int) -> "TermMatcher":
@@ -140,33 +137,29 @@ class TermMatcher:
             weights[key] = max(weights.get(key, 0.0), math.log(1 + (n - df + 0.5) / (df + 0.5)))
         return cls(weights)
 
-    def coverages(self, text: str, spans: Sequence[tuple[int, int]]) -> list[float]:
-        """Coverage of each span of `text`: a word counts where it starts with one of the query's stems."""
-        if not self.stems or self.total <= 0 or not spans:
-            return [0.0] * len(spans)
-        low = text.lower()
-        if len(low) != len(text):  # lower-casing changed the offsets (rare letters): match case-insensitively
-            return self._coverages_re(text, spans)
-        starts = [s for s, _ in spans]
-        found: list[set[int]] = [set() for _ in spans]
+    def coverages(self, texts: Sequence[str], spans: Sequence[tuple[int, int, int]]) -> np.ndarray:
+        """Coverage of each span, given as (text number, start, end) in text order then start order: a word counts
+        where it starts with one of the query's stems. All texts are scanned at once, one pass per stem."""
+        n = len(spans)
+        if not self.stems or self.total <= 0 or not n:
+            return np.zeros(n)
+        big = "\n".join(texts)
+        low = big.lower()
+        flags = 0
+        if len(low) != len(big):  # lower-casing moved offsets (a few letters grow): match case-insensitively
+            low, flags = big, re.I
+        bases = np.cumsum([0] + [len(t) + 1 for t in texts[:-1]])
+        sp = np.asarray(spans, np.int64).reshape(n, 3)
+        starts, ends = bases[sp[:, 0]] + sp[:, 1], bases[sp[:, 0]] + sp[:, 2]
+        held = np.zeros((n, len(self.stems)), bool)
         for j, s in enumerate(self.stems):
-            pos = low.find(s)
-            while pos >= 0:
-                if pos == 0 or not (low[pos - 1].isalnum() or low[pos - 1] == "_"):
-                    i = bisect.bisect_right(starts, pos) - 1
-                    if i >= 0 and pos < spans[i][1]:
-                        found[i].add(j)
-                pos = low.find(s, pos + 1)
-        return [sum(self.weights[j] for j in f) / self.total if f else 0.0 for f in found]
-
-    def _coverages_re(self, text: str, spans: Sequence[tuple[int, int]]) -> list[float]:
-        starts = [s for s, _ in spans]
-        found: list[set[int]] = [set() for _ in spans]
-        for m in self.pattern.finditer(text):
-            i = bisect.bisect_right(starts, m.start()) - 1
-            if i >= 0 and m.start() < spans[i][1]:
-                found[i].add(m.lastindex - 1)
-        return [sum(self.weights[j] for j in f) / self.total if f else 0.0 for f in found]
+            found = np.array([p for p in (m.start() for m in re.finditer(re.escape(s), low, flags))
+                              if p == 0 or not (low[p - 1].isalnum() or low[p - 1] == "_")], np.int64)
+            if found.size:
+                i = np.searchsorted(starts, found, side="right") - 1
+                inside = (i >= 0) & (found < ends[np.maximum(i, 0)])
+                held[i[inside], j] = True
+        return held @ self.weights / self.total
 
 
 # --- validation --------------------------------------------------------------------------------------------
@@ -291,6 +284,7 @@ def _search(index, query: str, k: int, mode: str, filters: Filters | None, depth
     lex_s: dict[int, float] = dict(lexical)
     sent_s: dict[int, float] = {}
     sentences: dict[int, list] = {}  # rowid -> [(idx, start, end, cosine, coverage)]
+    evidence: dict[int, float] = {}
     texts = index.store.passage_texts(candidates) if candidates and mode != "lexical" else {}
     if qvec is not None and candidates:
         # every candidate gets every signal exactly, whichever side found it
@@ -301,16 +295,19 @@ def _search(index, query: str, k: int, mode: str, filters: Filters | None, depth
                 dense_s[rid] = max(s, dense_s.get(rid, -math.inf))
         matcher = TermMatcher.for_query(index.store, terms, index.passage_count)
         svecs, smeta = index.store.sentences(candidates, index.dim)
-        by_passage: dict[int, list] = {}
-        for (rid, idx, start, end), s in zip(smeta, (svecs @ qvec).tolist() if len(smeta) else []):
-            if rid not in texts:
-                continue  # written between the two reads (a writer committed in between); it has no text here
-            by_passage.setdefault(rid, []).append((idx, start, end, s))
-            if s > sent_s.get(rid, -math.inf):
-                sent_s[rid] = s
-        for rid, rows in by_passage.items():
-            covs = matcher.coverages(texts[rid], [(start, end) for _, start, end, _ in rows])
-            sentences[rid] = [(*row, cov) for row, cov in zip(rows, covs)]
+        if smeta:
+            owners = list(dict.fromkeys(row[0] for row in smeta))  # sentences come ordered by passage, then idx
+            number = {rid: i for i, rid in enumerate(owners)}
+            pos = np.array([number[row[0]] for row in smeta])
+            cosines = svecs @ qvec
+            covs = matcher.coverages([texts.get(rid, "") for rid in owners],
+                                     [(number[rid], start, end) for rid, _, start, end in smeta])
+            best = np.full(len(owners), -np.inf)
+            np.maximum.at(best, pos, cosines)
+            sent_s = dict(zip(owners, best.tolist()))
+            evidence = dict(zip(owners, sentence_evidence(pos, cosines, covs, len(owners)).tolist()))
+            for (rid, idx, start, end), c, v in zip(smeta, cosines.tolist(), covs.tolist()):
+                sentences.setdefault(rid, []).append((idx, start, end, c, v))
     if mode == "hybrid" and candidates and len(pool) > len(lexical):
         # BM25 of the dense side's candidates from the lexical pool; past its end, the pool's last score (a bound)
         pool_s = dict(pool)
@@ -323,7 +320,7 @@ def _search(index, query: str, k: int, mode: str, filters: Filters | None, depth
     elif mode == "lexical":
         fused = dict(lexical)
     else:
-        fused = fuse_hybrid(sent_s, lex_s, sentence_evidence(sentences), candidates)
+        fused = fuse_hybrid(sent_s, lex_s, evidence, candidates)
     ranked = top(fused, len(fused))
     timings["fuse_ms"] = _ms(t)
     passages = index.store.passages([rid for rid, _ in ranked[:max(k * 3, k + 10)]])
@@ -341,17 +338,18 @@ def _search(index, query: str, k: int, mode: str, filters: Filters | None, depth
     return SearchResult(query, mode, hits[:k], timings, qvec, sentences)
 
 
-def sentence_evidence(sentences: Mapping[int, list]) -> dict[int, float]:
-    """Per passage, its best sentence by standardised cosine plus standardised term coverage, the standardisation
-    taken over every candidate sentence of the query (a passage is as good as its best-answering sentence)."""
-    flat = [(rid, s[3], s[4]) for rid, rows in sentences.items() for s in rows]
-    if not flat:
-        return {}
-    z_cos = zscores({i: f[1] for i, f in enumerate(flat)})
-    z_cov = zscores({i: f[2] for i, f in enumerate(flat)})
-    best: dict[int, float] = {}
-    for i, (rid, _, _) in enumerate(flat):
-        best[rid] = max(best.get(rid, -math.inf), z_cos[i] + z_cov[i])
+def standardise(values: np.ndarray) -> np.ndarray:
+    """z-scores of an array (mean 0, unit deviation; a constant array gives zeros)."""
+    sd = float(values.std()) if len(values) else 0.0
+    return (values - values.mean()) / (sd if sd > 1e-9 else 1.0) if len(values) else values
+
+
+def sentence_evidence(passage: np.ndarray, cosines: np.ndarray, coverages: np.ndarray, n: int) -> np.ndarray:
+    """Per passage (0..n-1), its best sentence by standardised cosine plus standardised term coverage, the
+    standardisation taken over every candidate sentence of the query (a passage is as good as its best-answering
+    sentence); `passage` gives each sentence's passage number."""
+    best = np.full(n, -np.inf)
+    np.maximum.at(best, passage, standardise(np.asarray(cosines, float)) + standardise(np.asarray(coverages, float)))
     return best
 
 

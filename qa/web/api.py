@@ -103,7 +103,6 @@ def add_document():
     return jsonify(result), 201 if result["status"] == "created" else 200
 
 
-@bp.delete("/api/documents/", defaults={"doc_id": ""})  # a blank id: 403 while off, else 400, not a routing 404
 @bp.delete("/api/documents/<path:doc_id>")
 def delete_document(doc_id: str):
     _require_admin()

@@ -1,0 +1,116 @@
+#!/usr/bin/env python
+"""Calibration of the no-answer rule (qa/answer.py): answerable against unanswerable questions.
+
+Half of the squad-dev articles (every other one, by id) are indexed; the questions about them are answerable, the
+questions about the other half are not (their article is absent, so any answer is a wrong one, however close the
+topic). For every question the best-scoring answer sentence is found as `/api/ask` finds it, and its cosine and
+its IDF-weighted coverage of the question's words are recorded before the rule is applied. The table shows, for
+each cosine threshold (with the coverage escape at the current setting and switched off), the share of answerable
+questions still answered, answer_hit@1 over all answerable questions, and the share of unanswerable questions
+wrongly answered. The current constants are marked.
+
+    .venv/bin/python scripts/calibrate_no_answer.py [--limit 1000] [--json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from qa import answer as A  # noqa: E402
+from qa.evaluate import answer_contains, read_questions  # noqa: E402
+from qa.index import build_index, embedder_for, load_index, read_manifest  # noqa: E402
+from qa.search import search  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SQUAD = os.path.join(ROOT, "eval", "squad-dev")
+COSINES = (0.20, 0.25, 0.30, 0.35, 0.40, 0.45, 0.50)
+
+
+def best_sentence(index, question: str) -> tuple[float, float, str] | None:
+    """(cosine, coverage, text) of the sentence /api/ask would put first, before the no-answer rule."""
+    result = search(index, question, A.ANSWER_PASSAGES)
+    scored = A.score_sentences(result)
+    if not scored:
+        return None
+    _, pos, _, start, end, cosine, coverage = scored[0]
+    return cosine, coverage, result.hits[pos].passage.text[start:end]
+
+
+def table(rows: list[dict], coverage_rule: float) -> list[dict]:
+    answerable = [r for r in rows if r["answerable"]]
+    unanswerable = [r for r in rows if not r["answerable"]]
+    out = []
+    for c in COSINES:
+        ok = lambda r: r["cosine"] is not None and (r["cosine"] >= c or r["coverage"] >= coverage_rule)  # noqa: E731
+        out.append({"cosine": c, "coverage": coverage_rule,
+                    "answered": sum(map(ok, answerable)) / max(len(answerable), 1),
+                    "answer_hit@1": sum(1 for r in answerable if ok(r) and r["hit"]) / max(len(answerable), 1),
+                    "false_answers": sum(map(ok, unanswerable)) / max(len(unanswerable), 1)})
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--limit", type=int, help="questions per side (a random sample, seed 0)")
+    ap.add_argument("--json", action="store_true", help="one JSON object instead of tables")
+    args = ap.parse_args(argv)
+    with open(os.path.join(SQUAD, "articles.jsonl"), encoding="utf-8") as f:
+        articles = [json.loads(line) for line in f if line.strip()]
+    ids = sorted(a["id"] for a in articles)
+    indexed = set(ids[::2])
+    questions = read_questions(os.path.join(SQUAD, "questions.jsonl"))
+    sides = {True: [q for q in questions if q["doc_id"] in indexed],
+             False: [q for q in questions if q["doc_id"] not in indexed]}
+    if args.limit:
+        rng = random.Random(0)
+        sides = {k: rng.sample(v, min(args.limit, len(v))) for k, v in sides.items()}
+    with tempfile.TemporaryDirectory(prefix="qa-calibrate-") as tmp:
+        half = os.path.join(tmp, "half.jsonl")
+        with open(half, "w", encoding="utf-8") as f:
+            for a in articles:
+                if a["id"] in indexed:
+                    f.write(json.dumps(a, ensure_ascii=False) + "\n")
+        t = time.perf_counter()
+        build_index([half], os.path.join(tmp, "index"))
+        index = load_index(os.path.join(tmp, "index"), embedder=embedder_for(read_manifest(os.path.join(tmp, "index"))))
+        print(f"indexed {len(indexed)} of {len(ids)} articles ({index.passage_count} passages) in "
+              f"{time.perf_counter() - t:.0f}s", file=sys.stderr)
+        rows = []
+        for answerable, qs in sides.items():
+            for q in qs:
+                best = best_sentence(index, q["question"])
+                rows.append({"answerable": answerable, "cosine": best[0] if best else None,
+                             "coverage": best[1] if best else 0.0,
+                             "hit": bool(best) and answer_contains(best[2], q.get("answers", []))})
+        index.close()
+    tables = {"current": table(rows, A.NO_ANSWER_COVERAGE), "cosine only": table(rows, 2.0)}
+    summary = {"answerable": len(sides[True]), "unanswerable": len(sides[False]),
+               "current": {"cosine": A.NO_ANSWER_COSINE, "coverage": A.NO_ANSWER_COVERAGE}, "tables": tables}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    print(f"{len(sides[True])} answerable and {len(sides[False])} unanswerable squad-dev questions; "
+          f"current rule: cosine ≥ {A.NO_ANSWER_COSINE} or coverage ≥ {A.NO_ANSWER_COVERAGE}\n")
+    for name, rows_ in tables.items():
+        print(f"| cosine ≥ | coverage ≥ | answerable answered | answer_hit@1 | unanswerable answered (false) |\n"
+              "|---:|---:|---:|---:|---:|")
+        for r in rows_:
+            mark = " ←" if (r["cosine"], r["coverage"]) == (A.NO_ANSWER_COSINE, A.NO_ANSWER_COVERAGE) else ""
+            cov = "off" if r["coverage"] > 1 else f"{r['coverage']:.2f}"
+            print(f"| {r['cosine']:.2f}{mark} | {cov} | {r['answered']:.3f} | {r['answer_hit@1']:.3f} | "
+                  f"{r['false_answers']:.3f} |")
+        print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
