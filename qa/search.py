@@ -10,6 +10,7 @@ import dataclasses
 import functools
 import math
 import re
+import threading
 import time
 from collections.abc import Mapping, Sequence
 
@@ -105,11 +106,17 @@ def top(scores: Mapping[int, float], k: int) -> Ranked:
 
 # --- term evidence at sentence level --------------------------------------------------------------------------
 
-@functools.lru_cache(maxsize=1)
-def _stemmer():
-    import snowballstemmer
+_local = threading.local()
 
-    return snowballstemmer.stemmer("english")
+
+def _stemmer():
+    """This thread's Snowball stemmer: a stemmer keeps per-word state, so threads must not share one."""
+    stemmer = getattr(_local, "stemmer", None)
+    if stemmer is None:
+        import snowballstemmer
+
+        stemmer = _local.stemmer = snowballstemmer.stemmer("english")
+    return stemmer
 
 
 @functools.lru_cache(maxsize=100_000)

@@ -44,3 +44,37 @@ def test_bad_k(k):
 def test_bad_query(q):
     with pytest.raises(BadRequest):
         validate_query(q)
+
+
+def test_stemming_is_thread_safe():
+    """The server stems queries on many threads at once; a shared Snowball stemmer garbles words (a 500 under load)."""
+    import sys
+    import threading
+
+    import snowballstemmer
+
+    from qa.search import stem
+
+    words = [f"{w}{i}ational" for i in range(6000) for w in ("relat", "nation", "condition")]
+    expected = snowballstemmer.stemmer("english").stemWords(words)
+    results, errors = {}, []
+
+    def work(part: int) -> None:
+        try:
+            results[part] = [stem(w) for w in words[part::4]]
+        except Exception as e:  # noqa: BLE001 (the failure under test)
+            errors.append(e)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    try:
+        threads = [threading.Thread(target=work, args=(p,)) for p in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert not errors
+    for part in range(4):
+        assert results[part] == expected[part::4]
