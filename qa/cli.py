@@ -270,23 +270,63 @@ def eval_(questions, index_dir, mode, k, limit, no_answers, as_json):
 @_index_dir_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default).")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
-@click.option("--threads", default=8, show_default=True, type=click.IntRange(1, 64))
+@click.option("--threads", default=8, show_default=True, type=click.IntRange(1, 64), help="Threads per process.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="Processes: 1 runs waitress; more run gunicorn, each worker with its own model and index "
+                   "(Python runs one thread at a time per process, so this is how queries use several cores).")
 @_handle_errors
-def serve(index_dir, host, port, threads):
-    """Serve the JSON API and the web search box with a production WSGI server (waitress)."""
-    import waitress
-
+def serve(index_dir, host, port, threads, workers):
+    """Serve the JSON API and the web search box with a production WSGI server (waitress, or gunicorn workers)."""
     from .web import create_app
 
     _limit_malloc_arenas()
     cfg = _config(index_dir=index_dir)
-    app = create_app(cfg)
-    engine = app.extensions["qa_engine"]
-    engine.warm_up()
-    engine.watch()
+
+    def load():
+        app = create_app(cfg)
+        engine = app.extensions["qa_engine"]
+        engine.warm_up()
+        engine.watch()
+        return app
+
+    if workers > 1:
+        # each worker's model runs on its share of the cores, so workers do not fight over them
+        os.environ.setdefault("QA_EMBED_THREADS", str(max(1, _cpu_count() // workers)))
+        click.echo(f"serving {os.path.abspath(cfg.index_dir)} on http://{host}:{port} ({workers} workers)", err=True)
+        _gunicorn(load, host, port, workers, threads, cfg.max_body_bytes)
+        return
+    import waitress
+
+    app = load()
     click.echo(f"serving {os.path.abspath(cfg.index_dir)} on http://{host}:{port}", err=True)
     waitress.serve(app, host=host, port=port, threads=threads, ident="qa", clear_untrusted_proxy_headers=True,
                    max_request_body_size=cfg.max_body_bytes * 4, channel_timeout=60)
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def _gunicorn(load, host: str, port: int, workers: int, threads: int, max_body: int) -> None:
+    """Run `load()`'s app under gunicorn: `workers` processes of `threads` threads, each loading its own app after
+    the fork (ONNX Runtime and FAISS do not survive a fork)."""
+    from gunicorn.app.base import BaseApplication
+
+    class Server(BaseApplication):
+        def load_config(self):
+            for key, value in {"bind": f"{host}:{port}", "workers": workers, "threads": threads,
+                               "worker_class": "gthread", "timeout": 120, "graceful_timeout": 20,
+                               "keepalive": 5, "accesslog": None, "errorlog": "-", "loglevel": "warning",
+                               "limit_request_line": 8190, "proc_name": "qa-serve"}.items():
+                self.cfg.set(key, value)
+
+        def load(self):
+            return load()
+
+    Server().run()
 
 
 def _limit_malloc_arenas(arenas: int = 2) -> None:

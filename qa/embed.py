@@ -62,6 +62,9 @@ def model_fingerprint(path: str) -> str:
     return h.hexdigest()[:16]
 
 
+SORT_CHUNK = 2048  # texts embedded (length-sorted, token states held) at a time
+
+
 def _normalise(x: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(x, axis=-1, keepdims=True)
     return (x / np.maximum(norms, 1e-12)).astype(np.float32)
@@ -109,7 +112,22 @@ class TransformerEmbedder:
             return [(0, len(ids))]
         return [(i, min(i + step, len(ids))) for i in range(0, len(ids), step)]
 
-    def _token_states(self, texts: Sequence[str], batch_size: int, progress: bool):
+    def _states_by_chunk(self, texts: Sequence[str], batch_size: int, progress: bool):
+        """`_token_states` of SORT_CHUNK texts at a time, as (first text's index, states): token states take
+        ~1.5 KB a word piece, so a whole big build at once would not fit in memory. One progress bar for all."""
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(texts), desc="embedding", unit="text", mininterval=1.0)
+        try:
+            for c in range(0, len(texts), SORT_CHUNK):
+                yield c, self._token_states(texts[c:c + SORT_CHUNK], batch_size, bar)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def _token_states(self, texts: Sequence[str], batch_size: int, bar=None):
         """Per text: (token embeddings without specials [n, dim], offsets [n, 2], sum incl. specials, count)."""
         encodings = self.tokenizer.encode_batch(list(texts), add_special_tokens=False)
         jobs = []  # (text index, piece start, piece end)
@@ -119,11 +137,6 @@ class TransformerEmbedder:
         order = sorted(range(len(jobs)), key=lambda j: jobs[j][2] - jobs[j][1])
         states: list[list] = [[None] * 0 for _ in texts]
         pieces_out: dict[int, np.ndarray] = {}
-        bar = None
-        if progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=len(texts), desc="embedding", unit="text", mininterval=1.0)
         for b in range(0, len(order), batch_size):
             batch = [jobs[j] for j in order[b:b + batch_size]]
             width = max(end - start for _, start, end in batch) + 2
@@ -138,8 +151,6 @@ class TransformerEmbedder:
                 pieces_out[j] = out[row, :int(mask[row].sum())]
             if bar is not None:
                 bar.update(sum(1 for t, start, end in batch if end == len(encodings[t].ids)))
-        if bar is not None:
-            bar.close()
         for j, (t, start, end) in enumerate(jobs):
             states[t].append(pieces_out[j])
         result = []
@@ -155,24 +166,24 @@ class TransformerEmbedder:
     def encode(self, texts: Sequence[str], *, batch_size: int = 32, progress: bool = False) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), np.float32)
-        states = self._token_states(texts, batch_size, progress)
         # mean over every token of every piece, [CLS]/[SEP] included, as sentence-transformers pools
-        return _normalise(np.stack([total / max(count, 1) for _, _, total, count in states]))
+        return np.concatenate([_normalise(np.stack([total / max(count, 1) for _, _, total, count in states]))
+                               for _, states in self._states_by_chunk(texts, batch_size, progress)])
 
     def encode_spans(self, texts: Sequence[str], spans: Sequence[Sequence[Span]], *, batch_size: int = 32,
                      progress: bool = False) -> tuple[np.ndarray, list[np.ndarray]]:
         if not texts:
             return np.zeros((0, self.dim), np.float32), []
-        states = self._token_states(texts, batch_size, progress)
-        text_vecs = _normalise(np.stack([total / max(count, 1) for _, _, total, count in states]))
-        span_vecs = []
-        for (tokens, offsets, total, count), text_spans in zip(states, spans):
-            rows = []
-            for start, end in text_spans:
-                sel = (offsets[:, 0] < end) & (offsets[:, 1] > start) if len(offsets) else np.zeros(0, bool)
-                rows.append(tokens[sel].mean(axis=0) if sel.any() else total / max(count, 1))
-            span_vecs.append(_normalise(np.stack(rows)) if rows else np.zeros((0, self.dim), np.float32))
-        return text_vecs, span_vecs
+        text_vecs, span_vecs = [], []
+        for first, states in self._states_by_chunk(texts, batch_size, progress):
+            text_vecs.append(_normalise(np.stack([total / max(count, 1) for _, _, total, count in states])))
+            for (tokens, offsets, total, count), text_spans in zip(states, spans[first:first + len(states)]):
+                rows = []
+                for start, end in text_spans:
+                    sel = (offsets[:, 0] < end) & (offsets[:, 1] > start) if len(offsets) else np.zeros(0, bool)
+                    rows.append(tokens[sel].mean(axis=0) if sel.any() else total / max(count, 1))
+                span_vecs.append(_normalise(np.stack(rows)) if rows else np.zeros((0, self.dim), np.float32))
+        return np.concatenate(text_vecs), span_vecs
 
 
 class TorchEmbedder(TransformerEmbedder):
@@ -187,6 +198,8 @@ class TorchEmbedder(TransformerEmbedder):
 
         hf_logging.disable_progress_bar()  # no "Loading weights" bar in CLI output
         torch.set_grad_enabled(False)
+        if os.environ.get("QA_EMBED_THREADS"):
+            torch.set_num_threads(int(os.environ["QA_EMBED_THREADS"]))
         self.model = AutoModel.from_pretrained(model_path, local_files_only=True)
         self.model.eval()
         limit = max_tokens or _model_max_tokens(model_path, self.model.config.max_position_embeddings)

@@ -24,8 +24,9 @@ from .chunk import Passage, Span, chunk_article
 from .embed import Embedder, load_embedder, resolve_model
 from .errors import BadRequest, IndexUnavailable, QAError
 from .ingest import Article, Problem, read_sources
+from .lexical import DIRNAME as LEXICAL_DIR, LABEL as LEXICAL_LABEL, LexicalIndex
 from .store import (FORMAT_VERSION, JOURNAL_KEEP, STORE_FILE, Store, manifest_path, read_manifest, write_json_atomic)
-from .vectors import VECTOR_BACKENDS, FaissIndex, VectorIndex, choose_kind, open_vectors
+from .vectors import VECTOR_BACKENDS, DocFields, FaissIndex, VectorIndex, choose_kind, open_vectors
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,7 @@ def _manifest(model_name: str, model_path: str | None, dim: int, max_tokens: int
         "vector_backend": "faiss", **(vector or {}), "index_kind": kind, "data_dir": data_dir, "counts": counts,
         "generation": generation, "built_at": built_at or _now(), "updated_at": _now(),
         "chunking": {"unit": "paragraph", "window_tokens": max_tokens - 2, "window_overlap_sentences": 1,
-                     "sentence_splitter": "sentencex", "lexical": "sqlite-fts5 bm25 (porter)"},
+                     "sentence_splitter": "sentencex", "lexical": LEXICAL_LABEL},
     }
 
 
@@ -177,12 +178,34 @@ def _prune_data_dirs(index_dir: str, keep: Sequence[str]) -> None:
             shutil.rmtree(full, ignore_errors=True)
 
 
-def _write(store: Store, vectors: VectorIndex, prepared: Sequence, removals: Sequence[str] = ()) -> None:
-    """Write prepared articles and removals to the store, then the same change to the vector index."""
+def _window_docs(prepared: Sequence) -> list[DocFields]:
+    """The document fields of each window `Store.write(prepared)` adds, in the order it returns them (article by
+    article, passage by passage, window by window)."""
+    docs = []
+    for article, _, window_vecs, _ in prepared:
+        doc = DocFields(article.id, article.source, article.published)
+        docs += [doc] * sum(len(w) for w in window_vecs)
+    return docs
+
+
+def _added_arrays(added: Sequence[tuple[int, np.ndarray]], docs: Sequence[DocFields]
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, vectors) of the windows a store write added; `QAError` unless `docs` pairs with them one to one."""
+    if len(docs) != len(added):
+        raise QAError(f"the store added {len(added)} windows where {len(docs)} were prepared")
+    return np.array([i for i, _ in added], np.int64), np.stack([v for _, v in added]).astype(np.float32)
+
+
+def _write(store: Store, vectors: VectorIndex, prepared: Sequence, removals: Sequence[str] = (),
+           lexical: LexicalIndex | None = None) -> None:
+    """Write prepared articles and removals to the store, then the same change to the vector and lexical indexes."""
+    docs = _window_docs(prepared)
     added, removed = store.write(prepared, removals)
+    if lexical is not None:
+        lexical.sync(store, [a.id for a, *_ in prepared] + list(removals))
     vectors.remove(np.array(removed, np.int64))
     if added:
-        vectors.add(np.array([i for i, _ in added], np.int64), np.stack([v for _, v in added]))
+        vectors.add(*_added_arrays(added, docs), docs)
 
 
 def _journal_mark(index_dir: str) -> tuple[str, int] | None:
@@ -201,7 +224,7 @@ def _journal_mark(index_dir: str) -> tuple[str, int] | None:
 
 
 def _replay(index_dir: str, mark: tuple[str, int] | None, store: Store, vectors: VectorIndex,
-            embedder: Embedder) -> int:
+            embedder: Embedder, lexical: LexicalIndex | None = None) -> int:
     """Under the writer lock: apply to a new build the writes journaled in the live index since `mark`; their number.
 
     Each write sets its document's whole state, so only the last one per document is applied."""
@@ -230,7 +253,7 @@ def _replay(index_dir: str, mark: tuple[str, int] | None, store: Store, vectors:
                if e.op == "upsert" and store.content_hash(e.doc_id) != e.article.content_hash()]
     removals = [d for d, e in last.items() if e.op == "remove"]
     if upserts or removals:
-        _write(store, vectors, prepare_articles(upserts, embedder) if upserts else [], removals)
+        _write(store, vectors, prepare_articles(upserts, embedder) if upserts else [], removals, lexical)
     return len(entries)
 
 
@@ -270,8 +293,8 @@ def build_index(sources: Sequence[str], index_dir: str, *, model: str | None = N
         prepared = prepare_articles(articles, embedder, progress=progress)
         store = Store(os.path.join(build_dir, STORE_FILE), create=True)
         added, _ = store.write(prepared, journal=False)
-        ids = np.array([i for i, _ in added], np.int64)
-        vecs = np.stack([v for _, v in added]).astype(np.float32)
+        docs = _window_docs(prepared)
+        ids, vecs = _added_arrays(added, docs)
         index_kind = choose_kind(kind, len(ids))
         if milvus:  # a new collection; the live alias and manifest are untouched until the swap below
             vector["milvus_collection"] = mb.new_collection_name(vector["milvus_alias"])
@@ -279,15 +302,17 @@ def build_index(sources: Sequence[str], index_dir: str, *, model: str | None = N
                                     embedder.dim, token=milvus_token, create=True, index_type=index_kind.upper())
         else:
             vindex = FaissIndex(embedder.dim, index_kind)
-        vindex.add(ids, vecs)
+        vindex.add(ids, vecs, docs)
         generation = store.generation
         vindex.save(build_dir, generation)  # Milvus: flushed, so searches hit sealed, indexed segments
+        lexical = LexicalIndex.create(os.path.join(build_dir, LEXICAL_DIR))
+        lexical.rebuild(store)
         counts = store.counts()
         store.con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         store.close()
         data_dir = f"data-{dt.datetime.now().strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:6]}"
         with write_lock(index_dir):
-            report.replayed = _replay(index_dir, mark, store, vindex, embedder)
+            report.replayed = _replay(index_dir, mark, store, vindex, embedder, lexical)
             if report.replayed:
                 generation = store.generation
                 vindex.save(build_dir, generation)
@@ -336,7 +361,8 @@ class Index:
     """A loaded index folder: manifest, store, vector index and the window → passage map. Read-only."""
 
     def __init__(self, index_dir: str, manifest: dict, store: Store, vectors: VectorIndex,
-                 window_ids: np.ndarray, window_passages: np.ndarray, embedder: Embedder | None = None):
+                 window_ids: np.ndarray, window_passages: np.ndarray, embedder: Embedder | None = None,
+                 lexical: LexicalIndex | None = None):
         self.index_dir = index_dir
         self.manifest = manifest
         self.store = store
@@ -344,6 +370,7 @@ class Index:
         self.window_ids = window_ids
         self.window_passages = window_passages
         self.embedder = embedder
+        self.lexical = lexical
         self.dim = int(manifest["dim"])
 
     @property
@@ -359,18 +386,38 @@ class Index:
         found = self.window_ids[pos] == ids
         return np.where(found, self.window_passages[pos], -1)
 
+    def lexical_search(self, terms: Sequence[str], limit: int, filters=None) -> list[tuple[int, float]]:
+        """BM25 top `limit` (passage rowid, score): tantivy, or the store's FTS5 without it."""
+        if self.lexical is not None:
+            return self.lexical.search(terms, limit, filters)
+        return self.store.lexical_search(terms, limit, filters)
+
+    def doc_freqs(self, terms: Sequence[str]) -> dict[str, int]:
+        """Passages holding each term."""
+        return (self.lexical or self.store).doc_freqs(terms)
+
     def close(self) -> None:
         self.store.close()
         _close(self.vectors)
 
 
+def _passage_docs(store: Store) -> dict[int, DocFields]:
+    """The document fields of every passage, by passage rowid."""
+    docs: dict[str, DocFields] = {}
+    out = {}
+    for rowid, doc_id, source, published, *_ in store.passage_rows():
+        out[rowid] = docs.setdefault(doc_id, DocFields(doc_id, source, published))
+    return out
+
+
 def _resync(vectors: VectorIndex, store: Store, dim: int) -> None:
-    """Make an upserting vector index (Milvus) hold exactly the store's window vectors."""
+    """Make an upserting vector index (Milvus) hold exactly the store's window vectors and their document fields."""
     have, _ = vectors.reconstruct_all()
     want, _ = store.window_passages()
     vectors.remove(np.setdiff1d(have, want))
-    for ids, _, vecs in store.all_windows(dim):
-        vectors.add(ids, vecs)
+    by_passage = _passage_docs(store)
+    for ids, passages, vecs in store.all_windows(dim):
+        vectors.add(ids, vecs, [by_passage[p] for p in passages.tolist()])
 
 
 def open_data(index_dir: str, manifest: dict, *, readonly: bool = True,
@@ -424,6 +471,7 @@ def load_index(index_dir: str, *, embedder: Embedder | None = None, model: str |
                                f"qa build SOURCE... --index-dir {index_dir}")
     try:
         store, vectors = open_data(index_dir, manifest, store=store)
+        lexical = LexicalIndex.open(os.path.join(index_dir, manifest["data_dir"]), store)
         window_ids, window_passages = store.window_passages()
     except (OSError, ValueError, KeyError) as e:
         raise IndexUnavailable(f"index in {index_dir} unreadable ({e}); rebuild: qa build SOURCE... "
@@ -433,7 +481,7 @@ def load_index(index_dir: str, *, embedder: Embedder | None = None, model: str |
             raise
         raise IndexUnavailable(f"index in {index_dir} is corrupt ({type(e).__name__}: {e}); rebuild: "
                                f"qa build SOURCE... --index-dir {index_dir}") from None
-    return Index(index_dir, manifest, store, vectors, window_ids, window_passages, embedder)
+    return Index(index_dir, manifest, store, vectors, window_ids, window_passages, embedder, lexical)
 
 
 def embedder_for(manifest: dict, backend: str | None = None) -> Embedder:
@@ -452,6 +500,7 @@ def _apply(index_dir: str, embedder: Embedder | None, articles: Sequence[Article
         manifest = read_manifest(index_dir)
         store, vectors = open_data(index_dir, manifest, readonly=False)
         try:
+            lexical = LexicalIndex.open(os.path.join(index_dir, manifest["data_dir"]), store, readonly=False)
             changed = []
             for a in articles:
                 old = store.content_hash(a.id)
@@ -476,7 +525,7 @@ def _apply(index_dir: str, embedder: Embedder | None, articles: Sequence[Article
                 return report
             if changed and embedder is None:
                 embedder = embedder_for(manifest)
-            _write(store, vectors, prepare_articles(changed, embedder) if changed else [], removals)
+            _write(store, vectors, prepare_articles(changed, embedder) if changed else [], removals, lexical)
             report.removed = len(removals)
             generation = store.generation
             vectors.save(os.path.join(index_dir, manifest["data_dir"]), generation)
@@ -508,6 +557,24 @@ def remove_documents(doc_ids: Sequence[str], index_dir: str) -> Report:
 
 # --- check -------------------------------------------------------------------------------------------------
 
+def _check_lexical(data: str, store: Store, passages: int) -> list[str]:
+    """Problems of the tantivy index: missing, behind the store, or holding another number of passages."""
+    import tantivy
+
+    from .lexical import read_generation
+
+    directory = os.path.join(data, LEXICAL_DIR)
+    generation = read_generation(directory)
+    if generation != store.generation:
+        return [f"lexical index (tantivy) reflects store generation {generation}, the store is at "
+                f"{store.generation} (rebuilt from the store on the next load or write)"]
+    try:
+        found = LexicalIndex(tantivy.Index.open(directory), directory, generation).num_docs
+    except Exception as e:
+        return [f"lexical index (tantivy) unreadable: {e}"]
+    return [] if found == passages else [f"lexical index (tantivy) has {found} passages, the store {passages}"]
+
+
 def check_index(index_dir: str) -> list[str]:
     """Problems that make the store, the vector index and the manifest disagree (empty when all agree)."""
     problems = []
@@ -530,6 +597,7 @@ def check_index(index_dir: str) -> list[str]:
         if orphans:
             problems.append(f"lexical index holds {orphans} passages the store does not")
         window_ids, _ = store.window_passages()
+        problems += _check_lexical(data, store, counts["passages"])
     except Exception as e:  # a corrupt or missing store
         return [f"store unreadable: {e}"]
     for key in ("documents", "passages"):

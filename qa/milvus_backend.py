@@ -5,6 +5,10 @@ Milvus persists itself; `vectors.json` in the data folder only records where the
 generation they reflect. Rebuilds go to a fresh collection `<base>_<suffix>`; the alias `<base>` is switched to
 it once it is complete and loaded (`switch_alias`), and older collections are then dropped (`prune_collections`).
 
+Each row also carries its document's `doc_id`, `source_key` (the source case-folded as SQLite's NOCASE folds it)
+and `published`, so `Filters` are pushed down as a Milvus filter expression (`filter_expression`) instead of an id
+list. Collections built before these fields existed still work: their filters go as id lists from the store.
+
 Milvus Lite holds an exclusive advisory lock on its folder for as long as a process has it open: a second process
 that opens the same `.db` fails at once (`IndexUnavailable` here). Processes that must share one Lite folder
 should talk to one `milvus-lite server --data-dir ...` over `http://` instead.
@@ -12,20 +16,25 @@ should talk to one `milvus-lite server --data-dir ...` over `http://` instead.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 import os
 import re
 import threading
 import uuid
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import BadRequest, IndexUnavailable
+from .errors import BadRequest, IndexUnavailable, QAError
 
 if TYPE_CHECKING:
     from pymilvus import MilvusClient
+
+    from .store import Filters, Store
+    from .vectors import DocFields
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +42,10 @@ MILVUS_META = "vectors.json"
 KIND = "milvus"
 INDEX_TYPES = ("FLAT", "HNSW", "IVF_FLAT", "AUTOINDEX")
 PK, VEC = "id", "vec"
+DOC_ID, SOURCE, PUBLISHED = "doc_id", "source_key", "published"  # document fields of each row, for filters
+DOC_FIELDS = (DOC_ID, SOURCE, PUBLISHED)
+VARCHAR_MAX = 65_535  # bytes, Milvus' limit on a VARCHAR value; longer doc ids / sources are stored hashed
+HASHED = "sha256:"  # prefix of a hashed value
 MAX_TOPK = 16_384  # Milvus' limit on k (and on offset + limit)
 MAX_FILTER_IDS = 10_000  # allowed ids per `id in [...]` expression; larger allow lists are searched in chunks
 WRITE_BATCH = 2_000  # rows per upsert/delete request, far below the 64 MB gRPC message limit at dim 1024
@@ -179,6 +192,62 @@ def prune_collections(client: "MilvusClient", base: str, keep: int = 1) -> list[
     return doomed
 
 
+# --- filters as Milvus expressions ------------------------------------------------------------------------------
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def field_value(value: str | None) -> str:
+    """A doc id or source as stored in a VARCHAR field: "" for None, else itself, or its hash when it is too long
+    for Milvus (or empty, or looks hashed). Equality is all filters ask of these fields, and this keeps it."""
+    if value is None:
+        return ""
+    if value and len(value.encode("utf-8")) <= VARCHAR_MAX and not value.startswith(HASHED):
+        return value
+    return HASHED + hashlib.sha256(value.encode("utf-8")).hexdigest()
+
+
+def source_key(source: str | None) -> str:
+    """A source folded as SQLite's COLLATE NOCASE folds it (ASCII letters only), as stored in `source_key`."""
+    return field_value(None if source is None else source.translate(_ASCII_LOWER))
+
+
+def quote(value: str) -> str:
+    """A Milvus string literal of `value`: backslashes and double quotes escaped, line breaks as \\n and \\r (the
+    only characters Milvus' grammar refuses raw inside a literal; every other character goes as it is)."""
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
+    return f'"{escaped}"'
+
+
+def filter_expression(filters: "Filters") -> str:
+    """`filters` as a Milvus boolean expression over the document fields, with `Filters.sql`'s semantics."""
+    clauses = []
+    if filters.source is not None:
+        clauses.append(f"{SOURCE} == {quote(source_key(filters.source))}")
+    if filters.doc_id is not None:
+        clauses.append(f"{DOC_ID} == {quote(field_value(filters.doc_id))}")
+    if filters.published_after is not None or filters.published_before is not None:
+        clauses.append(f'{PUBLISHED} != ""')  # no date (stored as ""): fails any date filter, like NULL in SQLite
+    if filters.published_after is not None:
+        clauses.append(f"{PUBLISHED} >= {quote(filters.published_after)}")  # ISO dates: string order is date order
+    if filters.published_before is not None:
+        clauses.append(f"{PUBLISHED} <= {quote(filters.published_before)}")
+    return " and ".join(clauses)
+
+
+def _doc_row(doc: "DocFields") -> dict[str, str]:
+    """The document fields of one row; `BadRequest` for a published value Milvus cannot hold."""
+    published = doc.published or ""
+    if len(published.encode("utf-8")) > VARCHAR_MAX:
+        raise BadRequest(f"document {doc.doc_id[:80]!r}: published is not a date")
+    return {DOC_ID: field_value(doc.doc_id), SOURCE: source_key(doc.source), PUBLISHED: published}
+
+
+def _empty(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, ids) of no results for `n` queries."""
+    return np.zeros((n, 0), np.float32), np.zeros((n, 0), np.int64)
+
+
 class _DropMessage(logging.Filter):
     """Drops log records whose message starts with a given text."""
 
@@ -208,7 +277,10 @@ class MilvusIndex:
     kind = KIND
 
     def __init__(self, uri: str, collection: str, dim: int, token: str | None = None, create: bool = False,
-                 index_type: str = "FLAT", write_batch: int = WRITE_BATCH, max_filter_ids: int = MAX_FILTER_IDS):
+                 index_type: str = "FLAT", write_batch: int = WRITE_BATCH, max_filter_ids: int = MAX_FILTER_IDS,
+                 doc_fields: bool = True):
+        """Open `collection` (or an alias); `create` makes it when missing, with the document fields unless
+        `doc_fields` is False (a bare collection, as built before filter pushdown)."""
         self.uri = os.path.abspath(uri) if is_lite(uri) else uri
         self.collection = check_name(collection)
         self.dim = int(dim)
@@ -217,6 +289,8 @@ class MilvusIndex:
             raise BadRequest(f"unknown Milvus index type {index_type!r}; choose one of {', '.join(INDEX_TYPES)}")
         self.write_batch = write_batch
         self.max_filter_ids = max_filter_ids
+        self.doc_fields = doc_fields  # whether rows carry DOC_FIELDS (filters pushed down); read from the schema
+        self._warned_no_fields = False
         self.client = connect(self.uri, token)
         self._closed = False
         if is_lite(self.uri):
@@ -235,7 +309,8 @@ class MilvusIndex:
             raise
 
     def _create(self) -> None:
-        """Create the collection: explicit int64 ids, a float vector, an IP index, strong consistency."""
+        """Create the collection: explicit int64 ids, a float vector with an IP index, the document fields (with
+        inverted indexes on a server, so filters look rows up rather than scan), strong consistency."""
         from pymilvus import DataType, MilvusClient
 
         schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
@@ -243,9 +318,14 @@ class MilvusIndex:
         schema.add_field(VEC, DataType.FLOAT_VECTOR, dim=self.dim)
         index = self.client.prepare_index_params()
         index.add_index(VEC, index_type=self.index_type, metric_type="IP", params=_INDEX_PARAMS[self.index_type])
+        if self.doc_fields:
+            for name in DOC_FIELDS:
+                schema.add_field(name, DataType.VARCHAR, max_length=VARCHAR_MAX)
+                if not is_lite(self.uri):  # Lite updates them row by row: squad-dev's inserts took twice as long
+                    index.add_index(name, index_type="INVERTED")
         self.client.create_collection(self.collection, schema=schema, index_params=index, consistency_level="Strong")
-        log.info("created Milvus collection %s (dim %d, %s) at %s",
-                 self.collection, self.dim, self.index_type, self.uri)
+        log.info("created Milvus collection %s (dim %d, %s%s) at %s", self.collection, self.dim, self.index_type,
+                 ", document fields" if self.doc_fields else "", self.uri)
 
     def _check_schema(self) -> None:
         """`IndexUnavailable` unless the collection has our fields and dimension."""
@@ -256,6 +336,7 @@ class MilvusIndex:
             raise IndexUnavailable(f"Milvus collection {self.collection} lacks the fields {PK!r} and {VEC!r}")
         if int(dim) != self.dim:
             raise IndexUnavailable(f"Milvus collection {self.collection} has dim {dim}, expected {self.dim}")
+        self.doc_fields = all(name in fields for name in DOC_FIELDS)
         names = self.client.list_indexes(self.collection, field_name=VEC)
         if names:
             described = self.client.describe_index(self.collection, names[0])
@@ -272,17 +353,26 @@ class MilvusIndex:
         rows = self.client.query(self.collection, filter="", output_fields=["count(*)"], consistency_level="Strong")
         return int(rows[0]["count(*)"]) if rows else 0
 
-    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        """Add vectors under explicit int64 ids; an existing id is replaced (upserts). `save` or `flush` after."""
+    def add(self, ids: np.ndarray, vectors: np.ndarray, docs: Sequence["DocFields"] | None = None) -> None:
+        """Add vectors under explicit int64 ids, with their documents' fields (`docs`, one per row) unless the
+        collection has none; an existing id is replaced (upserts). `save` or `flush` after."""
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         if not len(ids):
             return
         vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(ids), -1)
         if vectors.shape[1] != self.dim:
             raise BadRequest(f"vectors have dim {vectors.shape[1]}, the index {self.dim}")
+        if self.doc_fields:
+            if docs is None or len(docs) != len(ids):
+                raise QAError(f"Milvus collection {self.collection} needs the document fields of each row: "
+                              f"{len(ids)} ids, {'no' if docs is None else len(docs)} documents")
+            fields = [_doc_row(d) for d in docs]  # all checked before anything is written
         for start in range(0, len(ids), self.write_batch):
-            rows = [{PK: i, VEC: v} for i, v in zip(ids[start:start + self.write_batch].tolist(),
-                                                     vectors[start:start + self.write_batch])]
+            end = start + self.write_batch
+            rows = [{PK: i, VEC: v} for i, v in zip(ids[start:end].tolist(), vectors[start:end])]
+            if self.doc_fields:
+                for row, extra in zip(rows, fields[start:end]):
+                    row.update(extra)
             self.client.upsert(self.collection, rows)
 
     def remove(self, ids: np.ndarray) -> None:
@@ -301,7 +391,7 @@ class MilvusIndex:
         return {"metric_type": "IP", "params": params}
 
     def _search(self, queries: np.ndarray, k: int, expr: str) -> tuple[np.ndarray, np.ndarray]:
-        """One Milvus search; (scores, ids) padded to width k."""
+        """One Milvus search under the filter expression `expr` ("" for none); (scores, ids) padded to width k."""
         scores = np.full((len(queries), k), MISSING_SCORE, np.float32)
         ids = np.full((len(queries), k), -1, np.int64)
         hits = self.client.search(self.collection, data=list(queries), filter=expr, limit=k, anns_field=VEC,
@@ -317,14 +407,35 @@ class MilvusIndex:
         """(scores, ids) of the k best per query, restricted to `allow` ids when given; missing slots are id -1."""
         queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
         k = min(int(k), MAX_TOPK)
-        empty = np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
         if k <= 0 or not len(queries):
-            return empty
+            return _empty(len(queries))
         if allow is None:
             return self._search(queries, k, "")
+        return self._search_ids(queries, k, allow)
+
+    def search_filtered(self, queries: np.ndarray, k: int, filters: "Filters | None",
+                        store: "Store") -> tuple[np.ndarray, np.ndarray]:
+        """`search` restricted to rows whose documents pass `filters`: a filter expression over the document
+        fields, or (a collection without them) the store's allowed window ids."""
+        if not filters:
+            return self.search(queries, k)
+        if not self.doc_fields:
+            if not self._warned_no_fields:
+                self._warned_no_fields = True
+                log.warning("Milvus collection %s has no document fields (built before filter pushdown): filters "
+                            "go as id lists; rebuild the index to push them down", self.collection)
+            return self.search(queries, k, store.filtered_window_ids(filters))
+        queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
+        k = min(int(k), MAX_TOPK)
+        if k <= 0 or not len(queries):
+            return _empty(len(queries))
+        return self._search(queries, k, filter_expression(filters))
+
+    def _search_ids(self, queries: np.ndarray, k: int, allow: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Search restricted to the `allow` ids, as `id in [...]` expressions of at most `max_filter_ids` each."""
         allow = np.unique(np.asarray(allow, dtype=np.int64))
         if not len(allow):
-            return empty
+            return _empty(len(queries))
         chunks = [allow[i:i + self.max_filter_ids] for i in range(0, len(allow), self.max_filter_ids)]
         if len(chunks) > 1:
             log.debug("allow list of %d ids searched in %d chunks", len(allow), len(chunks))

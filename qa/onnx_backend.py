@@ -207,7 +207,7 @@ class OnnxEmbedder(TransformerEmbedder):
     """The model's transformer run by ONNX Runtime on the CPU, int8 quantised unless `quantize=False`.
 
     `keep_float=False` quantises every layer: faster, further from PyTorch (see the module docstring).
-    `threads` defaults to the cores this process may use.
+    `threads` defaults to $QA_EMBED_THREADS, else the cores this process may use.
     """
 
     backend = "onnx"
@@ -223,7 +223,7 @@ class OnnxEmbedder(TransformerEmbedder):
         self.quantize = quantize
         self.onnx_path = ensure_onnx_model(model_path, quantize, keep_float)
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or _cpu_count()
+        options.intra_op_num_threads = threads or int(os.environ.get("QA_EMBED_THREADS") or 0) or _cpu_count()
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

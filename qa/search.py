@@ -59,7 +59,17 @@ class SearchResult:
     hits: list[Hit]
     timings: dict
     query_vector: np.ndarray | None = None
-    sentence_scores: dict = dataclasses.field(default_factory=dict)  # rowid -> [(idx, start, end, cosine)]
+    sentence_rows: tuple = ((), (), ())  # (passage rowid, idx, start, end) per sentence, cosines, coverages
+
+    @functools.cached_property
+    def sentence_scores(self) -> dict[int, list[tuple[int, int, int, float, float]]]:
+        """Per candidate passage rowid: (idx, start, end, cosine, coverage) of each of its sentences (for answers;
+        built on first use, so plain searches skip it)."""
+        out: dict[int, list] = {}
+        meta, cosines, coverages = self.sentence_rows
+        for (rid, idx, start, end), c, v in zip(meta, np.asarray(cosines).tolist(), np.asarray(coverages).tolist()):
+            out.setdefault(rid, []).append((idx, start, end, c, v))
+        return out
 
 
 # --- fusion: pure functions over (id, score) lists -----------------------------------------------------------
@@ -135,11 +145,11 @@ class TermMatcher:
         self.total = float(self.weights.sum())
 
     @classmethod
-    def for_query(cls, store, terms: Sequence[str], n_passages: int) -> "TermMatcher":
-        """IDF weights of the query terms' stems, document frequencies from the lexical index."""
+    def for_query(cls, index, terms: Sequence[str], n_passages: int) -> "TermMatcher":
+        """IDF weights of the query terms' stems, document frequencies from `index.doc_freqs`."""
         n = max(n_passages, 1)
         weights: dict[str, float] = {}
-        for term, df in store.doc_freqs(terms).items():
+        for term, df in index.doc_freqs(terms).items():
             key = stem(term)
             weights[key] = max(weights.get(key, 0.0), math.log(1 + (n - df + 0.5) / (df + 0.5)))
         return cls(weights)
@@ -160,8 +170,7 @@ class TermMatcher:
         starts, ends = bases[sp[:, 0]] + sp[:, 1], bases[sp[:, 0]] + sp[:, 2]
         held = np.zeros((n, len(self.stems)), bool)
         for j, s in enumerate(self.stems):
-            found = np.array([p for p in (m.start() for m in re.finditer(re.escape(s), low, flags))
-                              if p == 0 or not (low[p - 1].isalnum() or low[p - 1] == "_")], np.int64)
+            found = np.array([m.start() for m in re.finditer(r"(?<!\w)" + re.escape(s), low, flags)], np.int64)
             if found.size:
                 i = np.searchsorted(starts, found, side="right") - 1
                 inside = (i >= 0) & (found < ends[np.maximum(i, 0)])
@@ -246,9 +255,8 @@ def _ms(t0: float) -> float:
 
 
 def dense_candidates(index, qvec: np.ndarray, depth: int, filters: Filters | None) -> Ranked:
-    """Best passages by their best window's cosine."""
-    allow = index.store.filtered_window_ids(filters) if filters else None
-    scores, ids = index.vectors.search(qvec[None, :], depth * 2, allow)
+    """Best passages by their best window's cosine; the vector index applies the filters (Milvus pushes them down)."""
+    scores, ids = index.vectors.search_filtered(qvec[None, :], depth * 2, filters, index.store)
     best: dict[int, float] = {}
     rowids = index.passages_of_windows(ids[0])
     for rid, s in zip(rowids.tolist(), scores[0].tolist()):
@@ -282,7 +290,7 @@ def _search(index, query: str, k: int, mode: str, filters: Filters | None, depth
         timings["dense_ms"] = _ms(t)
     if mode in ("hybrid", "lexical"):
         t = time.perf_counter()
-        pool = index.store.lexical_search(terms, max(depth, LEXICAL_POOL) if mode == "hybrid" else depth, filters)
+        pool = index.lexical_search(terms, max(depth, LEXICAL_POOL) if mode == "hybrid" else depth, filters)
         lexical = pool[:depth]
         timings["lexical_ms"] = _ms(t)
     t = time.perf_counter()
@@ -290,7 +298,7 @@ def _search(index, query: str, k: int, mode: str, filters: Filters | None, depth
     dense_s: dict[int, float] = dict(dense)
     lex_s: dict[int, float] = dict(lexical)
     sent_s: dict[int, float] = {}
-    sentences: dict[int, list] = {}  # rowid -> [(idx, start, end, cosine, coverage)]
+    sentence_rows: tuple = ((), (), ())
     evidence: dict[int, float] = {}
     texts = index.store.passage_texts(candidates) if candidates and mode != "lexical" else {}
     if qvec is not None and candidates:
@@ -300,7 +308,7 @@ def _search(index, query: str, k: int, mode: str, filters: Filters | None, depth
             owners, wvecs = index.store.window_vectors(missing, index.dim)
             for rid, s in zip(owners.tolist(), (wvecs @ qvec).tolist()):
                 dense_s[rid] = max(s, dense_s.get(rid, -math.inf))
-        matcher = TermMatcher.for_query(index.store, terms, index.passage_count)
+        matcher = TermMatcher.for_query(index, terms, index.passage_count)
         svecs, smeta = index.store.sentences(candidates, index.dim)
         if smeta:
             owners = list(dict.fromkeys(row[0] for row in smeta))  # sentences come ordered by passage, then idx
@@ -313,8 +321,7 @@ def _search(index, query: str, k: int, mode: str, filters: Filters | None, depth
             np.maximum.at(best, pos, cosines)
             sent_s = dict(zip(owners, best.tolist()))
             evidence = dict(zip(owners, sentence_evidence(pos, cosines, covs, len(owners)).tolist()))
-            for (rid, idx, start, end), c, v in zip(smeta, cosines.tolist(), covs.tolist()):
-                sentences.setdefault(rid, []).append((idx, start, end, c, v))
+            sentence_rows = (smeta, cosines, covs)
     if mode == "hybrid" and candidates and len(pool) > len(lexical):
         # BM25 of the dense side's candidates from the lexical pool; past its end, the pool's last score (a bound)
         pool_s = dict(pool)
@@ -342,7 +349,7 @@ def _search(index, query: str, k: int, mode: str, filters: Filters | None, depth
             break
     if collapse and len(hits) > 1:
         hits = collapse_duplicates(index, hits)
-    return SearchResult(query, mode, hits[:k], timings, qvec, sentences)
+    return SearchResult(query, mode, hits[:k], timings, qvec, sentence_rows)
 
 
 def standardise(values: np.ndarray) -> np.ndarray:

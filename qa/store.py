@@ -351,6 +351,18 @@ class Store:
     def count_passages(self) -> int:
         return self.con.execute("SELECT COUNT(*) FROM passages").fetchone()[0]
 
+    def passage_rows(self, doc_ids: Sequence[str] | None = None, batch: int = 500):
+        """(rowid, doc_id, source, published, title, text) of every passage, or of some documents' passages."""
+        q = ("SELECT p.id, p.doc_id, d.source, d.published, d.title, p.text FROM passages p "
+             "JOIN documents d ON d.doc_id = p.doc_id")
+        if doc_ids is None:
+            yield from self.con.execute(q + " ORDER BY p.id")
+            return
+        ids = list(doc_ids)
+        for i in range(0, len(ids), batch):
+            chunk = ids[i:i + batch]
+            yield from self.con.execute(q + f" WHERE p.doc_id IN ({','.join('?' * len(chunk))})", chunk)
+
     def all_windows(self, dim: int, batch: int = 50_000):
         """(window ids, passage rowids, vectors) of every window, in id order, in batches."""
         last = 0

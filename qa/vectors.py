@@ -6,15 +6,20 @@ The FAISS file is derived from the store; `vectors.json` beside it records the s
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
 import tempfile
-from typing import Protocol
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from .errors import BadRequest, IndexUnavailable
+
+if TYPE_CHECKING:
+    from .store import Filters, Store
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +40,15 @@ TRAIN_MAX = 65_536  # training sample cap for the IVF-PQ coarse quantizer / PQ /
 EXACT_ALLOW_MAX = 20_000  # a filter allowing at most this many ids is searched exactly over their (SQ8) vectors
 
 
+@dataclasses.dataclass(frozen=True)
+class DocFields:
+    """The document fields a vector row (a window) carries, so a backend can apply `Filters` itself (Milvus)."""
+
+    doc_id: str
+    source: str | None = None
+    published: str | None = None
+
+
 class VectorIndex(Protocol):
     """What search needs from a vector index (FAISS here, Milvus in qa/milvus_backend.py)."""
 
@@ -44,14 +58,18 @@ class VectorIndex(Protocol):
     def ntotal(self) -> int:
         """Number of live vectors."""
 
-    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        """Add vectors under explicit int64 ids."""
+    def add(self, ids: np.ndarray, vectors: np.ndarray, docs: Sequence[DocFields] | None = None) -> None:
+        """Add vectors under explicit int64 ids; `docs` (one per row) feed filter pushdown: Milvus needs them."""
 
     def remove(self, ids: np.ndarray) -> None:
         """Remove vectors by id (unknown ids are ignored)."""
 
     def search(self, queries: np.ndarray, k: int, allow: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(scores, ids) of the k best per query, restricted to `allow` ids when given; missing slots are id -1."""
+
+    def search_filtered(self, queries: np.ndarray, k: int, filters: "Filters | None",
+                        store: "Store") -> tuple[np.ndarray, np.ndarray]:
+        """Like `search`, restricted to the rows whose documents pass `filters` (the store is the reference)."""
 
     def save(self, directory: str, generation: int) -> None:
         """Persist, recording the store generation the vectors reflect."""
@@ -152,7 +170,8 @@ class FaissIndex:
             sq.rangestat_arg = 0.05 if len(vectors) >= 10_000 else 0.5  # a margin for values the sample missed
             hnsw.train(_training_sample(vectors, 1))
 
-    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+    def add(self, ids: np.ndarray, vectors: np.ndarray, docs: Sequence[DocFields] | None = None) -> None:
+        """Add vectors under explicit int64 ids (`docs` are not needed: filters come from the store)."""
         if len(ids):
             ids = np.ascontiguousarray(ids, dtype=np.int64)
             vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.dim)
@@ -240,6 +259,11 @@ class FaissIndex:
             params._keep = keep  # FAISS holds raw pointers to these: keep them alive for the call
         scores, ids = self.index.search(queries, k, params=params)
         return scores, ids
+
+    def search_filtered(self, queries: np.ndarray, k: int, filters: "Filters | None",
+                        store: "Store") -> tuple[np.ndarray, np.ndarray]:
+        """`search` restricted to the windows the store finds passing `filters` (an id selector)."""
+        return self.search(queries, k, store.filtered_window_ids(filters) if filters else None)
 
     def reconstruct_all(self) -> tuple[np.ndarray, np.ndarray]:
         """(ids, vectors) of every live vector (decoded from SQ8 codes for `hnsw` / `ivfpq`)."""

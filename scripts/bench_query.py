@@ -72,10 +72,11 @@ end
 
 # --- corpus ---------------------------------------------------------------------------------------------------
 
-def synthesise(articles_path: str, passages: int, out_path: str) -> int:
+def synthesise(articles_path: str, passages: int, out_path: str, short: bool = False) -> int:
     """A JSONL corpus of about `passages` paragraphs of real text: the squad-dev articles, then copies of them with
     their own ids and titles whose every paragraph is remixed from sentences drawn at random across its article, so
     no two paragraphs are copies of each other (copies would make every query a duplicate-collapse case).
+    `short`: remixed paragraphs of 2-3 sentences (news length) instead of the original paragraph's count.
     Returns the number of paragraphs written."""
     with open(articles_path, encoding="utf-8") as f:
         articles = [json.loads(line) for line in f if line.strip()]
@@ -89,7 +90,9 @@ def synthesise(articles_path: str, passages: int, out_path: str) -> int:
                 if written >= passages:
                     break
                 paras = a["paragraphs"][: passages - written]
-                if copy:
+                if copy and short:
+                    paras = [" ".join(rng.sample(pool, rng.randint(2, 3))) for _ in paras]
+                elif copy:
                     paras = [" ".join(rng.sample(pool, min(len(pool), max(1, len(split.split(p))))))
                              for p in paras]
                 doc = {"id": f"{a['id']}~{copy}" if copy else a["id"],
@@ -214,6 +217,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                                         + TARGETS, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--index-dir", help="an existing index to copy and serve instead of building one")
     ap.add_argument("--passages", type=int, help="synthesise a corpus of about this many passages from squad-dev")
+    ap.add_argument("--short", action="store_true",
+                    help="with --passages: synthetic paragraphs of 2-3 sentences (news length)")
     ap.add_argument("--questions", default=CORPORA["squad-dev"][1], help="question JSONL file")
     ap.add_argument("--requests", type=int, default=200, help="sequential one-client requests")
     ap.add_argument("--k", type=int, default=10, help="results per search")
@@ -221,7 +226,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--connections", type=int, default=8, help="concurrent connections of the load phase")
     ap.add_argument("--wrk-threads", type=int, default=2, help="wrk threads")
     ap.add_argument("--load-duration", type=float, default=30, help="seconds of the load phase")
-    ap.add_argument("--server-threads", type=int, default=8, help="waitress threads of `qa serve`")
+    ap.add_argument("--server-threads", type=int, default=8, help="threads per process of `qa serve`")
+    ap.add_argument("--server-workers", type=int, default=1,
+                    help="processes of `qa serve` (`--workers`; more than 1 runs gunicorn)")
     ap.add_argument("--no-wrk", action="store_true", help="use the Python load generator even if wrk is installed")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (index, server log)")
     return ap.parse_args(argv)
@@ -241,15 +248,17 @@ def main(argv=None) -> int:
             sources = CORPORA["squad-dev"][0]
             if args.passages:
                 synthetic = os.path.join(tmp, "synthetic.jsonl")
-                n = synthesise(sources[0], args.passages, synthetic)
-                sources, corpus = [synthetic], f"synthetic {n:,} paragraphs from squad-dev"
+                n = synthesise(sources[0], args.passages, synthetic, args.short)
+                sources, corpus = [synthetic], (f"synthetic {n:,} {'2-3 sentence ' if args.short else ''}"
+                                                "paragraphs from squad-dev")
             log(f"building the index ({corpus})")
             build_seconds = build_index(sources, index_dir)
             log(f"built in {build_seconds:.1f}s")
         with open(os.path.join(index_dir, "manifest.json")) as f:
             counts = json.load(f)["counts"]
         paths = [search_path(q, args.k, args.mode) for q in read_questions(args.questions, limit=2000)]
-        with Server(index_dir, os.path.join(tmp, "server.log"), threads=args.server_threads) as server:
+        with Server(index_dir, os.path.join(tmp, "server.log"), threads=args.server_threads,
+                    workers=args.server_workers) as server:
             for p in paths[:20]:  # warm-up, not measured
                 http_call(server.base + p, timeout=60)
             log(f"(a) {args.requests} sequential requests, one client")
@@ -292,6 +301,7 @@ def report(args, corpus: str, counts: dict, build_seconds, seq: dict, load: dict
         ["… latency p50 / p90 / p99 / max",
          f"{fmt(load['p50'])} / {fmt(load['p90'])} / {fmt(load['p99'])} / {fmt(load['max'])} ms"],
         ["… non-2xx / socket errors", f"{load['non2xx']} / {load['socket_errors']}"],
+        ["server", f"`qa serve --workers {args.server_workers} --threads {args.server_threads}`"],
         ["machine", machine_note()],
     ]
     print(markdown_table(["measure", "value"], rows))

@@ -470,8 +470,9 @@ def test_writes_during_a_full_build_are_replayed(tmp_path, fake_embedder, backen
     assert check_index(index_dir) == []
     index = load_index(index_dir)
     try:
-        hits = index.store.lexical_search(query_terms("night ferry tickets"), 3)
+        hits = index.lexical_search(query_terms("night ferry tickets"), 3)  # tantivy, replayed too
         assert hits and index.store.passages([hits[0][0]])[hits[0][0]].doc_id == HARBOUR["id"]
+        assert index.store.lexical_search(query_terms("night ferry tickets"), 3)[0][0] == hits[0][0]  # FTS5
         assert index.store.journal()[-1].article.to_dict() == article_from_dict(HARBOUR).to_dict()
     finally:
         index.close()

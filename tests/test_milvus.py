@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -13,9 +14,12 @@ import pytest
 pytest.importorskip("pymilvus")
 pytest.importorskip("milvus_lite")
 
-from qa.errors import BadRequest, IndexUnavailable  # noqa: E402
-from qa.milvus_backend import (MilvusIndex, collections_behind, drop_collection, new_collection_name,  # noqa: E402
-                               prune_collections, switch_alias)
+from qa.errors import BadRequest, IndexUnavailable, QAError  # noqa: E402
+from qa.milvus_backend import (VARCHAR_MAX, MilvusIndex, collections_behind, drop_collection,  # noqa: E402
+                               field_value, filter_expression, new_collection_name, prune_collections, quote,
+                               source_key, switch_alias)
+from qa.store import Filters  # noqa: E402
+from qa.vectors import DocFields  # noqa: E402
 
 DIM = 16
 
@@ -23,6 +27,11 @@ DIM = 16
 def unit(rng: np.random.Generator, n: int, dim: int = DIM) -> np.ndarray:
     v = rng.standard_normal((n, dim)).astype(np.float32)
     return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def docs_for(ids: np.ndarray) -> list[DocFields]:
+    """Some document fields per row (vector tests that do not filter)."""
+    return [DocFields(f"doc{i % 7}", "Wire", "2020-01-01") for i in np.asarray(ids).tolist()]
 
 
 @pytest.fixture
@@ -41,7 +50,7 @@ def test_add_search_remove_ntotal(index):
     vecs = unit(rng, 100)
     ids = np.arange(1000, 1100, dtype=np.int64)
     assert index.ntotal == 0
-    index.add(ids, vecs)
+    index.add(ids, vecs, docs_for(ids))
     assert index.ntotal == 100
     scores, found = index.search(vecs[:3], 5)
     assert found.shape == scores.shape == (3, 5)
@@ -52,7 +61,7 @@ def test_add_search_remove_ntotal(index):
     assert index.ntotal == 98
     _, found = index.search(vecs[:2], 5)
     assert 1000 not in found and 1001 not in found
-    index.add(ids[2:3], vecs[3:4])  # re-adding an id replaces its vector
+    index.add(ids[2:3], vecs[3:4], docs_for(ids[2:3]))  # re-adding an id replaces its vector
     assert index.ntotal == 98
     _, found = index.search(vecs[3:4], 2)
     assert set(found[0].tolist()) == {1002, 1003}
@@ -63,7 +72,8 @@ def test_add_search_remove_ntotal(index):
 def test_allow_filter(index):
     rng = np.random.default_rng(1)
     vecs = unit(rng, 300)
-    index.add(np.arange(300, dtype=np.int64), vecs)
+    ids = np.arange(300, dtype=np.int64)
+    index.add(ids, vecs, docs_for(ids))
     allow = np.arange(0, 300, 7, dtype=np.int64)
     scores, found = index.search(vecs[:4], 10, allow)
     assert set(found.ravel().tolist()) <= set(allow.tolist())
@@ -83,7 +93,7 @@ def test_reconstruct_all(index):
     rng = np.random.default_rng(2)
     vecs = unit(rng, 250)
     ids = rng.permutation(10_000)[:250].astype(np.int64)
-    index.add(ids, vecs)
+    index.add(ids, vecs, docs_for(ids))
     index.remove(ids[:10])
     got_ids, got_vecs = index.reconstruct_all()
     order = np.argsort(ids[10:])
@@ -95,7 +105,7 @@ def test_reload_from_vectors_json(tmp_path, uri):
     rng = np.random.default_rng(3)
     vecs = unit(rng, 50)
     with MilvusIndex(uri, "vectors_a", DIM, create=True) as idx:
-        idx.add(np.arange(50, dtype=np.int64), vecs)
+        idx.add(np.arange(50), vecs, docs_for(np.arange(50)))
         idx.remove(np.array([0], np.int64))
         before = idx.search(vecs[:5], 5)
         idx.save(str(tmp_path), 7)
@@ -124,7 +134,7 @@ def test_parity_with_faiss_flat(uri):
     flat = faiss_vectors.FaissIndex(384, "flat")
     flat.add(ids, vecs)
     with MilvusIndex(uri, "parity", 384, create=True) as idx:
-        idx.add(ids, vecs)
+        idx.add(ids, vecs, docs_for(ids))
         idx.flush()  # search the sealed, indexed segments rather than the write buffer
         m_scores, m_ids = idx.search(queries, 10)
     f_scores, f_ids = flat.search(queries, 10)
@@ -138,8 +148,8 @@ def test_alias_switch(uri):
     old_vecs, new_vecs = unit(rng, 20), unit(rng, 30)
     first, second = new_collection_name("news"), new_collection_name("news")
     with MilvusIndex(uri, first, DIM, create=True) as a, MilvusIndex(uri, second, DIM, create=True) as b:
-        a.add(np.arange(20, dtype=np.int64), old_vecs)
-        b.add(np.arange(100, 130, dtype=np.int64), new_vecs)
+        a.add(np.arange(20), old_vecs, docs_for(np.arange(20)))
+        b.add(np.arange(100, 130), new_vecs, docs_for(np.arange(100, 130)))
         assert switch_alias(a.client, "news", first) is None
         with MilvusIndex(uri, "news", DIM) as live:  # readers open the alias
             assert live.ntotal == 20 and live.live_collection == first
@@ -158,7 +168,7 @@ def test_other_index_types(uri, index_type):
     rng = np.random.default_rng(7)
     vecs = unit(rng, 400)
     with MilvusIndex(uri, "typed", DIM, create=True, index_type=index_type) as idx:
-        idx.add(np.arange(400, dtype=np.int64), vecs)
+        idx.add(np.arange(400), vecs, docs_for(np.arange(400)))
         idx.flush()
         _, found = idx.search(vecs[:20], 1)
         assert np.mean(found[:, 0] == np.arange(20)) >= 0.9
@@ -188,9 +198,115 @@ def test_second_process_is_locked_out(uri):
         return out.stdout.strip()
 
     idx = MilvusIndex(uri, "vectors_a", DIM, create=True)
-    idx.add(np.arange(3, dtype=np.int64), unit(np.random.default_rng(6), 3))
+    idx.add(np.arange(3), unit(np.random.default_rng(6), 3), docs_for(np.arange(3)))
     try:
         assert probe().startswith("unavailable Milvus Lite database")
     finally:
         idx.close()  # the last user in this process releases the Lite lock
     assert probe() == "opened 3"
+
+
+# --- filter pushdown -----------------------------------------------------------------------------------------------
+
+class SqliteDocs:
+    """The reference for filters: rows' documents in SQLite, filtered by `Filters.sql` as the store does."""
+
+    def __init__(self, docs: list[DocFields], ids: np.ndarray):
+        self.con = sqlite3.connect(":memory:")
+        self.con.execute("CREATE TABLE documents (doc_id TEXT PRIMARY KEY, source TEXT, published TEXT)")
+        self.con.execute("CREATE TABLE windows (id INTEGER PRIMARY KEY, doc_id TEXT NOT NULL)")
+        self.con.executemany("INSERT OR IGNORE INTO documents VALUES (?,?,?)",
+                             [(d.doc_id, d.source, d.published) for d in docs])
+        self.con.executemany("INSERT INTO windows VALUES (?,?)", zip(ids.tolist(), [d.doc_id for d in docs]))
+
+    def filtered_window_ids(self, filters: Filters) -> np.ndarray:
+        where, params = filters.sql("d")
+        rows = self.con.execute(f"SELECT w.id FROM windows w JOIN documents d ON d.doc_id = w.doc_id WHERE {where}",
+                                params)
+        return np.array([r[0] for r in rows], np.int64)
+
+
+LONG = "L" * (VARCHAR_MAX + 10)  # too long for a Milvus VARCHAR: stored hashed
+INJECTION = 'x" or id >= 0 or doc_id == "'
+DOCS = [
+    DocFields("plain", "BBC News", "2021-03-04"),
+    DocFields("lower", "bbc news", "2020-12-31"),
+    DocFields("dateless", "Bbc NEWS", None),
+    DocFields('quo"te', 'The "Times"', "2021-01-01"),
+    DocFields("back\\slash", "C:\\feeds\\", "2019-06-30"),
+    DocFields(INJECTION, "Élan", "2021-06-30"),
+    DocFields("line\nbreak\ttab", "élan", "2022-01-01"),
+    DocFields("sourceless", None, "2021-02-02"),
+    DocFields("empty-source", "", "2021-02-04"),
+    DocFields("sha256:abc", "sha256:abc", "2021-02-03"),  # looks hashed: hashed too, still matched exactly
+    DocFields("long", LONG, "2021-05-05"),
+]
+FILTERS = [
+    Filters(source="bbc news"), Filters(source="BBC NEWS"), Filters(source="bbc"),  # NOCASE: ASCII letters fold
+    Filters(source="élan"), Filters(source="ÉLAN"),  # ... other letters do not (SQLite's NOCASE)
+    Filters(source='the "TIMES"'), Filters(source="c:\\FEEDS\\"), Filters(source=LONG.lower()),
+    Filters(source="sha256:ABC"), Filters(source=""),  # an empty source is not a missing one
+    Filters(doc_id='quo"te'), Filters(doc_id="back\\slash"), Filters(doc_id=INJECTION), Filters(doc_id="PLAIN"),
+    Filters(doc_id="line\nbreak\ttab"), Filters(doc_id='" or "" == "'), Filters(doc_id="long"),
+    Filters(published_after="2021-01-01"), Filters(published_before="2020-12-31"),
+    Filters(published_after="2021-01-01", published_before="2021-06-30"),
+    Filters(published_after="2021-02-02", published_before="2021-02-02"),  # bounds are inclusive
+    Filters(source="bbc news", published_before="2030-01-01"),  # the dateless BBC document drops out
+    Filters(source="Élan", doc_id=INJECTION, published_after="2021-06-30"),
+    Filters(),
+]
+
+
+def test_filter_expression_escapes():
+    assert quote('a"b\\c\nd\re\tf') == '"a\\"b\\\\c\\nd\\re\tf"'
+    assert filter_expression(Filters(source='The "X"', doc_id=INJECTION)) == (
+        'source_key == "the \\"x\\"" and doc_id == "x\\" or id >= 0 or doc_id == \\""')
+    assert filter_expression(Filters(published_after="2020-01-01", published_before="2020-12-31")) == (
+        'published != "" and published >= "2020-01-01" and published <= "2020-12-31"')
+    assert filter_expression(Filters()) == ""
+    assert source_key("ÀBC Déf") == "Àbc déf" and source_key(None) == ""
+    assert field_value(LONG).startswith("sha256:") and len(field_value(LONG)) == 71
+    assert field_value("sha256:abc") != "sha256:abc" and field_value("plain") == "plain"
+    assert field_value(None) == "" != field_value("")  # no source is not an empty one
+
+
+@pytest.fixture(scope="module")
+def rows():
+    """Three rows per document of DOCS, and their vectors."""
+    ids = np.arange(len(DOCS) * 3, dtype=np.int64) + 100
+    docs = [DOCS[i // 3] for i in range(len(ids))]
+    return ids, unit(np.random.default_rng(8), len(ids)), docs
+
+
+@pytest.mark.parametrize("doc_fields", [True, False], ids=["pushdown", "id-lists"])
+def test_filters_match_the_store(uri, rows, doc_fields):
+    """Every filter selects the rows SQLite selects, through a filter expression or (a collection without document
+    fields, as built before pushdown) through the store's id list; the order is FAISS' exact one."""
+    from qa.vectors import FaissIndex
+
+    ids, vecs, docs = rows
+    reference = SqliteDocs(docs, ids)
+    flat = FaissIndex(DIM, "flat")
+    flat.add(ids, vecs)
+    with MilvusIndex(uri, "filtered", DIM, create=True, doc_fields=doc_fields) as idx:
+        idx.add(ids, vecs, docs if doc_fields else None)
+        idx.flush()
+        for filters in FILTERS:
+            want = set(reference.filtered_window_ids(filters).tolist()) if filters else set(ids.tolist())
+            _, found = idx.search_filtered(vecs[:2], 100, filters, reference)
+            assert {i for i in found[0].tolist() if i >= 0} == want, filters
+            f_scores, f_ids = flat.search_filtered(vecs[:2], 5, filters, reference)
+            m_scores, m_ids = idx.search_filtered(vecs[:2], 5, filters, reference)
+            n = f_ids.shape[1]
+            assert np.array_equal(m_ids[:, :n], f_ids) and np.allclose(m_scores[:, :n], f_scores, atol=1e-5), filters
+    with MilvusIndex(uri, "filtered", DIM) as again:  # reopened: the schema says which path
+        assert again.doc_fields is doc_fields
+
+
+def test_add_needs_the_document_fields(index):
+    vecs = unit(np.random.default_rng(9), 3)
+    with pytest.raises(QAError, match="document fields"):
+        index.add(np.arange(3), vecs)
+    with pytest.raises(QAError, match="document fields"):
+        index.add(np.arange(3), vecs, docs_for(np.arange(2)))
+    assert index.ntotal == 0  # nothing written

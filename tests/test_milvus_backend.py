@@ -16,7 +16,7 @@ pytest.importorskip("milvus_lite")
 from qa import milvus_backend as mb  # noqa: E402
 from qa.index import add_documents, build_index, check_index, load_index, remove_documents  # noqa: E402
 from qa.search import make_filters, search  # noqa: E402
-from qa.store import read_manifest  # noqa: E402
+from qa.store import manifest_path, read_manifest, write_json_atomic  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = os.path.join(ROOT, "eval", "squad-small")
@@ -114,6 +114,8 @@ def test_add_remove(tmp_path, embedder):
     try:
         assert index.vectors.ntotal == index.manifest["counts"]["windows"]
         assert search(index, "Who were the Normans?", 3, mode="dense").hits[0].passage.doc_id == "Normans"
+        hits = search(index, "Who were the Normans?", 3, mode="dense", filters=make_filters(doc_id="Normans")).hits
+        assert hits and {h.passage.doc_id for h in hits} == {"Normans"}  # the added rows carry their fields
     finally:
         index.close()
     assert remove_documents(["Super_Bowl_50"], path).removed == 1
@@ -160,6 +162,133 @@ def test_rebuild_switches_alias_and_drops_old(tmp_path, embedder, monkeypatch):
         assert live.live_collection == names[-1]
         assert mb.collections_behind(live.client, manifest["milvus_alias"]) == names[-2:]
     assert check_index(path) == []
+
+
+# --- filters: pushed down to Milvus, identical to FAISS with the store's allow list --------------------------------
+
+ODD_ID = 'Super "Bowl" 50\\b'  # quotes and a backslash in a filter value
+METADATA = [  # (doc id, source, published) of the halves of the small corpus' articles
+    ("Super_Bowl_50", "AP", "2016-02-08"), (ODD_ID, "ap", None),
+    ("Warsaw", "Reuters", "2015-05-01"), ("Warsaw_2", "REUTERS", "2016-01-01"),
+    ("Normans", "BBC", None), ("Normans_2", "Élan", "2014-12-31"),
+]
+FILTERS = [
+    dict(source="ap"), dict(source="reuters"), dict(source="élan"), dict(source="ÉLAN"), dict(source="nobody"),
+    dict(doc_id=ODD_ID), dict(doc_id="Warsaw"), dict(doc_id="warsaw"),
+    dict(published_after="2015-01-01", published_before="2016-01-01"), dict(published_after="2016-01-01"),
+    dict(published_before="2015-12-31"), dict(source="AP", published_before="2030-01-01"),
+    dict(source="Reuters", published_after="2015-06-01"),
+]
+
+
+def _with_metadata(tmp_path) -> str:
+    """Each article of the small corpus cut in two documents of 3 paragraphs, with sources and dates (or none)."""
+    out = []
+    for i, a in enumerate(_articles()):
+        for half in range(2):
+            doc_id, source, published = METADATA[2 * i + half]
+            out.append({**a, "id": doc_id, "source": source, "published": published,
+                        "paragraphs": a["paragraphs"][3 * half:3 * half + 3]})
+    return _jsonl(tmp_path / "metadata.jsonl", out)
+
+
+@pytest.fixture(scope="module")
+def filtered_pair(tmp_path_factory, embedder):
+    """The same corpus with metadata built on FAISS and on Milvus, loaded."""
+    tmp = tmp_path_factory.mktemp("filtered")
+    corpus = _with_metadata(tmp)
+    build_index([corpus], str(tmp / "faiss"), embedder=embedder)
+    build_index([corpus], str(tmp / "milvus"), embedder=embedder, vector_backend="milvus")
+    pair = load_index(str(tmp / "faiss"), embedder=embedder), load_index(str(tmp / "milvus"), embedder=embedder)
+    yield pair
+    for index in pair:
+        index.close()
+
+
+def _questions(n: int) -> list[str]:
+    with open(os.path.join(SMALL, "questions.jsonl"), encoding="utf-8") as f:
+        return [json.loads(line)["question"] for line in f][::10][:n]
+
+
+@pytest.mark.parametrize("filters", FILTERS, ids=lambda f: ",".join(f"{k}={v}" for k, v in f.items()))
+def test_filtered_parity_with_faiss(filtered_pair, embedder, filters):
+    faiss_index, milvus_index = filtered_pair
+    assert milvus_index.vectors.doc_fields  # pushed down, not id lists
+    f = make_filters(**filters)
+    allowed = set(faiss_index.store.filtered_window_ids(f).tolist())
+    for q in _questions(6):
+        qvec = embedder.encode([q])
+        f_scores, f_ids = faiss_index.vectors.search_filtered(qvec, 40, f, faiss_index.store)
+        m_scores, m_ids = milvus_index.vectors.search_filtered(qvec, 40, f, milvus_index.store)
+        n = f_ids.shape[1]
+        assert np.array_equal(m_ids[:, :n], f_ids) and np.allclose(m_scores[:, :n], f_scores, atol=1e-5)
+        assert set(m_ids[0].tolist()) - {-1} == {i for i in f_ids[0].tolist() if i >= 0} <= allowed
+        for mode in ("dense", "hybrid"):
+            a = [h.passage.passage_id for h in search(milvus_index, q, 10, mode=mode, filters=f).hits]
+            b = [h.passage.passage_id for h in search(faiss_index, q, 10, mode=mode, filters=f).hits]
+            assert a == b, (q, mode)
+
+
+def test_collection_without_document_fields(tmp_path, embedder, filtered_pair):
+    """A collection built before filter pushdown: filters fall back to id lists, updates still work."""
+    path = str(tmp_path / "index")
+    build_index([_with_metadata(tmp_path)], path, embedder=embedder, vector_backend="milvus")
+    manifest = read_manifest(path)
+    uri = mb.resolve_uri(path, manifest["milvus_uri"])
+    legacy = mb.new_collection_name(manifest["milvus_alias"])
+    with mb.MilvusIndex(uri, manifest["milvus_collection"], 384) as current:
+        ids, vecs = current.reconstruct_all()
+        with mb.MilvusIndex(uri, legacy, 384, create=True, doc_fields=False) as old:
+            old.add(ids, vecs)
+            old.flush()
+            mb.switch_alias(old.client, manifest["milvus_alias"], legacy)
+    write_json_atomic(manifest_path(path), {**manifest, "milvus_collection": legacy})
+    assert check_index(path) == []
+    faiss_index = filtered_pair[0]
+    index = load_index(path, embedder=embedder)
+    try:
+        assert not index.vectors.doc_fields
+        for filters in FILTERS:
+            f = make_filters(**filters)
+            for q in _questions(2):
+                a = [h.passage.passage_id for h in search(index, q, 10, mode="dense", filters=f).hits]
+                assert a == [h.passage.passage_id for h in search(faiss_index, q, 10, mode="dense", filters=f).hits]
+    finally:
+        index.close()
+    normans = _articles()[2]
+    extra = {**normans, "id": "Extra", "source": "AP", "paragraphs": normans["paragraphs"][6:8]}  # text not indexed
+    assert add_documents([_jsonl(tmp_path / "extra.jsonl", [extra])], path, embedder=embedder).added == 1
+    assert check_index(path) == []
+    index = load_index(path, embedder=embedder)
+    try:
+        hits = search(index, "Who were the Normans?", 10, mode="dense", filters=make_filters(source="ap")).hits
+        assert hits[0].passage.doc_id == "Extra" and {h.passage.doc_id for h in hits} <= {"Super_Bowl_50", ODD_ID,
+                                                                                          "Extra"}
+    finally:
+        index.close()
+
+
+def test_writer_resyncs_rows_with_their_document_fields(tmp_path, embedder):
+    """A collection behind the store (a writer killed between the two) is resynced by the next writer, fields too."""
+    path = str(tmp_path / "index")
+    build_index([_with_metadata(tmp_path)], path, embedder=embedder, vector_backend="milvus")
+    manifest = read_manifest(path)
+    data = os.path.join(path, manifest["data_dir"])
+    with mb.MilvusIndex(mb.resolve_uri(path, manifest["milvus_uri"]), manifest["milvus_collection"], 384) as live:
+        ids, _ = live.reconstruct_all()
+        live.remove(ids)  # every row lost
+        live.save(data, -1)
+    assert remove_documents(["Normans"], path).removed == 1
+    assert check_index(path) == []
+    index = load_index(path, embedder=embedder)
+    try:
+        assert index.vectors.ntotal == index.manifest["counts"]["windows"]
+        for filters, docs in ((dict(source="REUTERS"), {"Warsaw", "Warsaw_2"}), (dict(doc_id=ODD_ID), {ODD_ID}),
+                              (dict(published_before="2015-01-01"), {"Normans_2"})):
+            hits = search(index, "Where is Warsaw?", 10, mode="dense", filters=make_filters(**filters)).hits
+            assert {h.passage.doc_id for h in hits} == docs, filters
+    finally:
+        index.close()
 
 
 HOLDER = textwrap.dedent("""

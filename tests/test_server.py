@@ -81,3 +81,25 @@ def test_page_is_escaped_and_secured(server):
 
 def test_binds_loopback_by_default(server):
     assert server.startswith("http://127.0.0.1:")
+
+
+def test_gunicorn_workers_serve_and_reload(seed_copy):
+    """`--workers 2`: gunicorn processes, each with its own model and index; a write reaches every worker."""
+    with serve(seed_copy, {"QA_ADMIN_TOKEN": "s3cret", "QA_RELOAD_INTERVAL": "0.5"}, "--workers", "2",
+               "--threads", "2") as base:
+        status, _, body = get(base + "/api/search?q=what+actions+has+China+taken%3F&k=3")
+        assert status == 200 and json.loads(body)["results"]
+        status, headers, body = get(base + "/api/search", data=b"x" * (2 * 1024 * 1024), method="POST",
+                                    headers={"Content-Type": "application/json"})
+        assert status == 413 and json.loads(body)["error"]
+        article = {"id": "ferry-1", "title": "Night ferry", "paragraphs": ["The quokka ferry sails at midnight."]}
+        status, _, body = get(base + "/api/documents", data=json.dumps(article).encode(), method="POST",
+                              headers={"Content-Type": "application/json", "Authorization": "Bearer s3cret"})
+        assert status == 201, body
+        deadline, seen = time.time() + 20, []
+        while time.time() < deadline:  # every request (whichever worker takes it) finds the new document
+            seen = [json.loads(get(base + "/api/search?q=quokka+ferry&k=1")[2])["results"] for _ in range(12)]
+            if all(r and r[0]["doc_id"] == "ferry-1" for r in seen):
+                break
+            time.sleep(0.5)
+        assert all(r and r[0]["doc_id"] == "ferry-1" for r in seen)
