@@ -26,11 +26,12 @@ from .errors import BadRequest, IndexUnavailable, QAError
 from .ingest import Article, Problem, read_sources
 from .lexical import DIRNAME as LEXICAL_DIR, LABEL as LEXICAL_LABEL, LexicalIndex
 from .store import (FORMAT_VERSION, JOURNAL_KEEP, STORE_FILE, Store, manifest_path, read_manifest, write_json_atomic)
-from .vectors import VECTOR_BACKENDS, DocFields, FaissIndex, VectorIndex, choose_kind, open_vectors
+from .vectors import TRAIN_MAX, VECTOR_BACKENDS, DocFields, FaissIndex, VectorIndex, choose_kind, open_vectors
 
 log = logging.getLogger(__name__)
 
 LOCK_FILE = ".write.lock"
+BUILD_BATCH = 2048  # paragraphs embedded and written to the store at a time by a full build
 LOCK_TIMEOUT = 600.0
 
 
@@ -104,6 +105,32 @@ def prepare_articles(articles: Iterable[Article], embedder: Embedder, *, progres
         out.append((article, passages, wvecs[i:i + n], svecs[i:i + n]))
         i += n
     return out
+
+
+def _embed_into(store: Store, articles: Sequence[Article], embedder: Embedder, progress: bool) -> None:
+    """Embed articles and write them to a new store BUILD_BATCH paragraphs at a time, so a build's memory stays
+    bounded whatever the collection's size."""
+    batch = BUILD_BATCH
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=sum(len(a.paragraphs) for a in articles), desc="embedding", unit="paragraph",
+                   mininterval=1.0)
+    try:
+        start = 0
+        while start < len(articles):
+            end, size = start, 0
+            while end < len(articles) and (size < batch or end == start):
+                size += len(articles[end].paragraphs)
+                end += 1
+            store.write(prepare_articles(articles[start:end], embedder), journal=False)
+            if bar is not None:
+                bar.update(size)
+            start = end
+    finally:
+        if bar is not None:
+            bar.close()
 
 
 def dedupe_articles(articles: Iterable[Article], on_problem=None) -> list[Article]:
@@ -290,19 +317,20 @@ def build_index(sources: Sequence[str], index_dir: str, *, model: str | None = N
     before: str | None = None  # the collection the alias pointed to
     published = False
     try:
-        prepared = prepare_articles(articles, embedder, progress=progress)
         store = Store(os.path.join(build_dir, STORE_FILE), create=True)
-        added, _ = store.write(prepared, journal=False)
-        docs = _window_docs(prepared)
-        ids, vecs = _added_arrays(added, docs)
-        index_kind = choose_kind(kind, len(ids))
+        _embed_into(store, articles, embedder, progress)
+        n_windows = store.counts()["windows"]
+        index_kind = choose_kind(kind, n_windows)
         if milvus:  # a new collection; the live alias and manifest are untouched until the swap below
             vector["milvus_collection"] = mb.new_collection_name(vector["milvus_alias"])
             vindex = mb.MilvusIndex(mb.resolve_uri(index_dir, vector["milvus_uri"]), vector["milvus_collection"],
                                     embedder.dim, token=milvus_token, create=True, index_type=index_kind.upper())
         else:
             vindex = FaissIndex(embedder.dim, index_kind)
-        vindex.add(ids, vecs, docs)
+            vindex.train(store.sample_window_vectors(TRAIN_MAX, embedder.dim), n_windows)
+        by_passage = _passage_docs(store) if milvus else None
+        for ids, passages, vecs in store.all_windows(embedder.dim):
+            vindex.add(ids, vecs, [by_passage[p] for p in passages.tolist()] if milvus else None)
         generation = store.generation
         vindex.save(build_dir, generation)  # Milvus: flushed, so searches hit sealed, indexed segments
         lexical = LexicalIndex.create(os.path.join(build_dir, LEXICAL_DIR))
@@ -391,6 +419,18 @@ class Index:
         if self.lexical is not None:
             return self.lexical.search(terms, limit, filters)
         return self.store.lexical_search(terms, limit, filters)
+
+    def lexical_scores(self, terms: Sequence[str], rowids: Sequence[int], filters=None,
+                       pool: int = 2000) -> dict[int, float]:
+        """BM25 of given passages (0 where no term matches): exact with tantivy; without it, read from FTS5's best
+        `pool` matches, and past their end the pool's last score (an upper bound)."""
+        if self.lexical is not None:
+            found = self.lexical.scores(terms, rowids)
+            return {rid: found.get(rid, 0.0) for rid in rowids}
+        ranked = self.store.lexical_search(terms, pool, filters)
+        beyond = ranked[-1][1] if len(ranked) >= pool else 0.0
+        found = dict(ranked)
+        return {rid: found.get(rid, beyond) for rid in rowids}
 
     def doc_freqs(self, terms: Sequence[str]) -> dict[str, int]:
         """Passages holding each term."""

@@ -207,6 +207,21 @@ class LexicalIndex:
         ids = self.searcher.fast_field_values("id", [address for _, address in hits])
         return [(int(i), float(score)) for (score, _), i in zip(hits, ids)]
 
+    def scores(self, terms: Sequence[str], rowids: Sequence[int]) -> dict[int, float]:
+        """Exact BM25 of given passages (those matching no term are left out): one query restricted to their ids."""
+        from tantivy import Occur, Query
+
+        tokens = self.tokens(terms)
+        if not tokens or not rowids:
+            return {}
+        only = Query.const_score_query(Query.term_set_query(self.schema, "id", [int(r) for r in rowids]), 0.0)
+        query = Query.boolean_query([(Occur.Must, self._query(tokens, None)), (Occur.Must, only)])
+        hits = self.searcher.search(query, len(rowids), count=False).hits
+        if not hits:
+            return {}
+        ids = self.searcher.fast_field_values("id", [address for _, address in hits])
+        return {int(i): float(score) for (score, _), i in zip(hits, ids)}
+
     def doc_freqs(self, terms: Sequence[str]) -> dict[str, int]:
         """Per query term, the number of passages whose text holds it (its first token; 0 for none)."""
         out = {}

@@ -1,8 +1,8 @@
 """Ranking: dense and lexical candidates, fusion as small pure functions, filters, duplicate collapse, `Hit`.
 
 Both sides contribute deep candidate lists; every candidate then gets every signal (its best window's cosine, its
-best sentence's cosine, its BM25 score, exact within the best 2,000 lexical matches and bounded past them), and the
-signals are fused per query after normalisation, so no weight depends on one collection's score scale.
+best sentence's cosine, its exact BM25 score), and the signals are fused per query after normalisation, so no
+weight depends on one collection's score scale.
 """
 from __future__ import annotations
 
@@ -21,7 +21,6 @@ from .store import Filters, StoredPassage, query_terms
 
 MODES = ("hybrid", "dense", "lexical")
 DEPTH = 100  # candidates from each side
-LEXICAL_POOL = 2000  # BM25 scores read in one query, to score the dense side's candidates too
 RRF_K = 60  # the constant of Cormack et al. (2009); not tuned here
 DUPLICATE_COSINE = 0.97  # passages this close are copies of one story (syndicated wire text)
 
@@ -135,6 +134,23 @@ def stem(word: str) -> str:
     return _stemmer().stemWord(word.lower())
 
 
+_ASCII_WORD = np.array([chr(c).isalnum() or chr(c) == "_" for c in range(128)])
+
+
+def _word_chars(text: str) -> np.ndarray:
+    """Per character of `text`: is it a word character (alphanumeric or _, as regex \\w)? Vectorised: non-ASCII
+    characters are classified once per distinct character."""
+    cps = np.frombuffer(text.encode("utf-32-le"), np.uint32)
+    out = np.zeros(len(cps), bool)
+    ascii_ = cps < 128
+    out[ascii_] = _ASCII_WORD[cps[ascii_]]
+    if not ascii_.all():
+        other = cps[~ascii_]
+        kinds, inverse = np.unique(other, return_inverse=True)
+        out[~ascii_] = np.array([chr(c).isalnum() for c in kinds.tolist()])[inverse]
+    return out
+
+
 class TermMatcher:
     """Finds a query's content words (by stem prefix, so "actions" matches "action") in passages, and gives each
     sentence its coverage: the share of the query's IDF weight whose words it holds."""
@@ -161,16 +177,19 @@ class TermMatcher:
         if not self.stems or self.total <= 0 or not n:
             return np.zeros(n)
         big = "\n".join(texts)
-        low = big.lower()
+        low = big.replace("\u0130", "I").lower()  # İ is the one letter whose lower case is two characters
         flags = 0
-        if len(low) != len(big):  # lower-casing moved offsets (a few letters grow): match case-insensitively
+        if len(low) != len(big):  # should not happen; match case-insensitively rather than at shifted offsets
             low, flags = big, re.I
+        wordish = _word_chars(low)
         bases = np.cumsum([0] + [len(t) + 1 for t in texts[:-1]])
         sp = np.asarray(spans, np.int64).reshape(n, 3)
         starts, ends = bases[sp[:, 0]] + sp[:, 1], bases[sp[:, 0]] + sp[:, 2]
         held = np.zeros((n, len(self.stems)), bool)
         for j, s in enumerate(self.stems):
-            found = np.array([m.start() for m in re.finditer(r"(?<!\w)" + re.escape(s), low, flags)], np.int64)
+            # a plain literal scan (fast in C); then only matches at the start of a word count
+            found = np.array([m.start() for m in re.finditer(re.escape(s), low, flags)], np.int64)
+            found = found[(found == 0) | ~wordish[np.maximum(found - 1, 0)]]
             if found.size:
                 i = np.searchsorted(starts, found, side="right") - 1
                 inside = (i >= 0) & (found < ends[np.maximum(i, 0)])
@@ -279,7 +298,6 @@ def _search(index, query: str, k: int, mode: str, filters: Filters | None, depth
     qvec = None
     dense: Ranked = []
     lexical: Ranked = []
-    pool: Ranked = []
     terms = query_terms(query)
     if mode in ("hybrid", "dense"):
         t = time.perf_counter()
@@ -290,8 +308,7 @@ def _search(index, query: str, k: int, mode: str, filters: Filters | None, depth
         timings["dense_ms"] = _ms(t)
     if mode in ("hybrid", "lexical"):
         t = time.perf_counter()
-        pool = index.lexical_search(terms, max(depth, LEXICAL_POOL) if mode == "hybrid" else depth, filters)
-        lexical = pool[:depth]
+        lexical = index.lexical_search(terms, depth, filters)
         timings["lexical_ms"] = _ms(t)
     t = time.perf_counter()
     candidates = list(dict.fromkeys([rid for rid, _ in dense] + [rid for rid, _ in lexical]))
@@ -322,13 +339,9 @@ def _search(index, query: str, k: int, mode: str, filters: Filters | None, depth
             sent_s = dict(zip(owners, best.tolist()))
             evidence = dict(zip(owners, sentence_evidence(pos, cosines, covs, len(owners)).tolist()))
             sentence_rows = (smeta, cosines, covs)
-    if mode == "hybrid" and candidates and len(pool) > len(lexical):
-        # BM25 of the dense side's candidates from the lexical pool; past its end, the pool's last score (a bound)
-        pool_s = dict(pool)
-        beyond = pool[-1][1] if len(pool) >= LEXICAL_POOL else 0.0
-        for rid in candidates:
-            if rid not in lex_s:
-                lex_s[rid] = pool_s.get(rid, beyond)
+    if mode == "hybrid" and candidates:
+        # the BM25 score of the dense side's candidates too
+        lex_s.update(index.lexical_scores(terms, [rid for rid in candidates if rid not in lex_s], filters))
     if mode == "dense":
         fused = fuse_dense(dense_s, sent_s, candidates)
     elif mode == "lexical":

@@ -363,6 +363,18 @@ class Store:
             chunk = ids[i:i + batch]
             yield from self.con.execute(q + f" WHERE p.doc_id IN ({','.join('?' * len(chunk))})", chunk)
 
+    def sample_window_vectors(self, n: int, dim: int, seed: int = 0) -> np.ndarray:
+        """Vectors of `n` windows drawn at random (all of them when there are fewer), for training codecs."""
+        ids = np.array([r[0] for r in self.con.execute("SELECT id FROM windows")], np.int64)
+        if len(ids) > n:
+            ids = np.sort(np.random.default_rng(seed).choice(ids, n, replace=False))
+        out = []
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500].tolist()
+            out += [r[0] for r in self.con.execute(
+                f"SELECT vec FROM windows WHERE id IN ({','.join('?' * len(chunk))})", chunk)]
+        return from_blobs(out, dim)
+
     def all_windows(self, dim: int, batch: int = 50_000):
         """(window ids, passage rowids, vectors) of every window, in id order, in batches."""
         last = 0

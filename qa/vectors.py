@@ -146,12 +146,20 @@ class FaissIndex:
     def ntotal(self) -> int:
         return (int(self.index.ntotal) if self.index is not None else 0) - len(self.deleted)
 
-    def _train(self, vectors: np.ndarray) -> None:
-        """Train the codecs of an empty `hnsw`/`ivfpq` index on (a sample of) its first batch."""
+    def train(self, sample: np.ndarray, total: int) -> None:
+        """Train an empty `hnsw`/`ivfpq` index on a random sample of the `total` vectors to be added (a build that
+        adds in batches; otherwise the first batch added trains it); `flat` needs no training."""
+        if self.kind != "flat" and (self.index is None or not self.index.index.is_trained):
+            self._train(np.ascontiguousarray(sample, dtype=np.float32).reshape(-1, self.dim), total)
+            self.index.is_trained = True
+
+    def _train(self, vectors: np.ndarray, total: int | None = None) -> None:
+        """Train the codecs of an empty `hnsw`/`ivfpq` index on (a sample of) `vectors`, standing for `total`."""
         import faiss
 
+        total = total or len(vectors)
         if self.kind == "ivfpq":
-            nlist = ivf_nlist(len(vectors))
+            nlist = ivf_nlist(total)
             base = faiss.index_factory(self.dim, f"IVF{nlist},PQ{PQ_M}x8,Refine(SQ8)", faiss.METRIC_INNER_PRODUCT)
             ivf = faiss.downcast_index(faiss.downcast_index(base).base_index)
             ivf.cp.niter = 10
@@ -167,7 +175,7 @@ class FaissIndex:
             hnsw = faiss.downcast_index(self.index.index)
             sq = faiss.downcast_index(hnsw.storage).sq
             sq.rangestat = faiss.ScalarQuantizer.RS_minmax
-            sq.rangestat_arg = 0.05 if len(vectors) >= 10_000 else 0.5  # a margin for values the sample missed
+            sq.rangestat_arg = 0.05 if min(len(vectors), total) >= 10_000 else 0.5  # a margin for values the sample missed
             hnsw.train(_training_sample(vectors, 1))
 
     def add(self, ids: np.ndarray, vectors: np.ndarray, docs: Sequence[DocFields] | None = None) -> None:

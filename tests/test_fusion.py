@@ -1,3 +1,4 @@
+import re
 import pytest
 
 from qa.errors import BadRequest
@@ -78,3 +79,10 @@ def test_stemming_is_thread_safe():
     assert not errors
     for part in range(4):
         assert results[part] == expected[part::4]
+
+
+def test_word_chars_classify_like_regex():
+    from qa.search import _word_chars
+
+    text = "“China’s” café_1 — İstanbul, naïve 42% x\\ny ß"
+    assert _word_chars(text).tolist() == [bool(re.match(r"\w", c)) for c in text]

@@ -123,3 +123,26 @@ def test_stale_vectors_are_rebuilt_from_the_store(built, fake_embedder):
     os.remove(os.path.join(built, m["data_dir"], "vectors.faiss"))
     idx = _load(built, fake_embedder)
     assert idx.vectors.ntotal == 4
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])  # ivfpq needs a dim divisible by 48
+def test_a_build_in_small_batches_is_the_same_build(tmp_path, corpus, fake_embedder, monkeypatch, kind):
+    """Full builds embed and write BUILD_BATCH paragraphs at a time, then train (on a random sample of the stored
+    vectors) and fill the vector index; one paragraph at a time gives the same index."""
+    import qa.index
+
+    whole = str(tmp_path / "whole")
+    build_index([corpus], whole, embedder=fake_embedder, kind=kind)
+    monkeypatch.setattr(qa.index, "BUILD_BATCH", 1)
+    batched = str(tmp_path / "batched")
+    report = build_index([corpus], batched, embedder=fake_embedder, kind=kind)
+    assert (report.documents, report.passages) == (2, 4) and check_index(batched) == []
+    a, b = _load(whole, fake_embedder), _load(batched, fake_embedder)
+    try:
+        assert a.vectors.kind == b.vectors.kind == kind and b.vectors.ntotal == 4
+        for q in ("dock workers pay", "rail fares", "union talks friday"):
+            assert [h.passage.passage_id for h in search(a, q, 4).hits] == \
+                   [h.passage.passage_id for h in search(b, q, 4).hits]
+    finally:
+        a.close()
+        b.close()

@@ -133,3 +133,15 @@ def test_date_number():
     assert date_number("2024-03-01") == 20240301
     assert date_number("2024-03-01T10:00:00Z") == 20240301
     assert date_number(None) is None and date_number("soon") is None and date_number("2024") is None
+
+
+def test_scores_of_given_passages_are_exact_bm25(built, fake_embedder):
+    index = load_index(built, embedder=fake_embedder)
+    try:
+        terms = query_terms("workers pay harbour")
+        ranked = dict(index.lexical_search(terms, 50))
+        some = sorted(ranked)[:3] + [999_999]
+        assert index.lexical_scores(terms, some) == {**{r: ranked[r] for r in some[:3]}, 999_999: 0.0}
+        assert index.lexical.scores(terms, []) == {} and index.lexical.scores([], some) == {}
+    finally:
+        index.close()
