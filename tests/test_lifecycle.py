@@ -199,7 +199,8 @@ def _kill_build(index_dir, when, tmp_path):
     t0 = time.time()
     try:
         deadline = time.time() + 300
-        # mid-embedding: ~6 s in, some seconds after the build folder appeared (the model loads first);
+        # mid-embedding: ~6 s in, some seconds after the build folder appeared (the model loads first; batches of
+        # embedded paragraphs go to the build's store as they come, the vector and lexical indexes after the last);
         # writing: the moment the build's store appears
         target = ".build-*" if when == "embedding" else os.path.join(".build-*", "store.sqlite")
         while not glob.glob(os.path.join(index_dir, target)):
@@ -207,7 +208,8 @@ def _kill_build(index_dir, when, tmp_path):
             time.sleep(0.01)
         if when == "embedding":
             time.sleep(max(1.0, 6 - (time.time() - t0)))
-            assert not glob.glob(os.path.join(index_dir, ".build-*", "store.sqlite")), "embedding already done"
+            done = [glob.glob(os.path.join(index_dir, ".build-*", name)) for name in ("vectors.faiss", "lexical")]
+            assert not any(done), "embedding already done"
         assert p.poll() is None, "the build finished before it could be killed; use a bigger source"
     finally:
         os.killpg(p.pid, signal.SIGKILL)
