@@ -8,16 +8,12 @@ the store for long and a crash between the two writes costs a rebuild, not a wro
 """
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import ctypes.util
 import logging
 import os
 import shutil
-import sys
 from collections.abc import Iterable, Sequence
 
-from .store import Filters, Store
+from .store import Filters, Store, release_memory
 
 log = logging.getLogger(__name__)
 
@@ -70,14 +66,6 @@ def _document(row: tuple):
     if number is not None:
         doc.add_integer("published", number)
     return doc
-
-
-def _release_memory() -> None:
-    """Hand freed heap back to the system. Each tantivy writer indexes on fresh threads, whose malloc arenas keep
-    what they freed: without this, a serving process taking admin writes grew ~1 MiB a write."""
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
 
 
 def read_generation(directory: str) -> int:
@@ -144,7 +132,7 @@ class LexicalIndex:
     def _commit(self, writer, generation: int) -> None:
         writer.commit()
         writer.wait_merging_threads()
-        _release_memory()
+        release_memory()  # each tantivy writer indexes on fresh threads, whose frees glibc keeps
         if self.directory is not None:
             _write_generation(self.directory, generation)
         self.generation = generation

@@ -1,8 +1,9 @@
 """Ranking: dense and lexical candidates, fusion as small pure functions, filters, duplicate collapse, `Hit`.
 
-Both sides contribute deep candidate lists; every candidate then gets every signal (its best window's cosine, its
-best sentence's cosine, its exact BM25 score), and the signals are fused per query after normalisation, so no
-weight depends on one collection's score scale.
+Both sides contribute deep candidate lists (DEPTH each). Every candidate then gets both whole-passage signals
+exactly, whichever side found it (its best window's cosine, its BM25 score); the best RERANK of them by those two
+get the sentence-level signals too (best sentence's cosine, the best sentence by meaning and term coverage), and
+the signals are fused per query after normalisation, so no weight depends on one collection's score scale.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from .store import Filters, StoredPassage, query_terms
 
 MODES = ("hybrid", "dense", "lexical")
 DEPTH = 100  # candidates from each side
+RERANK = DEPTH  # of the union, the best by whole-passage evidence get the sentence-level signals (at least 3k)
 RRF_K = 60  # the constant of Cormack et al. (2009); not tuned here
 DUPLICATE_COSINE = 0.97  # passages this close are copies of one story (syndicated wire text)
 
@@ -285,13 +287,13 @@ def dense_candidates(index, qvec: np.ndarray, depth: int, filters: Filters | Non
 
 
 def search(index, query: str, k: int = 10, *, mode: str = "hybrid", filters: Filters | None = None,
-           depth: int = DEPTH, collapse: bool = True) -> SearchResult:
+           depth: int = DEPTH, rerank: int = RERANK, collapse: bool = True) -> SearchResult:
     """Ranked passages for a question: dense, lexical or hybrid, filtered before the top-k cut."""
     with index.store.snapshot():
-        return _search(index, query, k, mode, filters, depth, collapse)
+        return _search(index, query, k, mode, filters, depth, rerank, collapse)
 
 
-def _search(index, query: str, k: int, mode: str, filters: Filters | None, depth: int,
+def _search(index, query: str, k: int, mode: str, filters: Filters | None, depth: int, rerank: int,
             collapse: bool) -> SearchResult:
     timings = {"embed_ms": 0.0, "dense_ms": 0.0, "lexical_ms": 0.0, "fuse_ms": 0.0}
     depth = max(depth, k)
@@ -317,14 +319,18 @@ def _search(index, query: str, k: int, mode: str, filters: Filters | None, depth
     sent_s: dict[int, float] = {}
     sentence_rows: tuple = ((), (), ())
     evidence: dict[int, float] = {}
-    texts = index.store.passage_texts(candidates) if candidates and mode != "lexical" else {}
     if qvec is not None and candidates:
-        # every candidate gets every signal exactly, whichever side found it
+        # first stage: every candidate gets both cheap signals exactly, whichever side found it
         missing = [rid for rid in candidates if rid not in dense_s]
         if missing:
             owners, wvecs = index.store.window_vectors(missing, index.dim)
             for rid, s in zip(owners.tolist(), (wvecs @ qvec).tolist()):
                 dense_s[rid] = max(s, dense_s.get(rid, -math.inf))
+        if mode == "hybrid":
+            lex_s.update(index.lexical_scores(terms, [rid for rid in candidates if rid not in lex_s], filters))
+        candidates = shortlist(candidates, dense_s, lex_s if mode == "hybrid" else None, max(rerank, 3 * k))
+        # second stage, on the shortlist: sentence-level meaning and term coverage
+        texts = index.store.passage_texts(candidates)
         matcher = TermMatcher.for_query(index, terms, index.passage_count)
         svecs, smeta = index.store.sentences(candidates, index.dim)
         if smeta:
@@ -339,9 +345,6 @@ def _search(index, query: str, k: int, mode: str, filters: Filters | None, depth
             sent_s = dict(zip(owners, best.tolist()))
             evidence = dict(zip(owners, sentence_evidence(pos, cosines, covs, len(owners)).tolist()))
             sentence_rows = (smeta, cosines, covs)
-    if mode == "hybrid" and candidates:
-        # the BM25 score of the dense side's candidates too
-        lex_s.update(index.lexical_scores(terms, [rid for rid in candidates if rid not in lex_s], filters))
     if mode == "dense":
         fused = fuse_dense(dense_s, sent_s, candidates)
     elif mode == "lexical":
@@ -378,6 +381,19 @@ def sentence_evidence(passage: np.ndarray, cosines: np.ndarray, coverages: np.nd
     best = np.full(n, -np.inf)
     np.maximum.at(best, passage, standardise(np.asarray(cosines, float)) + standardise(np.asarray(coverages, float)))
     return best
+
+
+def shortlist(candidates: Sequence[int], dense: Mapping[int, float], lexical: Mapping[int, float] | None,
+              n: int) -> list[int]:
+    """The `n` candidates with the best whole-passage evidence: best window's cosine, plus BM25 when `lexical` is
+    given (each standardised over the candidates), best first."""
+    if len(candidates) <= n:
+        return list(candidates)
+    ids = np.asarray(candidates, np.int64)
+    score = standardise(np.array([dense.get(rid, -1.0) for rid in candidates]))
+    if lexical is not None:
+        score = score + standardise(np.array([lexical.get(rid, 0.0) for rid in candidates]))
+    return ids[np.lexsort((ids, -score))[:n]].tolist()  # best first, ties by id as `top`
 
 
 def fuse_dense(dense: Mapping[int, float], sentence: Mapping[int, float], candidates: Sequence[int]) -> dict[int, float]:

@@ -16,7 +16,7 @@ from .config import Config
 from .errors import BadRequest, IndexUnavailable, NotFound, QAError
 from .index import Index, embedder_for, load_index
 from .search import make_filters, parse_int, search, validate_k, validate_mode, validate_query
-from .store import manifest_path, read_manifest
+from .store import manifest_path, read_manifest, release_memory
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,8 @@ class Engine:
         try:
             index = self._load()
             old, self._index = self._index, index
+            del old
+            release_memory()
             self.reloads += 1
             log.info("reloaded index %s (generation %s)", self.config.index_dir, index.manifest.get("generation"))
         except QAError as e:
@@ -100,11 +102,14 @@ class Engine:
             self._stamp = None
         finally:
             self._loading = False
+            if self._index is not None:
+                self._index.store.close()  # this thread's connection: the thread ends here
 
     def reload_now(self) -> None:
         """Load the index again synchronously (after this process changed it)."""
         with self._lock:
             self._index = self._load()
+        release_memory()  # after a write in this process: its writer's caches are freed by now
 
     def warm_up(self) -> None:
         """Load the index and the model and run one query, so the first request is fast."""

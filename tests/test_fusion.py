@@ -2,7 +2,8 @@ import re
 import pytest
 
 from qa.errors import BadRequest
-from qa.search import combine, fuse_hybrid, minmax, rrf, top, validate_k, validate_query, zscores
+from qa.search import (combine, fuse_hybrid, minmax, rrf, shortlist, top, validate_k, validate_query,
+                       zscores)
 
 
 def test_rrf_rewards_agreement():
@@ -30,6 +31,16 @@ def test_hybrid_surfaces_lexical_only_and_dense_only_evidence():
     lexical = {2: 12.0, 3: 0.5}  # 2: rare-name match, far in meaning
     fused = fuse_hybrid(sentence, lexical, {}, candidates)
     assert {r for r, _ in top(fused, 2)} == {1, 2}
+
+
+def test_shortlist_keeps_the_best_by_both_whole_passage_signals():
+    candidates = [1, 2, 3, 4, 5]
+    dense = {1: 0.9, 2: 0.2, 3: 0.5, 4: 0.1, 5: 0.3}
+    lexical = {2: 30.0, 4: 1.0}  # 2: a strong word match far in meaning; absent means no term matched
+    assert shortlist(candidates, dense, lexical, 2) == [2, 1]
+    assert shortlist(candidates, dense, None, 2) == [1, 3]  # dense mode: by meaning alone
+    assert shortlist(candidates, dense, lexical, 9) == candidates  # short lists pass through in order
+    assert shortlist([7, 6], {6: 0.5, 7: 0.5}, None, 1) == [6]  # ties by id, as `top`
 
 
 @pytest.mark.parametrize("k", [0, -1, 101, "abc", "1e9", 1.5, True, "", None])

@@ -1,6 +1,8 @@
 """Index build, add, remove and check with the fake embedder (fast), and load errors that name the fix."""
 import json
 import os
+import sqlite3
+import threading
 
 import pytest
 
@@ -8,7 +10,7 @@ from qa.errors import IndexUnavailable, NotFound
 from qa.index import add_documents, build_index, check_index, load_index, remove_documents
 from qa.ingest import article_from_dict
 from qa.search import search
-from qa.store import Filters
+from qa.store import Filters, Store
 
 ARTS = [
     {"id": "a1", "title": "Harbour strike", "source": "Wire", "published": "2024-01-05",
@@ -79,6 +81,17 @@ def test_filters_apply_before_the_cut(built, fake_embedder):
     assert search(idx, "workers", 10, filters=Filters(doc_id="zzz")).hits == []
 
 
+def test_sentence_signals_only_for_the_shortlist(built, fake_embedder):
+    idx = _load(built, fake_embedder)
+    full = search(idx, "workers pay harbour", 10)
+    assert all(h.scores["sentence"] is not None for h in full.hits)
+    short = search(idx, "workers pay harbour", 1, rerank=1, collapse=False)
+    scored = {rid for rid, *_ in short.sentence_rows[0]}
+    assert idx.passage_count > 3 and len(full.sentence_rows[0]) > len(short.sentence_rows[0])
+    assert len(short.hits) == 1 and len(scored) <= 3  # the shortlist is max(rerank, 3k) passages
+    assert short.hits[0].passage.rowid in scored
+
+
 def test_near_duplicates_collapse(tmp_path, fake_embedder):
     text = "The central bank raised interest rates by half a point on Thursday to fight inflation."
     arts = [{"id": f"w{i}", "title": f"Rates {i}", "source": s, "paragraphs": [text]} for i, s in enumerate(["AP", "Reuters", "AFP"])]
@@ -146,3 +159,26 @@ def test_a_build_in_small_batches_is_the_same_build(tmp_path, corpus, fake_embed
     finally:
         a.close()
         b.close()
+
+
+def test_store_closes_connections_of_ended_threads_and_its_own(tmp_path):
+    # connections sit in reference cycles (their statement caches): unless closed, a server kept the page caches
+    # of every replaced data folder and every reload thread until a full garbage collection
+    store = Store(str(tmp_path / "s.sqlite"), create=True)
+    held = []
+
+    def use():
+        held.append(store.con)
+
+    for _ in range(2):
+        worker = threading.Thread(target=use)
+        worker.start()
+        worker.join()
+    held[1].execute("SELECT 1")  # the second thread's: its thread has ended, but no connection was made since
+    with pytest.raises(sqlite3.ProgrammingError):
+        held[0].execute("SELECT 1")  # closed when the second thread made its connection
+    mine = store.con
+    del store
+    for con in (held[1], mine):
+        with pytest.raises(sqlite3.ProgrammingError):
+            con.execute("SELECT 1")
