@@ -262,6 +262,8 @@ class Store:
         if con is not None:
             con.close()
             self._local.con = None
+            with self._connections_lock:
+                self._connections = [(t, c) for t, c in self._connections if c is not con]
 
     def __del__(self) -> None:
         # A sqlite3 connection sits in a reference cycle with its statement cache, so only the cyclic garbage
