@@ -80,10 +80,12 @@ def _backend_choices(values: tuple[str, ...]) -> tuple[str | None, str | None]:
                                                  "[default: milvus.db in the index folder]; implies --backend milvus.")
 @click.option("--milvus-token", default=None, envvar="QA_MILVUS_TOKEN", show_envvar=True,
               help="Milvus token (user:password or API key); never written to the index folder.")
+@click.option("--milvus-alias", default=None, help="A fixed Milvus alias for this index [default: the folder's own, "
+                                                   "made unique on its first build]; implies --backend milvus.")
 @click.option("--strict", is_flag=True, help="Fail on the first unreadable file or bad JSONL line.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_handle_errors
-def build(sources, index_dir, model, backends, kind, milvus_uri, milvus_token, strict, quiet):
+def build(sources, index_dir, model, backends, kind, milvus_uri, milvus_token, milvus_alias, strict, quiet):
     """Full build of the index from files, folders and JSONL (beside the live index, then an atomic swap)."""
     from .index import build_index
 
@@ -91,7 +93,8 @@ def build(sources, index_dir, model, backends, kind, milvus_uri, milvus_token, s
     embed_backend, vector_backend = _backend_choices(backends)
     report = build_index(list(sources), cfg.index_dir, model=cfg.model, kind=kind,
                          backend=embed_backend or cfg.embed_backend, strict=strict, progress=not quiet,
-                         vector_backend=vector_backend, milvus_uri=milvus_uri, milvus_token=milvus_token)
+                         vector_backend=vector_backend, milvus_uri=milvus_uri, milvus_token=milvus_token,
+                         milvus_alias=milvus_alias)
     for problem in report.problems:
         click.echo(f"warning: {problem}", err=True)
     replayed = f", {report.replayed} writes made meanwhile replayed" if report.replayed else ""
@@ -279,8 +282,9 @@ def serve(index_dir, host, port, threads, workers):
     """Serve the JSON API and the web search box with a production WSGI server (waitress, or gunicorn workers)."""
     from .web import create_app
 
-    _tune_malloc()
     cfg = _config(index_dir=index_dir)
+    _check_workers(cfg.index_dir, workers)
+    _tune_malloc()
 
     def load():
         app = create_app(cfg)
@@ -301,6 +305,20 @@ def serve(index_dir, host, port, threads, workers):
     click.echo(f"serving {os.path.abspath(cfg.index_dir)} on http://{host}:{port}", err=True)
     waitress.serve(app, host=host, port=port, threads=threads, ident="qa", clear_untrusted_proxy_headers=True,
                    max_request_body_size=cfg.max_body_bytes * 4, channel_timeout=60)
+
+
+def _check_workers(index_dir: str, workers: int) -> None:
+    """Refuse, before any server starts, more worker processes than the index's vector store allows."""
+    from .milvus_backend import check_workers
+    from .store import read_manifest
+
+    if workers <= 1:
+        return
+    try:
+        manifest = read_manifest(index_dir)
+    except QAError:  # no index yet: the server starts without one
+        return
+    check_workers(index_dir, manifest, workers)
 
 
 def _cpu_count() -> int:

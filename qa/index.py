@@ -174,25 +174,43 @@ def _manifest(model_name: str, model_path: str | None, dim: int, max_tokens: int
     }
 
 
-def _vector_settings(index_dir: str, vector_backend: str | None, milvus_uri: str | None) -> dict:
+def _vector_settings(index_dir: str, vector_backend: str | None, milvus_uri: str | None,
+                     milvus_alias: str | None = None) -> dict:
     """The manifest's vector keys for a build: as asked, else as the live index has them, else FAISS."""
     previous: dict = {}
     with contextlib.suppress(QAError):
         previous = read_manifest(index_dir)
     if vector_backend is None:
-        vector_backend = "milvus" if milvus_uri else previous.get("vector_backend", "faiss")
+        vector_backend = "milvus" if milvus_uri or milvus_alias else previous.get("vector_backend", "faiss")
     if vector_backend not in VECTOR_BACKENDS:
         raise BadRequest(f"unknown vector backend {vector_backend!r}; choose one of {', '.join(VECTOR_BACKENDS)}")
     if vector_backend == "faiss":
-        if milvus_uri:
-            raise BadRequest("--milvus-uri needs --backend milvus")
+        if milvus_uri or milvus_alias:
+            raise BadRequest(f"--milvus-{'uri' if milvus_uri else 'alias'} needs --backend milvus")
         return {"vector_backend": "faiss"}
-    from .milvus_backend import alias_base, manifest_uri
+    from .milvus_backend import check_alias, manifest_uri, new_alias
 
     same = previous.get("vector_backend") == "milvus"
     uri = manifest_uri(index_dir, milvus_uri) if milvus_uri or not same else previous["milvus_uri"]
     alias = previous.get("milvus_alias") if same and previous.get("milvus_uri") == uri else None
-    return {"vector_backend": "milvus", "milvus_uri": uri, "milvus_alias": alias or alias_base(index_dir)}
+    if milvus_alias:
+        check_alias(milvus_alias)
+        if alias and alias != milvus_alias:
+            log.warning("index %s moves from Milvus alias %s to %s; the old alias and its collections stay",
+                        index_dir, alias, milvus_alias)
+        alias = milvus_alias
+    # a new alias is unique, not derived from the path alone: a folder moved away and a new one built in its place
+    # (or one path on two hosts) would otherwise share one, and each one's builds drop the other's collection
+    return {"vector_backend": "milvus", "milvus_uri": uri, "milvus_alias": alias or new_alias(index_dir)}
+
+
+def _check_kind(kind: str, vector_backend: str) -> None:
+    """`BadRequest` for an index kind that is unknown or that the vector backend cannot build."""
+    choose_kind(kind, 0)  # unknown kinds
+    if vector_backend == "milvus":
+        from .milvus_backend import check_kind
+
+        check_kind(kind)
 
 
 def _prune_data_dirs(index_dir: str, keep: Sequence[str]) -> None:
@@ -287,21 +305,23 @@ def _replay(index_dir: str, mark: tuple[str, int] | None, store: Store, vectors:
 def build_index(sources: Sequence[str], index_dir: str, *, model: str | None = None,
                 embedder: Embedder | None = None, kind: str = "auto", backend: str = "auto",
                 strict: bool = False, progress: bool = False, vector_backend: str | None = None,
-                milvus_uri: str | None = None, milvus_token: str | None = None) -> Report:
+                milvus_uri: str | None = None, milvus_token: str | None = None,
+                milvus_alias: str | None = None) -> Report:
     """Full build from sources into a new data folder beside the live one, then an atomic manifest swap.
 
     `vector_backend` None keeps the live index's (FAISS for a new one). On Milvus the vectors go to a new
-    collection, and the alias is switched to it together with the manifest swap.
+    collection, and the alias (`milvus_alias`, else the folder's own) is switched to it with the manifest swap.
     """
     t0 = time.perf_counter()
     report = Report(index_dir=index_dir)
+    vector = _vector_settings(index_dir, vector_backend, milvus_uri, milvus_alias)  # checked before any work
+    _check_kind(kind, vector["vector_backend"])
     sink = lambda p: report.problems.append(str(p))  # noqa: E731
     mark = _journal_mark(index_dir)  # before the sources are read: later writes are replayed at the swap
     articles = dedupe_articles(read_sources(sources, strict=strict, on_problem=sink), sink)
     if not articles:
         raise BadRequest("no articles found in " + ", ".join(sources))
     os.makedirs(index_dir, exist_ok=True)
-    vector = _vector_settings(index_dir, vector_backend, milvus_uri)
     milvus = vector["vector_backend"] == "milvus"
     if milvus:
         from . import milvus_backend as mb
@@ -324,7 +344,8 @@ def build_index(sources: Sequence[str], index_dir: str, *, model: str | None = N
         if milvus:  # a new collection; the live alias and manifest are untouched until the swap below
             vector["milvus_collection"] = mb.new_collection_name(vector["milvus_alias"])
             vindex = mb.MilvusIndex(mb.resolve_uri(index_dir, vector["milvus_uri"]), vector["milvus_collection"],
-                                    embedder.dim, token=milvus_token, create=True, index_type=index_kind.upper())
+                                    embedder.dim, token=milvus_token, create=True,
+                                    index_type=mb.index_type_of(index_kind))
         else:
             vindex = FaissIndex(embedder.dim, index_kind)
             vindex.train(store.sample_window_vectors(TRAIN_MAX, embedder.dim), n_windows)

@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 MILVUS_META = "vectors.json"
 KIND = "milvus"
 INDEX_TYPES = ("FLAT", "HNSW", "IVF_FLAT", "AUTOINDEX")
+KIND_TYPES = {"flat": "FLAT", "hnsw": "HNSW"}  # `qa build --index-type` → Milvus index type (auto picks one of them)
 PK, VEC = "id", "vec"
 DOC_ID, SOURCE, PUBLISHED = "doc_id", "source_key", "published"  # document fields of each row, for filters
 DOC_FIELDS = (DOC_ID, SOURCE, PUBLISHED)
@@ -52,6 +53,8 @@ WRITE_BATCH = 2_000  # rows per upsert/delete request, far below the 64 MB gRPC 
 MISSING_SCORE = float(np.finfo(np.float32).min)  # what FAISS reports for empty slots
 TOKEN_ENV = "QA_MILVUS_TOKEN"
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
+_SUFFIX = r"_\d{14}_[0-9a-f]{6}"  # what `new_collection_name` appends to an alias
+ALIAS_MAX = 255 - len("_20240101000000_abcdef")  # an alias leaves room for its collections' suffix
 _INDEX_PARAMS: dict[str, dict[str, Any]] = {
     "FLAT": {},
     "HNSW": {"M": 32, "efConstruction": 128},
@@ -68,12 +71,36 @@ def is_lite(uri: str) -> bool:
     return uri.endswith(".db") and not re.match(r"^(https?|tcp|unix):", uri)
 
 
-def check_name(name: str) -> str:
+def check_name(name: str, what: str = "collection name") -> str:
     """A valid Milvus collection or alias name, else `BadRequest`."""
     if not _NAME.match(name or ""):
-        raise BadRequest(f"invalid Milvus collection name {name!r}: letters, digits and underscores, "
+        raise BadRequest(f"invalid Milvus {what} {name!r}: letters, digits and underscores, "
                          "not starting with a digit, at most 255 characters")
     return name
+
+
+def check_alias(name: str) -> str:
+    """A valid alias for an index folder (`qa build --milvus-alias`): a Milvus name with room for the suffix of
+    its collections' names; else `BadRequest`."""
+    check_name(name, "alias")
+    if len(name) > ALIAS_MAX:
+        raise BadRequest(f"Milvus alias {name[:40]!r}... is too long: at most {ALIAS_MAX} characters "
+                         "(its collections are named <alias>_<time>_<random>)")
+    return name
+
+
+def check_kind(kind: str) -> str:
+    """`kind` when a Milvus build can honour it (auto picks flat or hnsw by size, as on FAISS); else `BadRequest`."""
+    if kind != "auto" and kind not in KIND_TYPES:
+        # Milvus Lite accepts an IVF_PQ collection, then fails to build its index ("reserved for a future phase")
+        raise BadRequest(f"--index-type {kind} is not available on Milvus (Milvus Lite cannot build IVF_PQ); "
+                         "use --index-type auto, flat or hnsw, or --backend faiss")
+    return kind
+
+
+def index_type_of(kind: str) -> str:
+    """The Milvus index type of a resolved index kind (flat or hnsw, as `choose_kind` returns them)."""
+    return KIND_TYPES[check_kind(kind)]
 
 
 def connect(uri: str, token: str | None = None) -> "MilvusClient":
@@ -164,9 +191,10 @@ def switch_alias(client: "MilvusClient", alias: str, collection: str) -> str | N
 
 
 def collections_behind(client: "MilvusClient", base: str) -> list[str]:
-    """Collections named `<base>_<suffix>`, oldest first (suffixes from `new_collection_name` sort by time)."""
-    prefix = check_name(base) + "_"
-    return sorted(c for c in client.list_collections() if c.startswith(prefix))
+    """Collections named `<base>_<suffix>` by `new_collection_name`, oldest first (its suffixes sort by time); not
+    those of a longer alias that starts with `<base>_` (a folder's unique alias, see `new_alias`)."""
+    pattern = re.compile(re.escape(check_name(base)) + _SUFFIX)
+    return sorted(c for c in client.list_collections() if pattern.fullmatch(c))
 
 
 def drop_collection(client: "MilvusClient", collection: str, *, force: bool = False) -> None:
@@ -549,12 +577,31 @@ def resolve_uri(index_dir: str, uri: str) -> str:
 
 
 def alias_base(index_dir: str) -> str:
-    """A default alias for an index folder, unique per folder path: `qa_<folder name>_<hash of its path>`."""
+    """The readable start of an index folder's alias: `qa_<folder name>_<hash of its path>` (not unique on its own:
+    a folder moved away and a new one in its place, or one path on two hosts, have the same)."""
     import hashlib
 
     full = os.path.abspath(index_dir)
     name = re.sub(r"[^A-Za-z0-9_]", "_", os.path.basename(full))[:40] or "index"
     return f"qa_{name}_{hashlib.sha1(full.encode()).hexdigest()[:8]}"
+
+
+def new_alias(index_dir: str) -> str:
+    """A unique alias for an index folder that has none yet on its URI: `alias_base` and a random suffix, so two
+    folders with one path on one Milvus never switch or prune each other's collections."""
+    return f"{alias_base(index_dir)}_{uuid.uuid4().hex[:8]}"
+
+
+def check_workers(index_dir: str, manifest: dict, workers: int) -> None:
+    """`BadRequest` when `workers` server processes would each open the manifest's Milvus Lite database, which only
+    one process can hold (the others would answer 503)."""
+    if workers <= 1 or manifest.get("vector_backend") != KIND:
+        return
+    uri = resolve_uri(index_dir, str(manifest.get("milvus_uri", LITE_FILE)))
+    if is_lite(uri):
+        raise BadRequest(f"index {index_dir} is on Milvus Lite ({os.path.abspath(uri)}), which allows one process "
+                         f"per database, not {workers} workers: serve it with --workers 1, or build it on a Milvus "
+                         "server (qa build ... --milvus-uri http://HOST:19530)")
 
 
 def read_generation(data_dir: str) -> int:

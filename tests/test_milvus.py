@@ -163,6 +163,15 @@ def test_alias_switch(uri):
         assert collections_behind(a.client, "news") == [second]
 
 
+def test_collections_behind_an_alias_not_a_longer_one(uri):
+    """`news` and `news_1a2b3c4d` (a folder's unique alias) share a prefix, never their collections."""
+    mine, theirs = new_collection_name("news"), new_collection_name("news_1a2b3c4d")
+    with MilvusIndex(uri, mine, DIM, create=True) as a, MilvusIndex(uri, theirs, DIM, create=True):
+        assert collections_behind(a.client, "news") == [mine]
+        assert collections_behind(a.client, "news_1a2b3c4d") == [theirs]
+        assert prune_collections(a.client, "news", keep=0) == [mine] and a.client.has_collection(theirs)
+
+
 @pytest.mark.parametrize("index_type", ["HNSW", "IVF_FLAT", "AUTOINDEX"])
 def test_other_index_types(uri, index_type):
     rng = np.random.default_rng(7)

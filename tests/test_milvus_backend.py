@@ -14,6 +14,7 @@ pytest.importorskip("pymilvus")
 pytest.importorskip("milvus_lite")
 
 from qa import milvus_backend as mb  # noqa: E402
+from qa.errors import BadRequest  # noqa: E402
 from qa.index import add_documents, build_index, check_index, load_index, remove_documents  # noqa: E402
 from qa.search import make_filters, search  # noqa: E402
 from qa.store import manifest_path, read_manifest, write_json_atomic  # noqa: E402
@@ -320,3 +321,105 @@ def test_cli_add_while_another_process_holds_lite(tmp_path, embedder):
     assert len(lines) == 1 and lines[0].startswith("error: Milvus Lite database") and "admin API" in lines[0]
     assert read_manifest(path) == manifest  # nothing written
     assert check_index(path) == []
+
+
+# --- folders sharing one Milvus, index types, serving workers ------------------------------------------------------
+
+def _dense_top(path: str, embedder, question: str) -> str:
+    """The document of the best dense hit for `question` in the index folder `path`."""
+    index = load_index(path, embedder=embedder)
+    try:
+        return search(index, question, 3, mode="dense").hits[0].passage.doc_id
+    finally:
+        index.close()
+
+
+def test_moved_folder_and_a_new_one_at_its_path_share_a_uri(tmp_path, embedder):
+    """A folder moved away and a fresh one built at its old path, on one Milvus: neither takes the other's alias."""
+    shared = tmp_path / "x" / "shared.db"
+    shared.parent.mkdir()
+    corpus = _jsonl(tmp_path / "a.jsonl", _few(2))
+    path, moved = str(tmp_path / "h" / "index"), str(tmp_path / "h1_old")
+    build_index([corpus], path, embedder=embedder, milvus_uri=str(shared))
+    os.rename(path, moved)
+    build_index([corpus], path, embedder=embedder, milvus_uri=str(shared))
+    alias = read_manifest(path)["milvus_alias"]
+    build_index([corpus], path, embedder=embedder, milvus_uri=str(shared))
+    assert read_manifest(path)["milvus_alias"] == alias  # later builds follow the manifest's alias
+    assert check_index(moved) == []  # its collection was not dropped by the new folder's builds
+    assert read_manifest(moved)["milvus_alias"] != alias
+    build_index([corpus], moved, embedder=embedder)  # the moved folder rebuilt too, on its own alias
+    for p in (path, moved):
+        assert check_index(p) == [], p
+        assert _dense_top(p, embedder, "Who were the Normans?") == "Normans"
+
+
+def test_fixed_alias_option(tmp_path, embedder):
+    path = str(tmp_path / "index")
+    corpus = _jsonl(tmp_path / "a.jsonl", _few(1))
+    with pytest.raises(BadRequest, match="Milvus alias"):
+        build_index([corpus], path, embedder=embedder, milvus_alias="1news")
+    with pytest.raises(BadRequest, match="--milvus-alias needs --backend milvus"):
+        build_index([corpus], path, embedder=embedder, vector_backend="faiss", milvus_alias="news")
+    assert not os.path.exists(path)
+    build_index([corpus], path, embedder=embedder, milvus_alias="news_desk")  # implies --backend milvus
+    build_index([corpus], path, embedder=embedder)
+    manifest = read_manifest(path)
+    assert manifest["vector_backend"] == "milvus" and manifest["milvus_alias"] == "news_desk"
+    assert manifest["milvus_collection"].startswith("news_desk_") and check_index(path) == []
+
+
+@pytest.mark.parametrize("kind, index_type", [("auto", "FLAT"), ("flat", "FLAT"), ("hnsw", "HNSW")])
+def test_index_kinds_map_to_milvus_types(tmp_path, embedder, kind, index_type):
+    path = str(tmp_path / "index")
+    build_index([_jsonl(tmp_path / "a.jsonl", _few(2))], path, embedder=embedder, vector_backend="milvus", kind=kind)
+    index = load_index(path, embedder=embedder)
+    try:
+        assert index.vectors.index_type == index_type
+        assert search(index, "Who were the Normans?", 3, mode="dense").hits[0].passage.doc_id == "Normans"
+    finally:
+        index.close()
+    assert check_index(path) == []
+
+
+def test_ivfpq_on_milvus_is_refused_before_any_work(tmp_path, embedder):
+    from click.testing import CliRunner
+
+    from qa.cli import main
+
+    path = tmp_path / "new" / "index"
+    res = CliRunner().invoke(main, ["build", ARTICLES, "--backend", "milvus", "--index-type", "ivfpq", "--quiet",
+                                    "--index-dir", str(path)])
+    lines = res.stderr.strip().splitlines()
+    assert res.exit_code == 2 and len(lines) == 1 and "Traceback" not in res.output
+    assert lines[0].startswith("error: --index-type ivfpq") and "flat or hnsw" in lines[0]
+    assert not (tmp_path / "new").exists()
+    live = str(tmp_path / "live")  # the backend taken from the live index: refused as well, nothing touched
+    corpus = _jsonl(tmp_path / "a.jsonl", _few(1))
+    build_index([corpus], live, embedder=embedder, vector_backend="milvus")
+    before = sorted(os.listdir(live))
+    with pytest.raises(BadRequest, match="ivfpq"):
+        build_index([corpus], live, embedder=embedder, kind="ivfpq")
+    assert sorted(os.listdir(live)) == before and check_index(live) == []
+
+
+def test_serve_refuses_workers_on_milvus_lite(tmp_path, embedder, monkeypatch):
+    from click.testing import CliRunner
+
+    from qa import cli
+
+    path = str(tmp_path / "index")
+    build_index([_jsonl(tmp_path / "a.jsonl", _few(1))], path, embedder=embedder, vector_backend="milvus")
+    started = []
+    monkeypatch.setattr(cli, "_gunicorn", lambda *args: started.append(args))  # never a real server
+    monkeypatch.setattr(cli, "_tune_malloc", lambda: None)
+    monkeypatch.setenv("QA_EMBED_THREADS", "1")
+    res = CliRunner().invoke(cli.main, ["serve", "--workers", "2", "--index-dir", path])
+    lines = res.stderr.strip().splitlines()
+    assert res.exit_code == 2 and not started and len(lines) == 1
+    assert lines[0].startswith("error: ") and "Milvus Lite" in lines[0] and "one process" in lines[0]
+    assert "--workers 1" in lines[0] and "Milvus server" in lines[0]
+    manifest = read_manifest(path)  # on a Milvus server, workers are fine
+    write_json_atomic(manifest_path(path), {**manifest, "milvus_uri": "http://127.0.0.1:19530"})
+    res = CliRunner().invoke(cli.main, ["serve", "--workers", "2", "--index-dir", path])
+    assert res.exit_code == 0 and len(started) == 1
