@@ -305,6 +305,26 @@ def test_admin_api_with_token(admin_server):
     _assert_json_error(*request(base + "/api/documents/" + ZEBRA["id"]), 404)
 
 
+def test_milvus_lite_index_served_and_updated_live(tmp_path):
+    """A real `qa serve` on a Milvus Lite index: it answers, admin writes show up live under query load (the server
+    holds the Lite database, so writes go through its API), and the folder checks clean once it stops."""
+    pytest.importorskip("milvus_lite")
+    index_dir = str(tmp_path / "index")
+    qa("build", SEEDS, "--index-dir", index_dir, "--backend", "milvus", "--quiet")
+    with serve(index_dir, {"QA_ADMIN_TOKEN": TOKEN, "QA_RELOAD_INTERVAL": "0.5"}) as base:
+        assert_serves_seed(base)
+        with QueryLoad(base, threads=2, max_seconds=120):
+            status, _, body = request(base + "/api/documents", json.dumps(ZEBRA).encode(), _auth(), "POST")
+            assert status == 201, body
+            assert finds_zebra(base) and passages(base) == 17
+            status, body = get_json(url(base, "/api/search", q="zebra crossings", k=3, doc_id=ZEBRA["id"]))
+            assert status == 200 and {r["doc_id"] for r in body["results"]} == {ZEBRA["id"]}  # pushed-down filter
+            status, _, body = request(base + "/api/documents/" + ZEBRA["id"], None, _auth(), "DELETE")
+            assert status == 200, body
+            assert not finds_zebra(base) and passages(base) == 15
+    assert qa("check", "--index-dir", index_dir).returncode == 0
+
+
 def test_admin_api_off_without_token(seed_index_dir):
     with serve(seed_index_dir, {"QA_ADMIN_TOKEN": ""}) as base:
         doc = json.dumps(ZEBRA).encode()
