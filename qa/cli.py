@@ -1,6 +1,7 @@
 """The `qa` command: thin wrappers over the package's functions; domain errors become one readable line."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -358,17 +359,12 @@ def _tune_malloc(arenas: int = 2, mmap_threshold: int = 1 << 20, trim_threshold:
     - Free memory above 4 MiB at the heap's top goes back to the system (M_TRIM_THRESHOLD; fixing the mmap
       threshold would leave it at 128 KiB, and trimming that often costs queries 1.5-2.5 ms at 100k passages).
     """
-    import ctypes
-    import ctypes.util
+    from .store import libc
 
-    name = ctypes.util.find_library("c")
-    if name and sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL(name)
+    with contextlib.suppress(AttributeError):  # a C library without mallopt (not glibc)
+        if (lib := libc()) is not None:
             for option, value in ((-8, arenas), (-3, mmap_threshold), (-1, trim_threshold)):
-                libc.mallopt(option, value)  # M_ARENA_MAX, M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
-        except (OSError, AttributeError):
-            pass
+                lib.mallopt(option, value)  # M_ARENA_MAX, M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
 
 
 if __name__ == "__main__":

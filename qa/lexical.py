@@ -13,7 +13,7 @@ import os
 import shutil
 from collections.abc import Iterable, Sequence
 
-from .store import Filters, Store, release_memory
+from .store import Filters, Store
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,6 @@ class LexicalIndex:
     def _commit(self, writer, generation: int) -> None:
         writer.commit()
         writer.wait_merging_threads()
-        release_memory()  # each tantivy writer indexes on fresh threads, whose frees glibc keeps
         if self.directory is not None:
             _write_generation(self.directory, generation)
         self.generation = generation

@@ -11,6 +11,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -43,12 +44,24 @@ READ_CACHE_KIB = 2048  # page cache of each reading connection (one per serving 
 IN_IDS = "IN (SELECT value FROM json_each(?))"
 
 
+@functools.lru_cache(maxsize=1)
+def libc() -> ctypes.CDLL | None:
+    """The C library, for glibc's allocator controls (`mallopt`, `malloc_trim`); None off Linux or if unloadable."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
 def release_memory() -> None:
-    """Hand the heap's free pages back to the system (glibc's malloc_trim). Called after writes and reloads in a
-    serving process: the freed page caches, tantivy writer tables and old indexes otherwise stay in its RSS."""
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    """Hand the heap's free pages back to the system (glibc's malloc_trim). Called after reloads in a serving
+    process, including the reload after each of its own writes: the freed page caches, tantivy writer tables (each
+    writer indexes on fresh threads, whose frees glibc keeps) and old indexes otherwise stay in its RSS."""
+    with contextlib.suppress(AttributeError):  # a C library without malloc_trim (not glibc)
+        if (lib := libc()) is not None:
+            lib.malloc_trim(0)
 
 
 def ids_param(rowids: Iterable[int]) -> str:
