@@ -201,7 +201,9 @@ class LexicalIndex:
         tokens = self.tokens(terms)
         if not tokens or not rowids:
             return {}
-        only = Query.const_score_query(Query.term_set_query(self.schema, "id", [int(r) for r in rowids]), 0.0)
+        # a term query per id: tantivy's term-set query costs ~1 ms at 100k passages whatever the number of ids
+        wanted = Query.boolean_query([(Occur.Should, Query.term_query(self.schema, "id", int(r))) for r in rowids])
+        only = Query.const_score_query(wanted, 0.0)
         query = Query.boolean_query([(Occur.Must, self._query(tokens, None)), (Occur.Must, only)])
         hits = self.searcher.search(query, len(rowids), count=False).hits
         if not hits:

@@ -139,17 +139,14 @@ def stem(word: str) -> str:
 _ASCII_WORD = np.array([chr(c).isalnum() or chr(c) == "_" for c in range(128)])
 
 
-def _word_chars(text: str) -> np.ndarray:
-    """Per character of `text`: is it a word character (alphanumeric or _, as regex \\w)? Vectorised: non-ASCII
-    characters are classified once per distinct character."""
-    cps = np.frombuffer(text.encode("utf-32-le"), np.uint32)
-    out = np.zeros(len(cps), bool)
-    ascii_ = cps < 128
-    out[ascii_] = _ASCII_WORD[cps[ascii_]]
-    if not ascii_.all():
-        other = cps[~ascii_]
-        kinds, inverse = np.unique(other, return_inverse=True)
-        out[~ascii_] = np.array([chr(c).isalnum() for c in kinds.tolist()])[inverse]
+def _is_word_char(codes: np.ndarray) -> np.ndarray:
+    """Per code point: is it a word character (alphanumeric or _, as regex \\w)? ASCII by table, the rest by
+    `str.isalnum`, once per distinct code point."""
+    out = _ASCII_WORD[np.minimum(codes, 127)]
+    other = codes >= 128
+    if other.any():
+        kinds, inverse = np.unique(codes[other], return_inverse=True)
+        out[other] = np.array([chr(c).isalnum() for c in kinds.tolist()])[inverse]
     return out
 
 
@@ -172,9 +169,9 @@ class TermMatcher:
             weights[key] = max(weights.get(key, 0.0), math.log(1 + (n - df + 0.5) / (df + 0.5)))
         return cls(weights)
 
-    def coverages(self, texts: Sequence[str], spans: Sequence[tuple[int, int, int]]) -> np.ndarray:
-        """Coverage of each span, given as (text number, start, end) in text order then start order: a word counts
-        where it starts with one of the query's stems. All texts are scanned at once, one pass per stem."""
+    def coverages(self, texts: Sequence[str], spans: np.ndarray | Sequence[tuple[int, int, int]]) -> np.ndarray:
+        """Coverage of each span, given as rows (text number, start, end) in text order then start order: a word
+        counts where it starts with one of the query's stems. All texts are scanned at once, one pass per stem."""
         n = len(spans)
         if not self.stems or self.total <= 0 or not n:
             return np.zeros(n)
@@ -183,16 +180,17 @@ class TermMatcher:
         flags = 0
         if len(low) != len(big):  # should not happen; match case-insensitively rather than at shifted offsets
             low, flags = big, re.I
-        wordish = _word_chars(low)
+        codes = np.frombuffer(low.encode("utf-32-le"), np.uint32)
         bases = np.cumsum([0] + [len(t) + 1 for t in texts[:-1]])
         sp = np.asarray(spans, np.int64).reshape(n, 3)
         starts, ends = bases[sp[:, 0]] + sp[:, 1], bases[sp[:, 0]] + sp[:, 2]
         held = np.zeros((n, len(self.stems)), bool)
         for j, s in enumerate(self.stems):
-            # a plain literal scan (fast in C); then only matches at the start of a word count
+            # a plain literal scan (fast in C); then only matches at the start of a word count, which takes
+            # classifying just the character before each match, not the whole text
             found = np.array([m.start() for m in re.finditer(re.escape(s), low, flags)], np.int64)
-            found = found[(found == 0) | ~wordish[np.maximum(found - 1, 0)]]
             if found.size:
+                found = found[(found == 0) | ~_is_word_char(codes[np.maximum(found - 1, 0)])]
                 i = np.searchsorted(starts, found, side="right") - 1
                 inside = (i >= 0) & (found < ends[np.maximum(i, 0)])
                 held[i[inside], j] = True
@@ -334,26 +332,26 @@ def _search(index, query: str, k: int, mode: str, filters: Filters | None, depth
         matcher = TermMatcher.for_query(index, terms, index.passage_count)
         svecs, smeta = index.store.sentences(candidates, index.dim)
         if smeta:
-            owners = list(dict.fromkeys(row[0] for row in smeta))  # sentences come ordered by passage, then idx
-            number = {rid: i for i, rid in enumerate(owners)}
-            pos = np.array([number[row[0]] for row in smeta])
+            meta = np.array(smeta, np.int64)  # (passage rowid, idx, start, end), ordered by passage, then idx
+            first = np.concatenate(([True], meta[1:, 0] != meta[:-1, 0]))  # True at each passage's first sentence
+            owners = meta[first, 0].tolist()
+            pos = np.cumsum(first) - 1  # each sentence's passage number
             cosines = svecs @ qvec
-            covs = matcher.coverages([texts.get(rid, "") for rid in owners],
-                                     [(number[rid], start, end) for rid, _, start, end in smeta])
-            best = np.full(len(owners), -np.inf)
-            np.maximum.at(best, pos, cosines)
-            sent_s = dict(zip(owners, best.tolist()))
+            covs = matcher.coverages([texts.get(rid, "") for rid in owners], np.column_stack((pos, meta[:, 2:])))
+            sent_s = dict(zip(owners, np.maximum.reduceat(cosines, np.flatnonzero(first)).tolist()))
             evidence = dict(zip(owners, sentence_evidence(pos, cosines, covs, len(owners)).tolist()))
             sentence_rows = (smeta, cosines, covs)
     if mode == "dense":
         fused = fuse_dense(dense_s, sent_s, candidates)
     elif mode == "lexical":
-        fused = dict(lexical)
+        fused = np.array([lex_s[rid] for rid in candidates])
     else:
         fused = fuse_hybrid(sent_s, lex_s, evidence, candidates)
-    ranked = top(fused, len(fused))
+    ids = np.asarray(candidates, np.int64)
+    order = rank(ids, fused)[:max(k * 3, k + 10)]
+    ranked = list(zip(ids[order].tolist(), fused[order].tolist()))
     timings["fuse_ms"] = _ms(t)
-    passages = index.store.passages([rid for rid, _ in ranked[:max(k * 3, k + 10)]])
+    passages = index.store.passages([rid for rid, _ in ranked])
     hits = []
     for rid, score in ranked:
         p = passages.get(rid)
@@ -383,6 +381,11 @@ def sentence_evidence(passage: np.ndarray, cosines: np.ndarray, coverages: np.nd
     return best
 
 
+def rank(ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Positions of `scores` best first, ties by id (the order of `top`)."""
+    return np.lexsort((ids, -scores))
+
+
 def shortlist(candidates: Sequence[int], dense: Mapping[int, float], lexical: Mapping[int, float] | None,
               n: int) -> list[int]:
     """The `n` candidates with the best whole-passage evidence: best window's cosine, plus BM25 when `lexical` is
@@ -393,26 +396,28 @@ def shortlist(candidates: Sequence[int], dense: Mapping[int, float], lexical: Ma
     score = standardise(np.array([dense.get(rid, -1.0) for rid in candidates]))
     if lexical is not None:
         score = score + standardise(np.array([lexical.get(rid, 0.0) for rid in candidates]))
-    return ids[np.lexsort((ids, -score))[:n]].tolist()  # best first, ties by id as `top`
+    return ids[rank(ids, score)[:n]].tolist()
 
 
-def fuse_dense(dense: Mapping[int, float], sentence: Mapping[int, float], candidates: Sequence[int]) -> dict[int, float]:
-    """Dense-only score: the passage's best window and its best sentence, standardised and summed."""
-    d = zscores({rid: dense.get(rid, 0.0) for rid in candidates})
-    s = zscores({rid: sentence.get(rid, dense.get(rid, 0.0)) for rid in candidates})
-    return combine([d, s], [1.0, 1.0])
+def fuse_dense(dense: Mapping[int, float], sentence: Mapping[int, float], candidates: Sequence[int]) -> np.ndarray:
+    """Dense-only score of each candidate, in their order: the passage's best window and its best sentence,
+    standardised and summed."""
+    d = np.array([dense.get(rid, 0.0) for rid in candidates])
+    s = np.array([sentence.get(rid, dense.get(rid, 0.0)) for rid in candidates])
+    return standardise(d) + standardise(s)
 
 
 def fuse_hybrid(sentence: Mapping[int, float], lexical: Mapping[int, float], evidence: Mapping[int, float],
-                candidates: Sequence[int]) -> dict[int, float]:
-    """Hybrid score: three kinds of evidence, each standardised over the query's candidates, summed with equal
-    weight: meaning (best sentence cosine), words (BM25 over title and text), and the best single sentence holding
-    both. Standardising per query makes the sum independent of each signal's scale on a given collection."""
-    s = zscores({rid: sentence.get(rid, 0.0) for rid in candidates})
-    lex = zscores({rid: lexical.get(rid, 0.0) for rid in candidates})
+                candidates: Sequence[int]) -> np.ndarray:
+    """Hybrid score of each candidate, in their order: three kinds of evidence, each standardised over the query's
+    candidates, summed with equal weight: meaning (best sentence cosine), words (BM25 over title and text), and the
+    best single sentence holding both. Standardising per query makes the sum independent of each signal's scale on
+    a given collection."""
     floor = min(evidence.values(), default=0.0)
-    ev = zscores({rid: evidence.get(rid, floor) for rid in candidates})
-    return combine([s, lex, ev], [1.0, 1.0, 1.0])
+    s = np.array([sentence.get(rid, 0.0) for rid in candidates])
+    lex = np.array([lexical.get(rid, 0.0) for rid in candidates])
+    ev = np.array([evidence.get(rid, floor) for rid in candidates])
+    return standardise(s) + standardise(lex) + standardise(ev)
 
 
 def collapse_duplicates(index, hits: list[Hit]) -> list[Hit]:

@@ -1,9 +1,11 @@
 import re
+
+import numpy as np
 import pytest
 
 from qa.errors import BadRequest
-from qa.search import (combine, fuse_hybrid, minmax, rrf, shortlist, top, validate_k, validate_query,
-                       zscores)
+from qa.search import (TermMatcher, combine, fuse_dense, fuse_hybrid, minmax, rank, rrf, shortlist, top,
+                       validate_k, validate_query, zscores)
 
 
 def test_rrf_rewards_agreement():
@@ -30,7 +32,33 @@ def test_hybrid_surfaces_lexical_only_and_dense_only_evidence():
     sentence = {1: 0.9, 2: 0.1, 3: 0.2}  # 1: paraphrase, no shared words
     lexical = {2: 12.0, 3: 0.5}  # 2: rare-name match, far in meaning
     fused = fuse_hybrid(sentence, lexical, {}, candidates)
-    assert {r for r, _ in top(fused, 2)} == {1, 2}
+    assert {r for r, _ in top(dict(zip(candidates, fused)), 2)} == {1, 2}
+
+
+def test_fusion_over_arrays_matches_the_pure_functions():
+    """The array fusion the search runs gives the scores and order of zscores + combine + top, ties included."""
+    rng = np.random.default_rng(0)
+    for trial in range(50):
+        candidates = rng.permutation(1000)[:rng.integers(1, 60)].tolist()
+        values = rng.choice([0.1, 0.5, 0.5, 0.9, 2.0], len(candidates)).tolist()  # many ties
+        dense = dict(zip(candidates, rng.random(len(candidates)).round(1).tolist()))
+        sentence = {rid: v for rid, v in zip(candidates, values) if rid % 3}  # some without sentences
+        lexical = {rid: v * 10 for rid, v in zip(candidates, values) if rid % 2}  # some matching no term
+        evidence = {rid: v - 1 for rid, v in sentence.items()}
+        floor = min(evidence.values(), default=0.0)
+        expected = combine([zscores({rid: sentence.get(rid, 0.0) for rid in candidates}),
+                            zscores({rid: lexical.get(rid, 0.0) for rid in candidates}),
+                            zscores({rid: evidence.get(rid, floor) for rid in candidates})], [1.0, 1.0, 1.0])
+        fused = fuse_hybrid(sentence, lexical, evidence, candidates)
+        assert dict(zip(candidates, fused.tolist())) == pytest.approx(expected, rel=1e-12)
+        ids = np.array(candidates)
+        assert [candidates[i] for i in rank(ids, fused)] == [rid for rid, _ in top(expected, len(expected))]
+        expected = combine([zscores({rid: dense.get(rid, 0.0) for rid in candidates}),
+                            zscores({rid: sentence.get(rid, dense.get(rid, 0.0)) for rid in candidates})],
+                           [1.0, 1.0])
+        fused = fuse_dense(dense, sentence, candidates)
+        assert [candidates[i] for i in rank(ids, fused)] == [rid for rid, _ in top(expected, len(expected))]
+    assert rank(np.array([7, 6, 5]), np.array([0.5, 0.5, 0.9])).tolist() == [2, 1, 0]  # ties by id, as `top`
 
 
 def test_shortlist_keeps_the_best_by_both_whole_passage_signals():
@@ -93,7 +121,36 @@ def test_stemming_is_thread_safe():
 
 
 def test_word_chars_classify_like_regex():
-    from qa.search import _word_chars
+    from qa.search import _is_word_char
 
-    text = "“China’s” café_1 — İstanbul, naïve 42% x\\ny ß"
-    assert _word_chars(text).tolist() == [bool(re.match(r"\w", c)) for c in text]
+    text = "“China’s” café_1 — İstanbul, naïve 42% x\\ny ß ٣ 𝔘 \u00a0\u200b"
+    codes = np.array([ord(c) for c in text], np.uint32)
+    assert _is_word_char(codes).tolist() == [bool(re.match(r"\w", c)) for c in text]
+
+
+COVERAGE_TEXTS = ["The élan of Milan: a lance, a _lantern, x-lantern and LANTERNS (Lancaster).",
+                  "İlan lane; ılan 3lan ٣lan ßlan’s lan",
+                  "“Lan” — naïve-lan! café_lan\nlan"]
+
+
+def _coverage_reference(matcher: TermMatcher, texts, spans) -> list[float]:
+    """Coverage by regex: a stem counts where no word character (\\w) comes before it."""
+    out = []
+    for t, start, end in spans:
+        low = texts[t].replace("\u0130", "I").lower()
+        held = [w for s, w in zip(matcher.stems, matcher.weights)
+                if any(m.start() < end for m in re.compile(r"(?<!\w)" + re.escape(s)).finditer(low, start))]
+        out.append(sum(held) / matcher.total)
+    return out
+
+
+def test_coverage_counts_words_that_start_with_a_stem():
+    """Only matches at the start of a word count, `\\w` deciding what a word character is: after "é", "_", a
+    digit or an apostrophe-less letter a stem is inside a word; after punctuation, spaces or a dash it starts one."""
+    matcher = TermMatcher({"lan": 2.0, "mil": 1.0, "zzz": 1.0})
+    spans = [(t, s, min(s + 5, len(text))) for t, text in enumerate(COVERAGE_TEXTS) for s in range(0, len(text), 6)]
+    assert matcher.coverages(COVERAGE_TEXTS, spans).tolist() == pytest.approx(
+        _coverage_reference(matcher, COVERAGE_TEXTS, spans))
+    text = ["élan _lan x_lan", "a lan"]
+    assert matcher.coverages(text, [(0, 0, 4), (0, 5, 9), (0, 10, 15), (1, 0, 5)]).tolist() == [0, 0, 0, 0.5]
+    assert TermMatcher({}).coverages(text, [(0, 0, 4)]).tolist() == [0.0]
