@@ -66,16 +66,35 @@ def _sentences_inside(sentences: Sequence[Span], starts: Sequence[int], start: i
     return range(lo, hi)
 
 
+TITLE_PREFIX_CHARS = 120  # a headline's length; a longer title is cut (its words still count in BM25)
+
+
+def window_prefix(article: Article) -> str:
+    """The text put before each of an article's windows when they are embedded: its title (its first
+    TITLE_PREFIX_CHARS characters, cut at a space), as dense passage retrievers encode "title [SEP] passage"
+    (Karpukhin et al., 2020), so a paragraph that never names its topic is still found by it. Only the window's
+    vector and its sentences' context change; stored texts and spans don't."""
+    title = " ".join(article.title.split())
+    if len(title) > TITLE_PREFIX_CHARS:
+        head = title[:TITLE_PREFIX_CHARS + 1]
+        title = head.rsplit(" ", 1)[0] if " " in head else head[:-1]
+    return f"{title}{'' if title[-1:] in '.!?:' else '.'} " if title else ""
+
+
 def embed_passages(embedder: Embedder, passages: Sequence[Passage], *, progress: bool = False,
-                   batch_size: int = 32) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Per passage: its window vectors and its sentence vectors, from one forward pass per window."""
+                   batch_size: int = 32, prefixes: Sequence[str] | None = None
+                   ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per passage: its window vectors and its sentence vectors, from one forward pass per window, each window
+    read after its passage's prefix (`prefixes`, none by default); a sentence vector pools its own tokens only."""
     texts, spans, owners, inside = [], [], [], []
     for pi, passage in enumerate(passages):
         starts = [s for s, _ in passage.sentences]
+        prefix = prefixes[pi] if prefixes else ""
         for start, end in passage.windows:
             held = _sentences_inside(passage.sentences, starts, start, end)
-            texts.append(passage.text[start:end])
-            spans.append([(passage.sentences[i][0] - start, passage.sentences[i][1] - start) for i in held])
+            shift = len(prefix) - start
+            texts.append(prefix + passage.text[start:end])
+            spans.append([(passage.sentences[i][0] + shift, passage.sentences[i][1] + shift) for i in held])
             owners.append(pi)
             inside.append(held)
     unit_vecs, unit_span_vecs = embedder.encode_spans(texts, spans, progress=progress, batch_size=batch_size)
@@ -93,12 +112,18 @@ def embed_passages(embedder: Embedder, passages: Sequence[Passage], *, progress:
     return [np.stack(w) for w in window_vecs], out_s
 
 
-def prepare_articles(articles: Iterable[Article], embedder: Embedder, *, progress: bool = False):
-    """(article, passages, window vectors, sentence vectors) for each article, embedded in one batch."""
+def prepare_articles(articles: Iterable[Article], embedder: Embedder, *, progress: bool = False,
+                     titled: bool = True):
+    """(article, passages, window vectors, sentence vectors) for each article, embedded in one batch; `titled`:
+    each window read after its article's title (`window_prefix`, as the manifest's `window_prefix: title` records),
+    its windows then sized to leave the title room in the model's input."""
     articles = list(articles)
-    chunked = [chunk_article(a, embedder.count_tokens, embedder.max_tokens - 2) for a in articles]
+    heads = [window_prefix(a) if titled else "" for a in articles]
+    room = embedder.count_tokens(heads) if titled else [0] * len(articles)
+    chunked = [chunk_article(a, embedder.count_tokens, embedder.max_tokens - 2 - n) for a, n in zip(articles, room)]
     flat = [p for ps in chunked for p in ps]
-    wvecs, svecs = embed_passages(embedder, flat, progress=progress)
+    prefixes = [head for head, ps in zip(heads, chunked) for _ in ps] if titled else None
+    wvecs, svecs = embed_passages(embedder, flat, progress=progress, prefixes=prefixes)
     out, i = [], 0
     for article, passages in zip(articles, chunked):
         n = len(passages)
@@ -170,8 +195,14 @@ def _manifest(model_name: str, model_path: str | None, dim: int, max_tokens: int
         "vector_backend": "faiss", **(vector or {}), "index_kind": kind, "data_dir": data_dir, "counts": counts,
         "generation": generation, "built_at": built_at or _now(), "updated_at": _now(),
         "chunking": {"unit": "paragraph", "window_tokens": max_tokens - 2, "window_overlap_sentences": 1,
-                     "sentence_splitter": "sentencex", "lexical": LEXICAL_LABEL},
+                     "sentence_splitter": "sentencex", "lexical": LEXICAL_LABEL, "window_prefix": "title"},
     }
+
+
+def titled_windows(manifest: dict) -> bool:
+    """Whether an index's windows were embedded after their article's title (indexes built before that was
+    recorded were not: their updates keep to their own recipe until the next full build)."""
+    return manifest.get("chunking", {}).get("window_prefix") == "title"
 
 
 def _vector_settings(index_dir: str, vector_backend: str | None, milvus_uri: str | None,
@@ -586,7 +617,8 @@ def _apply(index_dir: str, embedder: Embedder | None, articles: Sequence[Article
                 return report
             if changed and embedder is None:
                 embedder = embedder_for(manifest)
-            _write(store, vectors, prepare_articles(changed, embedder) if changed else [], removals, lexical)
+            prepared = prepare_articles(changed, embedder, titled=titled_windows(manifest)) if changed else []
+            _write(store, vectors, prepared, removals, lexical)
             report.removed = len(removals)
             generation = store.generation
             vectors.save(os.path.join(index_dir, manifest["data_dir"]), generation)

@@ -1,4 +1,4 @@
-"""`qa eval` on a small vendored SQuAD subset with the real model."""
+"""Retrieval quality with the real model: `qa eval` on a small vendored SQuAD subset, titles in dense vectors."""
 import json
 import os
 
@@ -6,7 +6,8 @@ import pytest
 from click.testing import CliRunner
 
 from qa.cli import main
-from qa.index import build_index
+from qa.index import build_index, load_index
+from qa.search import search
 
 from conftest import SQUAD_SMALL
 
@@ -41,3 +42,23 @@ def test_eval_rejects_a_bad_question_file(tmp_path, small_index):
     bad.write_text('{"question": "x"}\n')
     res = CliRunner().invoke(main, ["eval", str(bad), "--index-dir", small_index])
     assert res.exit_code != 0 and "doc_id" in res.output and "Traceback" not in res.output
+
+
+MOUNTAINS = [("kili", "Mount Kilimanjaro", "5,895 metres it is the highest peak on its continent"),
+             ("blanc", "Mont Blanc", "4,806 metres it is the highest peak in the Alps"),
+             ("denali", "Denali", "6,190 metres it is the highest peak in North America")]
+
+
+def test_a_paragraph_is_found_by_the_topic_only_its_title_names(tmp_path, embedder):
+    # none of the paragraphs names its mountain: without titles in the window vectors the right one leads by
+    # 0.02-0.07 cosine; with them by more than 0.15
+    path = tmp_path / "mountains.jsonl"
+    path.write_text("".join(json.dumps({"id": i, "title": t, "paragraphs": [f"At {p}, and its glaciers are shrinking "
+                                                                             "fast."]}) + "\n"
+                            for i, t, p in MOUNTAINS))
+    build_index([str(path)], str(tmp_path / "index"), embedder=embedder)
+    index = load_index(str(tmp_path / "index"), embedder=embedder)
+    for doc_id, question in [("kili", "How fast are the glaciers on Kilimanjaro shrinking?"),
+                             ("blanc", "How high is Mont Blanc?"), ("denali", "Is Denali's ice melting?")]:
+        first, second = search(index, question, 3, mode="dense").hits[:2]
+        assert first.passage.doc_id == doc_id and first.scores["dense"] - second.scores["dense"] > 0.1, question
