@@ -119,10 +119,10 @@ def prepare_articles(articles: Iterable[Article], embedder: Embedder, *, progres
     its windows then sized to leave the title room in the model's input."""
     articles = list(articles)
     heads = [window_prefix(a) if titled else "" for a in articles]
-    room = embedder.count_tokens(heads) if titled else [0] * len(articles)
+    room = embedder.count_tokens(heads)  # 0 for no title
     chunked = [chunk_article(a, embedder.count_tokens, embedder.max_tokens - 2 - n) for a, n in zip(articles, room)]
     flat = [p for ps in chunked for p in ps]
-    prefixes = [head for head, ps in zip(heads, chunked) for _ in ps] if titled else None
+    prefixes = [head for head, ps in zip(heads, chunked) for _ in ps]
     wvecs, svecs = embed_passages(embedder, flat, progress=progress, prefixes=prefixes)
     out, i = [], 0
     for article, passages in zip(articles, chunked):

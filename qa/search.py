@@ -84,14 +84,9 @@ def rrf(rankings: Sequence[Ranked], k: int = RRF_K) -> dict[int, float]:
     return fused
 
 
-def zscores(scores: Mapping[int, float], missing: float | None = None) -> dict[int, float]:
-    """Standardised scores (mean 0, unit deviation) over one query's candidates."""
-    if not scores:
-        return {}
-    values = np.fromiter(scores.values(), float)
-    mu, sd = float(values.mean()), float(values.std())
-    sd = sd if sd > 1e-9 else 1.0
-    return {rid: (s - mu) / sd for rid, s in scores.items()}
+def zscores(scores: Mapping[int, float]) -> dict[int, float]:
+    """Standardised scores (mean 0, unit deviation) over one query's candidates: `standardise` by id."""
+    return dict(zip(scores, standardise(np.fromiter(scores.values(), float)).tolist()))
 
 
 def minmax(scores: Mapping[int, float]) -> dict[int, float]:
