@@ -527,7 +527,7 @@ def open_data(index_dir: str, manifest: dict, *, readonly: bool = True,
     dim = int(manifest["dim"])
     faiss = manifest.get("vector_backend", "faiss") == "faiss"
     try:
-        vectors, generation = open_vectors(index_dir, manifest, data)
+        vectors, generation = open_vectors(index_dir, manifest, data, mmap=readonly)
     except IndexUnavailable:
         if not faiss:  # a Milvus collection cannot be conjured from here: say why
             store.close()

@@ -62,6 +62,20 @@ def test_add_is_idempotent_and_updates_replace(built, fake_embedder):
     assert [h.passage.doc_id for h in search(idx, "two paragraphs now", 1, mode="lexical").hits] == ["a3"]
 
 
+def test_readers_map_the_vectors_and_writes_replace_the_file_under_them(built, fake_embedder):
+    """A loaded index maps its FAISS file read-only; a write replaces the file by rename, so the old map keeps
+    serving the old contents until the next load, which sees the new ones."""
+    old = _load(built, fake_embedder)
+    assert old.vectors.mapped
+    before = [h.passage.passage_id for h in search(old, "rail fares rise", 4, mode="dense").hits]
+    art = article_from_dict({"id": "a3", "title": "Rail fares", "paragraphs": ["Rail fares will rise by four percent."]})
+    add_documents(None, built, articles=[art], embedder=fake_embedder)
+    assert [h.passage.passage_id for h in search(old, "rail fares rise", 4, mode="dense").hits] == before
+    new = _load(built, fake_embedder)
+    assert new.vectors.mapped and new.vectors.ntotal == old.vectors.ntotal + 1
+    assert "a3" in {h.passage.doc_id for h in search(new, "rail fares will rise by four percent", 4, mode="dense").hits}
+
+
 def test_remove_and_unknown_id(built, fake_embedder):
     r = remove_documents(["a1"], built)
     assert (r.removed, r.documents, r.passages) == (1, 1, 2)

@@ -103,6 +103,39 @@ def test_remove_save_load(built, data, tmp_path):
     assert len(live) == loaded.ntotal and not np.isin(live, gone).any()
 
 
+def _mapped_files() -> set[str]:
+    with open("/proc/self/maps", encoding="utf-8") as f:
+        return {line.split(maxsplit=5)[5].strip() for line in f if len(line.split(maxsplit=5)) == 6}
+
+
+def test_mapped_load_matches_and_is_read_only(built, data, tmp_path):
+    """A reader's load maps the file (codes and graph stay in the page cache, shared across processes) and gives the
+    same results, filters and tombstones included; the map cannot be changed."""
+    kind, src = built
+    ids, xb, xq = data
+    import faiss
+
+    idx = V.FaissIndex(DIM, kind, faiss.clone_index(src.index))
+    idx.remove(ids[:50])
+    idx.save(str(tmp_path), 3)
+    read, _ = V.FaissIndex.load(str(tmp_path), DIM)
+    mapped, gen = V.FaissIndex.load(str(tmp_path), DIM, mmap=True)
+    assert gen == 3 and mapped.mapped and not read.mapped
+    assert str(tmp_path / V.FAISS_FILE) in _mapped_files()
+    for allow in (None, ids[:5000]):
+        got, want = mapped.search(xq, K, allow=allow), read.search(xq, K, allow=allow)
+        assert np.array_equal(got[1], want[1]) and np.allclose(got[0], want[0])
+    assert np.array_equal(mapped.reconstruct_all()[0], read.reconstruct_all()[0])
+    for change in (lambda: mapped.add(ids[:1], xb[:1]), lambda: mapped.remove(ids[100:101])):
+        with pytest.raises(RuntimeError, match="read-only"):
+            change()
+    del mapped
+    import gc
+
+    gc.collect()
+    assert str(tmp_path / V.FAISS_FILE) not in _mapped_files()  # dropping the index unmaps the file
+
+
 def test_empty_and_small_first_batch(tmp_path):
     rng = np.random.default_rng(2)
     for kind in ("flat", "hnsw", "ivfpq"):
