@@ -109,13 +109,17 @@ def test_documents_api(client):
 def test_openapi_lists_every_endpoint(client, app):
     spec = client.get("/openapi.json").get_json()
     assert spec["openapi"].startswith("3.")
-    routes = {str(r.rule).replace("<path:doc_id>", "{doc_id}") for r in app.url_map.iter_rules() if r.endpoint.startswith("api.")}
+    routes = {str(r.rule).replace("<doc_id:doc_id>", "{doc_id}") for r in app.url_map.iter_rules() if r.endpoint.startswith("api.")}
     assert routes <= set(spec["paths"])
 
 
 def test_admin_api_is_off_without_a_token(client):
     assert client.post("/api/documents", json={"id": "x", "title": "t", "paragraphs": ["p"]}).status_code == 403
     assert client.delete("/api/documents/x").status_code == 403
+    for odd in ("0%0A", "%0D%0A", "a/b"):  # any id reaches the API (a line break once fell through to routing's 404)
+        assert client.delete(f"/api/documents/{odd}").status_code == 403
+        r = client.get(f"/api/documents/{odd}")
+        assert r.status_code == 404 and r.get_json()["error"].startswith("no such document")
 
 
 def test_cli_search_json_matches_the_api(client, seed_index_dir):

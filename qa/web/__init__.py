@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import PathConverter
 
 from ..config import Config
 from ..errors import QAError
@@ -15,6 +16,13 @@ SECURITY_HEADERS = {
 }
 CSP = "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; base-uri 'none'; " \
       "frame-ancestors 'none'"
+
+
+class DocIdConverter(PathConverter):
+    """A document id in a URL: any characters, slashes and line breaks included (werkzeug's `path` stops at a line
+    break, so such an id would not reach the API's own answers)."""
+
+    regex = "(?s:[^/].*?)"
 
 
 def create_app(config: Config | dict | None = None, engine: Engine | None = None) -> Flask:
@@ -32,6 +40,7 @@ def create_app(config: Config | dict | None = None, engine: Engine | None = None
 
     from . import api, ui
 
+    app.url_map.converters["doc_id"] = DocIdConverter
     app.register_blueprint(api.bp)
     app.register_blueprint(ui.bp)
 

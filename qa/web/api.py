@@ -80,7 +80,7 @@ def documents():
     return jsonify(engine().documents({"offset": request.args.get("offset"), "limit": request.args.get("limit")}))
 
 
-@bp.get("/api/documents/<path:doc_id>")
+@bp.get("/api/documents/<doc_id:doc_id>")
 def document(doc_id: str):
     return jsonify(engine().document(doc_id))
 
@@ -103,7 +103,7 @@ def add_document():
     return jsonify(result), 201 if result["status"] == "created" else 200
 
 
-@bp.delete("/api/documents/<path:doc_id>")
+@bp.delete("/api/documents/<doc_id:doc_id>")
 def delete_document(doc_id: str):
     _require_admin()
     return jsonify(engine().delete_document(doc_id))
