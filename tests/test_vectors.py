@@ -104,8 +104,8 @@ def test_remove_save_load(built, data, tmp_path):
 
 
 def _mapped_files() -> set[str]:
-    with open("/proc/self/maps", encoding="utf-8") as f:
-        return {line.split(maxsplit=5)[5].strip() for line in f if len(line.split(maxsplit=5)) == 6}
+    with open("/proc/self/maps", encoding="utf-8") as f:  # address perms offset dev inode [path]
+        return {fields[5].strip() for fields in (line.split(maxsplit=5) for line in f) if len(fields) == 6}
 
 
 def test_mapped_load_matches_and_is_read_only(built, data, tmp_path):
