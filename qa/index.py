@@ -472,12 +472,13 @@ class Index:
             return self.lexical.search(terms, limit, filters)
         return self.store.lexical_search(terms, limit, filters)
 
-    def lexical_scores(self, terms: Sequence[str], rowids: Sequence[int], filters=None,
-                       pool: int = 2000) -> dict[int, float]:
-        """BM25 of given passages (0 where no term matches): exact with tantivy; without it, read from FTS5's best
-        `pool` matches, and past their end the pool's last score (an upper bound)."""
+    def lexical_scores(self, terms: Sequence[str], rowids: Sequence[int], filters=None, pool: int = 2000,
+                       pairs: Sequence[tuple[str, str, int]] = ()) -> dict[int, float]:
+        """BM25 of given passages (0 where no term matches): exact with tantivy, with term proximity when the
+        query's word `pairs` are given; without tantivy, read from FTS5's best `pool` matches, and past their end
+        the pool's last score (an upper bound)."""
         if self.lexical is not None:
-            found = self.lexical.scores(terms, rowids)
+            found = self.lexical.scores(terms, rowids, pairs)
             return {rid: found.get(rid, 0.0) for rid in rowids}
         ranked = self.store.lexical_search(terms, pool, filters)
         beyond = ranked[-1][1] if len(ranked) >= pool else 0.0

@@ -1,9 +1,10 @@
 """Ranking: dense and lexical candidates, fusion as small pure functions, filters, duplicate collapse, `Hit`.
 
 Both sides contribute deep candidate lists (DEPTH each). Every candidate then gets both whole-passage signals
-exactly, whichever side found it (its best window's cosine, its BM25 score); the best RERANK of them by those two
-get the sentence-level signals too (best sentence's cosine, the best sentence by meaning and term coverage), and
-the signals are fused per query after normalisation, so no weight depends on one collection's score scale.
+exactly, whichever side found it (its best window's cosine, its BM25 score with term proximity); the best RERANK
+of them by those two get the sentence-level signals too (best sentence's cosine, the best sentence by meaning and
+term coverage), and the signals are fused per query after normalisation, so no weight depends on one collection's
+score scale.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from .errors import BadRequest
-from .store import Filters, StoredPassage, query_terms
+from .store import Filters, StoredPassage, query_pairs, query_terms
 
 MODES = ("hybrid", "dense", "lexical")
 DEPTH = 100  # candidates from each side
@@ -293,7 +294,7 @@ def _search(index, query: str, k: int, mode: str, filters: Filters | None, depth
     qvec = None
     dense: Ranked = []
     lexical: Ranked = []
-    terms = query_terms(query)
+    terms, pairs = query_terms(query), query_pairs(query)
     if mode in ("hybrid", "dense"):
         t = time.perf_counter()
         qvec = index.embedder.encode([query])[0]
@@ -319,8 +320,8 @@ def _search(index, query: str, k: int, mode: str, filters: Filters | None, depth
             owners, wvecs = index.store.window_vectors(missing, index.dim)
             for rid, s in zip(owners.tolist(), (wvecs @ qvec).tolist()):
                 dense_s[rid] = max(s, dense_s.get(rid, -math.inf))
-        if mode == "hybrid":
-            lex_s.update(index.lexical_scores(terms, [rid for rid in candidates if rid not in lex_s], filters))
+        if mode == "hybrid":  # BM25 with term proximity, which the candidates' top-k search leaves out for speed
+            lex_s = index.lexical_scores(terms, candidates, filters, pairs=pairs)
         candidates = shortlist(candidates, dense_s, lex_s if mode == "hybrid" else None, max(rerank, 3 * k))
         # second stage, on the shortlist: sentence-level meaning and term coverage
         texts = index.store.passage_texts(candidates)
@@ -339,6 +340,8 @@ def _search(index, query: str, k: int, mode: str, filters: Filters | None, depth
     if mode == "dense":
         fused = fuse_dense(dense_s, sent_s, candidates)
     elif mode == "lexical":
+        if candidates:
+            lex_s = index.lexical_scores(terms, candidates, filters, pairs=pairs)
         fused = np.array([lex_s[rid] for rid in candidates])
     else:
         fused = fuse_hybrid(sent_s, lex_s, evidence, candidates)

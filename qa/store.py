@@ -214,6 +214,16 @@ def query_terms(text: str) -> list[str]:
     return list(dict.fromkeys(content))
 
 
+def query_pairs(text: str) -> list[tuple[str, str, int]]:
+    """Each content word of a query with the next one and how many words on it comes ("Notre Dame" gives
+    ("notre", "dame", 1), "University of Notre" ("university", "notre", 2)): the query's sequential term
+    dependencies, for BM25 with term proximity (see `qa.lexical`)."""
+    words = [w.lower() for w in _TERM.findall(text)]
+    content = set(query_terms(text))
+    at = [i for i, w in enumerate(words) if w in content]
+    return list(dict.fromkeys((words[a], words[b], b - a) for a, b in zip(at, at[1:]) if words[a] != words[b]))
+
+
 def fts_query(terms: Iterable[str]) -> str:
     """An FTS5 OR-query of quoted terms (quoting keeps FTS5 syntax out of user input)."""
     return " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
@@ -606,5 +616,5 @@ def write_json_atomic(path: str, obj: dict) -> None:
         os.close(dfd)
 
 
-__all__ = ["Store", "StoredPassage", "JournalEntry", "Filters", "read_manifest", "write_json_atomic", "query_terms", "fts_query",
-           "passage_id", "Span"]
+__all__ = ["Store", "StoredPassage", "JournalEntry", "Filters", "read_manifest", "write_json_atomic", "query_terms",
+           "query_pairs", "fts_query", "passage_id", "Span"]

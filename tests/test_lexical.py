@@ -7,7 +7,8 @@ import pytest
 from qa.index import add_documents, build_index, check_index, load_index, remove_documents
 from qa.ingest import article_from_dict
 from qa.lexical import DIRNAME, LexicalIndex, date_number, read_generation
-from qa.store import Filters, query_terms
+from qa.search import search
+from qa.store import Filters, query_pairs, query_terms
 from test_index import ARTS as INDEX_ARTS
 
 ARTS = [
@@ -143,5 +144,40 @@ def test_scores_of_given_passages_are_exact_bm25(built, fake_embedder):
         some = sorted(ranked)[:3] + [999_999]
         assert index.lexical_scores(terms, some) == {**{r: ranked[r] for r in some[:3]}, 999_999: 0.0}
         assert index.lexical.scores(terms, []) == {} and index.lexical.scores([], some) == {}
+    finally:
+        index.close()
+
+
+def test_query_pairs_keep_the_query_s_order_and_spacing():
+    assert query_pairs("Who did Notre Dame beat in Super Bowl 50?") == [
+        ("notre", "dame", 1), ("dame", "beat", 1), ("beat", "super", 2), ("super", "bowl", 1), ("bowl", "50", 1)]
+    assert query_pairs("University of Notre Dame") == [("university", "notre", 2), ("notre", "dame", 1)]
+    assert query_pairs("what is it") == [("what", "is", 1), ("is", "it", 1)]  # only stop words: all of them
+    assert query_pairs("ferry ferry") == [] and query_pairs("ferry") == [] and query_pairs("") == []
+
+
+def test_term_proximity_adds_to_bm25_and_breaks_ties_between_the_same_words(tmp_path, fake_embedder):
+    apart = "Tickets for the ferry sold out before the night harbour opened."
+    together = "Tickets for the night ferry sold out before the harbour opened."  # the same words, reordered
+    far = "Ferry crews worked through the long dark hours of a cold winter season in the town at night."
+    path = tmp_path / "arts.jsonl"
+    path.write_text("".join(json.dumps({"id": f"d{i}", "title": "Port", "paragraphs": [text]}) + "\n"
+                            for i, text in enumerate([apart, together, far])))
+    idx = str(tmp_path / "index")
+    build_index([str(path)], idx, embedder=fake_embedder)
+    index = load_index(idx, embedder=fake_embedder)
+    try:
+        question = "night ferry"
+        terms, pairs = query_terms(question), query_pairs(question)
+        rowid = {p.doc_id: p.rowid for p in index.store.passages(range(1, 10)).values()}
+        plain = index.lexical_scores(terms, sorted(rowid.values()))
+        near = index.lexical_scores(terms, sorted(rowid.values()), pairs=pairs)
+        assert plain[rowid["d0"]] == pytest.approx(plain[rowid["d1"]])  # BM25 alone cannot tell them apart
+        gain = {d: near[r] - plain[r] for d, r in rowid.items()}
+        assert gain["d1"] > gain["d0"] > 0  # the phrase and the window, then the window only (either order)
+        assert gain["d2"] == pytest.approx(0.0, abs=1e-6)  # the two words further apart than the window
+        hits = search(index, question, 3, mode="lexical", collapse=False).hits  # d0, d1 share a bag of words
+        assert [h.passage.doc_id for h in hits][:2] == ["d1", "d0"]
+        assert hits[0].scores["lexical"] == pytest.approx(near[rowid["d1"]])
     finally:
         index.close()
