@@ -69,7 +69,8 @@ class SearchResult:
         built on first use, so plain searches skip it)."""
         out: dict[int, list] = {}
         meta, cosines, coverages = self.sentence_rows
-        for (rid, idx, start, end), c, v in zip(meta, np.asarray(cosines).tolist(), np.asarray(coverages).tolist()):
+        for (rid, idx, start, end), c, v in zip(np.asarray(meta).tolist(), np.asarray(cosines).tolist(),
+                                                 np.asarray(coverages).tolist()):
             out.setdefault(rid, []).append((idx, start, end, c, v))
         return out
 
@@ -326,9 +327,8 @@ def _search(index, query: str, k: int, mode: str, filters: Filters | None, depth
         # second stage, on the shortlist: sentence-level meaning and term coverage
         texts = index.store.passage_texts(candidates)
         matcher = TermMatcher.for_query(index, terms, index.passage_count)
-        svecs, smeta = index.store.sentences(candidates, index.dim)
-        if smeta:
-            meta = np.array(smeta, np.int64)  # (passage rowid, idx, start, end), ordered by passage, then idx
+        svecs, meta = index.store.sentences(candidates, index.dim)  # (passage rowid, idx, start, end) rows
+        if len(meta):
             first = np.concatenate(([True], meta[1:, 0] != meta[:-1, 0]))  # True at each passage's first sentence
             owners = meta[first, 0].tolist()
             pos = np.cumsum(first) - 1  # each sentence's passage number
@@ -336,7 +336,7 @@ def _search(index, query: str, k: int, mode: str, filters: Filters | None, depth
             covs = matcher.coverages([texts.get(rid, "") for rid in owners], np.column_stack((pos, meta[:, 2:])))
             sent_s = dict(zip(owners, np.maximum.reduceat(cosines, np.flatnonzero(first)).tolist()))
             evidence = dict(zip(owners, sentence_evidence(pos, cosines, covs, len(owners)).tolist()))
-            sentence_rows = (smeta, cosines, covs)
+            sentence_rows = (meta, cosines, covs)
     if mode == "dense":
         fused = fuse_dense(dense_s, sent_s, candidates)
     elif mode == "lexical":
