@@ -1,9 +1,13 @@
 """The embedding model's transformer run by ONNX Runtime, int8 dynamically quantised (per channel).
 
 The ONNX file is made once per model and cached: the transformer is exported from PyTorch with the legacy
-TorchScript exporter, then its weights are quantised to int8 per output channel by
-`onnxruntime.quantization.quantize_dynamic`. Later loads need only onnxruntime, tokenizers and numpy; PyTorch is
-imported only to export.
+TorchScript exporter (with the model's plain "eager" attention, whose graph ONNX Runtime recognises), its layers
+are fused into ONNX Runtime's transformer operators (`Attention`, `SkipLayerNormalization`, `BiasGelu`,
+`EmbedLayerNormalization`: 46 nodes instead of ~320 for MiniLM-L6) by `onnxruntime.transformers.optimizer`, then
+its weights are quantised to int8 per output channel by `onnxruntime.quantization.quantize_dynamic`. The fused
+graph is faster by ~25% on paragraphs and ~10% on a query (measured on this 2-core AVX2 machine), the same
+function to ~1e-6. A model whose graph does not fuse is used as exported. Later loads need only onnxruntime,
+tokenizers and numpy; PyTorch is imported only to export.
 
 By default (`keep_float=True`) some layers stay float32 in the int8 model: the first transformer layer, the
 feed-forward down-projections (input width `intermediate_size`) and the attention output projections. ONNX
@@ -39,8 +43,9 @@ CACHE_ENV = "QA_CACHE_DIR"
 OPSET = 17
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 OUTPUT_NAME = "last_hidden_state"
-FP32_FILE = "model.fp32.onnx"
-INT8_FILES = {True: "model.int8-mixed-v1.onnx", False: "model.int8-v1.onnx"}  # by keep_float; bump on recipe change
+FP32_FILE = "model.fp32-fused-v2.onnx"
+INT8_FILES = {True: "model.int8-mixed-v2.onnx", False: "model.int8-v2.onnx"}  # by keep_float; bump on recipe change
+RETIRED_FILES = ("model.fp32.onnx", "model.int8-mixed-v1.onnx", "model.int8-v1.onnx")  # earlier recipes' files
 LOCK_FILE = "export.lock"
 LOCK_TIMEOUT = 1800.0
 EXPORT_TOLERANCE = 1e-3  # max abs difference to PyTorch accepted for the fp32 export
@@ -80,7 +85,7 @@ def _export(model_path: str, target: str) -> None:
     import torch
     from transformers import AutoModel
 
-    model = AutoModel.from_pretrained(model_path, local_files_only=True).eval()
+    model = AutoModel.from_pretrained(model_path, local_files_only=True, attn_implementation="eager").eval()
     takes_types = "token_type_ids" in inspect.signature(model.forward).parameters
     names = INPUT_NAMES if takes_types else INPUT_NAMES[:2]
 
@@ -107,7 +112,28 @@ def _export(model_path: str, target: str) -> None:
                               output_names=[OUTPUT_NAME], dynamic_axes=axes, opset_version=OPSET,
                               do_constant_folding=True, dynamo=False)
             _check_export(tmp, model, names)
+            if _fuse(tmp, model.config):
+                _check_export(tmp, model, names)
         os.replace(tmp, target)
+
+
+def _fuse(onnx_path: str, config) -> bool:
+    """Fuse a BERT-like graph into ONNX Runtime's transformer operators, in place; False (and the file left as it
+    was) when its attention does not fuse."""
+    from onnxruntime.transformers import optimizer
+
+    heads, hidden = getattr(config, "num_attention_heads", 0), getattr(config, "hidden_size", 0)
+    if not heads or not hidden:
+        return False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fused = optimizer.optimize_model(onnx_path, model_type="bert", num_heads=heads, hidden_size=hidden,
+                                         opt_level=0)  # the optimizer's own fusions only: a portable graph
+    if fused.get_fused_operator_statistics().get("Attention", 0) != getattr(config, "num_hidden_layers", -1):
+        log.warning("%s: attention did not fuse; keeping the graph as exported", config.name_or_path)
+        return False
+    fused.save_model_to_file(onnx_path)
+    return True
 
 
 def _check_export(onnx_path: str, model: PreTrainedModel, names: tuple[str, ...]) -> None:
@@ -130,12 +156,14 @@ def _check_export(onnx_path: str, model: PreTrainedModel, names: tuple[str, ...]
 
 
 def _float_nodes(onnx_path: str, intermediate_size: int | None) -> list[str]:
-    """MatMul nodes kept float32: first layer, feed-forward down-projections, attention output projections."""
+    """Nodes kept float32: the first layer (its fused attention too), feed-forward down-projections, attention
+    output projections."""
     import onnx
 
     model = onnx.load(onnx_path)
     shapes = {init.name: tuple(init.dims) for init in model.graph.initializer}
-    keep = []
+    attention = [node.name for node in model.graph.node if node.op_type == "Attention"]  # fused, in layer order
+    keep = attention[:1]
     for node in model.graph.node:
         weights = [shapes[i] for i in node.input if i in shapes]
         if node.op_type != "MatMul" or not weights:
@@ -148,18 +176,37 @@ def _float_nodes(onnx_path: str, intermediate_size: int | None) -> list[str]:
 
 def _quantize(source: str, target: str, keep: list[str]) -> None:
     """Dynamic int8 quantisation of a float32 ONNX file: weights per output channel, activations per tensor."""
+    from onnx import TensorProto
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with _temporary_path(target) as tmp:
-        quantize_dynamic(source, tmp, per_channel=True, weight_type=QuantType.QInt8, nodes_to_exclude=keep)
+    with _temporary_path(target) as tmp, _quiet_root_logger():
+        # shape inference does not type the fused operators' outputs: they are float
+        quantize_dynamic(source, tmp, per_channel=True, weight_type=QuantType.QInt8, nodes_to_exclude=keep,
+                         extra_options={"DefaultTensorType": TensorProto.FLOAT})
         os.replace(tmp, target)
 
 
-def _remove_stale_temporaries(folder: str) -> None:
-    """Delete temporaries of exports that were killed; call only while holding the folder's lock."""
+@contextlib.contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    """Drop the quantiser's advice below ERROR, which it logs on the root logger ("consider pre-processing")."""
+    def only_errors(record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or "onnxruntime" not in record.pathname
+
+    root = logging.getLogger()
+    root.addFilter(only_errors)
+    try:
+        yield
+    finally:
+        root.removeFilter(only_errors)
+
+
+def _remove_stale_files(folder: str) -> None:
+    """Delete temporaries of exports that were killed, and earlier recipes' files; call only while holding the
+    folder's lock (a process still running an earlier recipe has its file loaded already)."""
     for name in os.listdir(folder):
-        if name.endswith(TEMP_SUFFIX):
-            log.warning("removing %s, left by an interrupted export", name)
+        if name.endswith(TEMP_SUFFIX) or name in RETIRED_FILES:
+            if name.endswith(TEMP_SUFFIX):
+                log.warning("removing %s, left by an interrupted export", name)
             with contextlib.suppress(FileNotFoundError):
                 os.remove(os.path.join(folder, name))
 
@@ -177,7 +224,7 @@ def ensure_onnx_model(model_path: str, quantize: bool = True, keep_float: bool =
         with FileLock(os.path.join(folder, LOCK_FILE), timeout=LOCK_TIMEOUT):
             if os.path.exists(target):  # another process made it while we waited
                 return target
-            _remove_stale_temporaries(folder)
+            _remove_stale_files(folder)
             fp32 = os.path.join(folder, FP32_FILE)
             if not os.path.exists(fp32):
                 started = time.perf_counter()
@@ -188,7 +235,7 @@ def ensure_onnx_model(model_path: str, quantize: bool = True, keep_float: bool =
                 started = time.perf_counter()
                 keep = _float_nodes(fp32, _read_config(model_path).get("intermediate_size")) if keep_float else []
                 _quantize(fp32, target, keep)
-                log.info("quantised %s in %.1fs (%d MatMul nodes kept float32)", os.path.basename(target),
+                log.info("quantised %s in %.1fs (%d nodes kept float32)", os.path.basename(target),
                          time.perf_counter() - started, len(keep))
     except Timeout:
         raise RuntimeError(f"another process holds {folder}/{LOCK_FILE} (waited {LOCK_TIMEOUT:.0f}s)") from None

@@ -173,3 +173,28 @@ def test_fp32_variant_matches_torch_closely(onnx_embedder: OnnxEmbedder, torch_e
     assert Path(fp32.onnx_path).stat().st_size > 2 * Path(onnx_embedder.onnx_path).stat().st_size
     cosines = (fp32.encode(texts[:25]) * torch_embedder.encode(texts[:25])).sum(axis=1)
     assert cosines.min() >= 0.9999
+
+
+def test_the_graph_runs_on_fused_transformer_operators(onnx_embedder: OnnxEmbedder) -> None:
+    import onnx
+
+    fp32 = OnnxEmbedder(packaged_model_path(), PACKAGED_MODEL, quantize=False)
+    kinds = {}
+    for path in (fp32.onnx_path, onnx_embedder.onnx_path):
+        ops = [node.op_type for node in onnx.load(path).graph.node]
+        kinds[path] = ops
+        assert len(ops) < 100  # ~320 nodes unfused
+    fused = kinds[fp32.onnx_path]
+    assert fused.count("Attention") == 6 and fused.count("SkipLayerNormalization") == 12  # MiniLM-L6: 6 layers
+    quantised = kinds[onnx_embedder.onnx_path]
+    assert quantised.count("Attention") == 1 and quantised.count("QAttention") == 5  # the first layer kept float
+
+
+def test_stale_files_go_but_current_ones_stay(tmp_path: Path) -> None:
+    from qa.onnx_backend import FP32_FILE, RETIRED_FILES, TEMP_SUFFIX, _remove_stale_files
+
+    names = [*RETIRED_FILES, f".{FP32_FILE}.123{TEMP_SUFFIX}", FP32_FILE, *INT8_FILES.values(), "export.lock"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    _remove_stale_files(str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([FP32_FILE, *INT8_FILES.values(), "export.lock"])
