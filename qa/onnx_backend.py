@@ -204,11 +204,12 @@ def _remove_stale_files(folder: str) -> None:
     """Delete temporaries of exports that were killed, and earlier recipes' files; call only while holding the
     folder's lock (a process still running an earlier recipe has its file loaded already)."""
     for name in os.listdir(folder):
-        if name.endswith(TEMP_SUFFIX) or name in RETIRED_FILES:
-            if name.endswith(TEMP_SUFFIX):
-                log.warning("removing %s, left by an interrupted export", name)
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(os.path.join(folder, name))
+        if name.endswith(TEMP_SUFFIX):
+            log.warning("removing %s, left by an interrupted export", name)
+        elif name not in RETIRED_FILES:
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(folder, name))
 
 
 def ensure_onnx_model(model_path: str, quantize: bool = True, keep_float: bool = True) -> str:
