@@ -314,6 +314,12 @@ def _search(index, query: str, k: int, mode: str, filters: Filters | None, depth
     sent_s: dict[int, float] = {}
     sentence_rows: tuple = ((), (), ())
     evidence: dict[int, float] = {}
+    if mode != "dense":
+        # exact BM25 with term proximity for every candidate (the lexical side's top-k search leaves proximity out
+        # for speed); a query without word pairs needs it only for the candidates that search did not score
+        rescore = candidates if pairs else [rid for rid in candidates if rid not in lex_s]
+        if rescore:
+            lex_s.update(index.lexical_scores(terms, rescore, filters, pairs=pairs))
     if qvec is not None and candidates:
         # first stage: every candidate gets both cheap signals exactly, whichever side found it
         missing = [rid for rid in candidates if rid not in dense_s]
@@ -321,8 +327,6 @@ def _search(index, query: str, k: int, mode: str, filters: Filters | None, depth
             owners, wvecs = index.store.window_vectors(missing, index.dim)
             for rid, s in zip(owners.tolist(), (wvecs @ qvec).tolist()):
                 dense_s[rid] = max(s, dense_s.get(rid, -math.inf))
-        if mode == "hybrid":  # BM25 with term proximity, which the candidates' top-k search leaves out for speed
-            lex_s = index.lexical_scores(terms, candidates, filters, pairs=pairs)
         candidates = shortlist(candidates, dense_s, lex_s if mode == "hybrid" else None, max(rerank, 3 * k))
         # second stage, on the shortlist: sentence-level meaning and term coverage
         texts = index.store.passage_texts(candidates)
@@ -340,8 +344,6 @@ def _search(index, query: str, k: int, mode: str, filters: Filters | None, depth
     if mode == "dense":
         fused = fuse_dense(dense_s, sent_s, candidates)
     elif mode == "lexical":
-        if candidates:
-            lex_s = index.lexical_scores(terms, candidates, filters, pairs=pairs)
         fused = np.array([lex_s[rid] for rid in candidates])
     else:
         fused = fuse_hybrid(sent_s, lex_s, evidence, candidates)
