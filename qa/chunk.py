@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable, Iterable
 
 from .ingest import PARAGRAPH_SEP, Article
@@ -32,18 +33,28 @@ def passage_id(doc_id: str, paragraph_index: int) -> str:
     return f"{doc_id}#{paragraph_index}"
 
 
+_INITIAL = re.compile(r"[A-Z]\.")
+
+
 def split_sentences(text: str) -> list[Span]:
-    """Sentence spans of `text` (trailing white space excluded), from sentencex's rule-based segmenter."""
+    """Sentence spans of `text` (trailing white space excluded), from sentencex's rule-based segmenter.
+
+    A boundary inside an initialism is undone: sentencex knows "U.S." but cuts "Sino-U.S." and "non-U.S." after
+    the "U.", with no white space between the pieces."""
     import sentencex
 
-    spans = []
+    spans: list[Span] = []
     for b in sentencex.get_sentence_boundaries("en", text):
         start, end = b["start_index"], b["end_index"]
         while end > start and text[end - 1].isspace():
             end -= 1
         while start < end and text[start].isspace():
             start += 1
-        if end > start:
+        if end <= start:
+            continue
+        if spans and spans[-1][1] == start and _INITIAL.match(text, start):
+            spans[-1] = (spans[-1][0], end)
+        else:
             spans.append((start, end))
     return spans or ([(0, len(text))] if text.strip() else [])
 

@@ -9,6 +9,14 @@ def test_sentence_spans_are_exact_offsets():
                                              "Then U.S. officials left."]
 
 
+def test_a_sentence_is_not_cut_inside_an_initialism():
+    text = ("In an unusual disclosure of Sino-U.S. cooperation, the police acted. A non-U.K. firm bought it. "
+            "They shared these stories.Political geographers disagree.")
+    assert [text[s:e] for s, e in split_sentences(text)] == [
+        "In an unusual disclosure of Sino-U.S. cooperation, the police acted.", "A non-U.K. firm bought it.",
+        "They shared these stories.", "Political geographers disagree."]
+
+
 def test_windows_cover_every_sentence_with_overlap():
     spans = [(i * 10, i * 10 + 9) for i in range(10)]
     windows = make_windows(spans, [100] * 10, max_tokens=250)
