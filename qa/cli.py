@@ -211,7 +211,7 @@ def search(question, as_json, index_dir, **params):
         c = r["citation"]
         meta = ", ".join(x for x in (c["source"], c["author"], c["published"]) if x)
         click.echo(f"{r['rank']}. [{r['score']:.3f}] {r['title']}" + (f" ({meta})" if meta else "")
-                   + f" ¶{r['paragraph_index']}")
+                   + f" ¶{r['paragraph_index'] + 1}")  # counted from 1 for people, as on the web page
         click.echo("   " + r["text"] + "\n")
 
 
@@ -231,8 +231,8 @@ def ask(question, as_json, index_dir, **params):
         click.echo(body["answer"]["text"] + "\n")
     for c in body["citations"]:
         meta = ", ".join(x for x in (c["source"], c["author"], c["published"]) if x)
-        click.echo(f"[{c['n']}] {c['title']}" + (f" ({meta})" if meta else "") + f", paragraph {c['paragraph_index']}"
-                   + (f" <{c['url']}>" if c["url"] else ""))
+        click.echo(f"[{c['n']}] {c['title']}" + (f" ({meta})" if meta else "")
+                   + f", paragraph {c['paragraph_index'] + 1}" + (f" <{c['url']}>" if c["url"] else ""))
 
 
 @main.command("eval")

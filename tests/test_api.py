@@ -131,6 +131,18 @@ def test_cli_search_json_matches_the_api(client, seed_index_dir):
     assert [r["passage_id"] for r in cli["results"]] == [r["passage_id"] for r in api["results"]]
 
 
+def test_cli_text_counts_paragraphs_from_one_as_the_web_page_does(client, seed_index_dir):
+    runner = CliRunner()
+    api = client.get("/api/ask", query_string={"q": CHINA}).get_json()
+    res = runner.invoke(main, ["ask", CHINA, "--index-dir", seed_index_dir])
+    c = api["citations"][0]
+    assert res.exit_code == 0 and f"[1] {c['title']}" in res.stdout
+    assert f"paragraph {c['paragraph_index'] + 1}" in res.stdout.splitlines()[-1]
+    top = client.get("/api/search", query_string={"q": CHINA, "k": 1}).get_json()["results"][0]
+    res = runner.invoke(main, ["search", CHINA, "-k", "1", "--index-dir", seed_index_dir])
+    assert res.stdout.splitlines()[0].endswith(f"¶{top['paragraph_index'] + 1}")
+
+
 def test_cli_errors_are_one_line(tmp_path):
     res = CliRunner().invoke(main, ["search", "china", "--index-dir", str(tmp_path / "none")])
     assert res.exit_code != 0 and "qa build" in res.output and "Traceback" not in res.output
