@@ -29,6 +29,10 @@ ANSWER_PASSAGES = 5  # candidate sentences come from this many top passages
 MAX_SENTENCES = 3
 FOLLOW_MARGIN = 0.75  # further sentences (from other passages) within this many standard deviations of the best
 TOKEN_CACHE = 64  # passages whose token vectors are kept, most recently used first (~115 KB for 150 word pieces)
+# Token alignment is computed for the sentences of the passages that hold the best ALIGN_SENTENCES sentences by the
+# other signals (1.9 passages a question on squad-dev instead of 5): with 3, 4, 6 or all of them answer_hit@1 was the
+# same within 0.3 points on either half of squad-dev's questions.
+ALIGN_SENTENCES = 4
 
 @dataclasses.dataclass
 class AnswerSentence:
@@ -128,7 +132,7 @@ def alignments(embedder, question: str, sentences: Sequence[tuple[str, int, int]
 def score_sentences(result: SearchResult, embedder=None) -> list[tuple[float, int, int, int, int, float, float]]:
     """(score, hit position, sentence idx, start, end, cosine, coverage) for the sentences of the top passages,
     best first: standardised cosine + standardised term coverage + standardised passage score, plus the
-    standardised token alignment with the question when an embedder is given."""
+    standardised token alignment with the question when an embedder is given (see ALIGN_SENTENCES)."""
     rows = []
     for pos, hit in enumerate(result.hits[:ANSWER_PASSAGES]):
         for idx, start, end, cosine, cov in result.sentence_scores.get(hit.passage.rowid, []):
@@ -141,8 +145,15 @@ def score_sentences(result: SearchResult, embedder=None) -> list[tuple[float, in
     z_pas = zscores({i: rows[i][6] for i in ids})
     z_align = dict.fromkeys(ids, 0.0)
     if embedder is not None:
-        spans = [(result.hits[r[0]].passage.text, r[2], r[3]) for r in rows]
-        z_align = zscores(dict(zip(ids, alignments(embedder, result.query, spans).tolist())))
+        # aligned: the sentences of the passages holding the best few by the other signals; the rest get the
+        # lowest standardised alignment
+        best = sorted(ids, key=lambda i: -(z_cos[i] + z_cov[i] + z_pas[i]))[:ALIGN_SENTENCES]
+        passages = {rows[i][0] for i in best}
+        aligned = [i for i in ids if rows[i][0] in passages]
+        spans = [(result.hits[rows[i][0]].passage.text, rows[i][2], rows[i][3]) for i in aligned]
+        found = zscores(dict(zip(aligned, alignments(embedder, result.query, spans).tolist())))
+        floor = min(found.values())
+        z_align = {i: found.get(i, floor) for i in ids}
     scored = [(z_cos[i] + z_cov[i] + z_pas[i] + z_align[i], *rows[i][:6]) for i in ids]
     return sorted(scored, key=lambda r: -r[0])
 

@@ -56,3 +56,31 @@ def test_token_vectors_are_computed_once_per_text_and_the_oldest_are_dropped(fak
     assert calls[-1] == ["four"]
     cache.get(Counting(), ["one two"])  # evicted: the two most recent are "three" and "four"
     assert calls[-1] == ["one two"]
+
+
+def test_only_the_passages_of_the_best_sentences_are_aligned(seed_index_dir, embedder):
+    from qa.answer import ALIGN_SENTENCES, score_sentences
+    from qa.index import load_index
+    from qa.search import search
+
+    calls = []
+
+    class Counting:
+        model_name = "counting"  # its own entries in the token-vector cache
+
+        def token_vectors(self, texts):
+            calls.append(list(texts))
+            return embedder.token_vectors(texts)
+
+    index = load_index(seed_index_dir, embedder=embedder)
+    try:
+        result = search(index, "what actions has China taken?", 5)
+        plain = score_sentences(result)
+        aligned = score_sentences(result, Counting())
+    finally:
+        index.close()
+    question, passages = calls
+    assert question == ["what actions has China taken?"]
+    assert 1 <= len(passages) <= ALIGN_SENTENCES < len(plain)
+    assert result.hits[plain[0][1]].passage.text in passages  # the best sentence by the other signals is aligned
+    assert sorted(r[1:] for r in aligned) == sorted(r[1:] for r in plain)  # the same sentences, rescored
