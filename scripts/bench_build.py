@@ -30,7 +30,7 @@ import time
 
 sys.dont_write_bytecode = True  # no __pycache__ in scripts/
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from qa_harness import CORPORA, fmt, log, machine_note, markdown_table, run_build  # noqa: E402
+from qa_harness import CORPORA, fmt, log, machine_note, markdown_table, reference_model, run_build  # noqa: E402
 
 BACKENDS = ("torch", "onnx")
 TARGET = ("target: ratio ≤ 1.0 — a whole `qa build` takes no longer than sentence-transformers' encode() of the "
@@ -59,18 +59,7 @@ def read_articles(path: str, limit: int | None) -> list[str]:
 
 def reference(paragraphs: list[str], repeat: int) -> dict:
     """Seconds of sentence-transformers' encode() of `paragraphs` (model load excluded), and what it truncates."""
-    os.environ["HF_HUB_OFFLINE"] = "1"  # nothing is downloaded
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from sentence_transformers import SentenceTransformer
-    from transformers.utils import logging as hf_logging
-
-    from qa.embed import packaged_model_path
-
-    hf_logging.disable_progress_bar()  # no "Loading weights" bar in the output
-
-    t0 = time.perf_counter()
-    model = SentenceTransformer(str(packaged_model_path()), device="cpu")
-    load = time.perf_counter() - t0
+    model, load = reference_model()
     lengths = [len(ids) for ids in model.tokenizer(paragraphs, verbose=False)["input_ids"]]  # with [CLS], [SEP]
     model.encode(paragraphs[:BATCH_SIZE], batch_size=BATCH_SIZE)  # warm-up, not timed
     runs = []

@@ -31,7 +31,7 @@ import urllib.parse
 sys.dont_write_bytecode = True  # no __pycache__ in scripts/
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from qa_harness import (CORPORA, Server, build_index, copy_index, fmt, log, machine_note,  # noqa: E402
-                        markdown_table, percentile, read_questions)
+                        markdown_table, percentile, read_questions, reference_model)
 from qa_harness import http as http_call  # noqa: E402
 
 TARGETS = ("reference targets: p50 ≤ 15 ms, p99 ≤ 50 ms one client on 100k passages; "
@@ -117,17 +117,10 @@ def reference(questions: list[str], n: int = 200) -> dict:
     """p50 ms of the notes' two measurements, in this process before the server starts: one question at a time
     through sentence-transformers' encode() with PyTorch (model loaded beforehand, 20 untimed), and one query
     vector at a time against an exact FAISS index of 100k random unit vectors of 384 dimensions."""
-    os.environ["HF_HUB_OFFLINE"] = "1"  # nothing is downloaded
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import faiss
     import numpy as np
-    from sentence_transformers import SentenceTransformer
-    from transformers.utils import logging as hf_logging
 
-    from qa.embed import packaged_model_path
-
-    hf_logging.disable_progress_bar()
-    model = SentenceTransformer(str(packaged_model_path()), device="cpu")
+    model, _ = reference_model()
     for q in questions[:20]:
         model.encode([q])
     encode = []

@@ -1,5 +1,6 @@
-"""Shared helpers for scripts/soak and scripts/bench_query.py: a temporary index, a real `qa serve` on a free
-loopback port, small HTTP calls, percentiles and Markdown tables. Standard library only."""
+"""Shared helpers for scripts/soak and the benchmarks: a temporary index, a real `qa serve` on a free loopback port,
+small HTTP calls, percentiles and Markdown tables, the reference model. Standard library only at import (the
+reference model's libraries are imported when it is loaded)."""
 from __future__ import annotations
 
 import contextlib
@@ -31,6 +32,22 @@ CORPORA = {  # --corpus name -> (sources, the questions that go with it)
 def qa_env(**extra: str) -> dict:
     """The environment for every `qa` process: offline model, no tokenizer fork warnings."""
     return {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **extra}
+
+
+def reference_model():
+    """all-MiniLM-L6-v2 through sentence-transformers with PyTorch on the CPU, the benchmarks' reference, and the
+    seconds its load took (imports excluded). Offline; no progress bars."""
+    os.environ["HF_HUB_OFFLINE"] = "1"  # nothing is downloaded
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as hf_logging
+
+    from qa.embed import packaged_model_path
+
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar in the output
+    t0 = time.perf_counter()
+    model = SentenceTransformer(str(packaged_model_path()), device="cpu")
+    return model, time.perf_counter() - t0
 
 
 def log(msg: str) -> None:
