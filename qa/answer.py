@@ -143,18 +143,19 @@ def score_sentences(result: SearchResult, embedder=None) -> list[tuple[float, in
     z_cos = zscores({i: rows[i][4] for i in ids})
     z_cov = zscores({i: rows[i][5] for i in ids})
     z_pas = zscores({i: rows[i][6] for i in ids})
+    others = [z_cos[i] + z_cov[i] + z_pas[i] for i in ids]
     z_align = dict.fromkeys(ids, 0.0)
     if embedder is not None:
         # aligned: the sentences of the passages holding the best few by the other signals; the rest get the
         # lowest standardised alignment
-        best = sorted(ids, key=lambda i: -(z_cos[i] + z_cov[i] + z_pas[i]))[:ALIGN_SENTENCES]
+        best = sorted(ids, key=lambda i: -others[i])[:ALIGN_SENTENCES]
         passages = {rows[i][0] for i in best}
         aligned = [i for i in ids if rows[i][0] in passages]
         spans = [(result.hits[rows[i][0]].passage.text, rows[i][2], rows[i][3]) for i in aligned]
         found = zscores(dict(zip(aligned, alignments(embedder, result.query, spans).tolist())))
         floor = min(found.values())
         z_align = {i: found.get(i, floor) for i in ids}
-    scored = [(z_cos[i] + z_cov[i] + z_pas[i] + z_align[i], *rows[i][:6]) for i in ids]
+    scored = [(others[i] + z_align[i], *rows[i][:6]) for i in ids]
     return sorted(scored, key=lambda r: -r[0])
 
 
