@@ -84,3 +84,28 @@ def test_only_the_passages_of_the_best_sentences_are_aligned(seed_index_dir, emb
     assert 1 <= len(passages) <= ALIGN_SENTENCES < len(plain)
     assert result.hits[plain[0][1]].passage.text in passages  # the best sentence by the other signals is aligned
     assert sorted(r[1:] for r in aligned) == sorted(r[1:] for r in plain)  # the same sentences, rescored
+
+
+def test_a_sentence_is_aligned_together_with_the_one_before_it(seed_index_dir, embedder, monkeypatch):
+    import qa.answer as A
+    from qa.index import load_index
+    from qa.search import search
+
+    spans = []
+
+    def recording(e, question, sentences):
+        spans.extend(sentences)
+        return alignments(e, question, sentences)
+
+    monkeypatch.setattr(A, "alignments", recording)
+    index = load_index(seed_index_dir, embedder=embedder)
+    try:
+        result = search(index, "what actions has China taken?", 5)
+        scored = A.score_sentences(result, embedder)
+    finally:
+        index.close()
+    sentences = {(result.hits[pos].passage.text, idx): (start, end) for _, pos, idx, start, end, *_ in scored}
+    assert spans and any(start != sentences[(text, 0)][0] for text, start, _ in spans)  # some second sentence
+    for text, start, end in spans:
+        idx = next(i for (t, i), (_, e) in sentences.items() if t == text and e == end)
+        assert start == sentences[(text, max(idx - 1, 0))][0]  # from the sentence before it (or its own, if first)
