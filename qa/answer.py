@@ -3,8 +3,9 @@
 No sentence is generated: every answer sentence is a span of a returned passage (`text[start:end]`). A sentence is
 scored by how close it is to the question in meaning (its cosine), how much of the question's rare words it holds
 (IDF-weighted coverage), how well its word pieces, with those of the sentence before it, align with the question's
-one by one (the recall of BERTScore, in the model's contextual token vectors), and how well its passage ranks; the scores are standardised over the
-candidate sentences of one question, so no weight depends on a collection's score scale.
+one by one (the recall of BERTScore, in the model's contextual token vectors), and how well its passage ranks; the
+scores are standardised over the candidate sentences of one question, so no weight depends on a collection's score
+scale.
 """
 from __future__ import annotations
 
@@ -153,7 +154,9 @@ def score_sentences(result: SearchResult, embedder=None) -> list[tuple[float, in
         passages = {rows[i][0] for i in best}
         aligned = [i for i in ids if rows[i][0] in passages]
         # a sentence is aligned together with the one before it in its passage, so that the question's words
-        # named there count for it ("In 1873, Tesla returned home. Soon after, he contracted cholera.")
+        # named there count for it ("...changed by a Rhine straightening program. The rate of flow was increased
+        # and the ground water level fell." for "What happened with the ground water level with the Rhine
+        # straightening program?")
         starts = {(pos, idx): start for pos, idx, start, *_ in rows}
         spans = [(result.hits[rows[i][0]].passage.text, starts.get((rows[i][0], rows[i][1] - 1), rows[i][2]),
                   rows[i][3]) for i in aligned]
