@@ -32,12 +32,21 @@ LARGE_KIND = "hnsw"  # what `auto` picks at or above HNSW_THRESHOLD (see scripts
 # Search-time knobs, chosen with scripts/bench_scale.py so recall@10 against exact search stays >= 0.95 at 1M.
 HNSW_M = 32  # graph degree (level 0 keeps 2*M links)
 HNSW_EF_CONSTRUCTION = 64
-HNSW_EF_SEARCH = 256  # at 1M, 128 to 1024 gave the same recall@10 (0.967): the 8-bit codes limit it, not this
+HNSW_EF_SEARCH = 256
+# From HNSW_LARGE vectors the search goes wider: at 1M (scripts/bench_scale.py), efSearch 256 gave recall@10 0.951 and
+# 0.959 on two builds, 512 gave 0.956 and 0.969 (p50 1.5 ms against 0.7; every 8-bit code scanned: 0.977-0.980).
+HNSW_LARGE = 500_000
+HNSW_EF_SEARCH_LARGE = 512
 IVF_NPROBE = 64
 IVF_K_FACTOR = 32  # the PQ stage proposes k * IVF_K_FACTOR candidates, re-scored on the SQ8 codes (cheap)
 PQ_M = 48  # sub-quantizers (8 dims each at 384-d), 8 bits each
 TRAIN_MAX = 65_536  # training sample cap for the IVF-PQ coarse quantizer / PQ / SQ8 ranges
 EXACT_ALLOW_MAX = 20_000  # a filter allowing at most this many ids is searched exactly over their (SQ8) vectors
+
+
+def ef_search(n: int) -> int:
+    """HNSW's search breadth (efSearch) for an index of `n` vectors."""
+    return HNSW_EF_SEARCH_LARGE if n >= HNSW_LARGE else HNSW_EF_SEARCH
 
 
 @dataclasses.dataclass(frozen=True)
@@ -264,7 +273,8 @@ class FaissIndex:
             widen = min(8.0, max(1.0, int(self.index.ntotal) / max(len(allow), 1)))
         keep = [selectors, sel]
         if self.kind == "hnsw":
-            params = faiss.SearchParametersHNSW(sel=sel, efSearch=max(int(HNSW_EF_SEARCH * widen), k))
+            ef = ef_search(int(self.index.ntotal))
+            params = faiss.SearchParametersHNSW(sel=sel, efSearch=max(int(ef * widen), k))
         elif self.kind == "ivfpq":
             # IndexRefine hands only base_index_params to the IVF stage, so the selector goes there, translated
             # from external ids to the IDMap's internal positions by hand (IndexIDMap2 only translates top-level sel)

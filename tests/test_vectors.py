@@ -60,6 +60,27 @@ def test_choose_kind():
         V.choose_kind("nope", 10)
 
 
+
+def test_hnsw_searches_wider_from_a_size_on(data, monkeypatch):
+    ids, xb, xq = data
+    assert V.ef_search(V.HNSW_LARGE - 1) == V.HNSW_EF_SEARCH < V.ef_search(V.HNSW_LARGE) == V.HNSW_EF_SEARCH_LARGE
+    idx = V.FaissIndex(DIM, "hnsw")
+    idx.add(ids[:2_000], xb[:2_000])
+    import faiss
+
+    used, real = [], faiss.SearchParametersHNSW
+
+    def recording(**kw):
+        used.append(kw["efSearch"])
+        return real(**kw)
+
+    monkeypatch.setattr(faiss, "SearchParametersHNSW", recording)
+    idx.search(xq[:1], K)
+    monkeypatch.setattr(V, "HNSW_LARGE", 2_000)
+    idx.search(xq[:1], K)
+    assert used == [V.HNSW_EF_SEARCH, V.HNSW_EF_SEARCH_LARGE]
+
+
 def test_recall(built, data):
     kind, idx = built
     ids, xb, xq = data
