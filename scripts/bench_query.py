@@ -120,26 +120,25 @@ def reference(questions: list[str], n: int = 200) -> dict:
     import faiss
     import numpy as np
 
+    def p50_ms(call, items) -> float:
+        times = []
+        for item in items:
+            t0 = time.perf_counter()
+            call(item)
+            times.append((time.perf_counter() - t0) * 1000)
+        return percentile(times, 50)
+
     model, _ = reference_model()
     for q in questions[:20]:
         model.encode([q])
-    encode = []
-    for q in questions[20:20 + n]:
-        t0 = time.perf_counter()
-        model.encode([q])
-        encode.append((time.perf_counter() - t0) * 1000)
+    encode_ms = p50_ms(lambda q: model.encode([q]), questions[20:20 + n])
     del model
     rng = np.random.default_rng(0)
     vecs = rng.standard_normal((100_000, 384), dtype=np.float32)
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
     flat = faiss.IndexFlatIP(384)
     flat.add(vecs)
-    search = []
-    for q in vecs[:n]:
-        t0 = time.perf_counter()
-        flat.search(q[None, :], 10)
-        search.append((time.perf_counter() - t0) * 1000)
-    return {"encode_ms": percentile(encode, 50), "flat_ms": percentile(search, 50)}
+    return {"encode_ms": encode_ms, "flat_ms": p50_ms(lambda q: flat.search(q[None, :], 10), vecs[:n])}
 
 
 # --- (a) one client -------------------------------------------------------------------------------------------
