@@ -3,11 +3,12 @@
 
 Half of the squad-dev articles (every other one, by id) are indexed; the questions about them are answerable, the
 questions about the other half are not (their article is absent, so any answer is a wrong one, however close the
-topic). For every question the best-scoring answer sentence is found as `/api/ask` finds it, and its cosine and
-its IDF-weighted coverage of the question's words are recorded before the rule is applied. The table shows, for
-each cosine threshold (with the coverage escape at the current setting and switched off), the share of answerable
-questions still answered, answer_hit@1 over all answerable questions, and the share of unanswerable questions
-wrongly answered. The current constants are marked.
+topic). For every question the best-scoring answer sentence is found as `/api/ask` finds it, and its token
+alignment with the question, its cosine and its IDF-weighted coverage of the question's words are recorded before
+the rule is applied. The tables show, for each alignment threshold (with the coverage escape at the current setting
+and switched off), and for the sentence's cosine in the alignment's place (the rule before), the share of
+answerable questions still answered, answer_hit@1 over all answerable questions, and the share of unanswerable
+questions wrongly answered. The current constants are marked.
 
     .venv/bin/python scripts/calibrate_no_answer.py [--limit 1000] [--json]
 """
@@ -32,26 +33,27 @@ from qa.search import search  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SQUAD = os.path.join(ROOT, "eval", "squad-dev")
-COSINES = (0.20, 0.25, 0.30, 0.35, 0.40, 0.45, 0.50)
+THRESHOLDS = (0.35, 0.375, 0.40, 0.425, 0.45, 0.475, 0.50, 0.525, 0.55)
 
 
-def best_sentence(index, question: str) -> tuple[float, float, str] | None:
-    """(cosine, coverage, text) of the sentence /api/ask would put first, before the no-answer rule."""
+def best_sentence(index, question: str) -> dict | None:
+    """Alignment, cosine, coverage and text of the sentence /api/ask would put first, before the no-answer rule."""
     result = search(index, question, A.ANSWER_PASSAGES)
     scored = A.score_sentences(result, index.embedder)
     if not scored:
         return None
-    _, pos, _, start, end, cosine, coverage = scored[0]
-    return cosine, coverage, result.hits[pos].passage.text[start:end]
+    _, pos, _, start, end, cosine, coverage, _ = scored[0]
+    return {"alignment": A.sentence_alignment(result, index.embedder, scored[0]), "cosine": cosine,
+            "coverage": coverage, "text": result.hits[pos].passage.text[start:end]}
 
 
-def table(rows: list[dict], coverage_rule: float) -> list[dict]:
+def table(rows: list[dict], signal: str, coverage_rule: float) -> list[dict]:
     answerable = [r for r in rows if r["answerable"]]
     unanswerable = [r for r in rows if not r["answerable"]]
     out = []
-    for c in COSINES:
-        ok = lambda r: r["cosine"] is not None and (r["cosine"] >= c or r["coverage"] >= coverage_rule)  # noqa: E731
-        out.append({"cosine": c, "coverage": coverage_rule,
+    for c in THRESHOLDS:
+        ok = lambda r: r[signal] is not None and (r[signal] >= c or r["coverage"] >= coverage_rule)  # noqa: E731
+        out.append({signal: c, "coverage": coverage_rule,
                     "answered": sum(map(ok, answerable)) / max(len(answerable), 1),
                     "answer_hit@1": sum(1 for r in answerable if ok(r) and r["hit"]) / max(len(answerable), 1),
                     "false_answers": sum(map(ok, unanswerable)) / max(len(unanswerable), 1)})
@@ -88,26 +90,29 @@ def main(argv=None) -> int:
         for answerable, qs in sides.items():
             for q in qs:
                 best = best_sentence(index, q["question"])
-                rows.append({"answerable": answerable, "cosine": best[0] if best else None,
-                             "coverage": best[1] if best else 0.0,
-                             "hit": bool(best) and answer_contains(best[2], q.get("answers", []))})
+                rows.append({"answerable": answerable, "alignment": best and best["alignment"],
+                             "cosine": best and best["cosine"], "coverage": best["coverage"] if best else 0.0,
+                             "hit": bool(best) and answer_contains(best["text"], q.get("answers", []))})
         index.close()
-    tables = {"current": table(rows, A.NO_ANSWER_COVERAGE), "cosine only": table(rows, 2.0)}
+    tables = {"current": table(rows, "alignment", A.NO_ANSWER_COVERAGE),
+              "alignment only": table(rows, "alignment", 2.0),
+              "cosine in the alignment's place": table(rows, "cosine", A.NO_ANSWER_COVERAGE)}
     summary = {"answerable": len(sides[True]), "unanswerable": len(sides[False]),
-               "current": {"cosine": A.NO_ANSWER_COSINE, "coverage": A.NO_ANSWER_COVERAGE}, "tables": tables}
+               "current": {"alignment": A.NO_ANSWER_ALIGNMENT, "coverage": A.NO_ANSWER_COVERAGE}, "tables": tables}
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
     print(f"{len(sides[True])} answerable and {len(sides[False])} unanswerable squad-dev questions; "
-          f"current rule: cosine ≥ {A.NO_ANSWER_COSINE} or coverage ≥ {A.NO_ANSWER_COVERAGE}\n")
+          f"current rule: alignment ≥ {A.NO_ANSWER_ALIGNMENT} or coverage ≥ {A.NO_ANSWER_COVERAGE}\n")
     for name, rows_ in tables.items():
-        print(f"| cosine ≥ | coverage ≥ | answerable answered | answer_hit@1 | unanswerable answered (false) |\n"
-              "|---:|---:|---:|---:|---:|")
+        signal = "cosine" if "cosine" in rows_[0] else "alignment"
+        print(f"{name}:\n| {signal} ≥ | coverage ≥ | answerable answered | answer_hit@1 | "
+              "unanswerable answered (false) |\n|---:|---:|---:|---:|---:|")
         for r in rows_:
-            mark = " ←" if (r["cosine"], r["coverage"]) == (A.NO_ANSWER_COSINE, A.NO_ANSWER_COVERAGE) else ""
+            current = (r.get("alignment"), r["coverage"]) == (A.NO_ANSWER_ALIGNMENT, A.NO_ANSWER_COVERAGE)
             cov = "off" if r["coverage"] > 1 else f"{r['coverage']:.2f}"
-            print(f"| {r['cosine']:.2f}{mark} | {cov} | {r['answered']:.3f} | {r['answer_hit@1']:.3f} | "
-                  f"{r['false_answers']:.3f} |")
+            print(f"| {r[signal]:.3f}{' ←' if current else ''} | {cov} | {r['answered']:.3f} | "
+                  f"{r['answer_hit@1']:.3f} | {r['false_answers']:.3f} |")
         print()
     return 0
 

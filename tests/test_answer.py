@@ -83,7 +83,8 @@ def test_only_the_passages_of_the_best_sentences_are_aligned(seed_index_dir, emb
     assert question == ["what actions has China taken?"]
     assert 1 <= len(passages) <= ALIGN_SENTENCES < len(plain)
     assert result.hits[plain[0][1]].passage.text in passages  # the best sentence by the other signals is aligned
-    assert sorted(r[1:] for r in aligned) == sorted(r[1:] for r in plain)  # the same sentences, rescored
+    assert sorted(r[1:7] for r in aligned) == sorted(r[1:7] for r in plain)  # the same sentences, rescored
+    assert all(r[7] is None for r in plain) and any(r[7] is not None for r in aligned)
 
 
 def test_a_sentence_is_aligned_together_with_the_one_before_it(seed_index_dir, embedder, monkeypatch):
@@ -109,3 +110,51 @@ def test_a_sentence_is_aligned_together_with_the_one_before_it(seed_index_dir, e
     for text, start, end in spans:
         idx = next(i for (t, i), (_, e) in sentences.items() if t == text and e == end)
         assert start == sentences[(text, max(idx - 1, 0))][0]  # from the sentence before it (or its own, if first)
+
+
+def test_the_raw_alignment_is_kept_and_computed_for_a_sentence_left_unaligned(seed_index_dir, embedder):
+    import qa.answer as A
+    from qa.index import load_index
+    from qa.search import search
+
+    index = load_index(seed_index_dir, embedder=embedder)
+    try:
+        result = search(index, "what actions has China taken?", 5)
+        scored = A.score_sentences(result, embedder)
+        for row in scored:
+            if row[7] is not None:  # the raw alignment of the sentence read with the one before it
+                span = A.with_previous(result, *row[1:5])
+                assert row[7] == pytest.approx(float(A.alignments(embedder, result.query, [span])[0]), abs=1e-6)
+        unaligned = next(r for r in scored if r[7] is None)
+        computed = A.sentence_alignment(result, embedder, unaligned)
+        assert computed == pytest.approx(
+            float(A.alignments(embedder, result.query, [A.with_previous(result, *unaligned[1:5])])[0]), abs=1e-6)
+    finally:
+        index.close()
+
+
+def test_answerable_means_aligned_with_the_question_or_holding_its_rare_words():
+    from qa.answer import NO_ANSWER_ALIGNMENT, NO_ANSWER_COVERAGE, is_answerable
+
+    assert is_answerable(NO_ANSWER_ALIGNMENT, 0.0)
+    assert not is_answerable(NO_ANSWER_ALIGNMENT - 0.01, NO_ANSWER_COVERAGE - 0.01)
+    assert is_answerable(0.0, NO_ANSWER_COVERAGE)
+
+
+def test_no_answer_is_decided_on_the_best_sentence_s_alignment(seed_index_dir, embedder, monkeypatch):
+    import qa.answer as A
+    from qa.index import load_index
+
+    index = load_index(seed_index_dir, embedder=embedder)
+    try:
+        question = "How did China describe the talks?"
+        answered = A.answer_question(index, question)
+        assert "in-depth and pragmatic" in answered.sentences[0].text
+        best = A.score_sentences(answered.search, embedder)[0]
+        assert best[7] >= A.NO_ANSWER_ALIGNMENT and best[6] < A.NO_ANSWER_COVERAGE  # answered on alignment alone
+        monkeypatch.setattr(A, "NO_ANSWER_ALIGNMENT", best[7] + 0.01)  # the same sentence just under the bar
+        assert A.answer_question(index, question).no_answer
+        (nitrogen,) = [A.answer_question(index, "What is the boiling point of liquid nitrogen in Kelvin?")]
+        assert nitrogen.no_answer
+    finally:
+        index.close()
