@@ -6,9 +6,9 @@ questions about the other half are not (their article is absent, so any answer i
 topic). For every question the best-scoring answer sentence is found as `/api/ask` finds it, and its token
 alignment with the question, its cosine and its IDF-weighted coverage of the question's words are recorded before
 the rule is applied. The tables show, for each alignment threshold (with the coverage escape at the current setting
-and switched off), and for the sentence's cosine in the alignment's place (the rule before), the share of
-answerable questions still answered, answer_hit@1 over all answerable questions, and the share of unanswerable
-questions wrongly answered. The current constants are marked.
+and switched off), for the alignment the coverage escape still needs, and for the sentence's cosine in the
+alignment's place (the rule before), the share of answerable questions still answered, answer_hit@1 over all
+answerable questions, and the share of unanswerable questions wrongly answered. The current constants are marked.
 
     .venv/bin/python scripts/calibrate_no_answer.py [--limit 1000] [--json]
 """
@@ -34,6 +34,7 @@ from qa.search import search  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SQUAD = os.path.join(ROOT, "eval", "squad-dev")
 THRESHOLDS = (0.35, 0.375, 0.40, 0.425, 0.45, 0.475, 0.50, 0.525, 0.55)
+FLOORS = (0.0, 0.25, 0.30, 0.35, 0.40, 0.45)
 
 
 def best_sentence(index, question: str) -> dict | None:
@@ -47,13 +48,19 @@ def best_sentence(index, question: str) -> dict | None:
             "coverage": coverage, "text": result.hits[pos].passage.text[start:end]}
 
 
-def table(rows: list[dict], signal: str, coverage_rule: float) -> list[dict]:
+def table(rows: list[dict], signal: str, coverage_rule: float, floor: float = A.NO_ANSWER_ESCAPE_ALIGNMENT,
+          thresholds: tuple = THRESHOLDS, floors: tuple | None = None) -> list[dict]:
+    """The rule's outcome for each threshold on `signal` (or, given `floors`, for each floor of the coverage escape
+    at the current alignment threshold)."""
     answerable = [r for r in rows if r["answerable"]]
     unanswerable = [r for r in rows if not r["answerable"]]
     out = []
-    for c in THRESHOLDS:
-        ok = lambda r: r[signal] is not None and (r[signal] >= c or r["coverage"] >= coverage_rule)  # noqa: E731
-        out.append({signal: c, "coverage": coverage_rule,
+    for c, f in ([(A.NO_ANSWER_ALIGNMENT, f) for f in floors] if floors else [(c, floor) for c in thresholds]):
+        def ok(r, c=c, f=f):
+            escape = r["coverage"] >= coverage_rule and (signal == "cosine" or r["alignment"] >= f)
+            return r[signal] is not None and (r[signal] >= c or escape)
+
+        out.append({signal: c, "coverage": coverage_rule, "floor": f,
                     "answered": sum(map(ok, answerable)) / max(len(answerable), 1),
                     "answer_hit@1": sum(1 for r in answerable if ok(r) and r["hit"]) / max(len(answerable), 1),
                     "false_answers": sum(map(ok, unanswerable)) / max(len(unanswerable), 1)})
@@ -95,24 +102,28 @@ def main(argv=None) -> int:
                              "hit": bool(best) and answer_contains(best["text"], q.get("answers", []))})
         index.close()
     tables = {"current": table(rows, "alignment", A.NO_ANSWER_COVERAGE),
+              "the coverage escape's alignment floor": table(rows, "alignment", A.NO_ANSWER_COVERAGE, floors=FLOORS),
               "alignment only": table(rows, "alignment", 2.0),
               "cosine in the alignment's place": table(rows, "cosine", A.NO_ANSWER_COVERAGE)}
+    current = (A.NO_ANSWER_ALIGNMENT, A.NO_ANSWER_COVERAGE, A.NO_ANSWER_ESCAPE_ALIGNMENT)
     summary = {"answerable": len(sides[True]), "unanswerable": len(sides[False]),
-               "current": {"alignment": A.NO_ANSWER_ALIGNMENT, "coverage": A.NO_ANSWER_COVERAGE}, "tables": tables}
+               "current": dict(zip(("alignment", "coverage", "escape_alignment"), current)), "tables": tables}
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
     print(f"{len(sides[True])} answerable and {len(sides[False])} unanswerable squad-dev questions; "
-          f"current rule: alignment ≥ {A.NO_ANSWER_ALIGNMENT} or coverage ≥ {A.NO_ANSWER_COVERAGE}\n")
+          f"current rule: alignment ≥ {A.NO_ANSWER_ALIGNMENT}, or coverage ≥ {A.NO_ANSWER_COVERAGE} with alignment ≥ "
+          f"{A.NO_ANSWER_ESCAPE_ALIGNMENT}\n")
     for name, rows_ in tables.items():
         signal = "cosine" if "cosine" in rows_[0] else "alignment"
-        print(f"{name}:\n| {signal} ≥ | coverage ≥ | answerable answered | answer_hit@1 | "
-              "unanswerable answered (false) |\n|---:|---:|---:|---:|---:|")
+        print(f"{name}:\n| {signal} ≥ | coverage ≥ | escape needs alignment ≥ | answerable answered | answer_hit@1 | "
+              "unanswerable answered (false) |\n|---:|---:|---:|---:|---:|---:|")
         for r in rows_:
-            current = (r.get("alignment"), r["coverage"]) == (A.NO_ANSWER_ALIGNMENT, A.NO_ANSWER_COVERAGE)
+            mark = " ←" if (r.get("alignment"), r["coverage"], r["floor"]) == current else ""
             cov = "off" if r["coverage"] > 1 else f"{r['coverage']:.2f}"
-            print(f"| {r[signal]:.3f}{' ←' if current else ''} | {cov} | {r['answered']:.3f} | "
-                  f"{r['answer_hit@1']:.3f} | {r['false_answers']:.3f} |")
+            floor = "-" if signal == "cosine" or r["coverage"] > 1 else f"{r['floor']:.2f}"
+            print(f"| {r[signal]:.3f}{mark} | {cov} | {floor} | {r['answered']:.3f} | {r['answer_hit@1']:.3f} | "
+                  f"{r['false_answers']:.3f} |")
         print()
     return 0
 

@@ -134,11 +134,12 @@ def test_the_raw_alignment_is_kept_and_computed_for_a_sentence_left_unaligned(se
 
 
 def test_answerable_means_aligned_with_the_question_or_holding_its_rare_words():
-    from qa.answer import NO_ANSWER_ALIGNMENT, NO_ANSWER_COVERAGE, is_answerable
+    from qa.answer import NO_ANSWER_ALIGNMENT, NO_ANSWER_COVERAGE, NO_ANSWER_ESCAPE_ALIGNMENT, is_answerable
 
     assert is_answerable(NO_ANSWER_ALIGNMENT, 0.0)
     assert not is_answerable(NO_ANSWER_ALIGNMENT - 0.01, NO_ANSWER_COVERAGE - 0.01)
-    assert is_answerable(0.0, NO_ANSWER_COVERAGE)
+    assert is_answerable(NO_ANSWER_ESCAPE_ALIGNMENT, NO_ANSWER_COVERAGE)  # the question's rare words, some alignment
+    assert not is_answerable(NO_ANSWER_ESCAPE_ALIGNMENT - 0.01, 1.0)  # its words, but nothing else of it
 
 
 def test_no_answer_is_decided_on_the_best_sentence_s_alignment(seed_index_dir, embedder, monkeypatch):
@@ -152,9 +153,12 @@ def test_no_answer_is_decided_on_the_best_sentence_s_alignment(seed_index_dir, e
         assert "in-depth and pragmatic" in answered.sentences[0].text
         best = A.score_sentences(answered.search, embedder)[0]
         assert best[7] >= A.NO_ANSWER_ALIGNMENT and best[6] < A.NO_ANSWER_COVERAGE  # answered on alignment alone
+        assert A.answer_question(index, "What is the boiling point of liquid nitrogen in Kelvin?").no_answer
+        # "France" finds "Francisco" by its stem's prefix: coverage 0.5, but the sentence does not align
+        france = A.answer_question(index, "What is the capital of France?")
+        top = A.score_sentences(france.search, embedder)[0]
+        assert france.no_answer and top[6] >= A.NO_ANSWER_COVERAGE and top[7] < A.NO_ANSWER_ESCAPE_ALIGNMENT
         monkeypatch.setattr(A, "NO_ANSWER_ALIGNMENT", best[7] + 0.01)  # the same sentence just under the bar
         assert A.answer_question(index, question).no_answer
-        (nitrogen,) = [A.answer_question(index, "What is the boiling point of liquid nitrogen in Kelvin?")]
-        assert nitrogen.no_answer
     finally:
         index.close()
