@@ -48,14 +48,15 @@ def best_sentence(index, question: str) -> dict | None:
             "coverage": coverage, "text": result.hits[pos].passage.text[start:end]}
 
 
-def table(rows: list[dict], signal: str, coverage_rule: float, floor: float = A.NO_ANSWER_ESCAPE_ALIGNMENT,
-          thresholds: tuple = THRESHOLDS, floors: tuple | None = None) -> list[dict]:
+def table(rows: list[dict], signal: str, coverage_rule: float, floors: tuple | None = None) -> list[dict]:
     """The rule's outcome for each threshold on `signal` (or, given `floors`, for each floor of the coverage escape
     at the current alignment threshold)."""
     answerable = [r for r in rows if r["answerable"]]
     unanswerable = [r for r in rows if not r["answerable"]]
     out = []
-    for c, f in ([(A.NO_ANSWER_ALIGNMENT, f) for f in floors] if floors else [(c, floor) for c in thresholds]):
+    settings = ([(A.NO_ANSWER_ALIGNMENT, f) for f in floors] if floors
+                else [(c, A.NO_ANSWER_ESCAPE_ALIGNMENT) for c in THRESHOLDS])
+    for c, f in settings:
         def ok(r, c=c, f=f):
             escape = r["coverage"] >= coverage_rule and (signal == "cosine" or r["alignment"] >= f)
             return r[signal] is not None and (r[signal] >= c or escape)

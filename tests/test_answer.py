@@ -112,7 +112,8 @@ def test_a_sentence_is_aligned_together_with_the_one_before_it(seed_index_dir, e
         assert start == sentences[(text, max(idx - 1, 0))][0]  # from the sentence before it (or its own, if first)
 
 
-def test_the_raw_alignment_is_kept_and_computed_for_a_sentence_left_unaligned(seed_index_dir, embedder):
+def test_the_raw_alignment_is_kept_and_computed_for_a_sentence_left_unaligned(seed_index_dir, embedder,
+                                                                             monkeypatch):
     import qa.answer as A
     from qa.index import load_index
     from qa.search import search
@@ -120,15 +121,18 @@ def test_the_raw_alignment_is_kept_and_computed_for_a_sentence_left_unaligned(se
     index = load_index(seed_index_dir, embedder=embedder)
     try:
         result = search(index, "what actions has China taken?", 5)
+        monkeypatch.setattr(A, "ALIGN_SENTENCES", 1)  # only the best sentence's passage aligned while scoring
         scored = A.score_sentences(result, embedder)
         for row in scored:
             if row[7] is not None:  # the raw alignment of the sentence read with the one before it
                 span = A.with_previous(result, *row[1:5])
                 assert row[7] == pytest.approx(float(A.alignments(embedder, result.query, [span])[0]), abs=1e-6)
-        unaligned = next(r for r in scored if r[7] is None)
-        computed = A.sentence_alignment(result, embedder, unaligned)
-        assert computed == pytest.approx(
-            float(A.alignments(embedder, result.query, [A.with_previous(result, *unaligned[1:5])])[0]), abs=1e-6)
+        unaligned = [r for r in scored if r[7] is None]
+        assert any(r[2] > 0 for r in unaligned)  # a sentence with one before it in its passage among them
+        monkeypatch.setattr(A, "ALIGN_SENTENCES", 10**6)  # every passage aligned while scoring
+        everything = {r[1:3]: r[7] for r in A.score_sentences(result, embedder)}
+        for row in unaligned:  # computed on demand as scoring would have computed it
+            assert A.sentence_alignment(result, embedder, row) == pytest.approx(everything[row[1:3]], abs=1e-6)
     finally:
         index.close()
 
