@@ -156,7 +156,8 @@ def main() -> None:
             r = bench(kind, xb, xq, gt, args.k)
             rows.append(r)
             print(f"  {r['n']:>9,} {r['kind']}->{r['resolved']}: build {r['build_s']:.1f}s, {mib(r['bytes'])}, "
-                  f"p50 {r['p50']:.2f} ms, p99 {r['p99']:.2f} ms, recall@10 {r['recall']:.3f} ± {r['recall_se']:.3f}", flush=True)
+                  f"p50 {r['p50']:.2f} ms, p99 {r['p99']:.2f} ms, "
+                  f"recall@10 {r['recall']:.3f} ± {r['recall_se']:.3f}", flush=True)
         del xb
     print(f"\npeak RSS of this process: {mib(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)}\n")
     print("| vectors | kind | index | build (s) | index file | RSS delta | p50 (ms) | p99 (ms) | recall@10 |")

@@ -57,8 +57,10 @@ def table(rows: list[dict], signal: str, coverage_rule: float, floors: tuple | N
     settings = ([(A.NO_ANSWER_ALIGNMENT, f) for f in floors] if floors
                 else [(c, A.NO_ANSWER_ESCAPE_ALIGNMENT) for c in THRESHOLDS])
     for c, f in settings:
+        f = f if signal == "alignment" and coverage_rule <= 1 else None  # no floor: cosine rule, or no escape
+
         def ok(r, c=c, f=f):
-            escape = r["coverage"] >= coverage_rule and (signal == "cosine" or r["alignment"] >= f)
+            escape = r["coverage"] >= coverage_rule and (f is None or r["alignment"] >= f)
             return r[signal] is not None and (r[signal] >= c or escape)
 
         out.append({signal: c, "coverage": coverage_rule, "floor": f,
@@ -113,16 +115,16 @@ def main(argv=None) -> int:
         print(json.dumps(summary, indent=2))
         return 0
     print(f"{len(sides[True])} answerable and {len(sides[False])} unanswerable squad-dev questions; "
-          f"current rule: alignment ≥ {A.NO_ANSWER_ALIGNMENT}, or coverage ≥ {A.NO_ANSWER_COVERAGE} with alignment ≥ "
-          f"{A.NO_ANSWER_ESCAPE_ALIGNMENT}\n")
+          f"current rule: alignment ≥ {A.NO_ANSWER_ALIGNMENT}, or coverage ≥ {A.NO_ANSWER_COVERAGE} "
+          f"with alignment ≥ {A.NO_ANSWER_ESCAPE_ALIGNMENT}\n")
     for name, rows_ in tables.items():
         signal = "cosine" if "cosine" in rows_[0] else "alignment"
-        print(f"{name}:\n| {signal} ≥ | coverage ≥ | escape needs alignment ≥ | answerable answered | answer_hit@1 | "
-              "unanswerable answered (false) |\n|---:|---:|---:|---:|---:|---:|")
+        print(f"{name}:\n| {signal} ≥ | coverage ≥ | escape needs alignment ≥ | answerable answered | "
+              "answer_hit@1 | unanswerable answered (false) |\n|---:|---:|---:|---:|---:|---:|")
         for r in rows_:
             mark = " ←" if (r.get("alignment"), r["coverage"], r["floor"]) == current else ""
             cov = "off" if r["coverage"] > 1 else f"{r['coverage']:.2f}"
-            floor = "-" if signal == "cosine" or r["coverage"] > 1 else f"{r['floor']:.2f}"
+            floor = "-" if r["floor"] is None else f"{r['floor']:.2f}"
             print(f"| {r[signal]:.3f}{mark} | {cov} | {floor} | {r['answered']:.3f} | {r['answer_hit@1']:.3f} | "
                   f"{r['false_answers']:.3f} |")
         print()

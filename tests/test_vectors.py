@@ -60,7 +60,6 @@ def test_choose_kind():
         V.choose_kind("nope", 10)
 
 
-
 def test_hnsw_searches_wider_from_a_size_on(data, monkeypatch):
     ids, xb, xq = data
     assert V.ef_search(V.HNSW_LARGE - 1) == V.HNSW_EF_SEARCH < V.ef_search(V.HNSW_LARGE) == V.HNSW_EF_SEARCH_LARGE
