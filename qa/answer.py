@@ -1,16 +1,18 @@
 """Extractive answers: the sentences of the top passages that best answer the question, each with its citation.
 
 No sentence is generated: every answer sentence is a span of a returned passage (`text[start:end]`). A sentence is
-scored by how close it is to the question in meaning (its cosine), how much of the question's rare words it holds
-(IDF-weighted coverage), how well its word pieces, with those of the sentence before it, align with the question's
-one by one (the recall of BERTScore, in the model's contextual token vectors), and how well its passage ranks; the
-scores are standardised over the candidate sentences of one question, so no weight depends on a collection's score
-scale.
+scored by how close it is to the question in meaning (its cosine), how much of the question's words it holds, how
+well its word pieces, with those of the sentence before it, align with the question's one by one (after the recall
+of BERTScore, in the model's contextual token vectors), and how well its passage ranks. Coverage and alignment weigh
+the question's words by how few of the candidate sentences hold them, so the words that set the answer apart from
+its neighbours count, not the topic they share. The scores are standardised over the candidate sentences of one
+question, so no weight depends on a collection's score scale.
 """
 from __future__ import annotations
 
 import collections
 import dataclasses
+import re
 import threading
 from collections.abc import Sequence
 
@@ -20,16 +22,17 @@ from .search import SearchResult, search, zscores
 from .store import Filters
 
 # No answer when the best sentence neither aligns this well with the question (its token alignment, read with the
-# sentence before it, as it is scored) nor holds this share of the question's IDF weight. Calibrated by
-# scripts/calibrate_no_answer.py (half of squad-dev indexed; its questions answerable, the other half's not): the
-# highest alignment, in steps of 0.025, that keeps answer_hit@1 on answerable questions within half a point of
-# answering everything. At 0.475: 98.7% of answerable questions answered, 0.777 answer_hit@1 (0.782 with no rule),
-# 20% of unanswerable ones answered. The sentence's cosine in its place, at the same cost (0.40), let 29% through:
-# alignment tells an answer from a neighbouring topic better (AUC 0.981 against 0.956 for the cosine).
+# sentence before it, as it is scored, but the plain mean over the question's word pieces) nor holds this share of
+# the question's IDF weight over the collection. Calibrated by scripts/calibrate_no_answer.py (half of squad-dev
+# indexed; its questions answerable, the other half's not): the highest alignment, in steps of 0.025, that keeps
+# answer_hit@1 on answerable questions within half a point of answering everything. At 0.475: 98.8% of answerable
+# questions answered, 0.793 answer_hit@1 (0.797 with no rule), 20% of unanswerable ones answered. The sentence's
+# cosine in its place, at about the same cost (0.40), let 29% through: alignment tells an answer from a
+# neighbouring topic better (AUC 0.982 against 0.955 for the cosine).
 NO_ANSWER_ALIGNMENT = 0.475
 NO_ANSWER_COVERAGE = 0.50
 # The coverage escape still needs this much alignment: the highest floor, in steps of 0.05, that costs no answerable
-# question its hit (unanswerable ones answered 20.3% -> 19.7%). It turns away a sentence that holds the question's
+# question its hit (unanswerable ones answered 20.7% -> 20.1%). It turns away a sentence that holds the question's
 # words only by a false friend of the stem prefix: "Francisco" for "France" in "What is the capital of France?".
 NO_ANSWER_ESCAPE_ALIGNMENT = 0.35
 ANSWER_PASSAGES = 5  # candidate sentences come from this many top passages
@@ -40,6 +43,17 @@ TOKEN_CACHE = 64  # passages whose token vectors are kept, most recently used fi
 # other signals (1.9 passages a question on squad-dev instead of 5): with 3, 4, 6 or all of them answer_hit@1 was the
 # same within 0.3 points on either half of squad-dev's questions.
 ALIGN_SENTENCES = 4
+# The kind of answer a question asks for in so many words, and what a sentence holds to give one: a number for "how
+# many", "how much", "what percentage"...; a date for "when", "what year"... A sentence that holds one counts as
+# holding one more of the question's words, weighted like them by how few candidates hold it (`local_coverage`).
+_ASKS_NUMBER = re.compile(r"\bhow (many|much|long|old|far|large|big|tall|high)\b"
+                          r"|\bwhat (percentage|percent|proportion|number|amount)\b", re.I)
+_ASKS_DATE = re.compile(r"\bwhen\b|\b(what|which) (year|date|century|decade|month|day)\b", re.I)
+_NUMBER = re.compile(r"\d|\b(two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|twenty|thirty|forty|fifty"
+                     r"|sixty|seventy|eighty|ninety|hundred|thousand|million|billion|dozen)\b", re.I)
+_DATE = re.compile(r"\b\d{3,4}s?\b|\b(January|February|March|April|May|June|July|August|September|October"
+                   r"|November|December)\b|\bcentur(y|ies)\b")
+
 
 @dataclasses.dataclass
 class AnswerSentence:
@@ -114,26 +128,37 @@ class TokenVectors:
 _token_vectors = TokenVectors()
 
 
-def alignments(embedder, question: str, sentences: Sequence[tuple[str, int, int]]) -> np.ndarray:
-    """How well each sentence (passage text, start, end) aligns with the question word piece by word piece: the
-    mean, over the question's word pieces, of each one's best cosine with a word piece of the sentence. This is
-    the recall of BERTScore (Zhang et al., 2020), with unweighted tokens as its default. Token vectors are
-    contextual: the question's from its own pass, the sentence's from its whole passage's, so a sentence is read
-    in its context, and "illness" can find "cholera" where term coverage needs the word itself."""
-    if not sentences:
-        return np.zeros(0)
+def token_alignments(embedder, question: str, sentences: Sequence[tuple[str, int, int]]) -> np.ndarray:
+    """How well each sentence (passage text, start, end) aligns with each of the question's word pieces: the
+    piece's best cosine with a word piece of the sentence (sentences x question pieces; 0 for a sentence without
+    pieces). Token vectors are contextual: the question's from its own pass, the sentence's from its whole
+    passage's, so a sentence is read in its context, and "illness" can find "cholera" where term coverage needs the
+    word itself."""
     (qvecs, _), = embedder.token_vectors([question])
-    if not len(qvecs):
-        return np.zeros(len(sentences))
+    out = np.zeros((len(sentences), len(qvecs)))
+    if not sentences or not len(qvecs):
+        return out
     texts = list(dict.fromkeys(text for text, _, _ in sentences))
     states = dict(zip(texts, _token_vectors.get(embedder, texts)))
-    out = np.zeros(len(sentences))
     for i, (text, start, end) in enumerate(sentences):
         vecs, offsets = states[text]
         inside = (offsets[:, 0] < end) & (offsets[:, 1] > start) if len(offsets) else np.zeros(0, bool)
         if inside.any():
-            out[i] = float((qvecs @ vecs[inside].astype(np.float32).T).max(axis=1).mean())
+            out[i] = (qvecs @ vecs[inside].astype(np.float32).T).max(axis=1)
     return out
+
+
+def alignments(embedder, question: str, sentences: Sequence[tuple[str, int, int]]) -> np.ndarray:
+    """How well each sentence (passage text, start, end) aligns with the question word piece by word piece: the
+    mean, over the question's word pieces, of each one's best cosine with a word piece of the sentence
+    (`token_alignments`). This is the recall of BERTScore (Zhang et al., 2020), with unweighted tokens as its
+    default."""
+    return recall(token_alignments(embedder, question, sentences))
+
+
+def recall(pieces: np.ndarray) -> np.ndarray:
+    """The mean of each row of `token_alignments` (0 for a question without word pieces)."""
+    return pieces.mean(axis=1) if pieces.shape[1] else np.zeros(len(pieces))
 
 
 def with_previous(result: SearchResult, pos: int, idx: int, start: int, end: int) -> tuple[str, int, int]:
@@ -146,18 +171,25 @@ def with_previous(result: SearchResult, pos: int, idx: int, start: int, end: int
 
 def score_sentences(result: SearchResult, embedder=None) -> list[tuple]:
     """(score, hit position, sentence idx, start, end, cosine, coverage, alignment) for the sentences of the top
-    passages, best first: standardised cosine + standardised term coverage + standardised passage score, plus the
-    standardised token alignment with the question of the sentence read with the one before it, when an embedder is
-    given (see ALIGN_SENTENCES). `alignment` is the raw one, None for a sentence that was not aligned."""
-    rows = []
+    passages, best first: standardised cosine + standardised local term coverage (`local_coverage`; the kind of
+    answer asked for counts as one of the question's words, see `answer_kind`) + standardised passage score, plus
+    the standardised token alignment with the question of the sentence read with the one before it (the question's
+    word pieces weighted as `local_coverage` weighs words), when an embedder is given (see ALIGN_SENTENCES).
+    `coverage` is the sentence's share of the question's IDF weight over the collection (for the no-answer rule);
+    `alignment` is the raw one (the plain mean over the question's pieces), None for a sentence not aligned."""
+    rows, held = [], []
+    kind = answer_kind(result.query)
     for pos, hit in enumerate(result.hits[:ANSWER_PASSAGES]):
-        for idx, start, end, cosine, cov in result.sentence_scores.get(hit.passage.rowid, []):
+        for idx, start, end, cosine, cov, stems in result.sentence_scores.get(hit.passage.rowid, []):
             rows.append((pos, idx, start, end, cosine, cov, float(hit.scores["fused"])))
+            if kind is not None:  # the kind of answer asked for, as one more word of the question
+                stems = np.append(stems, bool(kind.search(hit.passage.text, start, end)))
+            held.append(stems)
     if not rows:
         return []
     ids = range(len(rows))
     z_cos = zscores({i: rows[i][4] for i in ids})
-    z_cov = zscores({i: rows[i][5] for i in ids})
+    z_cov = zscores(dict(enumerate(local_coverage(np.array(held, bool)).tolist())))
     z_pas = zscores({i: rows[i][6] for i in ids})
     others = [z_cos[i] + z_cov[i] + z_pas[i] for i in ids]
     z_align = dict.fromkeys(ids, 0.0)
@@ -173,12 +205,39 @@ def score_sentences(result: SearchResult, embedder=None) -> list[tuple]:
         # and the ground water level fell." for "What happened with the ground water level with the Rhine
         # straightening program?")
         spans = [with_previous(result, *rows[i][:4]) for i in aligned]
-        raw = dict(zip(aligned, alignments(embedder, result.query, spans).tolist()))
-        found = zscores(raw)
+        pieces = token_alignments(embedder, result.query, spans)
+        raw = dict(zip(aligned, recall(pieces).tolist()))
+        # ranked by the question's word pieces weighted as local coverage weighs its words: a piece that every
+        # candidate matches well (the topic) counts less than one that few match
+        found = zscores(dict(zip(aligned, local_coverage(pieces).tolist())))
         floor = min(found.values())
         z_align = {i: found.get(i, floor) for i in ids}
     scored = [(others[i] + z_align[i], *rows[i][:6], raw.get(i)) for i in ids]
     return sorted(scored, key=lambda r: -r[0])
+
+
+def answer_kind(question: str) -> re.Pattern | None:
+    """What a sentence holds that gives the kind of answer the question asks for in so many words (a number, a
+    date), or None."""
+    if _ASKS_NUMBER.search(question):
+        return _NUMBER
+    if _ASKS_DATE.search(question):
+        return _DATE
+    return None
+
+
+def local_coverage(held: np.ndarray) -> np.ndarray:
+    """Each candidate sentence's share of the question's words, a word weighted by how few of the candidate
+    sentences hold it (the IDF of BM25, over the candidates instead of the collection). The words that set the
+    answer apart from its neighbours count, not the topic that they all share: for "When did Mongke Khan die?" on
+    squad-dev, the passages are about Möngke Khan, so "die" picks "He died in 1259 without a successor." over the
+    sentence that names him. (Collection rarity is the passage score's part.) `held` is candidate sentences x
+    question words, each 1 or 0, or how closely the sentence holds the word (a word piece's best cosine in
+    `token_alignments`: then the candidates that hold a piece are counted softly)."""
+    n = np.clip(held, 0, 1).sum(axis=0)
+    weights = np.log1p((len(held) - n + 0.5) / (n + 0.5))
+    total = float(weights.sum())
+    return held @ weights / total if total > 0 else np.zeros(len(held))
 
 
 def sentence_alignment(result: SearchResult, embedder, row: tuple) -> float:

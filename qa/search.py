@@ -61,17 +61,18 @@ class SearchResult:
     hits: list[Hit]
     timings: dict
     query_vector: np.ndarray | None = None
-    sentence_rows: tuple = ((), (), ())  # (passage rowid, idx, start, end) per sentence, cosines, coverages
+    # per sentence: (passage rowid, idx, start, end), cosine, coverage, and which query stems it holds
+    sentence_rows: tuple = ((), (), (), ())
 
     @functools.cached_property
-    def sentence_scores(self) -> dict[int, list[tuple[int, int, int, float, float]]]:
-        """Per candidate passage rowid: (idx, start, end, cosine, coverage) of each of its sentences (for answers;
-        built on first use, so plain searches skip it)."""
+    def sentence_scores(self) -> dict[int, list[tuple[int, int, int, float, float, np.ndarray]]]:
+        """Per candidate passage rowid: (idx, start, end, cosine, coverage, held stems) of each of its sentences
+        (for answers; built on first use, so plain searches skip it)."""
         out: dict[int, list] = {}
-        meta, cosines, coverages = self.sentence_rows
-        for (rid, idx, start, end), c, v in zip(np.asarray(meta).tolist(), np.asarray(cosines).tolist(),
-                                                 np.asarray(coverages).tolist()):
-            out.setdefault(rid, []).append((idx, start, end, c, v))
+        meta, cosines, coverages, held = self.sentence_rows
+        for (rid, idx, start, end), c, v, h in zip(np.asarray(meta).tolist(), np.asarray(cosines).tolist(),
+                                                    np.asarray(coverages).tolist(), held):
+            out.setdefault(rid, []).append((idx, start, end, c, v, h))
         return out
 
 
@@ -167,11 +168,19 @@ class TermMatcher:
         return cls(weights)
 
     def coverages(self, texts: Sequence[str], spans: np.ndarray | Sequence[tuple[int, int, int]]) -> np.ndarray:
-        """Coverage of each span, given as rows (text number, start, end) in text order then start order: a word
-        counts where it starts with one of the query's stems. All texts are scanned at once, one pass per stem."""
+        """Coverage of each span, given as rows (text number, start, end) in text order then start order."""
+        return self.coverage(self.held(texts, spans))
+
+    def coverage(self, held: np.ndarray) -> np.ndarray:
+        """The share of the query's IDF weight held, from `held`'s rows."""
+        return held @ self.weights / self.total if self.total > 0 else np.zeros(len(held))
+
+    def held(self, texts: Sequence[str], spans: np.ndarray | Sequence[tuple[int, int, int]]) -> np.ndarray:
+        """Which of the query's stems each span holds (spans x stems, bool), spans as for `coverages`: a word
+        counts where it starts with the stem. All texts are scanned at once, one pass per stem."""
         n = len(spans)
-        if not self.stems or self.total <= 0 or not n:
-            return np.zeros(n)
+        if not self.stems or not n:
+            return np.zeros((n, len(self.stems)), bool)
         big = "\n".join(texts)
         low = big.replace("\u0130", "I").lower()  # İ is the one letter whose lower case is two characters
         flags = 0
@@ -191,7 +200,7 @@ class TermMatcher:
                 i = np.searchsorted(starts, found, side="right") - 1
                 inside = (i >= 0) & (found < ends[np.maximum(i, 0)])
                 held[i[inside], j] = True
-        return held @ self.weights / self.total
+        return held
 
 
 # --- validation --------------------------------------------------------------------------------------------
@@ -312,7 +321,7 @@ def _search(index, query: str, k: int, mode: str, filters: Filters | None, depth
     dense_s: dict[int, float] = dict(dense)
     lex_s: dict[int, float] = dict(lexical)
     sent_s: dict[int, float] = {}
-    sentence_rows: tuple = ((), (), ())
+    sentence_rows: tuple = ((), (), (), ())
     evidence: dict[int, float] = {}
     if mode != "dense":
         # exact BM25 with term proximity for every candidate (the lexical side's top-k search leaves proximity out
@@ -337,10 +346,11 @@ def _search(index, query: str, k: int, mode: str, filters: Filters | None, depth
             owners = meta[first, 0].tolist()
             pos = np.cumsum(first) - 1  # each sentence's passage number
             cosines = svecs @ qvec
-            covs = matcher.coverages([texts.get(rid, "") for rid in owners], np.column_stack((pos, meta[:, 2:])))
+            held = matcher.held([texts.get(rid, "") for rid in owners], np.column_stack((pos, meta[:, 2:])))
+            covs = matcher.coverage(held)
             sent_s = dict(zip(owners, np.maximum.reduceat(cosines, np.flatnonzero(first)).tolist()))
             evidence = dict(zip(owners, sentence_evidence(pos, cosines, covs, len(owners)).tolist()))
-            sentence_rows = (meta, cosines, covs)
+            sentence_rows = (meta, cosines, covs, held)
     if mode == "dense":
         fused = fuse_dense(dense_s, sent_s, candidates)
     elif mode == "lexical":

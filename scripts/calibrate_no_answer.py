@@ -9,6 +9,8 @@ the rule is applied. The tables show, for each alignment threshold (with the cov
 and switched off), for the alignment the coverage escape still needs, and for the sentence's cosine in the
 alignment's place (the rule before), the share of answerable questions still answered, answer_hit@1 over all
 answerable questions, and the share of unanswerable questions wrongly answered. The current constants are marked.
+The area under the ROC curve of the best sentence's alignment and of its cosine (answerable against unanswerable)
+shows which signal tells the two apart better at any threshold.
 
     .venv/bin/python scripts/calibrate_no_answer.py [--limit 1000] [--json]
 """
@@ -21,6 +23,8 @@ import random
 import sys
 import tempfile
 import time
+
+import numpy as np
 
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -70,6 +74,17 @@ def table(rows: list[dict], signal: str, coverage_rule: float, floors: tuple | N
     return out
 
 
+def auc(rows: list[dict], signal: str) -> float:
+    """The area under the ROC curve of the best sentence's `signal` as a test of answerable against unanswerable:
+    the chance that an answerable question's is higher than an unanswerable one's (ties count half)."""
+    neg = np.sort([r[signal] for r in rows if not r["answerable"] and r[signal] is not None])
+    pos = np.array([r[signal] for r in rows if r["answerable"] and r[signal] is not None])
+    if not len(pos) or not len(neg):
+        return float("nan")
+    below, upto = np.searchsorted(neg, pos, "left"), np.searchsorted(neg, pos, "right")
+    return float((below + (upto - below) / 2).sum() / (len(pos) * len(neg)))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--limit", type=int, help="questions per side (a random sample, seed 0)")
@@ -110,13 +125,16 @@ def main(argv=None) -> int:
               "cosine in the alignment's place": table(rows, "cosine", A.NO_ANSWER_COVERAGE)}
     current = (A.NO_ANSWER_ALIGNMENT, A.NO_ANSWER_COVERAGE, A.NO_ANSWER_ESCAPE_ALIGNMENT)
     summary = {"answerable": len(sides[True]), "unanswerable": len(sides[False]),
-               "current": dict(zip(("alignment", "coverage", "escape_alignment"), current)), "tables": tables}
+               "current": dict(zip(("alignment", "coverage", "escape_alignment"), current)),
+               "auc": {signal: auc(rows, signal) for signal in ("alignment", "cosine")}, "tables": tables}
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
     print(f"{len(sides[True])} answerable and {len(sides[False])} unanswerable squad-dev questions; "
           f"current rule: alignment ≥ {A.NO_ANSWER_ALIGNMENT}, or coverage ≥ {A.NO_ANSWER_COVERAGE} "
-          f"with alignment ≥ {A.NO_ANSWER_ESCAPE_ALIGNMENT}\n")
+          f"with alignment ≥ {A.NO_ANSWER_ESCAPE_ALIGNMENT}")
+    print(f"area under the ROC curve, answerable against unanswerable: the best sentence's alignment "
+          f"{summary['auc']['alignment']:.3f}, its cosine {summary['auc']['cosine']:.3f}\n")
     for name, rows_ in tables.items():
         signal = "cosine" if "cosine" in rows_[0] else "alignment"
         print(f"{name}:\n| {signal} ≥ | coverage ≥ | escape needs alignment ≥ | answerable answered | "

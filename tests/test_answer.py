@@ -1,4 +1,6 @@
 """Answer sentence scoring: token alignment with the question, and its cache of passages' token vectors."""
+import os
+
 import numpy as np
 import pytest
 
@@ -93,12 +95,13 @@ def test_a_sentence_is_aligned_together_with_the_one_before_it(seed_index_dir, e
     from qa.search import search
 
     spans = []
+    real = A.token_alignments
 
     def recording(e, question, sentences):
         spans.extend(sentences)
-        return alignments(e, question, sentences)
+        return real(e, question, sentences)
 
-    monkeypatch.setattr(A, "alignments", recording)
+    monkeypatch.setattr(A, "token_alignments", recording)
     index = load_index(seed_index_dir, embedder=embedder)
     try:
         result = search(index, "what actions has China taken?", 5)
@@ -164,5 +167,122 @@ def test_no_answer_is_decided_on_the_best_sentence_s_alignment(seed_index_dir, e
         assert france.no_answer and top[6] >= A.NO_ANSWER_COVERAGE and top[7] < A.NO_ANSWER_ESCAPE_ALIGNMENT
         monkeypatch.setattr(A, "NO_ANSWER_ALIGNMENT", best[7] + 0.01)  # the same sentence just under the bar
         assert A.answer_question(index, question).no_answer
+    finally:
+        index.close()
+
+
+def test_local_coverage_weighs_the_words_that_set_a_candidate_apart():
+    from qa.answer import local_coverage
+
+    # stems: "khan" (in every candidate), "die" (in one), "song" (in two)
+    held = np.array([[1, 0, 1], [1, 1, 0], [1, 0, 1], [1, 0, 0]], bool)
+    cov = local_coverage(held)
+    assert cov[1] > cov[0] == cov[2] > cov[3] > 0  # the one that holds "die" leads; "khan" alone counts least
+    assert cov.max() < 1 and local_coverage(np.ones((3, 2), bool)).tolist() == pytest.approx([1, 1, 1])
+    assert local_coverage(np.zeros((2, 0), bool)).tolist() == [0, 0]  # a question without content words
+    assert local_coverage(np.zeros((0, 2), bool)).shape == (0,)
+
+
+@pytest.fixture(scope="module")
+def doctor_who_index(tmp_path_factory, embedder):
+    """squad-dev's Doctor Who article, built with the real model."""
+    import json
+
+    from conftest import SQUAD
+    from qa.index import build_index
+
+    folder = tmp_path_factory.mktemp("doctor-who")
+    with open(os.path.join(SQUAD, "articles.jsonl"), encoding="utf-8") as f:
+        article = next(line for line in f if json.loads(line)["id"] == "Doctor_Who")
+    (folder / "doctor-who.jsonl").write_text(article, encoding="utf-8")
+    build_index([str(folder / "doctor-who.jsonl")], str(folder / "index"), embedder=embedder)
+    return str(folder / "index")
+
+
+def test_the_answer_is_the_sentence_with_the_question_s_distinguishing_words(doctor_who_index, embedder,
+                                                                            monkeypatch):
+    # the answer holds "Fourth" and "Doctor"; a sentence on spoofs of the show holds "Doctor" and "comedians", the
+    # rarer word in the collection. Among the candidates (16 of 21 hold "Doctor") both are held once: they tie on
+    # coverage, and the other signals pick the answer ("often" finds "frequently" by meaning)
+    import qa.answer as A
+    from qa.index import load_index
+    from qa.search import TermMatcher
+    from qa.store import query_terms
+
+    index = load_index(doctor_who_index, embedder=embedder)
+    try:
+        question = "Who often plays the Fourth Doctor in comedy parodies?"
+        first = A.answer_question(index, question).sentences[0].text
+        assert first == "Jon Culshaw frequently impersonates the Fourth Doctor in the BBC Dead Ringers series."
+        # the question's share of IDF weight over the collection in its place: the sentence on spoofs
+        matcher = TermMatcher.for_query(index, query_terms(question), index.passage_count)
+        local = A.local_coverage
+        monkeypatch.setattr(A, "local_coverage", lambda h: matcher.coverage(h) if h.dtype == bool else local(h))
+        assert "Culshaw" not in A.answer_question(index, question).sentences[0].text
+    finally:
+        index.close()
+
+
+def test_the_kind_of_answer_asked_for_is_read_from_the_question_s_words():
+    from qa.answer import answer_kind
+
+    number, date = answer_kind("How many troops?"), answer_kind("When did it open?")
+    assert answer_kind("how much did it cost") is number and answer_kind("What percentage voted?") is number
+    assert answer_kind("In what year was it built?") is date and answer_kind("Which century?") is date
+    assert answer_kind("Who built it?") is None and answer_kind("What is a whenua?") is None
+    assert number.search("It cost $4 million") and number.search("twelve ships") and not number.search("one of them")
+    assert date.search("in the 1930s") and date.search("on 4 May") and not date.search("it may rain")
+    assert not date.search("five ships")
+
+
+def test_a_sentence_holding_the_kind_of_answer_asked_for_counts_as_holding_a_word_more(tmp_path, fake_embedder,
+                                                                                     monkeypatch):
+    import json
+
+    import qa.answer as A
+    from qa.index import build_index, load_index
+    from qa.search import search
+
+    path = tmp_path / "bridge.jsonl"
+    path.write_text(json.dumps({"id": "bridge", "title": "Bridge", "paragraphs": [
+        "The new bridge was opened by the mayor. The new bridge was opened in 1932 after years of work."]}) + "\n")
+    build_index([str(path)], str(tmp_path / "index"), embedder=fake_embedder)
+    index = load_index(str(tmp_path / "index"), embedder=fake_embedder)
+    try:
+        def lead(question):  # the 1932 sentence's score less the other's
+            scores = {row[2]: row[0] for row in A.score_sentences(search(index, question, 5))}
+            return scores[1] - scores[0]
+
+        asked = lead("When was the new bridge opened?")
+        monkeypatch.setattr(A, "answer_kind", lambda question: None)
+        assert asked > lead("When was the new bridge opened?") + 0.5
+    finally:
+        index.close()
+
+
+def test_token_alignments_are_each_question_piece_s_best_cosine(fake_embedder):
+    from qa.answer import recall, token_alignments
+
+    text = "Tickets cost four dollars. The ferry sails on Monday."
+    pieces = token_alignments(fake_embedder, "ferry Monday", sentences(text))
+    assert pieces.shape == (2, 2) and pieces[1] == pytest.approx([1, 1], abs=1e-3) and (pieces[0] < 0.5).all()
+    assert recall(pieces).tolist() == pytest.approx(alignments(fake_embedder, "ferry Monday", sentences(text)))
+    assert token_alignments(fake_embedder, "ferry", []).shape == (0, 1) and recall(np.zeros((2, 0))).tolist() == [0, 0]
+
+
+def test_the_alignment_ranks_by_the_question_s_pieces_that_few_candidates_match(doctor_who_index, embedder,
+                                                                                monkeypatch):
+    # every candidate matches "Master" and "series" well; "first played" sets the answer apart
+    import qa.answer as A
+    from qa.index import load_index
+
+    index = load_index(doctor_who_index, embedder=embedder)
+    try:
+        question = "Who first played the Master in the 2007 series?"
+        assert "Derek Jacobi" in A.answer_question(index, question).sentences[0].text
+        local = A.local_coverage
+        # every piece weighted alike (the raw alignment) in the ranking: another actor who played the Master
+        monkeypatch.setattr(A, "local_coverage", lambda m: A.recall(m) if m.dtype != bool else local(m))
+        assert "Derek Jacobi" not in A.answer_question(index, question).sentences[0].text
     finally:
         index.close()
