@@ -53,6 +53,11 @@ _NUMBER = re.compile(r"\d|\b(two|three|four|five|six|seven|eight|nine|ten|eleven
                      r"|sixty|seventy|eighty|ninety|hundred|thousand|million|billion|dozen)\b", re.I)
 _DATE = re.compile(r"\b\d{3,4}s?\b|\b(January|February|March|April|May|June|July|August|September|October"
                    r"|November|December)\b|\bcentur(y|ies)\b")
+# A sentence that goes on with the one before it ("She also said China has started to send information to..."
+# after a quote on China's enforcement actions): "also", "added", "further"... among its first words. News spreads a
+# speaker's points over paragraphs of a sentence or two, so an answer's next point is often the next paragraph's.
+_CONTINUES = re.compile(r"\W*(?:[\w’'-]+\W+){0,3}?(?:also|added|adding|further|furthermore|moreover|additionally"
+                        r"|in addition)\b", re.I)
 
 
 @dataclasses.dataclass
@@ -250,11 +255,12 @@ def sentence_alignment(result: SearchResult, embedder, row: tuple) -> float:
 def answer_question(index, question: str, k: int = 5, *, mode: str = "hybrid",
                     filters: Filters | None = None) -> Answer:
     """Search, then pick the best answering sentences; no answer when nothing is relevant enough."""
-    # sentence evidence needs the dense side: lexical mode still answers from its own ranking
-    result = search(index, question, max(k, ANSWER_PASSAGES), mode=mode if mode != "lexical" else "hybrid",
-                    filters=filters)
+    # sentence evidence needs the dense side: lexical mode still answers from its own ranking. Twice the passages
+    # that answers are drawn from are ranked, so that an answer's continuation in the next paragraph can be cited
+    reach = 2 * max(k, ANSWER_PASSAGES)
+    result = search(index, question, reach, mode=mode if mode != "lexical" else "hybrid", filters=filters)
     if mode == "lexical":
-        result = dataclasses.replace(result, hits=search(index, question, max(k, ANSWER_PASSAGES), mode="lexical",
+        result = dataclasses.replace(result, hits=search(index, question, reach, mode="lexical",
                                                          filters=filters).hits, mode="lexical")
     scored = score_sentences(result, index.embedder)
 
@@ -275,6 +281,7 @@ def answer_question(index, question: str, k: int = 5, *, mode: str = "hybrid",
             used_passages.add(pos)
             if len(chosen) >= MAX_SENTENCES:
                 break
+    chosen = with_continuations(result, index.embedder, chosen)
     citations, numbers, sentences = [], {}, []
     hits = result.hits[:k]
     for row in chosen:
@@ -293,6 +300,45 @@ def answer_question(index, question: str, k: int = 5, *, mode: str = "hybrid",
                           "author": p.author, "url": p.url, "published": p.published})
     result = dataclasses.replace(result, hits=hits)
     return Answer(question, sentences, citations, result)
+
+
+def next_sentence(result: SearchResult, pos: int, idx: int) -> tuple | None:
+    """(hit position, idx, start, end, coverage) of the sentence after sentence `idx` of hit `pos` in its article: the
+    next of its passage, or the first of the article's next paragraph when that is among the hits; None if none."""
+    passage = result.hits[pos].passage
+    rows = result.sentence_scores.get(passage.rowid, [])
+    for i, start, end, _, cov, _ in rows:
+        if i == idx + 1:
+            return pos, i, start, end, cov
+    if not rows or idx != rows[-1][0]:
+        return None
+    for p, hit in enumerate(result.hits):
+        if hit.passage.doc_id == passage.doc_id and hit.passage.paragraph_index == passage.paragraph_index + 1:
+            following = result.sentence_scores.get(hit.passage.rowid, [])
+            return (p, *following[0][:3], following[0][4]) if following else None
+    return None
+
+
+def with_continuations(result: SearchResult, embedder, chosen: list[tuple]) -> list[tuple]:
+    """The chosen answer rows, each followed by the sentence after it in its article when that one goes on with it
+    (`_CONTINUES`) and is an answer in its own right (the no-answer rule on its own alignment, without the sentence
+    before it), up to MAX_SENTENCES in all. A continuation's row keeps the score of the sentence it continues."""
+    out: list[tuple] = []
+    taken = {row[1:3] for row in chosen}
+    for n, row in enumerate(chosen):
+        out.append(row)
+        following = next_sentence(result, row[1], row[2])
+        if following is None or len(out) + len(chosen) - n - 1 >= MAX_SENTENCES or following[:2] in taken:
+            continue
+        pos, idx, start, end, cov = following
+        text = result.hits[pos].passage.text
+        if not _CONTINUES.match(text, start, end):
+            continue
+        alignment = float(alignments(embedder, result.query, [(text, start, end)])[0])
+        if is_answerable(alignment, cov):
+            out.append((row[0], pos, idx, start, end, None, cov, alignment))
+            taken.add((pos, idx))
+    return out
 
 
 def is_answerable(alignment: float, cov: float) -> bool:

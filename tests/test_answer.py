@@ -286,3 +286,49 @@ def test_the_alignment_ranks_by_the_question_s_pieces_that_few_candidates_match(
         assert "Derek Jacobi" not in A.answer_question(index, question).sentences[0].text
     finally:
         index.close()
+
+
+COUNCIL = ["The council has taken action on the bridge. It closed the bridge to lorries in March.",
+           "The mayor also said the council will repair the bridge before winter.",
+           "Officials also said it was sunny.",
+           "Repairs to the bridge by the council were also discussed in 1990."]
+
+
+@pytest.fixture()
+def council_index(tmp_path, fake_embedder):
+    import json
+
+    from qa.index import build_index
+
+    path = tmp_path / "council.jsonl"
+    path.write_text(json.dumps({"id": "council", "title": "Council", "paragraphs": COUNCIL}) + "\n")
+    build_index([str(path)], str(tmp_path / "index"), embedder=fake_embedder)
+    return str(tmp_path / "index")
+
+
+def test_an_answer_goes_on_into_the_sentence_that_continues_it(council_index, fake_embedder, monkeypatch):
+    import qa.answer as A
+    from qa.index import load_index
+    from qa.search import search
+
+    index = load_index(council_index, embedder=fake_embedder)
+    try:
+        result = search(index, "what has the council done on the bridge", 10)
+        pos = {h.passage.paragraph_index: p for p, h in enumerate(result.hits)}
+        # the next sentence of the passage, then the first of the article's next paragraph, then none after the last
+        assert A.next_sentence(result, pos[0], 0)[:2] == (pos[0], 1)
+        assert A.next_sentence(result, pos[0], 1)[:3] == (pos[1], 0, 0)
+        assert A.next_sentence(result, pos[3], 0) is None
+        first = next(r for r in A.score_sentences(result, fake_embedder) if r[1] == pos[0] and r[2] == 1)
+        out = A.with_continuations(result, fake_embedder, [first])
+        assert [(r[1], r[2]) for r in out] == [(pos[0], 1), (pos[1], 0)]  # "The mayor also said the council will..."
+        assert out[1][0] == first[0] and out[1][7] >= A.NO_ANSWER_ALIGNMENT
+        # no continuation when the next sentence does not go on ("It closed...") or does not answer ("sunny")
+        opening = next(r for r in A.score_sentences(result, fake_embedder) if r[1] == pos[0] and r[2] == 0)
+        assert A.with_continuations(result, fake_embedder, [opening]) == [opening]
+        mayor = next(r for r in A.score_sentences(result, fake_embedder) if r[1] == pos[1])
+        assert A.with_continuations(result, fake_embedder, [mayor]) == [mayor]
+        monkeypatch.setattr(A, "MAX_SENTENCES", 1)  # no room
+        assert A.with_continuations(result, fake_embedder, [first]) == [first]
+    finally:
+        index.close()

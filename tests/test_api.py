@@ -76,7 +76,9 @@ def test_ask_answers_with_verifiable_citations(client):
     for s in body["answer"]["sentences"]:
         assert texts[s["passage_id"]][s["start"]:s["end"]] == s["text"]
         assert f"[{s['citation']}]" in body["answer"]["text"]
-    assert any(s in body["answer"]["text"] for s in ANSWERING + ("concrete steps",))
+    # China's enforcement actions, and (the next paragraph: "She also said China has started to send...") its
+    # reports to the International Narcotics Control Board
+    assert all(s in body["answer"]["text"] for s in ANSWERING)
     assert {c["n"] for c in body["citations"]} == {s["citation"] for s in body["answer"]["sentences"]}
 
 
@@ -137,7 +139,8 @@ def test_cli_text_counts_paragraphs_from_one_as_the_web_page_does(client, seed_i
     res = runner.invoke(main, ["ask", CHINA, "--index-dir", seed_index_dir])
     c = api["citations"][0]
     assert res.exit_code == 0 and f"[1] {c['title']}" in res.stdout
-    assert f"paragraph {c['paragraph_index'] + 1}" in res.stdout.splitlines()[-1]
+    first = next(line for line in res.stdout.splitlines() if line.startswith("[1] "))
+    assert first.endswith(f"paragraph {c['paragraph_index'] + 1}")
     top = client.get("/api/search", query_string={"q": CHINA, "k": 1}).get_json()["results"][0]
     res = runner.invoke(main, ["search", CHINA, "-k", "1", "--index-dir", seed_index_dir])
     assert res.stdout.splitlines()[0].endswith(f"¶{top['paragraph_index'] + 1}")
