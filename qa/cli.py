@@ -75,7 +75,8 @@ def _backend_choices(values: tuple[str, ...]) -> tuple[str | None, str | None]:
                                             "the packaged all-MiniLM-L6-v2].")
 @click.option("--backend", "backends", multiple=True, type=click.Choice(["torch", "onnx", "faiss", "milvus"]),
               help="Embedding backend (torch, onnx) and/or vector backend (faiss, milvus); repeatable.")
-@click.option("--index-type", "kind", type=click.Choice(["auto", "flat", "hnsw", "ivfpq"]), default="auto", show_default=True,
+@click.option("--index-type", "kind", type=click.Choice(["auto", "flat", "hnsw", "ivfpq"]), default="auto",
+              show_default=True,
               help="Vector index type; auto picks exact search below 100k vectors, HNSW (SQ8) above.")
 @click.option("--milvus-uri", default=None, help="Milvus server (http://host:19530) or Milvus Lite file (*.db) "
                                                  "[default: milvus.db in the index folder]; implies --backend milvus.")

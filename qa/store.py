@@ -2,8 +2,9 @@
 
 The index folder holds `manifest.json` and one data folder per full build (`data-<timestamp>/`); the manifest names
 the live one. A full build writes a new data folder and swaps the manifest atomically; incremental writes change
-the live data folder in SQLite transactions and are journaled, so a full build can replay those made meanwhile. SQLite is the source of truth: it keeps every vector, so the FAISS file
-is a derived copy that can always be rebuilt from it without re-embedding.
+the live data folder in SQLite transactions and are journaled, so a full build can replay those made meanwhile.
+SQLite is the source of truth: it keeps every vector, so the FAISS file is a derived copy that can always be rebuilt
+from it without re-embedding.
 """
 from __future__ import annotations
 
@@ -202,12 +203,12 @@ def from_blobs(blobs: Sequence[bytes], dim: int) -> np.ndarray:
 
 # --- FTS5 query building ---
 _TERM = re.compile(r"\w+", re.UNICODE)
-STOPWORDS = frozenset("""a about above after again against all am an and any are as at be because been before being below
-between both but by can could did do does doing down during each few for from further had has have having he her here
-hers herself him himself his how i if in into is it its itself just me more most my myself no nor not now of off on
-once only or other our ours ourselves out over own same she should so some such than that the their theirs them
-themselves then there these they this those through to too under until up very was we were what when where which while
-who whom whose why will with would you your yours yourself yourselves""".split())
+STOPWORDS = frozenset("""a about above after again against all am an and any are as at be because been before being
+below between both but by can could did do does doing down during each few for from further had has have having he
+her here hers herself him himself his how i if in into is it its itself just me more most my myself no nor not now
+of off on once only or other our ours ourselves out over own same she should so some such than that the their theirs
+them themselves then there these they this those through to too under until up very was we were what when where
+which while who whom whose why will with would you your yours yourself yourselves""".split())
 
 
 def query_terms(text: str) -> list[str]:
@@ -549,7 +550,8 @@ class Store:
         out = {}
         for t in terms:
             q = 'text:"' + t.replace('"', '""') + '"'
-            out[t] = self.con.execute("SELECT COUNT(*) FROM passages_fts WHERE passages_fts MATCH ?", (q,)).fetchone()[0]
+            out[t] = self.con.execute("SELECT COUNT(*) FROM passages_fts WHERE passages_fts MATCH ?",
+                                      (q,)).fetchone()[0]
         return out
 
     def lexical_search(self, terms: Sequence[str], limit: int, filters: Filters | None = None,

@@ -153,7 +153,8 @@ class FaissIndex:
             elif kind == "ivfpq":
                 index = None  # built on the first add, sized by that batch
             else:
-                raise BadRequest(f"unknown index kind {kind!r}; choose one of {', '.join(k for k in KINDS if k != 'auto')}")
+                choices = ", ".join(k for k in KINDS if k != "auto")
+                raise BadRequest(f"unknown index kind {kind!r}; choose one of {choices}")
         self.index = index
 
     @property
@@ -190,7 +191,8 @@ class FaissIndex:
             hnsw = faiss.downcast_index(self.index.index)
             sq = faiss.downcast_index(hnsw.storage).sq
             sq.rangestat = faiss.ScalarQuantizer.RS_minmax
-            sq.rangestat_arg = 0.05 if min(len(vectors), total) >= 10_000 else 0.5  # a margin for values the sample missed
+            # a margin for values the sample missed
+            sq.rangestat_arg = 0.05 if min(len(vectors), total) >= 10_000 else 0.5
             hnsw.train(_training_sample(vectors, 1))
 
     def add(self, ids: np.ndarray, vectors: np.ndarray, docs: Sequence[DocFields] | None = None) -> None:

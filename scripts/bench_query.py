@@ -10,7 +10,8 @@
 
 The index is built into a temporary folder from squad-dev (build time is reported), or copied from --index-dir;
 --passages N synthesises a bigger corpus of about N passages: squad-dev, then copies of its articles whose
-paragraphs are remixed from the article's own sentences (real text, no two paragraphs alike). Standard library only; all traffic goes to 127.0.0.1.
+paragraphs are remixed from the article's own sentences (real text, no two paragraphs alike). Standard library only;
+all traffic goes to 127.0.0.1.
 """
 from __future__ import annotations
 

@@ -37,7 +37,8 @@ def test_alignment_is_recall_over_the_question_s_pieces(fake_embedder):
     first, second = alignments(fake_embedder, "When does the ferry sail Monday", sentences(text))
     assert second > first
     (exact,) = alignments(fake_embedder, "ferry Monday", [(text, 27, len(text))])
-    assert exact == pytest.approx(1, abs=1e-3)  # float16 vectors; every question word is in the sentence: the hash embedder's words match exactly
+    # every question word is in the sentence, and the hash embedder's words match exactly (to float16's precision)
+    assert exact == pytest.approx(1, abs=1e-3)
     assert alignments(fake_embedder, "ferry", []).shape == (0,)
 
 
@@ -199,8 +200,8 @@ def doctor_who_index(tmp_path_factory, embedder):
     return str(folder / "index")
 
 
-def test_the_answer_is_the_sentence_with_the_question_s_distinguishing_words(doctor_who_index, embedder,
-                                                                            monkeypatch):
+def test_coverage_weighs_words_by_how_few_candidates_hold_them_not_by_collection_rarity(doctor_who_index, embedder,
+                                                                                        monkeypatch):
     # the answer holds "Fourth" and "Doctor"; a sentence on spoofs of the show holds "Doctor" and "comedians", the
     # rarer word in the collection. Among the candidates (16 of 21 hold "Doctor") both are held once: they tie on
     # coverage, and the other signals pick the answer ("often" finds "frequently" by meaning)
@@ -272,7 +273,8 @@ def test_token_alignments_are_each_question_piece_s_best_cosine(fake_embedder):
 
 def test_the_alignment_ranks_by_the_question_s_pieces_that_few_candidates_match(doctor_who_index, embedder,
                                                                                 monkeypatch):
-    # every candidate matches "Master" and "series" well; "first played" sets the answer apart
+    # with the question's word pieces weighted alike in the ranking, a sentence on other actors who played the
+    # Master leads ("The Master was briefly played by Peter Pratt and Geoffrey Beevers until...")
     import qa.answer as A
     from qa.index import load_index
 
@@ -281,7 +283,7 @@ def test_the_alignment_ranks_by_the_question_s_pieces_that_few_candidates_match(
         question = "Who first played the Master in the 2007 series?"
         assert "Derek Jacobi" in A.answer_question(index, question).sentences[0].text
         local = A.local_coverage
-        # every piece weighted alike (the raw alignment) in the ranking: another actor who played the Master
+        # every piece weighted alike (the raw alignment) in the ranking
         monkeypatch.setattr(A, "local_coverage", lambda m: A.recall(m) if m.dtype != bool else local(m))
         assert "Derek Jacobi" not in A.answer_question(index, question).sentences[0].text
     finally:

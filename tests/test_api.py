@@ -33,14 +33,16 @@ def test_post_search_equals_get(client):
 
 @pytest.mark.parametrize("mode", ["hybrid", "dense", "lexical"])
 def test_modes(client, mode):
-    body = client.get("/api/search", query_string={"q": "Daskal International Narcotics Control Board", "mode": mode}).get_json()
+    body = client.get("/api/search", query_string={"q": "Daskal International Narcotics Control Board",
+                                                    "mode": mode}).get_json()
     assert body["mode"] == mode and body["results"]
 
 
 def test_rare_name_and_paraphrase_both_surface(client):
     rare = client.get("/api/search", query_string={"q": "Slodkowski Daskal interview embassy", "k": 3}).get_json()
     assert any("embassy in Beijing" in x["text"] for x in rare["results"])
-    para = client.get("/api/search", query_string={"q": "who headed the group of officials that travelled?", "k": 3}).get_json()
+    para = client.get("/api/search", query_string={"q": "who headed the group of officials that travelled?",
+                                                    "k": 3}).get_json()
     assert any("led an interagency delegation" in x["text"] for x in para["results"])
 
 
@@ -83,11 +85,13 @@ def test_ask_answers_with_verifiable_citations(client):
 
 
 def test_unanswerable_question_gets_no_answer(client):
-    body = client.get("/api/ask", query_string={"q": "What is the boiling point of liquid nitrogen in Kelvin?"}).get_json()
+    body = client.get("/api/ask",
+                      query_string={"q": "What is the boiling point of liquid nitrogen in Kelvin?"}).get_json()
     assert body["no_answer"] is True and body["answer"] is None
 
 
-@pytest.mark.parametrize("q", ["who led the delegation?", "what does the U.S. say is the source of precursor chemicals?",
+@pytest.mark.parametrize("q", ["who led the delegation?",
+                               "what does the U.S. say is the source of precursor chemicals?",
                                "when did the US and China break up a smuggling ring?", "Who is Jen Daskal?",
                                "What did Biden and Xi agree in San Francisco?", "fentanyl overdoses"])
 def test_citation_spans_hold_for_many_questions(client, q):
@@ -111,7 +115,8 @@ def test_documents_api(client):
 def test_openapi_lists_every_endpoint(client, app):
     spec = client.get("/openapi.json").get_json()
     assert spec["openapi"].startswith("3.")
-    routes = {str(r.rule).replace("<doc_id:doc_id>", "{doc_id}") for r in app.url_map.iter_rules() if r.endpoint.startswith("api.")}
+    routes = {str(r.rule).replace("<doc_id:doc_id>", "{doc_id}") for r in app.url_map.iter_rules()
+              if r.endpoint.startswith("api.")}
     assert routes <= set(spec["paths"])
 
 

@@ -50,12 +50,14 @@ def test_build_writes_manifest_and_agrees(built, fake_embedder):
 
 
 def test_add_is_idempotent_and_updates_replace(built, fake_embedder):
-    art = article_from_dict({"id": "a3", "title": "Zebra crossings", "paragraphs": ["Eleven zebra crossings were painted."]})
+    art = article_from_dict({"id": "a3", "title": "Zebra crossings",
+                             "paragraphs": ["Eleven zebra crossings were painted."]})
     r = add_documents(None, built, articles=[art], embedder=fake_embedder)
     assert (r.added, r.passages) == (1, 5)
     r = add_documents(None, built, articles=[art], embedder=fake_embedder)
     assert (r.unchanged, r.passages) == (1, 5)
-    changed = article_from_dict({"id": "a3", "title": "Zebra crossings", "paragraphs": ["Twelve.", "Two paragraphs now."]})
+    changed = article_from_dict({"id": "a3", "title": "Zebra crossings",
+                                 "paragraphs": ["Twelve.", "Two paragraphs now."]})
     r = add_documents(None, built, articles=[changed], embedder=fake_embedder)
     assert (r.updated, r.passages) == (1, 6)
     assert check_index(built) == []
@@ -69,7 +71,8 @@ def test_readers_map_the_vectors_and_writes_replace_the_file_under_them(built, f
     old = _load(built, fake_embedder)
     assert old.vectors.mapped
     before = [h.passage.passage_id for h in search(old, "rail fares rise", 4, mode="dense").hits]
-    art = article_from_dict({"id": "a3", "title": "Rail fares", "paragraphs": ["Rail fares will rise by four percent."]})
+    art = article_from_dict({"id": "a3", "title": "Rail fares",
+                             "paragraphs": ["Rail fares will rise by four percent."]})
     add_documents(None, built, articles=[art], embedder=fake_embedder)
     assert [h.passage.passage_id for h in search(old, "rail fares rise", 4, mode="dense").hits] == before
     new = _load(built, fake_embedder)
@@ -110,7 +113,8 @@ def test_sentence_signals_only_for_the_shortlist(built, fake_embedder):
 
 def test_near_duplicates_collapse(tmp_path, fake_embedder):
     text = "The central bank raised interest rates by half a point on Thursday to fight inflation."
-    arts = [{"id": f"w{i}", "title": f"Rates {i}", "source": s, "paragraphs": [text]} for i, s in enumerate(["AP", "Reuters", "AFP"])]
+    arts = [{"id": f"w{i}", "title": f"Rates {i}", "source": s, "paragraphs": [text]}
+            for i, s in enumerate(["AP", "Reuters", "AFP"])]
     arts.append({"id": "other", "title": "Other", "paragraphs": ["Farmers expect a record wheat harvest this summer."]})
     path = tmp_path / "dups.jsonl"
     path.write_text("".join(json.dumps(a) + "\n" for a in arts))
@@ -301,7 +305,8 @@ def test_sentences_are_a_row_per_passage_and_older_stores_keep_a_row_per_sentenc
 def test_windows_leave_room_for_the_title_and_long_titles_are_cut(fake_embedder):
     from qa.index import TITLE_PREFIX_CHARS, prepare_articles, window_prefix
 
-    sentences = [f"Sentence number {i} tells of the harbour dispute and its many long rounds of talks." for i in range(60)]
+    sentences = [f"Sentence number {i} tells of the harbour dispute and its many long rounds of talks."
+                 for i in range(60)]
     title = "Harbour strike enters its third week as talks stall " * 4
     article = article_from_dict({"id": "long", "title": title, "paragraphs": [" ".join(sentences)]})
     prefix = window_prefix(article)

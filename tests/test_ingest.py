@@ -24,7 +24,8 @@ def test_seed_is_its_15_article_paragraphs():
     assert a.author == "Antoni Slodkowski" and a.source == "Reuters"
     assert a.tags == ["Drug Trafficking Opioid Crisis"]
     joined = " ".join(p.text for p in a.paragraphs)
-    for chrome in ("Article Link", "Federal Tax ID", "Copyright", "Log in with", "Forgot your details", "Create Account"):
+    for chrome in ("Article Link", "Federal Tax ID", "Copyright", "Log in with", "Forgot your details",
+                   "Create Account"):
         assert chrome not in joined
 
 
@@ -73,7 +74,8 @@ def test_bad_articles_are_rejected(obj, message):
 def test_bad_jsonl_lines_are_reported_and_the_rest_indexed(tmp_path):
     path = tmp_path / "a.jsonl"
     good = {"id": "g", "title": "Good", "paragraphs": ["A fine paragraph of news text."]}
-    path.write_text(json.dumps(good) + "\n{not json\n" + json.dumps({"id": "n"}) + "\n" + json.dumps({**good, "id": "h"}) + "\n")
+    path.write_text(json.dumps(good) + "\n{not json\n" + json.dumps({"id": "n"}) + "\n"
+                    + json.dumps({**good, "id": "h"}) + "\n")
     problems = []
     arts = list(read_sources([str(path)], on_problem=problems.append))
     assert [a.id for a in arts] == ["g", "h"]
@@ -84,8 +86,9 @@ def test_bad_jsonl_lines_are_reported_and_the_rest_indexed(tmp_path):
 
 def test_folders_walk_recursively_with_stable_ids(tmp_path):
     (tmp_path / "sub").mkdir()
-    (tmp_path / "sub" / "story.md").write_text("---\ntitle: Front matter title\nauthor: Jane Roe\ndate: 2024-02-01\n---\n"
-                                               "# Heading\n\nThe **council** met on [Tuesday](http://x) to vote.\n")
+    (tmp_path / "sub" / "story.md").write_text(
+        "---\ntitle: Front matter title\nauthor: Jane Roe\ndate: 2024-02-01\n---\n"
+        "# Heading\n\nThe **council** met on [Tuesday](http://x) to vote.\n")
     (tmp_path / "empty.txt").write_text("")
     (tmp_path / "binary.txt").write_bytes(b"\x00\x01\x02" * 100)
     (tmp_path / "latin.txt").write_bytes("Title\n\nCaf\xe9 owners protested the new tax on Monday.\n".encode("latin-1"))

@@ -68,7 +68,8 @@ def test_filters_select_what_the_store_selects(built, fake_embedder, filters):
     try:
         for q in ("workers pay harbour fares ferry", "harbour"):
             terms = query_terms(q)
-            assert _ids(index.lexical_search(terms, 50, filters)) == _ids(index.store.lexical_search(terms, 50, filters))
+            found = index.lexical_search(terms, 50, filters)
+            assert _ids(found) == _ids(index.store.lexical_search(terms, 50, filters))
     finally:
         index.close()
 

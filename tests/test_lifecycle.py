@@ -360,7 +360,8 @@ def _hostile_cases():
         cases.append(("POST", ep, b'{"q": "china"}', {"Content-Type": "text/plain"}, None))  # forced JSON: 200
         cases.append(("POST", ep, BIG, JSON, 413))
         cases.append(("PUT", ep, b"{}", JSON, 405))
-    for qs in ("offset=%ff", "offset=-1", "limit=0", "limit=1001", "limit=abc", "offset=1e9", "limit=%ff", "offset=%00"):
+    for qs in ("offset=%ff", "offset=-1", "limit=0", "limit=1001", "limit=abc", "offset=1e9", "limit=%ff",
+               "offset=%00"):
         cases.append(("GET", "/api/documents?" + qs, None, {}, 400))
     for doc_id in ("..%2F..%2Fetc%2Fpasswd", "../../etc/passwd", "%2e%2e%2f%2e%2e%2fetc%2fpasswd",
                    "..%5C..%5Cwindows", "no-such-doc", "a" * 400):

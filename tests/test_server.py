@@ -62,7 +62,8 @@ def test_health_and_search_over_http(server):
     assert status == 200 and json.loads(body)["passages"] == 15
     status, headers, body = get(server + "/api/search?q=what+actions+has+China+taken%3F&k=3")
     res = json.loads(body)["results"]
-    assert status == 200 and any("enforcement actions" in r["text"] or "Narcotics Control Board" in r["text"] for r in res)
+    assert status == 200 and any("enforcement actions" in r["text"] or "Narcotics Control Board" in r["text"]
+                                 for r in res)
     assert headers["Server"] == "qa" or "waitress" in headers.get("Server", "")
 
 
