@@ -170,8 +170,14 @@ def with_previous(result: SearchResult, pos: int, idx: int, start: int, end: int
     """(passage text, start, end) of the sentence `idx` of hit `pos` read together with the sentence before it in its
     passage (on its own if it is the first)."""
     passage = result.hits[pos].passage
-    before = next((s for i, s, *_ in result.sentence_scores.get(passage.rowid, []) if i == idx - 1), start)
-    return passage.text, before, end
+    previous = sentence_row(result, passage.rowid, idx - 1)
+    return passage.text, previous[1] if previous else start, end
+
+
+def sentence_row(result: SearchResult, rowid: int, idx: int) -> tuple | None:
+    """The `sentence_scores` row (idx, start, end, cosine, coverage, held stems) of sentence `idx` of a candidate
+    passage, or None."""
+    return next((row for row in result.sentence_scores.get(rowid, []) if row[0] == idx), None)
 
 
 def score_sentences(result: SearchResult, embedder=None) -> list[tuple]:
@@ -306,16 +312,16 @@ def next_sentence(result: SearchResult, pos: int, idx: int) -> tuple | None:
     """(hit position, idx, start, end, coverage) of the sentence after sentence `idx` of hit `pos` in its article: the
     next of its passage, or the first of the article's next paragraph when that is among the hits; None if none."""
     passage = result.hits[pos].passage
+    following = sentence_row(result, passage.rowid, idx + 1)
+    if following is not None:
+        return (pos, *following[:3], following[4])
     rows = result.sentence_scores.get(passage.rowid, [])
-    for i, start, end, _, cov, _ in rows:
-        if i == idx + 1:
-            return pos, i, start, end, cov
     if not rows or idx != rows[-1][0]:
         return None
     for p, hit in enumerate(result.hits):
         if hit.passage.doc_id == passage.doc_id and hit.passage.paragraph_index == passage.paragraph_index + 1:
-            following = result.sentence_scores.get(hit.passage.rowid, [])
-            return (p, *following[0][:3], following[0][4]) if following else None
+            first = sentence_row(result, hit.passage.rowid, 0)
+            return (p, *first[:3], first[4]) if first else None
     return None
 
 
@@ -327,8 +333,10 @@ def with_continuations(result: SearchResult, embedder, chosen: list[tuple]) -> l
     taken = {row[1:3] for row in chosen}
     for n, row in enumerate(chosen):
         out.append(row)
+        if len(out) + len(chosen) - n - 1 >= MAX_SENTENCES:  # no room left beside the chosen rows still to come
+            continue
         following = next_sentence(result, row[1], row[2])
-        if following is None or len(out) + len(chosen) - n - 1 >= MAX_SENTENCES or following[:2] in taken:
+        if following is None or following[:2] in taken:
             continue
         pos, idx, start, end, cov = following
         text = result.hits[pos].passage.text
