@@ -25,7 +25,8 @@ from .embed import Embedder, load_embedder, resolve_model
 from .errors import BadRequest, IndexUnavailable, QAError
 from .ingest import Article, Problem, read_sources
 from .lexical import DIRNAME as LEXICAL_DIR, LABEL as LEXICAL_LABEL, LexicalIndex
-from .store import (FORMAT_VERSION, JOURNAL_KEEP, STORE_FILE, Store, manifest_path, read_manifest, write_json_atomic)
+from .files import write_json_atomic
+from .store import FORMAT_VERSION, JOURNAL_KEEP, STORE_FILE, Store, manifest_path, read_manifest
 from .vectors import TRAIN_MAX, VECTOR_BACKENDS, DocFields, FaissIndex, VectorIndex, choose_kind, open_vectors
 
 log = logging.getLogger(__name__)

@@ -20,6 +20,7 @@ import os
 import shutil
 from collections.abc import Iterable, Sequence
 
+from .files import atomic_write
 from .store import Filters, Store
 
 log = logging.getLogger(__name__)
@@ -87,12 +88,7 @@ def read_generation(directory: str) -> int:
 
 
 def _write_generation(directory: str, generation: int) -> None:
-    tmp = os.path.join(directory, GENERATION_FILE + ".tmp")
-    with open(tmp, "w", encoding="ascii") as f:
-        f.write(f"{generation}\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, os.path.join(directory, GENERATION_FILE))
+    atomic_write(os.path.join(directory, GENERATION_FILE), f"{generation}\n")
 
 
 class LexicalIndex:

@@ -501,7 +501,7 @@ class MilvusIndex:
 
     def save(self, directory: str, generation: int) -> None:
         """Record uri, collection and store generation in `vectors.json` atomically (Milvus Lite: flush first)."""
-        from .store import write_json_atomic
+        from .files import write_json_atomic
 
         if is_lite(self.uri):  # Lite searches its unflushed write buffer row by row in Python: slow
             self.flush()  # a server persists acknowledged writes itself, and rate-limits flushes

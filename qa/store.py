@@ -19,7 +19,6 @@ import os
 import re
 import sqlite3
 import sys
-import tempfile
 import threading
 from collections.abc import Iterable, Sequence
 
@@ -632,26 +631,5 @@ def read_manifest(index_dir: str) -> dict:
     return manifest
 
 
-def write_json_atomic(path: str, obj: dict) -> None:
-    """Write JSON to a temporary file, fsync, and rename it into place."""
-    directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):
-        dfd = os.open(directory, os.O_RDONLY)
-        os.fsync(dfd)
-        os.close(dfd)
-
-
-__all__ = ["Store", "StoredPassage", "JournalEntry", "Filters", "read_manifest", "write_json_atomic", "query_terms",
+__all__ = ["Store", "StoredPassage", "JournalEntry", "Filters", "read_manifest", "query_terms",
            "query_pairs", "fts_query", "passage_id", "Span"]

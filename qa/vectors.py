@@ -5,18 +5,17 @@ The FAISS file is derived from the store; `vectors.json` beside it records the s
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from .errors import BadRequest, IndexUnavailable
+from .files import atomic_path, write_json_atomic
 
 if TYPE_CHECKING:
     from .store import Filters, Store
@@ -314,19 +313,8 @@ class FaissIndex:
 
         # an untrained ivfpq index (nothing added yet) is stored as an empty exact one; `load` restores it untrained
         index = self.index if self.index is not None else faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".faiss", dir=directory)
-        os.close(fd)
-        try:
+        with atomic_path(os.path.join(directory, FAISS_FILE), ".faiss") as tmp:
             faiss.write_index(index, tmp)
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, os.path.join(directory, FAISS_FILE))
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        from .store import write_json_atomic
-
         write_json_atomic(os.path.join(directory, FAISS_META),
                           {"generation": generation, "kind": self.kind, "dim": self.dim,
                            "ntotal": int(index.ntotal), "deleted": sorted(self.deleted)})

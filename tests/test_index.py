@@ -233,7 +233,8 @@ def test_windows_are_embedded_after_their_title(fake_embedder):
 
 def test_an_index_built_without_titles_keeps_its_recipe_on_updates(built, fake_embedder):
     from qa.index import prepare_articles, titled_windows
-    from qa.store import read_manifest, write_json_atomic
+    from qa.files import write_json_atomic
+    from qa.store import read_manifest
 
     manifest = read_manifest(built)
     assert titled_windows(manifest)
