@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..files import atomic_path
 from .base import TransformerEmbedder, model_fingerprint, model_max_tokens
 
 if TYPE_CHECKING:
@@ -51,18 +52,6 @@ def _read_config(model_path: str) -> dict:
         return json.load(f)
 
 
-@contextlib.contextmanager
-def _temporary_path(final: str) -> Iterator[str]:
-    """A temporary file name beside `final`, removed unless it was renamed into place."""
-    folder, name = os.path.split(final)
-    tmp = os.path.join(folder, f".{name}.{os.getpid()}{TEMP_SUFFIX}")
-    try:
-        yield tmp
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-
-
 def _export(model_path: str, target: str) -> None:
     """Export the model's transformer (`last_hidden_state`) to a float32 ONNX file, checked against PyTorch."""
     import inspect
@@ -90,17 +79,14 @@ def _export(model_path: str, target: str) -> None:
     mask[1, 9:] = 0
     example = (ids, mask, torch.zeros_like(ids))[:len(names)]
     axes = {name: {0: "batch", 1: "sequence"} for name in (*names, OUTPUT_NAME)}
-    with _temporary_path(target) as tmp:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # tracer and deprecation warnings of the legacy exporter
-            # the legacy exporter writes one file, which the rename publishes whole (see docs/performance.md)
-            torch.onnx.export(Transformer().eval(), example, tmp, input_names=list(names),
-                              output_names=[OUTPUT_NAME], dynamic_axes=axes, opset_version=OPSET,
-                              do_constant_folding=True, dynamo=False)
+    with atomic_path(target, suffix=TEMP_SUFFIX) as tmp, warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer and deprecation warnings of the legacy exporter
+        # the legacy exporter writes one file, which the rename publishes whole (see docs/performance.md)
+        torch.onnx.export(Transformer().eval(), example, tmp, input_names=list(names), output_names=[OUTPUT_NAME],
+                          dynamic_axes=axes, opset_version=OPSET, do_constant_folding=True, dynamo=False)
+        _check_export(tmp, model, names)
+        if _fuse(tmp, model.config):
             _check_export(tmp, model, names)
-            if _fuse(tmp, model.config):
-                _check_export(tmp, model, names)
-        os.replace(tmp, target)
 
 
 def _fuse(onnx_path: str, config: PretrainedConfig) -> bool:
@@ -165,11 +151,10 @@ def _quantize(source: str, target: str, keep: list[str]) -> None:
     from onnx import TensorProto
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with _temporary_path(target) as tmp, _quiet_root_logger():
+    with atomic_path(target, suffix=TEMP_SUFFIX) as tmp, _quiet_root_logger():
         # shape inference does not type the fused operators' outputs: they are float
         quantize_dynamic(source, tmp, per_channel=True, weight_type=QuantType.QInt8, nodes_to_exclude=keep,
                          extra_options={"DefaultTensorType": TensorProto.FLOAT})
-        os.replace(tmp, target)
 
 
 @contextlib.contextmanager
