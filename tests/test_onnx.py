@@ -15,8 +15,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from qa.chunk import split_sentences  # noqa: E402
-from qa.embed import PACKAGED_MODEL, TorchEmbedder, load_embedder, packaged_model_path  # noqa: E402
-from qa.onnx_backend import CACHE_ENV, INT8_FILES, OnnxEmbedder, cache_dir  # noqa: E402
+from qa.embed import PACKAGED_MODEL, load_embedder, packaged_model_path  # noqa: E402
+from qa.embed.onnx import CACHE_ENV, INT8_FILES, OnnxEmbedder, cache_dir  # noqa: E402
+from qa.embed.torch import TorchEmbedder  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTICLES = ROOT / "eval" / "squad-dev" / "articles.jsonl"
@@ -153,7 +154,7 @@ def test_cached_load_in_a_fresh_process_needs_no_torch(onnx_embedder: OnnxEmbedd
         "import sys, time\n"
         "started = time.perf_counter()\n"
         "from qa.embed import PACKAGED_MODEL, packaged_model_path\n"
-        "from qa.onnx_backend import OnnxEmbedder\n"
+        "from qa.embed.onnx import OnnxEmbedder\n"
         "e = OnnxEmbedder(packaged_model_path(), PACKAGED_MODEL)\n"
         "e.encode(['who won super bowl 50?'])\n"
         "print(time.perf_counter() - started, 'torch' in sys.modules, 'transformers' in sys.modules)\n"
@@ -191,7 +192,7 @@ def test_the_graph_runs_on_fused_transformer_operators(onnx_embedder: OnnxEmbedd
 
 
 def test_stale_files_go_but_current_ones_stay(tmp_path: Path) -> None:
-    from qa.onnx_backend import FP32_FILE, RETIRED_FILES, TEMP_SUFFIX, _remove_stale_files
+    from qa.embed.onnx import FP32_FILE, RETIRED_FILES, TEMP_SUFFIX, _remove_stale_files
 
     names = [*RETIRED_FILES, f".{FP32_FILE}.123{TEMP_SUFFIX}", FP32_FILE, *INT8_FILES.values(), "export.lock"]
     for name in names:

@@ -1,22 +1,7 @@
-"""The embedding model's transformer run by ONNX Runtime, int8 dynamically quantised (per channel).
+"""The model's transformer run by ONNX Runtime, int8 quantised: faster than PyTorch on the CPU, close to its vectors.
 
-The ONNX file is made once per model and cached: the transformer is exported from PyTorch with the legacy
-TorchScript exporter (with the model's plain "eager" attention, whose graph ONNX Runtime recognises), its layers
-are fused into ONNX Runtime's transformer operators (`Attention`, `SkipLayerNormalization`, `BiasGelu`,
-`EmbedLayerNormalization`: 46 nodes instead of ~320 for MiniLM-L6) by `onnxruntime.transformers.optimizer`, then
-its weights are quantised to int8 per output channel by `onnxruntime.quantization.quantize_dynamic`. The fused
-graph is faster by ~25% on paragraphs and ~10% on a query (measured on this 2-core AVX2 machine), the same
-function to ~1e-6. A model whose graph does not fuse is used as exported. Later loads need only onnxruntime,
-tokenizers and numpy; PyTorch is imported only to export.
-
-By default (`keep_float=True`) some layers stay float32 in the int8 model: the first transformer layer, the
-feed-forward down-projections (input width `intermediate_size`) and the attention output projections. ONNX
-Runtime quantises activations per tensor, and these layers' inputs have outliers; on this AVX2 CPU (no VNNI) the
-fully quantised model leaves 8% of SQuAD paragraphs below cosine 0.99 to the PyTorch vector.
-
-Why the legacy exporter (`dynamo=False`): with torch 2.13 the dynamo exporter needs `onnxscript` (not installed
-here), takes ~4x longer and writes the weights to a separate `.onnx.data` file, which makes the atomic
-write-then-rename of the cache more fragile; both give the same outputs (max abs diff ~1e-5).
+The ONNX file is exported from PyTorch, fused and quantised once per model and cached, so later loads need neither
+PyTorch nor transformers. The recipe and why each step is there: see docs/performance.md.
 """
 from __future__ import annotations
 
@@ -32,10 +17,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .embed import TransformerEmbedder, _model_max_tokens, model_fingerprint
+from ..files import atomic_path
+from .base import TransformerEmbedder, model_fingerprint, model_max_tokens
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedModel
+    from transformers import PretrainedConfig, PreTrainedModel
 
 log = logging.getLogger(__name__)
 
@@ -66,18 +52,6 @@ def _read_config(model_path: str) -> dict:
         return json.load(f)
 
 
-@contextlib.contextmanager
-def _temporary_path(final: str) -> Iterator[str]:
-    """A temporary file name beside `final`, removed unless it was renamed into place."""
-    folder, name = os.path.split(final)
-    tmp = os.path.join(folder, f".{name}.{os.getpid()}{TEMP_SUFFIX}")
-    try:
-        yield tmp
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-
-
 def _export(model_path: str, target: str) -> None:
     """Export the model's transformer (`last_hidden_state`) to a float32 ONNX file, checked against PyTorch."""
     import inspect
@@ -105,19 +79,17 @@ def _export(model_path: str, target: str) -> None:
     mask[1, 9:] = 0
     example = (ids, mask, torch.zeros_like(ids))[:len(names)]
     axes = {name: {0: "batch", 1: "sequence"} for name in (*names, OUTPUT_NAME)}
-    with _temporary_path(target) as tmp:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # tracer and deprecation warnings of the legacy exporter
-            torch.onnx.export(Transformer().eval(), example, tmp, input_names=list(names),
-                              output_names=[OUTPUT_NAME], dynamic_axes=axes, opset_version=OPSET,
-                              do_constant_folding=True, dynamo=False)
+    with atomic_path(target, suffix=TEMP_SUFFIX) as tmp, warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer and deprecation warnings of the legacy exporter
+        # the legacy exporter writes one file, which the rename publishes whole (see docs/performance.md)
+        torch.onnx.export(Transformer().eval(), example, tmp, input_names=list(names), output_names=[OUTPUT_NAME],
+                          dynamic_axes=axes, opset_version=OPSET, do_constant_folding=True, dynamo=False)
+        _check_export(tmp, model, names)
+        if _fuse(tmp, model.config):
             _check_export(tmp, model, names)
-            if _fuse(tmp, model.config):
-                _check_export(tmp, model, names)
-        os.replace(tmp, target)
 
 
-def _fuse(onnx_path: str, config) -> bool:
+def _fuse(onnx_path: str, config: PretrainedConfig) -> bool:
     """Fuse a BERT-like graph into ONNX Runtime's transformer operators, in place; False (and the file left as it
     was) when its attention does not fuse."""
     from onnxruntime.transformers import optimizer
@@ -157,7 +129,7 @@ def _check_export(onnx_path: str, model: PreTrainedModel, names: tuple[str, ...]
 
 def _float_nodes(onnx_path: str, intermediate_size: int | None) -> list[str]:
     """Nodes kept float32: the first layer (its fused attention too), feed-forward down-projections, attention
-    output projections."""
+    output projections; their inputs have outliers that per-tensor int8 activations lose (see docs/performance.md)."""
     import onnx
 
     model = onnx.load(onnx_path)
@@ -179,11 +151,10 @@ def _quantize(source: str, target: str, keep: list[str]) -> None:
     from onnx import TensorProto
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with _temporary_path(target) as tmp, _quiet_root_logger():
+    with atomic_path(target, suffix=TEMP_SUFFIX) as tmp, _quiet_root_logger():
         # shape inference does not type the fused operators' outputs: they are float
         quantize_dynamic(source, tmp, per_channel=True, weight_type=QuantType.QInt8, nodes_to_exclude=keep,
                          extra_options={"DefaultTensorType": TensorProto.FLOAT})
-        os.replace(tmp, target)
 
 
 @contextlib.contextmanager
@@ -254,7 +225,7 @@ def _cpu_count() -> int:
 class OnnxEmbedder(TransformerEmbedder):
     """The model's transformer run by ONNX Runtime on the CPU, int8 quantised unless `quantize=False`.
 
-    `keep_float=False` quantises every layer: faster, further from PyTorch (see the module docstring).
+    `keep_float=False` quantises every layer: faster, further from PyTorch (see docs/performance.md).
     `threads` defaults to $QA_EMBED_THREADS, else the cores this process may use.
     """
 
@@ -265,10 +236,9 @@ class OnnxEmbedder(TransformerEmbedder):
         import onnxruntime as ort
 
         config = _read_config(model_path)
-        limit = max_tokens or _model_max_tokens(model_path, int(config.get("max_position_embeddings", 512)))
+        limit = max_tokens or model_max_tokens(model_path, int(config.get("max_position_embeddings", 512)))
         super().__init__(model_path, model_name, limit)
         self.dim = int(config["hidden_size"])
-        self.quantize = quantize
         self.onnx_path = ensure_onnx_model(model_path, quantize, keep_float)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or int(os.environ.get("QA_EMBED_THREADS") or 0) or _cpu_count()
