@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 
 
@@ -14,8 +14,8 @@ def atomic_path(path: str, suffix: str = ".tmp") -> Iterator[str]:
     themselves); on success it is fsynced and renamed to `path`, on failure removed. Readers see the old file or the
     new one, never a part."""
     directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
-    os.close(fd)
+    tmp = os.path.join(directory, f".tmp-{os.getpid()}-{secrets.token_hex(4)}{suffix}")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # the umask's mode, as open() gives
     try:
         yield tmp
         with open(tmp, "rb") as f:
