@@ -16,7 +16,8 @@ from .config import Config
 from .errors import BadRequest, IndexUnavailable, NotFound, QAError
 from .index import Index, embedder_for, load_index
 from .search import make_filters, parse_int, search, validate_k, validate_mode, validate_query
-from .store import manifest_path, read_manifest, release_memory
+from .process import release_memory
+from .store import manifest_path, read_manifest
 
 log = logging.getLogger(__name__)
 
