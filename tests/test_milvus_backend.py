@@ -16,7 +16,8 @@ pytest.importorskip("milvus_lite")
 from qa import milvus_backend as mb  # noqa: E402
 from qa.errors import BadRequest  # noqa: E402
 from qa.index import add_documents, build_index, check_index, load_index, remove_documents  # noqa: E402
-from qa.search import make_filters, search  # noqa: E402
+from qa.params import make_filters  # noqa: E402
+from qa.search import search  # noqa: E402
 from qa.files import write_json_atomic  # noqa: E402
 from qa.store import manifest_path, read_manifest  # noqa: E402
 

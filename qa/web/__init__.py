@@ -1,7 +1,7 @@
 """The Flask app: `create_app(config=None)` with the JSON API and the web search box."""
 from __future__ import annotations
 
-from flask import Flask, jsonify, request
+from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import PathConverter
 
@@ -71,7 +71,7 @@ def create_app(config: Config | dict | None = None, engine: Engine | None = None
     return app
 
 
-def _error_response(message: str, status: int):
+def _error_response(message: str, status: int) -> Response:
     response = jsonify({"error": message})
     response.status_code = status
     return response
