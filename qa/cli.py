@@ -130,7 +130,10 @@ def add(sources: tuple[str, ...], index_dir: str | None, strict: bool) -> None:
 def remove(doc_ids: tuple[str, ...], index_dir: str | None) -> None:
     """Delete documents by id."""
     from .index import remove_documents
+    from .ingest import validate_doc_id
 
+    for doc_id in doc_ids:
+        validate_doc_id(doc_id)
     cfg = _config(index_dir=index_dir)
     report = remove_documents(list(doc_ids), cfg.index_dir)
     click.echo(f"removed {report.removed}; {report.documents} documents, {report.passages} passages")

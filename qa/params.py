@@ -7,7 +7,11 @@ import re
 from collections.abc import Mapping
 
 from .errors import BadRequest
+from .ingest import validate_doc_id
 from .search import MODES, Filters
+
+MAX_SOURCE_CHARS = 512
+
 
 @dataclasses.dataclass(frozen=True)
 class SearchParams:
@@ -79,10 +83,13 @@ def validate_date(value: object, name: str) -> str | None:
 
 def make_filters(source: object = None, doc_id: object = None, published_after: object = None,
                  published_before: object = None) -> Filters:
-    """Validated filters."""
-    for name, value in (("source", source), ("doc_id", doc_id)):
-        if value is not None and (not isinstance(value, str) or len(value) > 512 or "\x00" in value):
-            raise BadRequest(f"{name} must be a string of at most 512 characters")
+    """Validated filters; a document id follows the rule every document id follows (`validate_doc_id`)."""
+    if source is not None and (not isinstance(source, str) or len(source) > MAX_SOURCE_CHARS or "\x00" in source):
+        raise BadRequest(f"source must be a string of at most {MAX_SOURCE_CHARS} characters")
+    if doc_id is not None and not isinstance(doc_id, str):
+        raise BadRequest("doc_id must be a string")
+    if doc_id:
+        validate_doc_id(doc_id)
     return Filters(source or None, doc_id or None, validate_date(published_after, "published_after"),
                    validate_date(published_before, "published_before"))
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from .config import Config
 from .errors import BadRequest, IndexUnavailable, NotFound, QAError
 from .index import Index, embedder_for, load_index
+from .ingest import validate_doc_id
 from .params import SearchParams, parse_int, search_params
 from .process import release_memory
 from .search import search
@@ -192,8 +193,7 @@ class Engine:
 
     def document(self, doc_id: str) -> dict:
         """One document with its paragraphs; NotFound for an unknown id."""
-        if not doc_id or len(doc_id) > 512 or "\x00" in doc_id:
-            raise BadRequest("invalid document id")
+        validate_doc_id(doc_id)
         doc = self.index().store.document(doc_id)
         if doc is None:
             raise NotFound(f"no such document: {doc_id}")
@@ -218,8 +218,7 @@ class Engine:
         """Delete one document; the live index is reloaded before returning."""
         from .index import remove_documents
 
-        if not doc_id or len(doc_id) > 512 or "\x00" in doc_id:
-            raise BadRequest("invalid document id")
+        validate_doc_id(doc_id)
         remove_documents([doc_id], self.config.index_dir)
         self.reload_now()
         return {"id": doc_id, "status": "deleted"}

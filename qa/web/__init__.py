@@ -20,7 +20,8 @@ CSP = "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action '
 
 class DocIdConverter(PathConverter):
     """A document id in a URL: any characters, slashes and line breaks included (werkzeug's `path` stops at a line
-    break, so such an id would not reach the API's own answers)."""
+    break, so such an id would not reach the API's own answers). Routing only: the engine checks the id with the one
+    rule, `ingest.validate_doc_id`, so a bad id gets the API's JSON 400 rather than a routing 404."""
 
     regex = "(?s:[^/].*?)"
 
