@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 from .ingest import PARAGRAPH_SEP, Article
 
@@ -95,8 +95,3 @@ def chunk_article(article: Article, count_tokens: Callable[[list[str]], list[int
         passages.append(passage)
         offset += len(text) + len(PARAGRAPH_SEP)
     return passages
-
-
-def chunk_articles(articles: Iterable[Article], count_tokens=None, max_tokens: int = 254) -> list[Passage]:
-    """Passages of many articles, in order."""
-    return [p for a in articles for p in chunk_article(a, count_tokens, max_tokens)]

@@ -1,7 +1,6 @@
 """The `qa` command: thin wrappers over the package's functions; domain errors become one readable line."""
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import logging
@@ -10,6 +9,7 @@ import sys
 
 import click
 
+from . import process
 from .config import Config
 from .errors import QAError
 
@@ -87,7 +87,9 @@ def _backend_choices(values: tuple[str, ...]) -> tuple[str | None, str | None]:
 @click.option("--strict", is_flag=True, help="Fail on the first unreadable file or bad JSONL line.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_handle_errors
-def build(sources, index_dir, model, backends, kind, milvus_uri, milvus_token, milvus_alias, strict, quiet):
+def build(sources: tuple[str, ...], index_dir: str | None, model: str | None, backends: tuple[str, ...], kind: str,
+          milvus_uri: str | None, milvus_token: str | None, milvus_alias: str | None, strict: bool,
+          quiet: bool) -> None:
     """Full build of the index from files, folders and JSONL (beside the live index, then an atomic swap)."""
     from .index import build_index
 
@@ -109,7 +111,7 @@ def build(sources, index_dir, model, backends, kind, milvus_uri, milvus_token, m
 @_index_dir_option
 @click.option("--strict", is_flag=True, help="Fail on the first unreadable file or bad JSONL line.")
 @_handle_errors
-def add(sources, index_dir, strict):
+def add(sources: tuple[str, ...], index_dir: str | None, strict: bool) -> None:
     """Add or update documents without a full rebuild (unchanged documents are skipped)."""
     from .index import add_documents
 
@@ -125,10 +127,13 @@ def add(sources, index_dir, strict):
 @click.argument("doc_ids", nargs=-1, required=True)
 @_index_dir_option
 @_handle_errors
-def remove(doc_ids, index_dir):
+def remove(doc_ids: tuple[str, ...], index_dir: str | None) -> None:
     """Delete documents by id."""
     from .index import remove_documents
+    from .ingest import validate_doc_id
 
+    for doc_id in doc_ids:
+        validate_doc_id(doc_id)
     cfg = _config(index_dir=index_dir)
     report = remove_documents(list(doc_ids), cfg.index_dir)
     click.echo(f"removed {report.removed}; {report.documents} documents, {report.passages} passages")
@@ -137,7 +142,7 @@ def remove(doc_ids, index_dir):
 @main.command()
 @_index_dir_option
 @_handle_errors
-def check(index_dir):
+def check(index_dir: str | None) -> None:
     """Verify that the store, the vector index, the lexical index and the manifest agree."""
     from .index import check_index
 
@@ -154,7 +159,7 @@ def check(index_dir):
 @_index_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 @_handle_errors
-def stats(index_dir, as_json):
+def stats(index_dir: str | None, as_json: bool) -> None:
     """Counts, model and settings of an index."""
     from .store import read_manifest
 
@@ -200,7 +205,7 @@ def _engine(index_dir):
 @click.argument("question")
 @_search_options
 @_handle_errors
-def search(question, as_json, index_dir, **params):
+def search(question: str, as_json: bool, index_dir: str | None, **params: str | None) -> None:
     """Ranked passages for a question, with citations."""
     body = _engine(index_dir).search({"q": question, **params})
     if as_json:
@@ -220,7 +225,7 @@ def search(question, as_json, index_dir, **params):
 @click.argument("question")
 @_search_options
 @_handle_errors
-def ask(question, as_json, index_dir, **params):
+def ask(question: str, as_json: bool, index_dir: str | None, **params: str | None) -> None:
     """An extractive answer with numbered citations."""
     body = _engine(index_dir).ask({"q": question, **params})
     if as_json:
@@ -245,7 +250,8 @@ def ask(question, as_json, index_dir, **params):
 @click.option("--no-answers", is_flag=True, help="Skip answer extraction (retrieval metrics only).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @_handle_errors
-def eval_(questions, index_dir, mode, k, limit, no_answers, as_json):
+def eval_(questions: str, index_dir: str | None, mode: str, k: int, limit: int | None, no_answers: bool,
+          as_json: bool) -> None:
     """Retrieval and answer quality on a question set: R@1, R@5, R@10, MRR@10, answer_hit@1, latency."""
     from .evaluate import evaluate, read_questions
 
@@ -280,33 +286,22 @@ def eval_(questions, index_dir, mode, k, limit, no_answers, as_json):
               help="Processes: 1 runs waitress; more run gunicorn, each worker with its own model and index "
                    "(Python runs one thread at a time per process, so this is how queries use several cores).")
 @_handle_errors
-def serve(index_dir, host, port, threads, workers):
+def serve(index_dir: str | None, host: str, port: int, threads: int, workers: int) -> None:
     """Serve the JSON API and the web search box with a production WSGI server (waitress, or gunicorn workers)."""
-    from .web import create_app
+    from .web import server
 
     cfg = _config(index_dir=index_dir)
     _check_workers(cfg.index_dir, workers)
-    _tune_malloc()
-
-    def load():
-        app = create_app(cfg)
-        engine = app.extensions["qa_engine"]
-        engine.warm_up()
-        engine.watch()
-        return app
-
+    process.tune_malloc()
     if workers > 1:
         # each worker's model runs on its share of the cores, so workers do not fight over them
-        os.environ.setdefault("QA_EMBED_THREADS", str(max(1, _cpu_count() // workers)))
+        os.environ.setdefault("QA_EMBED_THREADS", str(max(1, process.cpu_count() // workers)))
         click.echo(f"serving {os.path.abspath(cfg.index_dir)} on http://{host}:{port} ({workers} workers)", err=True)
-        _gunicorn(load, host, port, workers, threads, cfg.max_body_bytes)
+        server.run_gunicorn(functools.partial(server.load_app, cfg), host, port, workers, threads)
         return
-    import waitress
-
-    app = load()
+    app = server.load_app(cfg)
     click.echo(f"serving {os.path.abspath(cfg.index_dir)} on http://{host}:{port}", err=True)
-    waitress.serve(app, host=host, port=port, threads=threads, ident="qa", clear_untrusted_proxy_headers=True,
-                   max_request_body_size=cfg.max_body_bytes * 4, channel_timeout=60)
+    server.run_waitress(app, host, port, threads, cfg.max_body_bytes)
 
 
 def _check_workers(index_dir: str, workers: int) -> None:
@@ -321,51 +316,6 @@ def _check_workers(index_dir: str, workers: int) -> None:
     except QAError:  # no index yet: the server starts without one
         return
     check_workers(index_dir, manifest, workers)
-
-
-def _cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
-def _gunicorn(load, host: str, port: int, workers: int, threads: int, max_body: int) -> None:
-    """Run `load()`'s app under gunicorn: `workers` processes of `threads` threads, each loading its own app after
-    the fork (ONNX Runtime and FAISS do not survive a fork)."""
-    from gunicorn.app.base import BaseApplication
-
-    class Server(BaseApplication):
-        def load_config(self):
-            for key, value in {"bind": f"{host}:{port}", "workers": workers, "threads": threads,
-                               "worker_class": "gthread", "timeout": 120, "graceful_timeout": 20,
-                               "keepalive": 5, "accesslog": None, "errorlog": "-", "loglevel": "warning",
-                               "limit_request_line": 8190, "proc_name": "qa-serve"}.items():
-                self.cfg.set(key, value)
-
-        def load(self):
-            return load()
-
-    Server().run()
-
-
-def _tune_malloc(arenas: int = 2, mmap_threshold: int = 1 << 20, trim_threshold: int = 4 << 20) -> None:
-    """glibc settings for a long-running server, whose RSS otherwise keeps what writes and reloads freed.
-
-    - Two arenas (M_ARENA_MAX): glibc would give each request thread its own.
-    - Blocks of 1 MiB and more are mmapped and unmapped when freed (M_MMAP_THRESHOLD). By default glibc raises
-      this threshold each time such a block is freed, up to 32 MiB, after which a write's tantivy tables and
-      embedding buffers come from the heap and leave holes there: 24 admin writes with 6 query threads grew
-      RssAnon by 13 MiB; with the fixed threshold, by 4-7 MiB, then flat.
-    - Free memory above 4 MiB at the heap's top goes back to the system (M_TRIM_THRESHOLD; fixing the mmap
-      threshold would leave it at 128 KiB, and trimming that often costs queries 1.5-2.5 ms at 100k passages).
-    """
-    from .store import libc
-
-    with contextlib.suppress(AttributeError):  # a C library without mallopt (not glibc)
-        if (lib := libc()) is not None:
-            for option, value in ((-8, arenas), (-3, mmap_threshold), (-1, trim_threshold)):
-                lib.mallopt(option, value)  # M_ARENA_MAX, M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from .errors import BadRequest
 from .store import Filters, StoredPassage, query_pairs, query_terms
 
 MODES = ("hybrid", "dense", "lexical")
@@ -201,76 +200,6 @@ class TermMatcher:
                 inside = (i >= 0) & (found < ends[np.maximum(i, 0)])
                 held[i[inside], j] = True
         return held
-
-
-# --- validation --------------------------------------------------------------------------------------------
-
-def validate_query(q: object, max_chars: int = 1000) -> str:
-    """A non-blank query string of at most `max_chars` characters, without NUL bytes."""
-    if q is None:
-        raise BadRequest("missing query: give q")
-    if not isinstance(q, str):
-        raise BadRequest("q must be a string")
-    if "\x00" in q or "\ufffd" in q:
-        raise BadRequest("q contains NUL bytes or invalid UTF-8")
-    q = q.strip()
-    if not q:
-        raise BadRequest("q is blank")
-    if len(q) > max_chars:
-        raise BadRequest(f"q is longer than {max_chars} characters")
-    return q
-
-
-def parse_int(value: object, name: str, default: int, lo: int, hi: int) -> int:
-    """An integer parameter in lo..hi (strings of digits accepted); BadRequest otherwise."""
-    if value is None or value == "":
-        return default
-    error = BadRequest(f"{name} must be an integer from {lo} to {hi}")
-    if isinstance(value, bool):
-        raise error
-    if isinstance(value, str):
-        if not re.fullmatch(r"\s*-?\d{1,12}\s*", value):
-            raise error
-        value = int(value)
-    if not isinstance(value, int) or not lo <= value <= hi:
-        raise error
-    return value
-
-
-def validate_k(k: object, default: int = 10, max_k: int = 100) -> int:
-    """k as an integer in 1..max_k."""
-    return parse_int(k, "k", default, 1, max_k)
-
-
-def validate_mode(mode: object) -> str:
-    if mode in (None, ""):
-        return "hybrid"
-    if mode not in MODES:
-        raise BadRequest(f"mode must be one of {', '.join(MODES)}")
-    return mode
-
-
-def validate_date(value: object, name: str) -> str | None:
-    """An ISO date (YYYY-MM-DD, a longer ISO timestamp is cut to its date) or None."""
-    import datetime as dt
-
-    if value in (None, ""):
-        return None
-    if not isinstance(value, str):
-        raise BadRequest(f"{name} must be an ISO date (YYYY-MM-DD)")
-    try:
-        return dt.date.fromisoformat(value.strip()[:10]).isoformat()
-    except ValueError:
-        raise BadRequest(f"{name} must be an ISO date (YYYY-MM-DD)") from None
-
-
-def make_filters(source=None, doc_id=None, published_after=None, published_before=None) -> Filters:
-    """Validated filters."""
-    for name, value in (("source", source), ("doc_id", doc_id)):
-        if value is not None and (not isinstance(value, str) or len(value) > 512 or "\x00" in value):
-            raise BadRequest(f"{name} must be a string of at most 512 characters")
-    return Filters(source or None, doc_id or None, validate_date(published_after, "published_after"),
-                   validate_date(published_before, "published_before"))
 
 
 # --- search ------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""`Engine`: the loaded index behind the API, the page and the CLI; validation, JSON shapes and live reload.
+"""`Engine`: the loaded index behind the API, the page and the CLI; its JSON shapes, admin writes and live reload.
 
 The index is loaded lazily on first use and cached on the engine (one engine per app, never a module global).
 A background check notices a rebuilt or updated index (the manifest changes) and loads it beside the old one; the
@@ -11,28 +11,44 @@ import logging
 import os
 import threading
 import time
+from typing import TYPE_CHECKING, NamedTuple
 
 from .config import Config
 from .errors import BadRequest, IndexUnavailable, NotFound, QAError
 from .index import Index, embedder_for, load_index
-from .search import make_filters, parse_int, search, validate_k, validate_mode, validate_query
-from .store import manifest_path, read_manifest, release_memory
+from .ingest import validate_doc_id
+from .params import SearchParams, parse_int, search_params
+from .process import release_memory
+from .search import search
+from .store import manifest_path, read_manifest
+
+if TYPE_CHECKING:
+    from .answer import Answer
+    from .embed import Embedder
 
 log = logging.getLogger(__name__)
 
 
-def _stamp(index_dir: str) -> tuple | None:
+class Stamp(NamedTuple):
+    """What tells a rewritten manifest from the one loaded: any change means the index changed."""
+
+    mtime_ns: int
+    size: int
+    inode: int
+
+
+def _stamp(index_dir: str) -> Stamp | None:
     try:
         st = os.stat(manifest_path(index_dir))
     except OSError:
         return None
-    return st.st_mtime_ns, st.st_size, st.st_ino
+    return Stamp(st.st_mtime_ns, st.st_size, st.st_ino)
 
 
 class Engine:
     """The service's state: one live `Index`, its embedder, and the reload watcher."""
 
-    def __init__(self, config: Config | None = None, embedder=None):
+    def __init__(self, config: Config | None = None, embedder: Embedder | None = None):
         self.config = config or Config.from_env()
         self._embedder = embedder
         self._embedder_key = None
@@ -57,8 +73,7 @@ class Engine:
     def _load(self) -> Index:
         import faiss
 
-        # one query at a time per request thread: FAISS's OpenMP threads only add overhead (12 ms vs 0.1 ms
-        # for a flat search over 2k vectors on 2 cores, measured here)
+        # one query at a time per request thread: FAISS's OpenMP threads only add overhead (see docs/performance.md)
         faiss.omp_set_num_threads(1)
         stamp = _stamp(self.config.index_dir)
         manifest = read_manifest(self.config.index_dir)
@@ -132,46 +147,37 @@ class Engine:
         threading.Thread(target=loop, name="qa-watch", daemon=True).start()
 
     # --- requests ---
-    def _params(self, params: dict):
-        q = validate_query(params.get("q"), self.config.max_query_chars)
-        k = validate_k(params.get("k"), 10, self.config.max_k)
-        mode = validate_mode(params.get("mode"))
-        filters = make_filters(params.get("source"), params.get("doc_id"), params.get("published_after"),
-                               params.get("published_before"))
-        return q, k, mode, filters
+    def _params(self, params: dict, default_k: int) -> SearchParams:
+        return search_params(params, default_k, self.config.max_query_chars, self.config.max_k)
 
     def search(self, params: dict) -> dict:
         """The /api/search object."""
         t0 = time.perf_counter()
-        q, k, mode, filters = self._params(params)
-        result = search(self.index(), q, k, mode=mode, filters=filters or None)
-        return {"query": q, "mode": mode, "results": [h.to_dict(i) for i, h in enumerate(result.hits, 1)],
+        p = self._params(params, 10)
+        result = search(self.index(), p.q, p.k, mode=p.mode, filters=p.filters or None)
+        return {"query": p.q, "mode": p.mode, "results": [h.to_dict(i) for i, h in enumerate(result.hits, 1)],
                 "timings": result.timings, "took_ms": round((time.perf_counter() - t0) * 1000, 3)}
 
     def ask(self, params: dict) -> dict:
         """The /api/ask object."""
-        from .answer import answer_question
-
         t0 = time.perf_counter()
-        if params.get("k") in (None, ""):
-            params = {**params, "k": 5}
-        q, k, mode, filters = self._params(params)
-        answer = answer_question(self.index(), q, k, mode=mode, filters=filters or None)
-        return {"question": q,
+        answer = self.answer(params)
+        return {"question": answer.question,
                 "answer": None if answer.no_answer else {"text": answer.text,
                                                          "sentences": [s.to_dict() for s in answer.sentences]},
                 "no_answer": answer.no_answer, "citations": answer.citations,
                 "passages": [h.to_dict(i) for i, h in enumerate(answer.search.hits, 1)],
                 "timings": answer.search.timings, "took_ms": round((time.perf_counter() - t0) * 1000, 3)}
 
-    def ask_full(self, params: dict):
-        """(validated question, Answer) for the web page."""
+    def answer(self, params: dict) -> Answer:
+        """The answer to a request's question (five passages unless k says otherwise), for the API and the page."""
         from .answer import answer_question
 
-        q, k, mode, filters = self._params({**params, "k": params.get("k") or 5})
-        return q, answer_question(self.index(), q, k, mode=mode, filters=filters or None)
+        p = self._params(params, 5)
+        return answer_question(self.index(), p.q, p.k, mode=p.mode, filters=p.filters or None)
 
     def health(self) -> dict:
+        """The /healthz object."""
         index = self.index()
         # counted in the store, which writers change first: what search can find right now
         return {"status": "ok", "passages": index.store.count_passages(),
@@ -179,14 +185,15 @@ class Engine:
                 "generation": index.manifest.get("generation"), "model": index.manifest["model"]}
 
     def documents(self, params: dict) -> dict:
+        """The /api/documents object: one page of the documents."""
         offset = parse_int(params.get("offset"), "offset", 0, 0, 10**9)
         limit = parse_int(params.get("limit"), "limit", 50, 1, 1000)
         total, docs = self.index().store.documents(offset, limit)
         return {"total": total, "offset": offset, "limit": limit, "documents": docs}
 
     def document(self, doc_id: str) -> dict:
-        if not doc_id or len(doc_id) > 512 or "\x00" in doc_id:
-            raise BadRequest("invalid document id")
+        """One document with its paragraphs; NotFound for an unknown id."""
+        validate_doc_id(doc_id)
         doc = self.index().store.document(doc_id)
         if doc is None:
             raise NotFound(f"no such document: {doc_id}")
@@ -208,10 +215,10 @@ class Engine:
         return {"id": article.id, "status": status, "passages": len(article.paragraphs)}
 
     def delete_document(self, doc_id: str) -> dict:
+        """Delete one document; the live index is reloaded before returning."""
         from .index import remove_documents
 
-        if not doc_id or len(doc_id) > 512 or "\x00" in doc_id:
-            raise BadRequest("invalid document id")
+        validate_doc_id(doc_id)
         remove_documents([doc_id], self.config.index_dir)
         self.reload_now()
         return {"id": doc_id, "status": "deleted"}

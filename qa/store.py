@@ -9,8 +9,6 @@ from it without re-embedding.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import dataclasses
 import functools
 import json
@@ -18,7 +16,6 @@ import logging
 import os
 import re
 import sqlite3
-import sys
 import threading
 from collections.abc import Iterable, Sequence
 
@@ -42,26 +39,6 @@ READ_CACHE_KIB = 2048  # page cache of each reading connection (one per serving 
 # row ids as one JSON parameter: one SQL text whatever their number, so each connection's statement cache holds one
 # prepared statement per query, not one per list length (which grew a serving process by megabytes)
 IN_IDS = "IN (SELECT value FROM json_each(?))"
-
-
-@functools.lru_cache(maxsize=1)
-def libc() -> ctypes.CDLL | None:
-    """The C library, for glibc's allocator controls (`mallopt`, `malloc_trim`); None off Linux or if unloadable."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    except OSError:
-        return None
-
-
-def release_memory() -> None:
-    """Hand the heap's free pages back to the system (glibc's malloc_trim). Called after reloads in a serving
-    process, including the reload after each of its own writes: the freed page caches, tantivy writer tables (each
-    writer indexes on fresh threads, whose frees glibc keeps) and old indexes otherwise stay in its RSS."""
-    with contextlib.suppress(AttributeError):  # a C library without malloc_trim (not glibc)
-        if (lib := libc()) is not None:
-            lib.malloc_trim(0)
 
 
 def ids_param(rowids: Iterable[int]) -> str:

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from qa.errors import BadRequest
-from qa.search import (TermMatcher, combine, fuse_dense, fuse_hybrid, minmax, rank, rrf, shortlist, top,
-                       validate_k, validate_query, zscores)
+from qa.params import validate_k, validate_query
+from qa.search import TermMatcher, combine, fuse_dense, fuse_hybrid, minmax, rank, rrf, shortlist, top, zscores
 
 
 def test_rrf_rewards_agreement():

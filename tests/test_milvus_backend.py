@@ -16,7 +16,8 @@ pytest.importorskip("milvus_lite")
 from qa import milvus_backend as mb  # noqa: E402
 from qa.errors import BadRequest  # noqa: E402
 from qa.index import add_documents, build_index, check_index, load_index, remove_documents  # noqa: E402
-from qa.search import make_filters, search  # noqa: E402
+from qa.params import make_filters  # noqa: E402
+from qa.search import search  # noqa: E402
 from qa.files import write_json_atomic  # noqa: E402
 from qa.store import manifest_path, read_manifest  # noqa: E402
 
@@ -407,13 +408,14 @@ def test_ivfpq_on_milvus_is_refused_before_any_work(tmp_path, embedder):
 def test_serve_refuses_workers_on_milvus_lite(tmp_path, embedder, monkeypatch):
     from click.testing import CliRunner
 
-    from qa import cli
+    from qa import cli, process
+    from qa.web import server
 
     path = str(tmp_path / "index")
     build_index([_jsonl(tmp_path / "a.jsonl", _few(1))], path, embedder=embedder, vector_backend="milvus")
     started = []
-    monkeypatch.setattr(cli, "_gunicorn", lambda *args: started.append(args))  # never a real server
-    monkeypatch.setattr(cli, "_tune_malloc", lambda: None)
+    monkeypatch.setattr(server, "run_gunicorn", lambda *args: started.append(args))  # never a real server
+    monkeypatch.setattr(process, "tune_malloc", lambda: None)
     monkeypatch.setenv("QA_EMBED_THREADS", "1")
     res = CliRunner().invoke(cli.main, ["serve", "--workers", "2", "--index-dir", path])
     lines = res.stderr.strip().splitlines()

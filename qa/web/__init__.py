@@ -1,7 +1,7 @@
 """The Flask app: `create_app(config=None)` with the JSON API and the web search box."""
 from __future__ import annotations
 
-from flask import Flask, jsonify, request
+from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import PathConverter
 
@@ -20,7 +20,8 @@ CSP = "default-src 'none'; style-src 'self'; img-src 'self' data:; form-action '
 
 class DocIdConverter(PathConverter):
     """A document id in a URL: any characters, slashes and line breaks included (werkzeug's `path` stops at a line
-    break, so such an id would not reach the API's own answers)."""
+    break, so such an id would not reach the API's own answers). Routing only: the engine checks the id with the one
+    rule, `ingest.validate_doc_id`, so a bad id gets the API's JSON 400 rather than a routing 404."""
 
     regex = "(?s:[^/].*?)"
 
@@ -71,7 +72,7 @@ def create_app(config: Config | dict | None = None, engine: Engine | None = None
     return app
 
 
-def _error_response(message: str, status: int):
+def _error_response(message: str, status: int) -> Response:
     response = jsonify({"error": message})
     response.status_code = status
     return response

@@ -4,9 +4,10 @@ from __future__ import annotations
 import hmac
 from urllib.parse import unquote_to_bytes
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, request
 
 from ..errors import BadRequest, Forbidden, Unauthorized
+from ..service import Engine
 from .openapi import openapi_spec
 
 bp = Blueprint("api", __name__)
@@ -24,7 +25,8 @@ def _reject_invalid_utf8() -> None:
         raise BadRequest("the URL is not valid UTF-8") from None
 
 
-def engine():
+def engine() -> Engine:
+    """The app's engine."""
     return current_app.extensions["qa_engine"]
 
 
@@ -43,6 +45,7 @@ def _json_body() -> dict:
 
 
 def _query_params() -> dict:
+    """The search parameters of a GET's query string or a POST's JSON body; a 400 for unknown or repeated ones."""
     if request.method == "POST":
         body = _json_body()
         unknown = set(body) - set(QUERY_KEYS)
@@ -56,32 +59,38 @@ def _query_params() -> dict:
 
 
 @bp.route("/api/search", methods=["GET", "POST"])
-def search():
+def search() -> Response:
+    """Ranked passages for a question."""
     return jsonify(engine().search(_query_params()))
 
 
 @bp.route("/api/ask", methods=["GET", "POST"])
-def ask():
+def ask() -> Response:
+    """An extractive answer with its citations and the passages behind it."""
     return jsonify(engine().ask(_query_params()))
 
 
 @bp.get("/healthz")
-def healthz():
+def healthz() -> Response:
+    """Liveness, and what the live index holds."""
     return jsonify(engine().health())
 
 
 @bp.get("/openapi.json")
-def openapi():
+def openapi() -> Response:
+    """The OpenAPI document of this API."""
     return jsonify(openapi_spec())
 
 
 @bp.get("/api/documents")
-def documents():
+def documents() -> Response:
+    """One page of the documents."""
     return jsonify(engine().documents({"offset": request.args.get("offset"), "limit": request.args.get("limit")}))
 
 
 @bp.get("/api/documents/<doc_id:doc_id>")
-def document(doc_id: str):
+def document(doc_id: str) -> Response:
+    """One document with its paragraphs."""
     return jsonify(engine().document(doc_id))
 
 
@@ -97,13 +106,15 @@ def _require_admin() -> None:
 
 
 @bp.post("/api/documents")
-def add_document():
+def add_document() -> tuple[Response, int]:
+    """Add or replace one article (admin): 201 when created, 200 when updated or unchanged."""
     _require_admin()
     result = engine().add_article(_json_body())
     return jsonify(result), 201 if result["status"] == "created" else 200
 
 
 @bp.delete("/api/documents/<doc_id:doc_id>")
-def delete_document(doc_id: str):
+def delete_document(doc_id: str) -> Response:
+    """Delete one document (admin)."""
     _require_admin()
     return jsonify(engine().delete_document(doc_id))

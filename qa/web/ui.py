@@ -38,24 +38,25 @@ def highlight(text: str, spans: list[tuple[int, int]], terms: list[str]) -> Mark
     return Markup("".join(out))
 
 
-def error_page(message: str, status: int):
+def error_page(message: str, status: int) -> tuple[str, int]:
+    """The search page showing an error, for HTTP errors outside the API."""
     return render_template("index.html", q="", error=message, answer=None, results=[]), status
 
 
 @bp.get("/")
-def index():
+def index() -> str | tuple[str, int]:
+    """The search box; with `q`, the answer and the ranked passages below it."""
     q = request.args.get("q", "")
     if not q.strip():
         return render_template("index.html", q="", answer=None, results=[], error=None)
     engine = current_app.extensions["qa_engine"]
     try:
-        question, answer = engine.ask_full({"q": q, "k": request.args.get("k") or 5,
-                                             "mode": request.args.get("mode")})
+        answer = engine.answer({"q": q, "k": request.args.get("k"), "mode": request.args.get("mode")})
     except QAError as e:
         return render_template("index.html", q=q, answer=None, results=[], error=str(e)), e.status
     spans = answer.highlights()
     cited = {c["passage_id"]: c["n"] for c in answer.citations}
-    terms = query_terms(question)
+    terms = query_terms(answer.question)
     results = [{"hit": h, "n": cited.get(h.passage.passage_id),
                 "html": highlight(h.passage.text, spans.get(h.passage.passage_id, []), terms)}
                for h in answer.search.hits]

@@ -1,0 +1,104 @@
+"""Request parameters of the API, the page and the CLI: checked and converted, a `BadRequest` for anything else."""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import re
+from collections.abc import Mapping
+
+from .errors import BadRequest
+from .ingest import validate_doc_id
+from .search import MODES, Filters
+
+MAX_SOURCE_CHARS = 512
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchParams:
+    """A search or ask request, validated."""
+
+    q: str
+    k: int
+    mode: str
+    filters: Filters
+
+
+def validate_query(q: object, max_chars: int = 1000) -> str:
+    """A non-blank query string of at most `max_chars` characters, without NUL bytes."""
+    if q is None:
+        raise BadRequest("missing query: give q")
+    if not isinstance(q, str):
+        raise BadRequest("q must be a string")
+    if "\x00" in q or "\ufffd" in q:
+        raise BadRequest("q contains NUL bytes or invalid UTF-8")
+    q = q.strip()
+    if not q:
+        raise BadRequest("q is blank")
+    if len(q) > max_chars:
+        raise BadRequest(f"q is longer than {max_chars} characters")
+    return q
+
+
+def parse_int(value: object, name: str, default: int, lo: int, hi: int) -> int:
+    """An integer parameter in lo..hi (strings of digits accepted); BadRequest otherwise."""
+    if value is None or value == "":
+        return default
+    error = BadRequest(f"{name} must be an integer from {lo} to {hi}")
+    if isinstance(value, bool):
+        raise error
+    if isinstance(value, str):
+        if not re.fullmatch(r"\s*-?\d{1,12}\s*", value):
+            raise error
+        value = int(value)
+    if not isinstance(value, int) or not lo <= value <= hi:
+        raise error
+    return value
+
+
+def validate_k(k: object, default: int = 10, max_k: int = 100) -> int:
+    """k as an integer in 1..max_k."""
+    return parse_int(k, "k", default, 1, max_k)
+
+
+def validate_mode(mode: object) -> str:
+    """One of the search modes; hybrid when not given."""
+    if mode in (None, ""):
+        return "hybrid"
+    if mode not in MODES:
+        raise BadRequest(f"mode must be one of {', '.join(MODES)}")
+    return mode
+
+
+def validate_date(value: object, name: str) -> str | None:
+    """An ISO date (YYYY-MM-DD, a longer ISO timestamp is cut to its date) or None."""
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str):
+        raise BadRequest(f"{name} must be an ISO date (YYYY-MM-DD)")
+    try:
+        return dt.date.fromisoformat(value.strip()[:10]).isoformat()
+    except ValueError:
+        raise BadRequest(f"{name} must be an ISO date (YYYY-MM-DD)") from None
+
+
+def make_filters(source: object = None, doc_id: object = None, published_after: object = None,
+                 published_before: object = None) -> Filters:
+    """Validated filters; a document id follows the rule every document id follows (`validate_doc_id`)."""
+    if source is not None and (not isinstance(source, str) or len(source) > MAX_SOURCE_CHARS or "\x00" in source):
+        raise BadRequest(f"source must be a string of at most {MAX_SOURCE_CHARS} characters")
+    if doc_id is not None and not isinstance(doc_id, str):
+        raise BadRequest("doc_id must be a string")
+    if doc_id:
+        validate_doc_id(doc_id)
+    return Filters(source or None, doc_id or None, validate_date(published_after, "published_after"),
+                   validate_date(published_before, "published_before"))
+
+
+def search_params(params: Mapping[str, object], default_k: int, max_chars: int, max_k: int) -> SearchParams:
+    """A search or ask request's parameters (q, k, mode and the filters), validated."""
+    return SearchParams(
+        q=validate_query(params.get("q"), max_chars),
+        k=validate_k(params.get("k"), default_k, max_k),
+        mode=validate_mode(params.get("mode")),
+        filters=make_filters(params.get("source"), params.get("doc_id"), params.get("published_after"),
+                             params.get("published_before")))

@@ -1,0 +1,59 @@
+"""Process tuning for a long-running server: glibc's allocator settings and trims, and the cores it may use."""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import functools
+import os
+import sys
+
+# mallopt's option numbers, from glibc's <malloc.h>
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+M_ARENA_MAX = -8
+
+
+@functools.lru_cache(maxsize=1)
+def libc() -> ctypes.CDLL | None:
+    """The C library, for glibc's allocator controls (`mallopt`, `malloc_trim`); None off Linux or if unloadable."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
+def tune_malloc(arenas: int = 2, mmap_threshold: int = 1 << 20, trim_threshold: int = 4 << 20) -> None:
+    """glibc settings for a long-running server, whose RSS otherwise keeps what writes and reloads freed.
+
+    A few arenas, not one a request thread; large blocks mmapped at a fixed threshold (glibc's sliding one lets a
+    write's tantivy tables and embedding buffers leave holes in the heap); and the heap's free top returned above a
+    threshold that is not so low that trimming slows queries. See docs/performance.md.
+    """
+    with contextlib.suppress(AttributeError):  # a C library without mallopt (not glibc)
+        if (lib := libc()) is not None:
+            for option, value in ((M_ARENA_MAX, arenas), (M_MMAP_THRESHOLD, mmap_threshold),
+                                  (M_TRIM_THRESHOLD, trim_threshold)):
+                lib.mallopt(option, value)
+
+
+def release_memory() -> None:
+    """Hand the heap's free pages back to the system (glibc's malloc_trim).
+
+    Called after reloads in a serving process, including the reload after each of its own writes: the freed page
+    caches, tantivy writer tables (each writer indexes on fresh threads, whose frees glibc keeps) and old indexes
+    otherwise stay in its RSS.
+    """
+    with contextlib.suppress(AttributeError):  # a C library without malloc_trim (not glibc)
+        if (lib := libc()) is not None:
+            lib.malloc_trim(0)
+
+
+def cpu_count() -> int:
+    """The cores this process may run on (its affinity where the system tells it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
