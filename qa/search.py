@@ -12,14 +12,14 @@ import dataclasses
 import functools
 import math
 import re
-import threading
 import time
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from .errors import BadRequest
-from .store import Filters, StoredPassage, query_pairs, query_terms
+from .store import Filters, StoredPassage
+from .text import TermMatcher, query_pairs, query_terms
 
 MODES = ("hybrid", "dense", "lexical")
 DEPTH = 100  # candidates from each side
@@ -111,96 +111,6 @@ def combine(signals: Sequence[Mapping[int, float]], weights: Sequence[float]) ->
 def top(scores: Mapping[int, float], k: int) -> Ranked:
     """The k best (id, score) pairs."""
     return sorted(scores.items(), key=lambda x: (-x[1], x[0]))[:k]
-
-
-# --- term evidence at sentence level --------------------------------------------------------------------------
-
-_local = threading.local()
-
-
-def _stemmer():
-    """This thread's Snowball stemmer: a stemmer keeps per-word state, so threads must not share one."""
-    stemmer = getattr(_local, "stemmer", None)
-    if stemmer is None:
-        import snowballstemmer
-
-        stemmer = _local.stemmer = snowballstemmer.stemmer("english")
-    return stemmer
-
-
-@functools.lru_cache(maxsize=100_000)
-def stem(word: str) -> str:
-    """The Snowball (Porter 2) stem of a lower-cased word."""
-    return _stemmer().stemWord(word.lower())
-
-
-_ASCII_WORD = np.array([chr(c).isalnum() or chr(c) == "_" for c in range(128)])
-
-
-def _is_word_char(codes: np.ndarray) -> np.ndarray:
-    """Per code point: is it a word character (alphanumeric or _, as regex \\w)? ASCII by table, the rest by
-    `str.isalnum`, once per distinct code point."""
-    out = _ASCII_WORD[np.minimum(codes, 127)]
-    other = codes >= 128
-    if other.any():
-        kinds, inverse = np.unique(codes[other], return_inverse=True)
-        out[other] = np.array([chr(c).isalnum() for c in kinds.tolist()])[inverse]
-    return out
-
-
-class TermMatcher:
-    """Finds a query's content words (by stem prefix, so "actions" matches "action") in passages, and gives each
-    sentence its coverage: the share of the query's IDF weight whose words it holds."""
-
-    def __init__(self, weights: Mapping[str, float]):
-        self.stems = [s for s in weights if s]
-        self.weights = np.array([weights[s] for s in self.stems], float)
-        self.total = float(self.weights.sum())
-
-    @classmethod
-    def for_query(cls, index, terms: Sequence[str], n_passages: int) -> "TermMatcher":
-        """IDF weights of the query terms' stems, document frequencies from `index.doc_freqs`."""
-        n = max(n_passages, 1)
-        weights: dict[str, float] = {}
-        for term, df in index.doc_freqs(terms).items():
-            key = stem(term)
-            weights[key] = max(weights.get(key, 0.0), math.log(1 + (n - df + 0.5) / (df + 0.5)))
-        return cls(weights)
-
-    def coverages(self, texts: Sequence[str], spans: np.ndarray | Sequence[tuple[int, int, int]]) -> np.ndarray:
-        """Coverage of each span, given as rows (text number, start, end) in text order then start order."""
-        return self.coverage(self.held(texts, spans))
-
-    def coverage(self, held: np.ndarray) -> np.ndarray:
-        """The share of the query's IDF weight held, from `held`'s rows."""
-        return held @ self.weights / self.total if self.total > 0 else np.zeros(len(held))
-
-    def held(self, texts: Sequence[str], spans: np.ndarray | Sequence[tuple[int, int, int]]) -> np.ndarray:
-        """Which of the query's stems each span holds (spans x stems, bool), spans as for `coverages`: a word
-        counts where it starts with the stem. All texts are scanned at once, one pass per stem."""
-        n = len(spans)
-        if not self.stems or not n:
-            return np.zeros((n, len(self.stems)), bool)
-        big = "\n".join(texts)
-        low = big.replace("\u0130", "I").lower()  # İ is the one letter whose lower case is two characters
-        flags = 0
-        if len(low) != len(big):  # should not happen; match case-insensitively rather than at shifted offsets
-            low, flags = big, re.I
-        codes = np.frombuffer(low.encode("utf-32-le"), np.uint32)
-        bases = np.cumsum([0] + [len(t) + 1 for t in texts[:-1]])
-        sp = np.asarray(spans, np.int64).reshape(n, 3)
-        starts, ends = bases[sp[:, 0]] + sp[:, 1], bases[sp[:, 0]] + sp[:, 2]
-        held = np.zeros((n, len(self.stems)), bool)
-        for j, s in enumerate(self.stems):
-            # a plain literal scan (fast in C); then only matches at the start of a word count, which takes
-            # classifying just the character before each match, not the whole text
-            found = np.array([m.start() for m in re.finditer(re.escape(s), low, flags)], np.int64)
-            if found.size:
-                found = found[(found == 0) | ~_is_word_char(codes[np.maximum(found - 1, 0)])]
-                i = np.searchsorted(starts, found, side="right") - 1
-                inside = (i >= 0) & (found < ends[np.maximum(i, 0)])
-                held[i[inside], j] = True
-        return held
 
 
 # --- validation --------------------------------------------------------------------------------------------

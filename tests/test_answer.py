@@ -207,8 +207,7 @@ def test_coverage_weighs_words_by_how_few_candidates_hold_them_not_by_collection
     # coverage, and the other signals pick the answer ("often" finds "frequently" by meaning)
     import qa.answer as A
     from qa.index import load_index
-    from qa.search import TermMatcher
-    from qa.store import query_terms
+    from qa.text import TermMatcher, query_terms
 
     index = load_index(doctor_who_index, embedder=embedder)
     try:
