@@ -24,7 +24,6 @@ from .text import TermMatcher, query_pairs, query_terms
 MODES = ("hybrid", "dense", "lexical")
 DEPTH = 100  # candidates from each side
 RERANK = DEPTH  # of the union, the best by whole-passage evidence get the sentence-level signals (at least 3k)
-RRF_K = 60  # the constant of Cormack et al. (2009); not tuned here
 DUPLICATE_COSINE = 0.97  # passages this close are copies of one story (syndicated wire text)
 
 Ranked = list[tuple[int, float]]  # (passage rowid, score), best first
@@ -78,34 +77,9 @@ class SearchResult:
 
 # --- fusion: pure functions over (id, score) lists -----------------------------------------------------------
 
-def rrf(rankings: Sequence[Ranked], k: int = RRF_K) -> dict[int, float]:
-    """Reciprocal rank fusion: sum of 1 / (k + rank) over the rankings an id appears in."""
-    fused: dict[int, float] = {}
-    for ranking in rankings:
-        for rank, (rid, _) in enumerate(ranking, 1):
-            fused[rid] = fused.get(rid, 0.0) + 1.0 / (k + rank)
-    return fused
-
-
 def zscores(scores: Mapping[int, float]) -> dict[int, float]:
     """Standardised scores (mean 0, unit deviation) over one query's candidates: `standardise` by id."""
     return dict(zip(scores, standardise(np.fromiter(scores.values(), float)).tolist()))
-
-
-def minmax(scores: Mapping[int, float]) -> dict[int, float]:
-    """Scores scaled to [0, 1] over one query's candidates."""
-    if not scores:
-        return {}
-    lo, hi = min(scores.values()), max(scores.values())
-    span = hi - lo if hi > lo else 1.0
-    return {rid: (s - lo) / span for rid, s in scores.items()}
-
-
-def combine(signals: Sequence[Mapping[int, float]], weights: Sequence[float]) -> dict[int, float]:
-    """Weighted sum of normalised signals over the union of their ids (absent counts as the signal's minimum)."""
-    ids = set().union(*signals)
-    floors = [min(sig.values()) if sig else 0.0 for sig in signals]
-    return {rid: sum(w * sig.get(rid, floor) for sig, w, floor in zip(signals, weights, floors)) for rid in ids}
 
 
 def top(scores: Mapping[int, float], k: int) -> Ranked:
