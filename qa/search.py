@@ -14,6 +14,7 @@ import math
 import re
 import time
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -51,6 +52,26 @@ class Hit:
         return out
 
 
+class SentenceScore(NamedTuple):
+    """One sentence of a candidate passage with its scores (`SearchResult.sentence_scores`)."""
+
+    idx: int  # its number in its passage
+    start: int  # its span in the passage text
+    end: int
+    cosine: float  # with the query
+    coverage: float  # its share of the query's IDF weight over the collection
+    held: np.ndarray  # which of the query's stems it holds (bool, one per stem of `TermMatcher.stems`)
+
+
+class SentenceRows(NamedTuple):
+    """The shortlisted passages' sentences with their scores, as arrays in (passage rowid, idx) order."""
+
+    meta: np.ndarray | tuple = ()  # one row per sentence: passage rowid, idx, start, end
+    cosines: np.ndarray | tuple = ()
+    coverages: np.ndarray | tuple = ()
+    held: np.ndarray | tuple = ()  # sentences x query stems, bool
+
+
 @dataclasses.dataclass
 class SearchResult:
     """Hits and the time each stage took."""
@@ -60,18 +81,17 @@ class SearchResult:
     hits: list[Hit]
     timings: dict
     query_vector: np.ndarray | None = None
-    # per sentence: (passage rowid, idx, start, end), cosine, coverage, and which query stems it holds
-    sentence_rows: tuple = ((), (), (), ())
+    sentence_rows: SentenceRows = SentenceRows()
 
     @functools.cached_property
-    def sentence_scores(self) -> dict[int, list[tuple[int, int, int, float, float, np.ndarray]]]:
-        """Per candidate passage rowid: (idx, start, end, cosine, coverage, held stems) of each of its sentences
-        (for answers; built on first use, so plain searches skip it)."""
-        out: dict[int, list] = {}
-        meta, cosines, coverages, held = self.sentence_rows
-        for (rid, idx, start, end), c, v, h in zip(np.asarray(meta).tolist(), np.asarray(cosines).tolist(),
-                                                    np.asarray(coverages).tolist(), held):
-            out.setdefault(rid, []).append((idx, start, end, c, v, h))
+    def sentence_scores(self) -> dict[int, list[SentenceScore]]:
+        """Per candidate passage rowid, the scores of each of its sentences in order (for answers; built on first
+        use, so plain searches skip it)."""
+        out: dict[int, list[SentenceScore]] = {}
+        rows = self.sentence_rows
+        for (rid, idx, start, end), c, v, h in zip(np.asarray(rows.meta).tolist(), np.asarray(rows.cosines).tolist(),
+                                                    np.asarray(rows.coverages).tolist(), rows.held):
+            out.setdefault(rid, []).append(SentenceScore(idx, start, end, c, v, h))
         return out
 
 
@@ -205,7 +225,7 @@ def _search(index, query: str, k: int, mode: str, filters: Filters | None, depth
     dense_s: dict[int, float] = dict(dense)
     lex_s: dict[int, float] = dict(lexical)
     sent_s: dict[int, float] = {}
-    sentence_rows: tuple = ((), (), (), ())
+    sentence_rows = SentenceRows()
     evidence: dict[int, float] = {}
     if mode != "dense":
         # exact BM25 with term proximity for every candidate (the lexical side's top-k search leaves proximity out
@@ -234,7 +254,7 @@ def _search(index, query: str, k: int, mode: str, filters: Filters | None, depth
             covs = matcher.coverage(held)
             sent_s = dict(zip(owners, np.maximum.reduceat(cosines, np.flatnonzero(first)).tolist()))
             evidence = dict(zip(owners, sentence_evidence(pos, cosines, covs, len(owners)).tolist()))
-            sentence_rows = (meta, cosines, covs, held)
+            sentence_rows = SentenceRows(meta, cosines, covs, held)
     if mode == "dense":
         fused = fuse_dense(dense_s, sent_s, candidates)
     elif mode == "lexical":
