@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 
 from .search import SearchResult, SentenceScore, search, zscores
-from .store import Filters
+from .store import Filters, StoredPassage
 
 if TYPE_CHECKING:
     from .embed import Embedder
@@ -321,9 +321,7 @@ def answer_question(index: Index, question: str, k: int = 5, *, mode: str = "hyb
                                         row.score))
     for pos, n in sorted(numbers.items(), key=lambda x: x[1]):
         p = result.hits[pos].passage
-        citations.append({"n": n, "passage_id": p.passage_id, "doc_id": p.doc_id,
-                          "paragraph_index": p.paragraph_index, "title": p.title, "source": p.source,
-                          "author": p.author, "url": p.url, "published": p.published})
+        citations.append({"n": n, **p.citation(StoredPassage.ANSWER_CITATION_FIELDS)})
     result = dataclasses.replace(result, hits=hits)
     return Answer(question, sentences, citations, result)
 

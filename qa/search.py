@@ -46,9 +46,7 @@ class Hit:
                "citation": p.citation(),
                "scores": {key: (None if v is None else round(float(v), 6)) for key, v in self.scores.items()}}
         if self.duplicates:
-            out["duplicates"] = [{"passage_id": d.passage_id, "doc_id": d.doc_id, "title": d.title,
-                                  "source": d.source, "url": d.url, "published": d.published}
-                                 for d in self.duplicates]
+            out["duplicates"] = [d.citation(StoredPassage.DUPLICATE_FIELDS) for d in self.duplicates]
         return out
 
 

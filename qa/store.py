@@ -115,11 +115,16 @@ class StoredPassage:
     url: str | None
     published: str | None
 
-    def citation(self) -> dict:
-        """The citation object of the API."""
-        return {"title": self.title, "source": self.source, "author": self.author, "url": self.url,
-                "published": self.published, "paragraph_index": self.paragraph_index,
-                "char_start": self.char_start, "char_end": self.char_end}
+    # the fields of each citation object of the API, in their order: a hit's, an answer's (after its number "n"),
+    # and a duplicate's (a copy of a hit in another document)
+    CITATION_FIELDS = ("title", "source", "author", "url", "published", "paragraph_index", "char_start", "char_end")
+    ANSWER_CITATION_FIELDS = ("passage_id", "doc_id", "paragraph_index", "title", "source", "author", "url",
+                              "published")
+    DUPLICATE_FIELDS = ("passage_id", "doc_id", "title", "source", "url", "published")
+
+    def citation(self, fields: Sequence[str] = CITATION_FIELDS) -> dict:
+        """A citation object of the API: these fields of the passage, in this order (a hit's citation by default)."""
+        return {name: getattr(self, name) for name in fields}
 
 
 @dataclasses.dataclass
