@@ -283,32 +283,50 @@ def sentence_alignment(result: SearchResult, embedder: Embedder, sentence: Candi
 def answer_question(index: Index, question: str, k: int = 5, *, mode: str = "hybrid",
                     filters: Filters | None = None) -> Answer:
     """Search, then pick the best answering sentences; no answer when nothing is relevant enough."""
-    # sentence evidence needs the dense side: lexical mode still answers from its own ranking. Twice the passages
-    # that answers are drawn from are ranked, so that an answer's continuation in the next paragraph can be cited
+    result = answer_search(index, question, k, mode, filters)
+    chosen = choose_sentences(result, index.embedder, score_sentences(result, index.embedder))
+    return cited_answer(question, result, with_continuations(result, index.embedder, chosen), k)
+
+
+def answer_search(index: Index, question: str, k: int, mode: str, filters: Filters | None) -> SearchResult:
+    """The search that answers are drawn from, ranking twice the passages they come from, so that an answer's
+    continuation in the next paragraph can be cited."""
     reach = 2 * max(k, ANSWER_PASSAGES)
+    # sentence evidence needs the dense side: lexical mode still answers from its own ranking
     result = search(index, question, reach, mode=mode if mode != "lexical" else "hybrid", filters=filters)
     if mode == "lexical":
         result = dataclasses.replace(result, hits=search(index, question, reach, mode="lexical",
                                                          filters=filters).hits, mode="lexical")
-    scored = score_sentences(result, index.embedder)
+    return result
 
+
+def choose_sentences(result: SearchResult, embedder: Embedder,
+                     scored: list[CandidateSentence]) -> list[CandidateSentence]:
+    """The best sentence if it is answerable (none otherwise), then further answerable ones within FOLLOW_MARGIN of
+    it, one a passage, up to MAX_SENTENCES."""
     def answerable(row: CandidateSentence) -> bool:
-        return is_answerable(sentence_alignment(result, index.embedder, row), row.coverage)
+        return is_answerable(sentence_alignment(result, embedder, row), row.coverage)
 
     chosen: list[CandidateSentence] = []
-    if scored and answerable(scored[0]):
-        best = scored[0].score
-        used_passages = set()
-        for row in scored:
-            if chosen and (best - row.score > FOLLOW_MARGIN or row.pos in used_passages):
-                continue
-            if chosen and not answerable(row):
-                continue
-            chosen.append(row)
-            used_passages.add(row.pos)
-            if len(chosen) >= MAX_SENTENCES:
-                break
-    chosen = with_continuations(result, index.embedder, chosen)
+    if not scored or not answerable(scored[0]):
+        return chosen
+    best = scored[0].score
+    used_passages = set()
+    for row in scored:
+        if chosen and (best - row.score > FOLLOW_MARGIN or row.pos in used_passages):
+            continue
+        if chosen and not answerable(row):
+            continue
+        chosen.append(row)
+        used_passages.add(row.pos)
+        if len(chosen) >= MAX_SENTENCES:
+            break
+    return chosen
+
+
+def cited_answer(question: str, result: SearchResult, chosen: list[CandidateSentence], k: int) -> Answer:
+    """The answer of the chosen sentences, each quoted with the number of its passage's citation (numbered as they
+    are first cited), and the first k hits, or as many as reach the last passage cited."""
     citations, numbers, sentences = [], {}, []
     hits = result.hits[:k]
     for row in chosen:
@@ -322,8 +340,7 @@ def answer_question(index: Index, question: str, k: int = 5, *, mode: str = "hyb
     for pos, n in sorted(numbers.items(), key=lambda x: x[1]):
         p = result.hits[pos].passage
         citations.append({"n": n, **p.citation(StoredPassage.ANSWER_CITATION_FIELDS)})
-    result = dataclasses.replace(result, hits=hits)
-    return Answer(question, sentences, citations, result)
+    return Answer(question, sentences, citations, dataclasses.replace(result, hits=hits))
 
 
 def next_sentence(result: SearchResult, sentence: CandidateSentence) -> CandidateSentence | None:

@@ -14,13 +14,16 @@ import math
 import re
 import time
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from .errors import BadRequest
 from .store import Filters, StoredPassage
 from .text import TermMatcher, query_pairs, query_terms
+
+if TYPE_CHECKING:
+    from .index import Index
 
 MODES = ("hybrid", "dense", "lexical")
 DEPTH = 100  # candidates from each side
@@ -91,6 +94,18 @@ class SearchResult:
                                                     np.asarray(rows.coverages).tolist(), rows.held):
             out.setdefault(rid, []).append(SentenceScore(idx, start, end, c, v, h))
         return out
+
+
+@dataclasses.dataclass
+class Candidates:
+    """One query's candidate passages (rowids, in the order the sides found them) and the evidence on each."""
+
+    ids: list[int]
+    dense: dict[int, float]  # best window's cosine
+    lexical: dict[int, float]  # BM25 (with term proximity once rescored)
+    sentence: dict[int, float] = dataclasses.field(default_factory=dict)  # best sentence's cosine (shortlist)
+    evidence: dict[int, float] = dataclasses.field(default_factory=dict)  # see `sentence_evidence` (shortlist)
+    rows: SentenceRows = SentenceRows()  # the shortlist's sentences, for answers
 
 
 # --- fusion: pure functions over (id, score) lists -----------------------------------------------------------
@@ -181,7 +196,7 @@ def _ms(t0: float) -> float:
     return round((time.perf_counter() - t0) * 1000, 3)
 
 
-def dense_candidates(index, qvec: np.ndarray, depth: int, filters: Filters | None) -> Ranked:
+def dense_candidates(index: Index, qvec: np.ndarray, depth: int, filters: Filters | None) -> Ranked:
     """Best passages by their best window's cosine; the vector index applies the filters (Milvus pushes them down)."""
     scores, ids = index.vectors.search_filtered(qvec[None, :], depth * 2, filters, index.store)
     best: dict[int, float] = {}
@@ -192,15 +207,17 @@ def dense_candidates(index, qvec: np.ndarray, depth: int, filters: Filters | Non
     return top(best, depth)
 
 
-def search(index, query: str, k: int = 10, *, mode: str = "hybrid", filters: Filters | None = None,
+def search(index: Index, query: str, k: int = 10, *, mode: str = "hybrid", filters: Filters | None = None,
            depth: int = DEPTH, rerank: int = RERANK, collapse: bool = True) -> SearchResult:
     """Ranked passages for a question: dense, lexical or hybrid, filtered before the top-k cut."""
     with index.store.snapshot():
         return _search(index, query, k, mode, filters, depth, rerank, collapse)
 
 
-def _search(index, query: str, k: int, mode: str, filters: Filters | None, depth: int, rerank: int,
+def _search(index: Index, query: str, k: int, mode: str, filters: Filters | None, depth: int, rerank: int,
             collapse: bool) -> SearchResult:
+    """`search` in one store snapshot: both sides' candidates, a shortlist by whole-passage evidence, sentence
+    signals for the shortlist, fusion, then duplicate collapse."""
     timings = {"embed_ms": 0.0, "dense_ms": 0.0, "lexical_ms": 0.0, "fuse_ms": 0.0}
     depth = max(depth, k)
     qvec = None
@@ -219,63 +236,87 @@ def _search(index, query: str, k: int, mode: str, filters: Filters | None, depth
         lexical = index.lexical_search(terms, depth, filters)
         timings["lexical_ms"] = _ms(t)
     t = time.perf_counter()
-    candidates = list(dict.fromkeys([rid for rid, _ in dense] + [rid for rid, _ in lexical]))
-    dense_s: dict[int, float] = dict(dense)
-    lex_s: dict[int, float] = dict(lexical)
-    sent_s: dict[int, float] = {}
-    sentence_rows = SentenceRows()
-    evidence: dict[int, float] = {}
+    found = Candidates(list(dict.fromkeys([rid for rid, _ in dense] + [rid for rid, _ in lexical])), dict(dense),
+                       dict(lexical))
     if mode != "dense":
-        # exact BM25 with term proximity for every candidate (the lexical side's top-k search leaves proximity out
-        # for speed); a query without word pairs needs it only for the candidates that search did not score
-        rescore = candidates if pairs else [rid for rid in candidates if rid not in lex_s]
-        if rescore:
-            lex_s.update(index.lexical_scores(terms, rescore, filters, pairs=pairs))
-    if qvec is not None and candidates:
-        # first stage: every candidate gets both cheap signals exactly, whichever side found it
-        missing = [rid for rid in candidates if rid not in dense_s]
-        if missing:
-            owners, wvecs = index.store.window_vectors(missing, index.dim)
-            for rid, s in zip(owners.tolist(), (wvecs @ qvec).tolist()):
-                dense_s[rid] = max(s, dense_s.get(rid, -math.inf))
-        candidates = shortlist(candidates, dense_s, lex_s if mode == "hybrid" else None, max(rerank, 3 * k))
-        # second stage, on the shortlist: sentence-level meaning and term coverage
-        texts = index.store.passage_texts(candidates)
-        matcher = TermMatcher.for_query(index, terms, index.passage_count)
-        svecs, meta = index.store.sentences(candidates, index.dim)  # (passage rowid, idx, start, end) rows
-        if len(meta):
-            first = np.concatenate(([True], meta[1:, 0] != meta[:-1, 0]))  # True at each passage's first sentence
-            owners = meta[first, 0].tolist()
-            pos = np.cumsum(first) - 1  # each sentence's passage number
-            cosines = svecs @ qvec
-            held = matcher.held([texts.get(rid, "") for rid in owners], np.column_stack((pos, meta[:, 2:])))
-            covs = matcher.coverage(held)
-            sent_s = dict(zip(owners, np.maximum.reduceat(cosines, np.flatnonzero(first)).tolist()))
-            evidence = dict(zip(owners, sentence_evidence(pos, cosines, covs, len(owners)).tolist()))
-            sentence_rows = SentenceRows(meta, cosines, covs, held)
-    if mode == "dense":
-        fused = fuse_dense(dense_s, sent_s, candidates)
-    elif mode == "lexical":
-        fused = np.array([lex_s[rid] for rid in candidates])
-    else:
-        fused = fuse_hybrid(sent_s, lex_s, evidence, candidates)
-    ids = np.asarray(candidates, np.int64)
-    order = rank(ids, fused)[:max(k * 3, k + 10)]
-    ranked = list(zip(ids[order].tolist(), fused[order].tolist()))
+        _rescore_lexical(index, found, terms, pairs, filters)
+    if qvec is not None and found.ids:
+        _complete_dense(index, found, qvec)
+        found.ids = shortlist(found.ids, found.dense, found.lexical if mode == "hybrid" else None,
+                              max(rerank, 3 * k))
+        _add_sentence_signals(index, found, qvec, terms)
+    ranked = _fused_ranking(found, mode, max(k * 3, k + 10))
     timings["fuse_ms"] = _ms(t)
+    hits = _hits(index, ranked, found, mode, k * 3)
+    if collapse and len(hits) > 1:
+        hits = collapse_duplicates(index, hits)
+    return SearchResult(query, mode, hits[:k], timings, qvec, found.rows)
+
+
+def _rescore_lexical(index: Index, found: Candidates, terms: list[str], pairs: list[tuple[str, str, int]],
+                     filters: Filters | None) -> None:
+    """Exact BM25 with term proximity for every candidate (the lexical side's top-k search leaves proximity out for
+    speed); a query without word pairs needs it only for the candidates that search did not score."""
+    rescore = found.ids if pairs else [rid for rid in found.ids if rid not in found.lexical]
+    if rescore:
+        found.lexical.update(index.lexical_scores(terms, rescore, filters, pairs=pairs))
+
+
+def _complete_dense(index: Index, found: Candidates, qvec: np.ndarray) -> None:
+    """The best window's cosine for the candidates only the lexical side found: every candidate then has both
+    cheap whole-passage signals exactly, whichever side found it."""
+    missing = [rid for rid in found.ids if rid not in found.dense]
+    if missing:
+        owners, wvecs = index.store.window_vectors(missing, index.dim)
+        for rid, s in zip(owners.tolist(), (wvecs @ qvec).tolist()):
+            found.dense[rid] = max(s, found.dense.get(rid, -math.inf))
+
+
+def _add_sentence_signals(index: Index, found: Candidates, qvec: np.ndarray, terms: list[str]) -> None:
+    """The shortlist's sentence-level signals: each passage's best sentence cosine, its best sentence by meaning and
+    term coverage (`sentence_evidence`), and every sentence's scores for answers."""
+    texts = index.store.passage_texts(found.ids)
+    matcher = TermMatcher.for_query(index, terms, index.passage_count)
+    svecs, meta = index.store.sentences(found.ids, index.dim)  # (passage rowid, idx, start, end) rows
+    if not len(meta):
+        return
+    first = np.concatenate(([True], meta[1:, 0] != meta[:-1, 0]))  # True at each passage's first sentence
+    owners = meta[first, 0].tolist()
+    pos = np.cumsum(first) - 1  # each sentence's passage number
+    cosines = svecs @ qvec
+    held = matcher.held([texts.get(rid, "") for rid in owners], np.column_stack((pos, meta[:, 2:])))
+    covs = matcher.coverage(held)
+    found.sentence = dict(zip(owners, np.maximum.reduceat(cosines, np.flatnonzero(first)).tolist()))
+    found.evidence = dict(zip(owners, sentence_evidence(pos, cosines, covs, len(owners)).tolist()))
+    found.rows = SentenceRows(meta, cosines, covs, held)
+
+
+def _fused_ranking(found: Candidates, mode: str, n: int) -> Ranked:
+    """The `n` best candidates by the mode's fused score, ties by id."""
+    if mode == "dense":
+        fused = fuse_dense(found.dense, found.sentence, found.ids)
+    elif mode == "lexical":
+        fused = np.array([found.lexical[rid] for rid in found.ids])
+    else:
+        fused = fuse_hybrid(found.sentence, found.lexical, found.evidence, found.ids)
+    ids = np.asarray(found.ids, np.int64)
+    order = rank(ids, fused)[:n]
+    return list(zip(ids[order].tolist(), fused[order].tolist()))
+
+
+def _hits(index: Index, ranked: Ranked, found: Candidates, mode: str, limit: int) -> list[Hit]:
+    """Up to `limit` hits for the ranked passages still in the store, each with its component scores."""
     passages = index.store.passages([rid for rid, _ in ranked])
     hits = []
     for rid, score in ranked:
         p = passages.get(rid)
         if p is None:
             continue  # removed since the vector index was loaded
-        hits.append(Hit(p, {"dense": dense_s.get(rid), "sentence": sent_s.get(rid),
-                            "lexical": lex_s.get(rid, 0.0) if mode != "dense" else None, "fused": score}))
-        if len(hits) >= k * 3:
+        hits.append(Hit(p, {"dense": found.dense.get(rid), "sentence": found.sentence.get(rid),
+                            "lexical": found.lexical.get(rid, 0.0) if mode != "dense" else None, "fused": score}))
+        if len(hits) >= limit:
             break
-    if collapse and len(hits) > 1:
-        hits = collapse_duplicates(index, hits)
-    return SearchResult(query, mode, hits[:k], timings, qvec, sentence_rows)
+    return hits
 
 
 def standardise(values: np.ndarray) -> np.ndarray:
@@ -332,7 +373,7 @@ def fuse_hybrid(sentence: Mapping[int, float], lexical: Mapping[int, float], evi
     return standardise(s) + standardise(lex) + standardise(ev)
 
 
-def collapse_duplicates(index, hits: list[Hit]) -> list[Hit]:
+def collapse_duplicates(index: Index, hits: list[Hit]) -> list[Hit]:
     """Fold near-identical passages (cosine ≥ DUPLICATE_COSINE, or the same text) into the best-ranked copy."""
     vecs = index.store.passage_vectors([h.passage.rowid for h in hits], index.dim)
     sims = vecs @ vecs.T
