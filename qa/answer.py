@@ -26,31 +26,22 @@ if TYPE_CHECKING:
     from .embed import Embedder
     from .index import Index
 
-# No answer when the best sentence neither aligns this well with the question (its token alignment, read with the
-# sentence before it, as it is scored, but the plain mean over the question's word pieces) nor holds this share of
-# the question's IDF weight over the collection. Calibrated by scripts/calibrate_no_answer.py (half of squad-dev
-# indexed; its questions answerable, the other half's not): the highest alignment, in steps of 0.025, that keeps
-# answer_hit@1 on answerable questions within half a point of answering everything. At 0.475: 98.8% of answerable
-# questions answered, 0.793 answer_hit@1 (0.797 with no rule), 20% of unanswerable ones answered. The sentence's
-# cosine in its place, at about the same cost (0.40), let 29% through: alignment tells an answer from a
-# neighbouring topic better (AUC 0.982 against 0.955 for the cosine).
+# No answer unless the best sentence aligns with the question (raw token alignment, read with the sentence before it)
+# or holds this share of its IDF weight: set by scripts/calibrate_no_answer.py, see docs/answers.md.
 NO_ANSWER_ALIGNMENT = 0.475
 NO_ANSWER_COVERAGE = 0.50
-# The coverage escape still needs this much alignment: the highest floor, in steps of 0.05, that costs no answerable
-# question its hit (unanswerable ones answered 20.7% -> 20.1%). It turns away a sentence that holds the question's
-# words only by a false friend of the stem prefix: "Francisco" for "France" in "What is the capital of France?".
+# The coverage escape still needs some alignment: it turns away a sentence that holds the question's words only by a
+# false friend of a stem prefix ("Francisco" for "France"); see docs/answers.md.
 NO_ANSWER_ESCAPE_ALIGNMENT = 0.35
 ANSWER_PASSAGES = 5  # candidate sentences come from this many top passages
 MAX_SENTENCES = 3
 FOLLOW_MARGIN = 0.75  # further sentences (from other passages) within this many standard deviations of the best
 TOKEN_CACHE = 64  # passages whose token vectors are kept, most recently used first (~115 KB for 150 word pieces)
-# Token alignment is computed for the sentences of the passages that hold the best ALIGN_SENTENCES sentences by the
-# other signals (1.9 passages a question on squad-dev instead of 5): with 3, 4, 6 or all of them answer_hit@1 was the
-# same within 0.3 points on either half of squad-dev's questions.
+# Token alignment, the costly signal, only for the passages that hold the best ALIGN_SENTENCES sentences by the
+# other signals: aligning more of them left answer_hit@1 as it was (see docs/answers.md).
 ALIGN_SENTENCES = 4
-# The kind of answer a question asks for in so many words, and what a sentence holds to give one: a number for "how
-# many", "how much", "what percentage"...; a date for "when", "what year"... A sentence that holds one counts as
-# holding one more of the question's words, weighted like them by how few candidates hold it (`local_coverage`).
+# The kind of answer a question asks for in so many words (a number for "how many", a date for "when"...): a sentence
+# that holds one counts as holding one more of the question's words (`answer_kind`, `local_coverage`).
 _ASKS_NUMBER = re.compile(r"\bhow (many|much|long|old|far|large|big|tall|high)\b"
                           r"|\bwhat (percentage|percent|proportion|number|amount)\b", re.I)
 _ASKS_DATE = re.compile(r"\bwhen\b|\b(what|which) (year|date|century|decade|month|day)\b", re.I)
@@ -58,8 +49,7 @@ _NUMBER = re.compile(r"\d|\b(two|three|four|five|six|seven|eight|nine|ten|eleven
                      r"|sixty|seventy|eighty|ninety|hundred|thousand|million|billion|dozen)\b", re.I)
 _DATE = re.compile(r"\b\d{3,4}s?\b|\b(January|February|March|April|May|June|July|August|September|October"
                    r"|November|December)\b|\bcentur(y|ies)\b")
-# A sentence that goes on with the one before it ("She also said China has started to send information to..."
-# after a quote on China's enforcement actions): "also", "added", "further"... among its first words. News spreads a
+# A sentence that goes on with the one before it: "also", "added", "further"... among its first words. News spreads a
 # speaker's points over paragraphs of a sentence or two, so an answer's next point is often the next paragraph's.
 _CONTINUES = re.compile(r"\W*(?:[\w’'-]+\W+){0,3}?(?:also|added|adding|further|furthermore|moreover|additionally"
                         r"|in addition)\b", re.I)
