@@ -85,6 +85,7 @@ class AnswerSentence:
     score: float
 
     def to_dict(self) -> dict:
+        """The sentence object of the ask API."""
         return {"text": self.text, "citation": self.citation, "passage_id": self.passage_id,
                 "start": self.start, "end": self.end}
 
@@ -100,6 +101,7 @@ class Answer:
 
     @property
     def no_answer(self) -> bool:
+        """Whether no sentence answers the question."""
         return not self.sentences
 
     @property
@@ -124,7 +126,7 @@ class TokenVectors:
         self._items: collections.OrderedDict = collections.OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, embedder, texts: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+    def get(self, embedder: Embedder, texts: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
         """(vectors, offsets) per text, as `embedder.token_vectors` gives them."""
         model = getattr(embedder, "model_name", "")
         with self._lock:
@@ -146,7 +148,7 @@ class TokenVectors:
 _token_vectors = TokenVectors()
 
 
-def token_alignments(embedder, question: str, sentences: Sequence[tuple[str, int, int]]) -> np.ndarray:
+def token_alignments(embedder: Embedder, question: str, sentences: Sequence[tuple[str, int, int]]) -> np.ndarray:
     """How well each sentence (passage text, start, end) aligns with each of the question's word pieces: the
     piece's best cosine with a word piece of the sentence (sentences x question pieces; 0 for a sentence without
     pieces). Token vectors are contextual: the question's from its own pass, the sentence's from its whole
@@ -166,7 +168,7 @@ def token_alignments(embedder, question: str, sentences: Sequence[tuple[str, int
     return out
 
 
-def alignments(embedder, question: str, sentences: Sequence[tuple[str, int, int]]) -> np.ndarray:
+def alignments(embedder: Embedder, question: str, sentences: Sequence[tuple[str, int, int]]) -> np.ndarray:
     """How well each sentence (passage text, start, end) aligns with the question word piece by word piece: the
     mean, over the question's word pieces, of each one's best cosine with a word piece of the sentence
     (`token_alignments`). This is the recall of BERTScore (Zhang et al., 2020), with unweighted tokens as its

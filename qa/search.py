@@ -193,6 +193,7 @@ def make_filters(source=None, doc_id=None, published_after=None, published_befor
 # --- search ------------------------------------------------------------------------------------------------
 
 def _ms(t0: float) -> float:
+    """Milliseconds since `t0` (a `time.perf_counter()` reading)."""
     return round((time.perf_counter() - t0) * 1000, 3)
 
 
