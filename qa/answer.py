@@ -15,37 +15,33 @@ import dataclasses
 import re
 import threading
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
-from .search import SearchResult, search, zscores
-from .store import Filters
+from .search import SearchResult, SentenceScore, search, zscores
+from .store import Filters, StoredPassage
 
-# No answer when the best sentence neither aligns this well with the question (its token alignment, read with the
-# sentence before it, as it is scored, but the plain mean over the question's word pieces) nor holds this share of
-# the question's IDF weight over the collection. Calibrated by scripts/calibrate_no_answer.py (half of squad-dev
-# indexed; its questions answerable, the other half's not): the highest alignment, in steps of 0.025, that keeps
-# answer_hit@1 on answerable questions within half a point of answering everything. At 0.475: 98.8% of answerable
-# questions answered, 0.793 answer_hit@1 (0.797 with no rule), 20% of unanswerable ones answered. The sentence's
-# cosine in its place, at about the same cost (0.40), let 29% through: alignment tells an answer from a
-# neighbouring topic better (AUC 0.982 against 0.955 for the cosine).
+if TYPE_CHECKING:
+    from .embed import Embedder
+    from .index import Index
+
+# No answer unless the best sentence aligns with the question (raw token alignment, read with the sentence before it)
+# or holds this share of its IDF weight: set by scripts/calibrate_no_answer.py, see docs/answers.md.
 NO_ANSWER_ALIGNMENT = 0.475
 NO_ANSWER_COVERAGE = 0.50
-# The coverage escape still needs this much alignment: the highest floor, in steps of 0.05, that costs no answerable
-# question its hit (unanswerable ones answered 20.7% -> 20.1%). It turns away a sentence that holds the question's
-# words only by a false friend of the stem prefix: "Francisco" for "France" in "What is the capital of France?".
+# The coverage escape still needs some alignment: it turns away a sentence that holds the question's words only by a
+# false friend of a stem prefix ("Francisco" for "France"); see docs/answers.md.
 NO_ANSWER_ESCAPE_ALIGNMENT = 0.35
 ANSWER_PASSAGES = 5  # candidate sentences come from this many top passages
 MAX_SENTENCES = 3
 FOLLOW_MARGIN = 0.75  # further sentences (from other passages) within this many standard deviations of the best
 TOKEN_CACHE = 64  # passages whose token vectors are kept, most recently used first (~115 KB for 150 word pieces)
-# Token alignment is computed for the sentences of the passages that hold the best ALIGN_SENTENCES sentences by the
-# other signals (1.9 passages a question on squad-dev instead of 5): with 3, 4, 6 or all of them answer_hit@1 was the
-# same within 0.3 points on either half of squad-dev's questions.
+# Token alignment, the costly signal, only for the passages that hold the best ALIGN_SENTENCES sentences by the
+# other signals: aligning more of them left answer_hit@1 as it was (see docs/answers.md).
 ALIGN_SENTENCES = 4
-# The kind of answer a question asks for in so many words, and what a sentence holds to give one: a number for "how
-# many", "how much", "what percentage"...; a date for "when", "what year"... A sentence that holds one counts as
-# holding one more of the question's words, weighted like them by how few candidates hold it (`local_coverage`).
+# The kind of answer a question asks for in so many words (a number for "how many", a date for "when"...): a sentence
+# that holds one counts as holding one more of the question's words (`answer_kind`, `local_coverage`).
 _ASKS_NUMBER = re.compile(r"\bhow (many|much|long|old|far|large|big|tall|high)\b"
                           r"|\bwhat (percentage|percent|proportion|number|amount)\b", re.I)
 _ASKS_DATE = re.compile(r"\bwhen\b|\b(what|which) (year|date|century|decade|month|day)\b", re.I)
@@ -53,11 +49,28 @@ _NUMBER = re.compile(r"\d|\b(two|three|four|five|six|seven|eight|nine|ten|eleven
                      r"|sixty|seventy|eighty|ninety|hundred|thousand|million|billion|dozen)\b", re.I)
 _DATE = re.compile(r"\b\d{3,4}s?\b|\b(January|February|March|April|May|June|July|August|September|October"
                    r"|November|December)\b|\bcentur(y|ies)\b")
-# A sentence that goes on with the one before it ("She also said China has started to send information to..."
-# after a quote on China's enforcement actions): "also", "added", "further"... among its first words. News spreads a
+# A sentence that goes on with the one before it: "also", "added", "further"... among its first words. News spreads a
 # speaker's points over paragraphs of a sentence or two, so an answer's next point is often the next paragraph's.
 _CONTINUES = re.compile(r"\W*(?:[\w’'-]+\W+){0,3}?(?:also|added|adding|further|furthermore|moreover|additionally"
                         r"|in addition)\b", re.I)
+
+
+class CandidateSentence(NamedTuple):
+    """A sentence of one of the top passages, scored as an answer to the question (`score_sentences`)."""
+
+    score: float  # its answer score, best first; a continuation keeps the score of the sentence it continues
+    pos: int  # its passage's position among the hits
+    idx: int  # its number in its passage
+    start: int  # its span in the passage text
+    end: int
+    cosine: float | None  # with the question (None for a continuation)
+    coverage: float  # its share of the question's IDF weight over the collection (for the no-answer rule)
+    alignment: float | None  # its raw token alignment (the plain mean over the question's pieces); None: not aligned
+
+    @property
+    def place(self) -> tuple[int, int]:
+        """(hit position, sentence idx): which sentence of which hit it is."""
+        return self.pos, self.idx
 
 
 @dataclasses.dataclass
@@ -72,6 +85,7 @@ class AnswerSentence:
     score: float
 
     def to_dict(self) -> dict:
+        """The sentence object of the ask API."""
         return {"text": self.text, "citation": self.citation, "passage_id": self.passage_id,
                 "start": self.start, "end": self.end}
 
@@ -87,6 +101,7 @@ class Answer:
 
     @property
     def no_answer(self) -> bool:
+        """Whether no sentence answers the question."""
         return not self.sentences
 
     @property
@@ -111,7 +126,7 @@ class TokenVectors:
         self._items: collections.OrderedDict = collections.OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, embedder, texts: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+    def get(self, embedder: Embedder, texts: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
         """(vectors, offsets) per text, as `embedder.token_vectors` gives them."""
         model = getattr(embedder, "model_name", "")
         with self._lock:
@@ -133,7 +148,7 @@ class TokenVectors:
 _token_vectors = TokenVectors()
 
 
-def token_alignments(embedder, question: str, sentences: Sequence[tuple[str, int, int]]) -> np.ndarray:
+def token_alignments(embedder: Embedder, question: str, sentences: Sequence[tuple[str, int, int]]) -> np.ndarray:
     """How well each sentence (passage text, start, end) aligns with each of the question's word pieces: the
     piece's best cosine with a word piece of the sentence (sentences x question pieces; 0 for a sentence without
     pieces). Token vectors are contextual: the question's from its own pass, the sentence's from its whole
@@ -153,7 +168,7 @@ def token_alignments(embedder, question: str, sentences: Sequence[tuple[str, int
     return out
 
 
-def alignments(embedder, question: str, sentences: Sequence[tuple[str, int, int]]) -> np.ndarray:
+def alignments(embedder: Embedder, question: str, sentences: Sequence[tuple[str, int, int]]) -> np.ndarray:
     """How well each sentence (passage text, start, end) aligns with the question word piece by word piece: the
     mean, over the question's word pieces, of each one's best cosine with a word piece of the sentence
     (`token_alignments`). This is the recall of BERTScore (Zhang et al., 2020), with unweighted tokens as its
@@ -166,42 +181,41 @@ def recall(pieces: np.ndarray) -> np.ndarray:
     return pieces.mean(axis=1) if pieces.shape[1] else np.zeros(len(pieces))
 
 
-def with_previous(result: SearchResult, pos: int, idx: int, start: int, end: int) -> tuple[str, int, int]:
-    """(passage text, start, end) of the sentence `idx` of hit `pos` read together with the sentence before it in its
-    passage (on its own if it is the first)."""
-    passage = result.hits[pos].passage
-    previous = sentence_row(result, passage.rowid, idx - 1)
-    return passage.text, previous[1] if previous else start, end
+def with_previous(result: SearchResult, sentence: CandidateSentence) -> tuple[str, int, int]:
+    """(passage text, start, end) of `sentence` read together with the sentence before it in its passage (on its own
+    if it is the first)."""
+    passage = result.hits[sentence.pos].passage
+    previous = sentence_row(result, passage.rowid, sentence.idx - 1)
+    return passage.text, previous.start if previous else sentence.start, sentence.end
 
 
-def sentence_row(result: SearchResult, rowid: int, idx: int) -> tuple | None:
-    """The `sentence_scores` row (idx, start, end, cosine, coverage, held stems) of sentence `idx` of a candidate
-    passage, or None."""
-    return next((row for row in result.sentence_scores.get(rowid, []) if row[0] == idx), None)
+def sentence_row(result: SearchResult, rowid: int, idx: int) -> SentenceScore | None:
+    """The scores of sentence `idx` of a candidate passage, or None."""
+    return next((row for row in result.sentence_scores.get(rowid, []) if row.idx == idx), None)
 
 
-def score_sentences(result: SearchResult, embedder=None) -> list[tuple]:
-    """(score, hit position, sentence idx, start, end, cosine, coverage, alignment) for the sentences of the top
-    passages, best first: standardised cosine + standardised local term coverage (`local_coverage`; the kind of
-    answer asked for counts as one of the question's words, see `answer_kind`) + standardised passage score, plus
-    the standardised token alignment with the question of the sentence read with the one before it (the question's
-    word pieces weighted as `local_coverage` weighs words), when an embedder is given (see ALIGN_SENTENCES).
-    `coverage` is the sentence's share of the question's IDF weight over the collection (for the no-answer rule);
-    `alignment` is the raw one (the plain mean over the question's pieces), None for a sentence not aligned."""
-    rows, held = [], []
+def score_sentences(result: SearchResult, embedder: Embedder | None = None) -> list[CandidateSentence]:
+    """The sentences of the top passages, best first: standardised cosine + standardised local term coverage
+    (`local_coverage`; the kind of answer asked for counts as one of the question's words, see `answer_kind`) +
+    standardised passage score, plus the standardised token alignment with the question of the sentence read with
+    the one before it (the question's word pieces weighted as `local_coverage` weighs words), when an embedder is
+    given (see ALIGN_SENTENCES)."""
+    rows, held, passage_scores = [], [], []
     kind = answer_kind(result.query)
     for pos, hit in enumerate(result.hits[:ANSWER_PASSAGES]):
-        for idx, start, end, cosine, cov, stems in result.sentence_scores.get(hit.passage.rowid, []):
-            rows.append((pos, idx, start, end, cosine, cov, float(hit.scores["fused"])))
+        for s in result.sentence_scores.get(hit.passage.rowid, []):
+            rows.append(CandidateSentence(0.0, pos, s.idx, s.start, s.end, s.cosine, s.coverage, None))
+            passage_scores.append(float(hit.scores["fused"]))
+            stems = s.held
             if kind is not None:  # the kind of answer asked for, as one more word of the question
-                stems = np.append(stems, bool(kind.search(hit.passage.text, start, end)))
+                stems = np.append(stems, bool(kind.search(hit.passage.text, s.start, s.end)))
             held.append(stems)
     if not rows:
         return []
     ids = range(len(rows))
-    z_cos = zscores({i: rows[i][4] for i in ids})
+    z_cos = zscores({i: rows[i].cosine for i in ids})
     z_cov = zscores(dict(enumerate(local_coverage(np.array(held, bool)).tolist())))
-    z_pas = zscores({i: rows[i][6] for i in ids})
+    z_pas = zscores(dict(enumerate(passage_scores)))
     others = [z_cos[i] + z_cov[i] + z_pas[i] for i in ids]
     z_align = dict.fromkeys(ids, 0.0)
     raw: dict[int, float] = {}  # raw alignment of the aligned sentences
@@ -209,13 +223,13 @@ def score_sentences(result: SearchResult, embedder=None) -> list[tuple]:
         # aligned: the sentences of the passages holding the best few by the other signals; the rest get the
         # lowest standardised alignment
         best = sorted(ids, key=lambda i: -others[i])[:ALIGN_SENTENCES]
-        passages = {rows[i][0] for i in best}
-        aligned = [i for i in ids if rows[i][0] in passages]
+        passages = {rows[i].pos for i in best}
+        aligned = [i for i in ids if rows[i].pos in passages]
         # a sentence is aligned together with the one before it in its passage, so that the question's words
         # named there count for it ("...changed by a Rhine straightening program. The rate of flow was increased
         # and the ground water level fell." for "What happened with the ground water level with the Rhine
         # straightening program?")
-        spans = [with_previous(result, *rows[i][:4]) for i in aligned]
+        spans = [with_previous(result, rows[i]) for i in aligned]
         pieces = token_alignments(embedder, result.query, spans)
         raw = dict(zip(aligned, recall(pieces).tolist()))
         # ranked by the question's word pieces weighted as local coverage weighs its words: a piece that every
@@ -223,8 +237,8 @@ def score_sentences(result: SearchResult, embedder=None) -> list[tuple]:
         found = zscores(dict(zip(aligned, local_coverage(pieces).tolist())))
         floor = min(found.values())
         z_align = {i: found.get(i, floor) for i in ids}
-    scored = [(others[i] + z_align[i], *rows[i][:6], raw.get(i)) for i in ids]
-    return sorted(scored, key=lambda r: -r[0])
+    scored = [row._replace(score=others[i] + z_align[i], alignment=raw.get(i)) for i, row in enumerate(rows)]
+    return sorted(scored, key=lambda r: -r.score)
 
 
 def answer_kind(question: str) -> re.Pattern | None:
@@ -251,101 +265,120 @@ def local_coverage(held: np.ndarray) -> np.ndarray:
     return held @ weights / total if total > 0 else np.zeros(len(held))
 
 
-def sentence_alignment(result: SearchResult, embedder, row: tuple) -> float:
-    """The raw token alignment of a row of `score_sentences`, computed now if it was not aligned there."""
-    if row[7] is not None:
-        return row[7]
-    return float(alignments(embedder, result.query, [with_previous(result, *row[1:5])])[0])
+def sentence_alignment(result: SearchResult, embedder: Embedder, sentence: CandidateSentence) -> float:
+    """The raw token alignment of a candidate sentence, computed now if it was not aligned in `score_sentences`."""
+    if sentence.alignment is not None:
+        return sentence.alignment
+    return float(alignments(embedder, result.query, [with_previous(result, sentence)])[0])
 
 
-def answer_question(index, question: str, k: int = 5, *, mode: str = "hybrid",
+def answer_question(index: Index, question: str, k: int = 5, *, mode: str = "hybrid",
                     filters: Filters | None = None) -> Answer:
     """Search, then pick the best answering sentences; no answer when nothing is relevant enough."""
-    # sentence evidence needs the dense side: lexical mode still answers from its own ranking. Twice the passages
-    # that answers are drawn from are ranked, so that an answer's continuation in the next paragraph can be cited
+    result = answer_search(index, question, k, mode, filters)
+    chosen = choose_sentences(result, index.embedder, score_sentences(result, index.embedder))
+    return cited_answer(question, result, with_continuations(result, index.embedder, chosen), k)
+
+
+def answer_search(index: Index, question: str, k: int, mode: str, filters: Filters | None) -> SearchResult:
+    """The search that answers are drawn from, ranking twice the passages they come from, so that an answer's
+    continuation in the next paragraph can be cited."""
     reach = 2 * max(k, ANSWER_PASSAGES)
+    # sentence evidence needs the dense side: lexical mode still answers from its own ranking
     result = search(index, question, reach, mode=mode if mode != "lexical" else "hybrid", filters=filters)
     if mode == "lexical":
         result = dataclasses.replace(result, hits=search(index, question, reach, mode="lexical",
                                                          filters=filters).hits, mode="lexical")
-    scored = score_sentences(result, index.embedder)
+    return result
 
-    def answerable(row: tuple) -> bool:
-        return is_answerable(sentence_alignment(result, index.embedder, row), row[6])
 
-    chosen = []
-    if scored and answerable(scored[0]):
-        best = scored[0][0]
-        used_passages = set()
-        for row in scored:
-            score, pos = row[0], row[1]
-            if chosen and (best - score > FOLLOW_MARGIN or pos in used_passages):
-                continue
-            if chosen and not answerable(row):
-                continue
-            chosen.append(row)
-            used_passages.add(pos)
-            if len(chosen) >= MAX_SENTENCES:
-                break
-    chosen = with_continuations(result, index.embedder, chosen)
+def choose_sentences(result: SearchResult, embedder: Embedder,
+                     scored: list[CandidateSentence]) -> list[CandidateSentence]:
+    """The best sentence if it is answerable (none otherwise), then further answerable ones within FOLLOW_MARGIN of
+    it, one a passage, up to MAX_SENTENCES."""
+    def answerable(row: CandidateSentence) -> bool:
+        return is_answerable(sentence_alignment(result, embedder, row), row.coverage)
+
+    chosen: list[CandidateSentence] = []
+    if not scored or not answerable(scored[0]):
+        return chosen
+    best = scored[0].score
+    used_passages = set()
+    for row in scored:
+        if chosen and (best - row.score > FOLLOW_MARGIN or row.pos in used_passages):
+            continue
+        if chosen and not answerable(row):
+            continue
+        chosen.append(row)
+        used_passages.add(row.pos)
+        if len(chosen) >= MAX_SENTENCES:
+            break
+    return chosen
+
+
+def cited_answer(question: str, result: SearchResult, chosen: list[CandidateSentence], k: int) -> Answer:
+    """The answer of the chosen sentences, each quoted with the number of its passage's citation (numbered as they
+    are first cited), and the first k hits, or as many as reach the last passage cited."""
     citations, numbers, sentences = [], {}, []
     hits = result.hits[:k]
     for row in chosen:
-        score, pos, idx, start, end, *_ = row
-        hit = result.hits[pos]
-        if pos >= len(hits):
-            hits = result.hits[:pos + 1]
-        if pos not in numbers:
-            numbers[pos] = len(numbers) + 1
-        p = hit.passage
-        sentences.append(AnswerSentence(p.text[start:end], numbers[pos], p.passage_id, start, end, score))
+        if row.pos >= len(hits):
+            hits = result.hits[:row.pos + 1]
+        if row.pos not in numbers:
+            numbers[row.pos] = len(numbers) + 1
+        p = result.hits[row.pos].passage
+        sentences.append(AnswerSentence(p.text[row.start:row.end], numbers[row.pos], p.passage_id, row.start, row.end,
+                                        row.score))
     for pos, n in sorted(numbers.items(), key=lambda x: x[1]):
         p = result.hits[pos].passage
-        citations.append({"n": n, "passage_id": p.passage_id, "doc_id": p.doc_id,
-                          "paragraph_index": p.paragraph_index, "title": p.title, "source": p.source,
-                          "author": p.author, "url": p.url, "published": p.published})
-    result = dataclasses.replace(result, hits=hits)
-    return Answer(question, sentences, citations, result)
+        citations.append({"n": n, **p.citation(StoredPassage.ANSWER_CITATION_FIELDS)})
+    return Answer(question, sentences, citations, dataclasses.replace(result, hits=hits))
 
 
-def next_sentence(result: SearchResult, pos: int, idx: int) -> tuple | None:
-    """(hit position, idx, start, end, coverage) of the sentence after sentence `idx` of hit `pos` in its article: the
-    next of its passage, or the first of the article's next paragraph when that is among the hits; None if none."""
-    passage = result.hits[pos].passage
-    following = sentence_row(result, passage.rowid, idx + 1)
+def next_sentence(result: SearchResult, sentence: CandidateSentence) -> CandidateSentence | None:
+    """The sentence after `sentence` in its article, as its continuation (its score, no cosine or alignment yet):
+    the next of its passage, or the first of the article's next paragraph when that is among the hits; None if none."""
+    passage = result.hits[sentence.pos].passage
+    following = sentence_row(result, passage.rowid, sentence.idx + 1)
     if following is not None:
-        return (pos, *following[:3], following[4])
+        return continuation(sentence, sentence.pos, following)
     rows = result.sentence_scores.get(passage.rowid, [])
-    if not rows or idx != rows[-1][0]:
+    if not rows or sentence.idx != rows[-1].idx:
         return None
     for p, hit in enumerate(result.hits):
         if hit.passage.doc_id == passage.doc_id and hit.passage.paragraph_index == passage.paragraph_index + 1:
             first = sentence_row(result, hit.passage.rowid, 0)
-            return (p, *first[:3], first[4]) if first else None
+            return continuation(sentence, p, first) if first else None
     return None
 
 
-def with_continuations(result: SearchResult, embedder, chosen: list[tuple]) -> list[tuple]:
-    """The chosen answer rows, each followed by the sentence after it in its article when that one goes on with it
-    (`_CONTINUES`) and is an answer in its own right (the no-answer rule on its own alignment, without the sentence
-    before it), up to MAX_SENTENCES in all. A continuation's row keeps the score of the sentence it continues."""
-    out: list[tuple] = []
-    taken = {row[1:3] for row in chosen}
+def continuation(sentence: CandidateSentence, pos: int, following: SentenceScore) -> CandidateSentence:
+    """Sentence `following` of hit `pos` as the continuation of `sentence`: with its score, not yet aligned."""
+    return CandidateSentence(sentence.score, pos, following.idx, following.start, following.end, None,
+                             following.coverage, None)
+
+
+def with_continuations(result: SearchResult, embedder: Embedder,
+                       chosen: list[CandidateSentence]) -> list[CandidateSentence]:
+    """The chosen answer sentences, each followed by the sentence after it in its article when that one goes on with
+    it (`_CONTINUES`) and is an answer in its own right (the no-answer rule on its own alignment, without the
+    sentence before it), up to MAX_SENTENCES in all."""
+    out: list[CandidateSentence] = []
+    taken = {row.place for row in chosen}
     for n, row in enumerate(chosen):
         out.append(row)
         if len(out) + len(chosen) - n - 1 >= MAX_SENTENCES:  # no room left beside the chosen rows still to come
             continue
-        following = next_sentence(result, row[1], row[2])
-        if following is None or following[:2] in taken:
+        following = next_sentence(result, row)
+        if following is None or following.place in taken:
             continue
-        pos, idx, start, end, cov = following
-        text = result.hits[pos].passage.text
-        if not _CONTINUES.match(text, start, end):
+        text = result.hits[following.pos].passage.text
+        if not _CONTINUES.match(text, following.start, following.end):
             continue
-        alignment = float(alignments(embedder, result.query, [(text, start, end)])[0])
-        if is_answerable(alignment, cov):
-            out.append((row[0], pos, idx, start, end, None, cov, alignment))
-            taken.add((pos, idx))
+        alignment = float(alignments(embedder, result.query, [(text, following.start, following.end)])[0])
+        if is_answerable(alignment, following.coverage):
+            out.append(following._replace(alignment=alignment))
+            taken.add(following.place)
     return out
 
 

@@ -4,10 +4,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import BadRequest
+
+if TYPE_CHECKING:
+    from .index import Index
 
 
 def read_questions(path: str, limit: int | None = None) -> list[dict]:
@@ -41,7 +45,7 @@ def answer_contains(sentence: str, answers: Sequence[str]) -> bool:
     return any(" ".join(a.lower().split()) in norm for a in answers if a.strip())
 
 
-def evaluate(index, questions: Sequence[dict], *, k: int = 10, mode: str = "hybrid", answers: bool = True,
+def evaluate(index: Index, questions: Sequence[dict], *, k: int = 10, mode: str = "hybrid", answers: bool = True,
              progress: Callable[[int], None] | None = None) -> dict:
     """R@1, R@5, R@10, MRR@10 (over the first k), answer_hit@1 and latency percentiles."""
     from .answer import answer_question

@@ -10,6 +10,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 
 from .errors import IngestError
+from .text import WORD
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,6 @@ ProblemSink = Callable[[Problem], None]
 
 # --- boilerplate ---------------------------------------------------------------------------------------------
 
-_WORD = re.compile(r"\w+", re.UNICODE)
 _OVER_30_WORDS = re.compile(r"(?:\W*+\w++){31}")  # possessive: linear, a word is never split in two
 _URL_ONLY = re.compile(r"^\s*(<)?(https?://|www\.)\S+(>)?\s*$", re.I)
 _LEGAL = re.compile(
@@ -104,13 +104,13 @@ _SENTENCE_END = re.compile(r"[.!?…:;\"'”’)\]]\s*$")
 
 def word_count(text: str) -> int:
     """Number of word tokens in `text`."""
-    return len(_WORD.findall(text))
+    return len(WORD.findall(text))
 
 
 def is_boilerplate(text: str) -> bool:
     """Whether a paragraph is site chrome: legal lines, account prompts, link-only or label-like short lines."""
     text = text.strip()
-    if not text or not _WORD.search(text):
+    if not text or not WORD.search(text):
         return True
     # the checks below only ask "at most 30 words?": a long paragraph's words are not listed
     words = 31 if _OVER_30_WORDS.match(text) else word_count(text)

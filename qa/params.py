@@ -8,7 +8,8 @@ from collections.abc import Mapping
 
 from .errors import BadRequest
 from .ingest import validate_doc_id
-from .search import MODES, Filters
+from .search import MODES
+from .store import Filters
 
 MAX_SOURCE_CHARS = 512
 

@@ -11,19 +11,21 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import re
-import threading
 import time
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
-from .store import Filters, StoredPassage, query_pairs, query_terms
+from .store import Filters, StoredPassage
+from .text import TermMatcher, query_pairs, query_terms
+
+if TYPE_CHECKING:
+    from .index import Index
 
 MODES = ("hybrid", "dense", "lexical")
 DEPTH = 100  # candidates from each side
 RERANK = DEPTH  # of the union, the best by whole-passage evidence get the sentence-level signals (at least 3k)
-RRF_K = 60  # the constant of Cormack et al. (2009); not tuned here
 DUPLICATE_COSINE = 0.97  # passages this close are copies of one story (syndicated wire text)
 
 Ranked = list[tuple[int, float]]  # (passage rowid, score), best first
@@ -45,10 +47,28 @@ class Hit:
                "citation": p.citation(),
                "scores": {key: (None if v is None else round(float(v), 6)) for key, v in self.scores.items()}}
         if self.duplicates:
-            out["duplicates"] = [{"passage_id": d.passage_id, "doc_id": d.doc_id, "title": d.title,
-                                  "source": d.source, "url": d.url, "published": d.published}
-                                 for d in self.duplicates]
+            out["duplicates"] = [d.citation(StoredPassage.DUPLICATE_FIELDS) for d in self.duplicates]
         return out
+
+
+class SentenceScore(NamedTuple):
+    """One sentence of a candidate passage with its scores (`SearchResult.sentence_scores`)."""
+
+    idx: int  # its number in its passage
+    start: int  # its span in the passage text
+    end: int
+    cosine: float  # with the query
+    coverage: float  # its share of the query's IDF weight over the collection
+    held: np.ndarray  # which of the query's stems it holds (bool, one per stem of `TermMatcher.stems`)
+
+
+class SentenceRows(NamedTuple):
+    """The shortlisted passages' sentences with their scores, as arrays in (passage rowid, idx) order."""
+
+    meta: np.ndarray | tuple = ()  # one row per sentence: passage rowid, idx, start, end
+    cosines: np.ndarray | tuple = ()
+    coverages: np.ndarray | tuple = ()
+    held: np.ndarray | tuple = ()  # sentences x query stems, bool
 
 
 @dataclasses.dataclass
@@ -60,51 +80,37 @@ class SearchResult:
     hits: list[Hit]
     timings: dict
     query_vector: np.ndarray | None = None
-    # per sentence: (passage rowid, idx, start, end), cosine, coverage, and which query stems it holds
-    sentence_rows: tuple = ((), (), (), ())
+    sentence_rows: SentenceRows = SentenceRows()
 
     @functools.cached_property
-    def sentence_scores(self) -> dict[int, list[tuple[int, int, int, float, float, np.ndarray]]]:
-        """Per candidate passage rowid: (idx, start, end, cosine, coverage, held stems) of each of its sentences
-        (for answers; built on first use, so plain searches skip it)."""
-        out: dict[int, list] = {}
-        meta, cosines, coverages, held = self.sentence_rows
-        for (rid, idx, start, end), c, v, h in zip(np.asarray(meta).tolist(), np.asarray(cosines).tolist(),
-                                                    np.asarray(coverages).tolist(), held):
-            out.setdefault(rid, []).append((idx, start, end, c, v, h))
+    def sentence_scores(self) -> dict[int, list[SentenceScore]]:
+        """Per candidate passage rowid, the scores of each of its sentences in order (for answers; built on first
+        use, so plain searches skip it)."""
+        out: dict[int, list[SentenceScore]] = {}
+        rows = self.sentence_rows
+        for (rid, idx, start, end), c, v, h in zip(np.asarray(rows.meta).tolist(), np.asarray(rows.cosines).tolist(),
+                                                    np.asarray(rows.coverages).tolist(), rows.held):
+            out.setdefault(rid, []).append(SentenceScore(idx, start, end, c, v, h))
         return out
+
+
+@dataclasses.dataclass
+class Candidates:
+    """One query's candidate passages (rowids, in the order the sides found them) and the evidence on each."""
+
+    ids: list[int]
+    dense: dict[int, float]  # best window's cosine
+    lexical: dict[int, float]  # BM25 (with term proximity once rescored)
+    sentence: dict[int, float] = dataclasses.field(default_factory=dict)  # best sentence's cosine (shortlist)
+    evidence: dict[int, float] = dataclasses.field(default_factory=dict)  # see `sentence_evidence` (shortlist)
+    rows: SentenceRows = SentenceRows()  # the shortlist's sentences, for answers
 
 
 # --- fusion: pure functions over (id, score) lists -----------------------------------------------------------
 
-def rrf(rankings: Sequence[Ranked], k: int = RRF_K) -> dict[int, float]:
-    """Reciprocal rank fusion: sum of 1 / (k + rank) over the rankings an id appears in."""
-    fused: dict[int, float] = {}
-    for ranking in rankings:
-        for rank, (rid, _) in enumerate(ranking, 1):
-            fused[rid] = fused.get(rid, 0.0) + 1.0 / (k + rank)
-    return fused
-
-
 def zscores(scores: Mapping[int, float]) -> dict[int, float]:
     """Standardised scores (mean 0, unit deviation) over one query's candidates: `standardise` by id."""
     return dict(zip(scores, standardise(np.fromiter(scores.values(), float)).tolist()))
-
-
-def minmax(scores: Mapping[int, float]) -> dict[int, float]:
-    """Scores scaled to [0, 1] over one query's candidates."""
-    if not scores:
-        return {}
-    lo, hi = min(scores.values()), max(scores.values())
-    span = hi - lo if hi > lo else 1.0
-    return {rid: (s - lo) / span for rid, s in scores.items()}
-
-
-def combine(signals: Sequence[Mapping[int, float]], weights: Sequence[float]) -> dict[int, float]:
-    """Weighted sum of normalised signals over the union of their ids (absent counts as the signal's minimum)."""
-    ids = set().union(*signals)
-    floors = [min(sig.values()) if sig else 0.0 for sig in signals]
-    return {rid: sum(w * sig.get(rid, floor) for sig, w, floor in zip(signals, weights, floors)) for rid in ids}
 
 
 def top(scores: Mapping[int, float], k: int) -> Ranked:
@@ -112,103 +118,14 @@ def top(scores: Mapping[int, float], k: int) -> Ranked:
     return sorted(scores.items(), key=lambda x: (-x[1], x[0]))[:k]
 
 
-# --- term evidence at sentence level --------------------------------------------------------------------------
-
-_local = threading.local()
-
-
-def _stemmer():
-    """This thread's Snowball stemmer: a stemmer keeps per-word state, so threads must not share one."""
-    stemmer = getattr(_local, "stemmer", None)
-    if stemmer is None:
-        import snowballstemmer
-
-        stemmer = _local.stemmer = snowballstemmer.stemmer("english")
-    return stemmer
-
-
-@functools.lru_cache(maxsize=100_000)
-def stem(word: str) -> str:
-    """The Snowball (Porter 2) stem of a lower-cased word."""
-    return _stemmer().stemWord(word.lower())
-
-
-_ASCII_WORD = np.array([chr(c).isalnum() or chr(c) == "_" for c in range(128)])
-
-
-def _is_word_char(codes: np.ndarray) -> np.ndarray:
-    """Per code point: is it a word character (alphanumeric or _, as regex \\w)? ASCII by table, the rest by
-    `str.isalnum`, once per distinct code point."""
-    out = _ASCII_WORD[np.minimum(codes, 127)]
-    other = codes >= 128
-    if other.any():
-        kinds, inverse = np.unique(codes[other], return_inverse=True)
-        out[other] = np.array([chr(c).isalnum() for c in kinds.tolist()])[inverse]
-    return out
-
-
-class TermMatcher:
-    """Finds a query's content words (by stem prefix, so "actions" matches "action") in passages, and gives each
-    sentence its coverage: the share of the query's IDF weight whose words it holds."""
-
-    def __init__(self, weights: Mapping[str, float]):
-        self.stems = [s for s in weights if s]
-        self.weights = np.array([weights[s] for s in self.stems], float)
-        self.total = float(self.weights.sum())
-
-    @classmethod
-    def for_query(cls, index, terms: Sequence[str], n_passages: int) -> "TermMatcher":
-        """IDF weights of the query terms' stems, document frequencies from `index.doc_freqs`."""
-        n = max(n_passages, 1)
-        weights: dict[str, float] = {}
-        for term, df in index.doc_freqs(terms).items():
-            key = stem(term)
-            weights[key] = max(weights.get(key, 0.0), math.log(1 + (n - df + 0.5) / (df + 0.5)))
-        return cls(weights)
-
-    def coverages(self, texts: Sequence[str], spans: np.ndarray | Sequence[tuple[int, int, int]]) -> np.ndarray:
-        """Coverage of each span, given as rows (text number, start, end) in text order then start order."""
-        return self.coverage(self.held(texts, spans))
-
-    def coverage(self, held: np.ndarray) -> np.ndarray:
-        """The share of the query's IDF weight held, from `held`'s rows."""
-        return held @ self.weights / self.total if self.total > 0 else np.zeros(len(held))
-
-    def held(self, texts: Sequence[str], spans: np.ndarray | Sequence[tuple[int, int, int]]) -> np.ndarray:
-        """Which of the query's stems each span holds (spans x stems, bool), spans as for `coverages`: a word
-        counts where it starts with the stem. All texts are scanned at once, one pass per stem."""
-        n = len(spans)
-        if not self.stems or not n:
-            return np.zeros((n, len(self.stems)), bool)
-        big = "\n".join(texts)
-        low = big.replace("\u0130", "I").lower()  # İ is the one letter whose lower case is two characters
-        flags = 0
-        if len(low) != len(big):  # should not happen; match case-insensitively rather than at shifted offsets
-            low, flags = big, re.I
-        codes = np.frombuffer(low.encode("utf-32-le"), np.uint32)
-        bases = np.cumsum([0] + [len(t) + 1 for t in texts[:-1]])
-        sp = np.asarray(spans, np.int64).reshape(n, 3)
-        starts, ends = bases[sp[:, 0]] + sp[:, 1], bases[sp[:, 0]] + sp[:, 2]
-        held = np.zeros((n, len(self.stems)), bool)
-        for j, s in enumerate(self.stems):
-            # a plain literal scan (fast in C); then only matches at the start of a word count, which takes
-            # classifying just the character before each match, not the whole text
-            found = np.array([m.start() for m in re.finditer(re.escape(s), low, flags)], np.int64)
-            if found.size:
-                found = found[(found == 0) | ~_is_word_char(codes[np.maximum(found - 1, 0)])]
-                i = np.searchsorted(starts, found, side="right") - 1
-                inside = (i >= 0) & (found < ends[np.maximum(i, 0)])
-                held[i[inside], j] = True
-        return held
-
-
 # --- search ------------------------------------------------------------------------------------------------
 
 def _ms(t0: float) -> float:
+    """Milliseconds since `t0` (a `time.perf_counter()` reading)."""
     return round((time.perf_counter() - t0) * 1000, 3)
 
 
-def dense_candidates(index, qvec: np.ndarray, depth: int, filters: Filters | None) -> Ranked:
+def dense_candidates(index: Index, qvec: np.ndarray, depth: int, filters: Filters | None) -> Ranked:
     """Best passages by their best window's cosine; the vector index applies the filters (Milvus pushes them down)."""
     scores, ids = index.vectors.search_filtered(qvec[None, :], depth * 2, filters, index.store)
     best: dict[int, float] = {}
@@ -219,15 +136,17 @@ def dense_candidates(index, qvec: np.ndarray, depth: int, filters: Filters | Non
     return top(best, depth)
 
 
-def search(index, query: str, k: int = 10, *, mode: str = "hybrid", filters: Filters | None = None,
+def search(index: Index, query: str, k: int = 10, *, mode: str = "hybrid", filters: Filters | None = None,
            depth: int = DEPTH, rerank: int = RERANK, collapse: bool = True) -> SearchResult:
     """Ranked passages for a question: dense, lexical or hybrid, filtered before the top-k cut."""
     with index.store.snapshot():
         return _search(index, query, k, mode, filters, depth, rerank, collapse)
 
 
-def _search(index, query: str, k: int, mode: str, filters: Filters | None, depth: int, rerank: int,
+def _search(index: Index, query: str, k: int, mode: str, filters: Filters | None, depth: int, rerank: int,
             collapse: bool) -> SearchResult:
+    """`search` in one store snapshot: both sides' candidates, a shortlist by whole-passage evidence, sentence
+    signals for the shortlist, fusion, then duplicate collapse."""
     timings = {"embed_ms": 0.0, "dense_ms": 0.0, "lexical_ms": 0.0, "fuse_ms": 0.0}
     depth = max(depth, k)
     qvec = None
@@ -246,63 +165,87 @@ def _search(index, query: str, k: int, mode: str, filters: Filters | None, depth
         lexical = index.lexical_search(terms, depth, filters)
         timings["lexical_ms"] = _ms(t)
     t = time.perf_counter()
-    candidates = list(dict.fromkeys([rid for rid, _ in dense] + [rid for rid, _ in lexical]))
-    dense_s: dict[int, float] = dict(dense)
-    lex_s: dict[int, float] = dict(lexical)
-    sent_s: dict[int, float] = {}
-    sentence_rows: tuple = ((), (), (), ())
-    evidence: dict[int, float] = {}
+    found = Candidates(list(dict.fromkeys([rid for rid, _ in dense] + [rid for rid, _ in lexical])), dict(dense),
+                       dict(lexical))
     if mode != "dense":
-        # exact BM25 with term proximity for every candidate (the lexical side's top-k search leaves proximity out
-        # for speed); a query without word pairs needs it only for the candidates that search did not score
-        rescore = candidates if pairs else [rid for rid in candidates if rid not in lex_s]
-        if rescore:
-            lex_s.update(index.lexical_scores(terms, rescore, filters, pairs=pairs))
-    if qvec is not None and candidates:
-        # first stage: every candidate gets both cheap signals exactly, whichever side found it
-        missing = [rid for rid in candidates if rid not in dense_s]
-        if missing:
-            owners, wvecs = index.store.window_vectors(missing, index.dim)
-            for rid, s in zip(owners.tolist(), (wvecs @ qvec).tolist()):
-                dense_s[rid] = max(s, dense_s.get(rid, -math.inf))
-        candidates = shortlist(candidates, dense_s, lex_s if mode == "hybrid" else None, max(rerank, 3 * k))
-        # second stage, on the shortlist: sentence-level meaning and term coverage
-        texts = index.store.passage_texts(candidates)
-        matcher = TermMatcher.for_query(index, terms, index.passage_count)
-        svecs, meta = index.store.sentences(candidates, index.dim)  # (passage rowid, idx, start, end) rows
-        if len(meta):
-            first = np.concatenate(([True], meta[1:, 0] != meta[:-1, 0]))  # True at each passage's first sentence
-            owners = meta[first, 0].tolist()
-            pos = np.cumsum(first) - 1  # each sentence's passage number
-            cosines = svecs @ qvec
-            held = matcher.held([texts.get(rid, "") for rid in owners], np.column_stack((pos, meta[:, 2:])))
-            covs = matcher.coverage(held)
-            sent_s = dict(zip(owners, np.maximum.reduceat(cosines, np.flatnonzero(first)).tolist()))
-            evidence = dict(zip(owners, sentence_evidence(pos, cosines, covs, len(owners)).tolist()))
-            sentence_rows = (meta, cosines, covs, held)
-    if mode == "dense":
-        fused = fuse_dense(dense_s, sent_s, candidates)
-    elif mode == "lexical":
-        fused = np.array([lex_s[rid] for rid in candidates])
-    else:
-        fused = fuse_hybrid(sent_s, lex_s, evidence, candidates)
-    ids = np.asarray(candidates, np.int64)
-    order = rank(ids, fused)[:max(k * 3, k + 10)]
-    ranked = list(zip(ids[order].tolist(), fused[order].tolist()))
+        _rescore_lexical(index, found, terms, pairs, filters)
+    if qvec is not None and found.ids:
+        _complete_dense(index, found, qvec)
+        found.ids = shortlist(found.ids, found.dense, found.lexical if mode == "hybrid" else None,
+                              max(rerank, 3 * k))
+        _add_sentence_signals(index, found, qvec, terms)
+    ranked = _fused_ranking(found, mode, max(k * 3, k + 10))
     timings["fuse_ms"] = _ms(t)
+    hits = _hits(index, ranked, found, mode, k * 3)
+    if collapse and len(hits) > 1:
+        hits = collapse_duplicates(index, hits)
+    return SearchResult(query, mode, hits[:k], timings, qvec, found.rows)
+
+
+def _rescore_lexical(index: Index, found: Candidates, terms: list[str], pairs: list[tuple[str, str, int]],
+                     filters: Filters | None) -> None:
+    """Exact BM25 with term proximity for every candidate (the lexical side's top-k search leaves proximity out for
+    speed); a query without word pairs needs it only for the candidates that search did not score."""
+    rescore = found.ids if pairs else [rid for rid in found.ids if rid not in found.lexical]
+    if rescore:
+        found.lexical.update(index.lexical_scores(terms, rescore, filters, pairs=pairs))
+
+
+def _complete_dense(index: Index, found: Candidates, qvec: np.ndarray) -> None:
+    """The best window's cosine for the candidates only the lexical side found: every candidate then has both
+    cheap whole-passage signals exactly, whichever side found it."""
+    missing = [rid for rid in found.ids if rid not in found.dense]
+    if missing:
+        owners, wvecs = index.store.window_vectors(missing, index.dim)
+        for rid, s in zip(owners.tolist(), (wvecs @ qvec).tolist()):
+            found.dense[rid] = max(s, found.dense.get(rid, -math.inf))
+
+
+def _add_sentence_signals(index: Index, found: Candidates, qvec: np.ndarray, terms: list[str]) -> None:
+    """The shortlist's sentence-level signals: each passage's best sentence cosine, its best sentence by meaning and
+    term coverage (`sentence_evidence`), and every sentence's scores for answers."""
+    texts = index.store.passage_texts(found.ids)
+    matcher = TermMatcher.for_query(index, terms, index.passage_count)
+    svecs, meta = index.store.sentences(found.ids, index.dim)  # (passage rowid, idx, start, end) rows
+    if not len(meta):
+        return
+    first = np.concatenate(([True], meta[1:, 0] != meta[:-1, 0]))  # True at each passage's first sentence
+    owners = meta[first, 0].tolist()
+    pos = np.cumsum(first) - 1  # each sentence's passage number
+    cosines = svecs @ qvec
+    held = matcher.held([texts.get(rid, "") for rid in owners], np.column_stack((pos, meta[:, 2:])))
+    covs = matcher.coverage(held)
+    found.sentence = dict(zip(owners, np.maximum.reduceat(cosines, np.flatnonzero(first)).tolist()))
+    found.evidence = dict(zip(owners, sentence_evidence(pos, cosines, covs, len(owners)).tolist()))
+    found.rows = SentenceRows(meta, cosines, covs, held)
+
+
+def _fused_ranking(found: Candidates, mode: str, n: int) -> Ranked:
+    """The `n` best candidates by the mode's fused score, ties by id."""
+    if mode == "dense":
+        fused = fuse_dense(found.dense, found.sentence, found.ids)
+    elif mode == "lexical":
+        fused = np.array([found.lexical[rid] for rid in found.ids])
+    else:
+        fused = fuse_hybrid(found.sentence, found.lexical, found.evidence, found.ids)
+    ids = np.asarray(found.ids, np.int64)
+    order = rank(ids, fused)[:n]
+    return list(zip(ids[order].tolist(), fused[order].tolist()))
+
+
+def _hits(index: Index, ranked: Ranked, found: Candidates, mode: str, limit: int) -> list[Hit]:
+    """Up to `limit` hits for the ranked passages still in the store, each with its component scores."""
     passages = index.store.passages([rid for rid, _ in ranked])
     hits = []
     for rid, score in ranked:
         p = passages.get(rid)
         if p is None:
             continue  # removed since the vector index was loaded
-        hits.append(Hit(p, {"dense": dense_s.get(rid), "sentence": sent_s.get(rid),
-                            "lexical": lex_s.get(rid, 0.0) if mode != "dense" else None, "fused": score}))
-        if len(hits) >= k * 3:
+        hits.append(Hit(p, {"dense": found.dense.get(rid), "sentence": found.sentence.get(rid),
+                            "lexical": found.lexical.get(rid, 0.0) if mode != "dense" else None, "fused": score}))
+        if len(hits) >= limit:
             break
-    if collapse and len(hits) > 1:
-        hits = collapse_duplicates(index, hits)
-    return SearchResult(query, mode, hits[:k], timings, qvec, sentence_rows)
+    return hits
 
 
 def standardise(values: np.ndarray) -> np.ndarray:
@@ -359,7 +302,7 @@ def fuse_hybrid(sentence: Mapping[int, float], lexical: Mapping[int, float], evi
     return standardise(s) + standardise(lex) + standardise(ev)
 
 
-def collapse_duplicates(index, hits: list[Hit]) -> list[Hit]:
+def collapse_duplicates(index: Index, hits: list[Hit]) -> list[Hit]:
     """Fold near-identical passages (cosine ≥ DUPLICATE_COSINE, or the same text) into the best-ranked copy."""
     vecs = index.store.passage_vectors([h.passage.rowid for h in hits], index.dim)
     sims = vecs @ vecs.T

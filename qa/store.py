@@ -14,7 +14,6 @@ import functools
 import json
 import logging
 import os
-import re
 import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
@@ -93,11 +92,16 @@ class StoredPassage:
     url: str | None
     published: str | None
 
-    def citation(self) -> dict:
-        """The citation object of the API."""
-        return {"title": self.title, "source": self.source, "author": self.author, "url": self.url,
-                "published": self.published, "paragraph_index": self.paragraph_index,
-                "char_start": self.char_start, "char_end": self.char_end}
+    # the fields of each citation object of the API, in their order: a hit's, an answer's (after its number "n"),
+    # and a duplicate's (a copy of a hit in another document)
+    CITATION_FIELDS = ("title", "source", "author", "url", "published", "paragraph_index", "char_start", "char_end")
+    ANSWER_CITATION_FIELDS = ("passage_id", "doc_id", "paragraph_index", "title", "source", "author", "url",
+                              "published")
+    DUPLICATE_FIELDS = ("passage_id", "doc_id", "title", "source", "url", "published")
+
+    def citation(self, fields: Sequence[str] = CITATION_FIELDS) -> dict:
+        """A citation object of the API: these fields of the passage, in this order (a hit's citation by default)."""
+        return {name: getattr(self, name) for name in fields}
 
 
 @dataclasses.dataclass
@@ -178,32 +182,6 @@ def from_blobs(blobs: Sequence[bytes], dim: int) -> np.ndarray:
 
 
 # --- FTS5 query building ---
-_TERM = re.compile(r"\w+", re.UNICODE)
-STOPWORDS = frozenset("""a about above after again against all am an and any are as at be because been before being
-below between both but by can could did do does doing down during each few for from further had has have having he
-her here hers herself him himself his how i if in into is it its itself just me more most my myself no nor not now
-of off on once only or other our ours ourselves out over own same she should so some such than that the their theirs
-them themselves then there these they this those through to too under until up very was we were what when where
-which while who whom whose why will with would you your yours yourself yourselves""".split())
-
-
-def query_terms(text: str) -> list[str]:
-    """Distinct content words of a query (stop words dropped unless nothing else is left)."""
-    words = [w.lower() for w in _TERM.findall(text)]
-    content = [w for w in words if w not in STOPWORDS] or words
-    return list(dict.fromkeys(content))
-
-
-def query_pairs(text: str) -> list[tuple[str, str, int]]:
-    """Each content word of a query with the next one and how many words on it comes ("Notre Dame" gives
-    ("notre", "dame", 1), "University of Notre" ("university", "notre", 2)): the query's sequential term
-    dependencies, for BM25 with term proximity (see `qa.lexical`)."""
-    words = [w.lower() for w in _TERM.findall(text)]
-    content = set(query_terms(text))
-    at = [i for i, w in enumerate(words) if w in content]
-    return list(dict.fromkeys((words[a], words[b], b - a) for a, b in zip(at, at[1:]) if words[a] != words[b]))
-
-
 def fts_query(terms: Iterable[str]) -> str:
     """An FTS5 OR-query of quoted terms (quoting keeps FTS5 syntax out of user input)."""
     return " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
@@ -608,5 +586,4 @@ def read_manifest(index_dir: str) -> dict:
     return manifest
 
 
-__all__ = ["Store", "StoredPassage", "JournalEntry", "Filters", "read_manifest", "query_terms",
-           "query_pairs", "fts_query", "passage_id", "Span"]
+__all__ = ["Store", "StoredPassage", "JournalEntry", "Filters", "read_manifest", "fts_query", "passage_id", "Span"]

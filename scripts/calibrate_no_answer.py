@@ -47,9 +47,9 @@ def best_sentence(index, question: str) -> dict | None:
     scored = A.score_sentences(result, index.embedder)
     if not scored:
         return None
-    _, pos, _, start, end, cosine, coverage, _ = scored[0]
-    return {"alignment": A.sentence_alignment(result, index.embedder, scored[0]), "cosine": cosine,
-            "coverage": coverage, "text": result.hits[pos].passage.text[start:end]}
+    best = scored[0]
+    return {"alignment": A.sentence_alignment(result, index.embedder, best), "cosine": best.cosine,
+            "coverage": best.coverage, "text": result.hits[best.pos].passage.text[best.start:best.end]}
 
 
 def table(rows: list[dict], signal: str, coverage_rule: float, floors: tuple | None = None) -> list[dict]:

@@ -85,9 +85,10 @@ def test_only_the_passages_of_the_best_sentences_are_aligned(seed_index_dir, emb
     question, passages = calls
     assert question == ["what actions has China taken?"]
     assert 1 <= len(passages) <= ALIGN_SENTENCES < len(plain)
-    assert result.hits[plain[0][1]].passage.text in passages  # the best sentence by the other signals is aligned
-    assert sorted(r[1:7] for r in aligned) == sorted(r[1:7] for r in plain)  # the same sentences, rescored
-    assert all(r[7] is None for r in plain) and any(r[7] is not None for r in aligned)
+    assert result.hits[plain[0].pos].passage.text in passages  # the best sentence by the other signals is aligned
+    unscored = lambda rows: sorted(r._replace(score=0.0, alignment=None) for r in rows)  # noqa: E731
+    assert unscored(aligned) == unscored(plain)  # the same sentences, rescored
+    assert all(r.alignment is None for r in plain) and any(r.alignment is not None for r in aligned)
 
 
 def test_a_sentence_is_aligned_together_with_the_one_before_it(seed_index_dir, embedder, monkeypatch):
@@ -109,7 +110,7 @@ def test_a_sentence_is_aligned_together_with_the_one_before_it(seed_index_dir, e
         scored = A.score_sentences(result, embedder)
     finally:
         index.close()
-    sentences = {(result.hits[pos].passage.text, idx): (start, end) for _, pos, idx, start, end, *_ in scored}
+    sentences = {(result.hits[r.pos].passage.text, r.idx): (r.start, r.end) for r in scored}
     assert spans and any(start != sentences[(text, 0)][0] for text, start, _ in spans)  # some second sentence
     for text, start, end in spans:
         idx = next(i for (t, i), (_, e) in sentences.items() if t == text and e == end)
@@ -128,15 +129,16 @@ def test_the_raw_alignment_is_kept_and_computed_for_a_sentence_left_unaligned(se
         monkeypatch.setattr(A, "ALIGN_SENTENCES", 1)  # only the best sentence's passage aligned while scoring
         scored = A.score_sentences(result, embedder)
         for row in scored:
-            if row[7] is not None:  # the raw alignment of the sentence read with the one before it
-                span = A.with_previous(result, *row[1:5])
-                assert row[7] == pytest.approx(float(A.alignments(embedder, result.query, [span])[0]), abs=1e-6)
-        unaligned = [r for r in scored if r[7] is None]
-        assert any(r[2] > 0 for r in unaligned)  # a sentence with one before it in its passage among them
+            if row.alignment is not None:  # the raw alignment of the sentence read with the one before it
+                span = A.with_previous(result, row)
+                assert row.alignment == pytest.approx(float(A.alignments(embedder, result.query, [span])[0]),
+                                                      abs=1e-6)
+        unaligned = [r for r in scored if r.alignment is None]
+        assert any(r.idx > 0 for r in unaligned)  # a sentence with one before it in its passage among them
         monkeypatch.setattr(A, "ALIGN_SENTENCES", 10**6)  # every passage aligned while scoring
-        everything = {r[1:3]: r[7] for r in A.score_sentences(result, embedder)}
+        everything = {r.place: r.alignment for r in A.score_sentences(result, embedder)}
         for row in unaligned:  # computed on demand as scoring would have computed it
-            assert A.sentence_alignment(result, embedder, row) == pytest.approx(everything[row[1:3]], abs=1e-6)
+            assert A.sentence_alignment(result, embedder, row) == pytest.approx(everything[row.place], abs=1e-6)
     finally:
         index.close()
 
@@ -160,13 +162,14 @@ def test_no_answer_is_decided_on_the_best_sentence_s_alignment(seed_index_dir, e
         answered = A.answer_question(index, question)
         assert "in-depth and pragmatic" in answered.sentences[0].text
         best = A.score_sentences(answered.search, embedder)[0]
-        assert best[7] >= A.NO_ANSWER_ALIGNMENT and best[6] < A.NO_ANSWER_COVERAGE  # answered on alignment alone
+        assert best.alignment >= A.NO_ANSWER_ALIGNMENT and best.coverage < A.NO_ANSWER_COVERAGE  # on alignment alone
         assert A.answer_question(index, "What is the boiling point of liquid nitrogen in Kelvin?").no_answer
         # "France" finds "Francisco" by its stem's prefix: coverage 0.5, but the sentence does not align
         france = A.answer_question(index, "What is the capital of France?")
         top = A.score_sentences(france.search, embedder)[0]
-        assert france.no_answer and top[6] >= A.NO_ANSWER_COVERAGE and top[7] < A.NO_ANSWER_ESCAPE_ALIGNMENT
-        monkeypatch.setattr(A, "NO_ANSWER_ALIGNMENT", best[7] + 0.01)  # the same sentence just under the bar
+        assert france.no_answer
+        assert top.coverage >= A.NO_ANSWER_COVERAGE and top.alignment < A.NO_ANSWER_ESCAPE_ALIGNMENT
+        monkeypatch.setattr(A, "NO_ANSWER_ALIGNMENT", best.alignment + 0.01)  # the same sentence just under the bar
         assert A.answer_question(index, question).no_answer
     finally:
         index.close()
@@ -207,8 +210,7 @@ def test_coverage_weighs_words_by_how_few_candidates_hold_them_not_by_collection
     # coverage, and the other signals pick the answer ("often" finds "frequently" by meaning)
     import qa.answer as A
     from qa.index import load_index
-    from qa.search import TermMatcher
-    from qa.store import query_terms
+    from qa.text import TermMatcher, query_terms
 
     index = load_index(doctor_who_index, embedder=embedder)
     try:
@@ -251,7 +253,7 @@ def test_a_sentence_holding_the_kind_of_answer_asked_for_counts_as_holding_a_wor
     index = load_index(str(tmp_path / "index"), embedder=fake_embedder)
     try:
         def lead(question):  # the 1932 sentence's score less the other's
-            scores = {row[2]: row[0] for row in A.score_sentences(search(index, question, 5))}
+            scores = {row.idx: row.score for row in A.score_sentences(search(index, question, 5))}
             return scores[1] - scores[0]
 
         asked = lead("When was the new bridge opened?")
@@ -317,18 +319,20 @@ def test_an_answer_goes_on_into_the_sentence_that_continues_it(council_index, fa
     try:
         result = search(index, "what has the council done on the bridge", 10)
         pos = {h.passage.paragraph_index: p for p, h in enumerate(result.hits)}
+        scored = {r.place: r for r in A.score_sentences(result, fake_embedder)}
         # the next sentence of the passage, then the first of the article's next paragraph, then none after the last
-        assert A.next_sentence(result, pos[0], 0)[:2] == (pos[0], 1)
-        assert A.next_sentence(result, pos[0], 1)[:3] == (pos[1], 0, 0)
-        assert A.next_sentence(result, pos[3], 0) is None
-        first = next(r for r in A.score_sentences(result, fake_embedder) if r[1] == pos[0] and r[2] == 1)
+        assert A.next_sentence(result, scored[pos[0], 0]).place == (pos[0], 1)
+        following = A.next_sentence(result, scored[pos[0], 1])
+        assert (*following.place, following.start) == (pos[1], 0, 0)
+        assert A.next_sentence(result, scored[pos[3], 0]) is None
+        first = scored[pos[0], 1]
         out = A.with_continuations(result, fake_embedder, [first])
-        assert [(r[1], r[2]) for r in out] == [(pos[0], 1), (pos[1], 0)]  # "The mayor also said the council will..."
-        assert out[1][0] == first[0] and out[1][7] >= A.NO_ANSWER_ALIGNMENT
+        assert [r.place for r in out] == [(pos[0], 1), (pos[1], 0)]  # "The mayor also said the council will..."
+        assert out[1].score == first.score and out[1].alignment >= A.NO_ANSWER_ALIGNMENT
         # no continuation when the next sentence does not go on ("It closed...") or does not answer ("sunny")
-        opening = next(r for r in A.score_sentences(result, fake_embedder) if r[1] == pos[0] and r[2] == 0)
+        opening = scored[pos[0], 0]
         assert A.with_continuations(result, fake_embedder, [opening]) == [opening]
-        mayor = next(r for r in A.score_sentences(result, fake_embedder) if r[1] == pos[1])
+        mayor = next(r for r in scored.values() if r.pos == pos[1])
         assert A.with_continuations(result, fake_embedder, [mayor]) == [mayor]
         monkeypatch.setattr(A, "MAX_SENTENCES", 1)  # no room
         assert A.with_continuations(result, fake_embedder, [first]) == [first]

@@ -8,7 +8,8 @@ from qa.index import add_documents, build_index, check_index, load_index, remove
 from qa.ingest import article_from_dict
 from qa.lexical import DIRNAME, LexicalIndex, date_number, read_generation
 from qa.search import search
-from qa.store import Filters, query_pairs, query_terms
+from qa.store import Filters
+from qa.text import query_pairs, query_terms
 from test_index import ARTS as INDEX_ARTS
 
 ARTS = [
@@ -147,14 +148,6 @@ def test_scores_of_given_passages_are_exact_bm25(built, fake_embedder):
         assert index.lexical.scores(terms, []) == {} and index.lexical.scores([], some) == {}
     finally:
         index.close()
-
-
-def test_query_pairs_keep_the_query_s_order_and_spacing():
-    assert query_pairs("Who did Notre Dame beat in Super Bowl 50?") == [
-        ("notre", "dame", 1), ("dame", "beat", 1), ("beat", "super", 2), ("super", "bowl", 1), ("bowl", "50", 1)]
-    assert query_pairs("University of Notre Dame") == [("university", "notre", 2), ("notre", "dame", 1)]
-    assert query_pairs("what is it") == [("what", "is", 1), ("is", "it", 1)]  # only stop words: all of them
-    assert query_pairs("ferry ferry") == [] and query_pairs("ferry") == [] and query_pairs("") == []
 
 
 def test_term_proximity_adds_to_bm25_and_breaks_ties_between_the_same_words(tmp_path, fake_embedder):

@@ -467,7 +467,8 @@ def _documents(index_dir) -> list[str]:
 def test_writes_during_a_full_build_are_replayed(tmp_path, fake_embedder, backend, old_store):
     from qa.index import add_documents, build_index, check_index, load_index, remove_documents
     from qa.ingest import article_from_dict
-    from qa.store import Store, query_terms
+    from qa.store import Store
+    from qa.text import query_terms
 
     index_dir = str(tmp_path / "index")
     sources = write_jsonl(tmp_path, ZEBRA, WOMBAT)

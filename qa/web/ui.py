@@ -7,7 +7,7 @@ from flask import Blueprint, current_app, render_template, request
 from markupsafe import Markup, escape
 
 from ..errors import QAError
-from ..store import query_terms
+from ..text import query_terms
 
 bp = Blueprint("ui", __name__, template_folder="templates", static_folder="static", static_url_path="/static")
 

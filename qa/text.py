@@ -1,0 +1,131 @@
+"""The words of a query and of a passage: tokenising, stop words, stemming, and finding a query's words in texts."""
+from __future__ import annotations
+
+import functools
+import math
+import re
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+import numpy as np
+
+WORD = re.compile(r"\w+", re.UNICODE)
+STOPWORDS = frozenset("""a about above after again against all am an and any are as at be because been before being
+below between both but by can could did do does doing down during each few for from further had has have having he
+her here hers herself him himself his how i if in into is it its itself just me more most my myself no nor not now
+of off on once only or other our ours ourselves out over own same she should so some such than that the their theirs
+them themselves then there these they this those through to too under until up very was we were what when where
+which while who whom whose why will with would you your yours yourself yourselves""".split())
+
+
+def query_terms(text: str) -> list[str]:
+    """Distinct content words of a query (stop words dropped unless nothing else is left)."""
+    words = [w.lower() for w in WORD.findall(text)]
+    content = [w for w in words if w not in STOPWORDS] or words
+    return list(dict.fromkeys(content))
+
+
+def query_pairs(text: str) -> list[tuple[str, str, int]]:
+    """Each content word of a query with the next one and how many words on it comes ("Notre Dame" gives
+    ("notre", "dame", 1), "University of Notre" ("university", "notre", 2)): the query's sequential term
+    dependencies, for BM25 with term proximity (see `qa.lexical`)."""
+    words = [w.lower() for w in WORD.findall(text)]
+    content = set(query_terms(text))
+    at = [i for i, w in enumerate(words) if w in content]
+    return list(dict.fromkeys((words[a], words[b], b - a) for a, b in zip(at, at[1:]) if words[a] != words[b]))
+
+
+_local = threading.local()
+
+
+def _stemmer():
+    """This thread's Snowball stemmer: a stemmer keeps per-word state, so threads must not share one."""
+    stemmer = getattr(_local, "stemmer", None)
+    if stemmer is None:
+        import snowballstemmer
+
+        stemmer = _local.stemmer = snowballstemmer.stemmer("english")
+    return stemmer
+
+
+@functools.lru_cache(maxsize=100_000)
+def stem(word: str) -> str:
+    """The Snowball (Porter 2) stem of a lower-cased word."""
+    return _stemmer().stemWord(word.lower())
+
+
+_ASCII_WORD = np.array([chr(c).isalnum() or chr(c) == "_" for c in range(128)])
+
+
+def _is_word_char(codes: np.ndarray) -> np.ndarray:
+    """Per code point: is it a word character (alphanumeric or _, as regex \\w)? ASCII by table, the rest by
+    `str.isalnum`, once per distinct code point."""
+    out = _ASCII_WORD[np.minimum(codes, 127)]
+    other = codes >= 128
+    if other.any():
+        kinds, inverse = np.unique(codes[other], return_inverse=True)
+        out[other] = np.array([chr(c).isalnum() for c in kinds.tolist()])[inverse]
+    return out
+
+
+class DocFrequencies(Protocol):
+    """What `TermMatcher.for_query` needs of an index: how many passages hold each term."""
+
+    def doc_freqs(self, terms: Sequence[str]) -> Mapping[str, int]:
+        """Passages holding each term."""
+
+
+class TermMatcher:
+    """Finds a query's content words (by stem prefix, so "actions" matches "action") in passages, and gives each
+    sentence its coverage: the share of the query's IDF weight whose words it holds."""
+
+    def __init__(self, weights: Mapping[str, float]):
+        self.stems = [s for s in weights if s]
+        self.weights = np.array([weights[s] for s in self.stems], float)
+        self.total = float(self.weights.sum())
+
+    @classmethod
+    def for_query(cls, index: DocFrequencies, terms: Sequence[str], n_passages: int) -> TermMatcher:
+        """IDF weights of the query terms' stems, document frequencies from `index.doc_freqs`."""
+        n = max(n_passages, 1)
+        weights: dict[str, float] = {}
+        for term, df in index.doc_freqs(terms).items():
+            key = stem(term)
+            weights[key] = max(weights.get(key, 0.0), math.log(1 + (n - df + 0.5) / (df + 0.5)))
+        return cls(weights)
+
+    def coverages(self, texts: Sequence[str], spans: np.ndarray | Sequence[tuple[int, int, int]]) -> np.ndarray:
+        """Coverage of each span, given as rows (text number, start, end) in text order then start order."""
+        return self.coverage(self.held(texts, spans))
+
+    def coverage(self, held: np.ndarray) -> np.ndarray:
+        """The share of the query's IDF weight held, from `held`'s rows."""
+        return held @ self.weights / self.total if self.total > 0 else np.zeros(len(held))
+
+    def held(self, texts: Sequence[str], spans: np.ndarray | Sequence[tuple[int, int, int]]) -> np.ndarray:
+        """Which of the query's stems each span holds (spans x stems, bool), spans as for `coverages`: a word
+        counts where it starts with the stem. All texts are scanned at once, one pass per stem."""
+        n = len(spans)
+        if not self.stems or not n:
+            return np.zeros((n, len(self.stems)), bool)
+        big = "\n".join(texts)
+        low = big.replace("\u0130", "I").lower()  # İ is the one letter whose lower case is two characters
+        flags = 0
+        if len(low) != len(big):  # should not happen; match case-insensitively rather than at shifted offsets
+            low, flags = big, re.I
+        codes = np.frombuffer(low.encode("utf-32-le"), np.uint32)
+        bases = np.cumsum([0] + [len(t) + 1 for t in texts[:-1]])
+        sp = np.asarray(spans, np.int64).reshape(n, 3)
+        starts, ends = bases[sp[:, 0]] + sp[:, 1], bases[sp[:, 0]] + sp[:, 2]
+        held = np.zeros((n, len(self.stems)), bool)
+        for j, s in enumerate(self.stems):
+            # a plain literal scan (fast in C); then only matches at the start of a word count, which takes
+            # classifying just the character before each match, not the whole text
+            found = np.array([m.start() for m in re.finditer(re.escape(s), low, flags)], np.int64)
+            if found.size:
+                found = found[(found == 0) | ~_is_word_char(codes[np.maximum(found - 1, 0)])]
+                i = np.searchsorted(starts, found, side="right") - 1
+                inside = (i >= 0) & (found < ends[np.maximum(i, 0)])
+                held[i[inside], j] = True
+        return held
