@@ -19,14 +19,13 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from . import __version__
 from .chunk import Passage, Span, chunk_article
 from .embed import Embedder, load_embedder, resolve_model
 from .errors import BadRequest, IndexUnavailable, QAError
 from .ingest import Article, Problem, read_sources
 from .lexical import DIRNAME as LEXICAL_DIR, LABEL as LEXICAL_LABEL, LexicalIndex
-from .files import write_json_atomic
-from .store import FORMAT_VERSION, JOURNAL_KEEP, STORE_FILE, Store, manifest_path, read_manifest
+from .manifest import Manifest, now
+from .store import JOURNAL_KEEP, STORE_FILE, Store
 from .vectors import TRAIN_MAX, VECTOR_BACKENDS, DocFields, FaissIndex, VectorIndex, choose_kind, open_vectors
 
 log = logging.getLogger(__name__)
@@ -51,10 +50,6 @@ def write_lock(index_dir: str, timeout: float = LOCK_TIMEOUT):
         yield
     finally:
         lock.release()
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
 # --- embedding passages ------------------------------------------------------------------------------------
@@ -187,33 +182,26 @@ class Report:
     index_dir: str = ""
 
 
-def _manifest(model_name: str, model_path: str | None, dim: int, max_tokens: int, backend: str, kind: str,
-              data_dir: str, counts: dict, generation: int, built_at: str | None = None,
-              vector: dict | None = None) -> dict:
-    return {
-        "format": FORMAT_VERSION, "package_version": __version__,
-        "model": model_name, "model_path": model_path, "dim": dim, "embed_backend": backend,
-        "vector_backend": "faiss", **(vector or {}), "index_kind": kind, "data_dir": data_dir, "counts": counts,
-        "generation": generation, "built_at": built_at or _now(), "updated_at": _now(),
-        "chunking": {"unit": "paragraph", "window_tokens": max_tokens - 2, "window_overlap_sentences": 1,
-                     "sentence_splitter": "sentencex", "lexical": LEXICAL_LABEL, "window_prefix": "title"},
-    }
+def _chunking(max_tokens: int) -> dict:
+    """The manifest's record of how passages were cut and embedded."""
+    return {"unit": "paragraph", "window_tokens": max_tokens - 2, "window_overlap_sentences": 1,
+            "sentence_splitter": "sentencex", "lexical": LEXICAL_LABEL, "window_prefix": "title"}
 
 
-def titled_windows(manifest: dict) -> bool:
+def titled_windows(manifest: Manifest) -> bool:
     """Whether an index's windows were embedded after their article's title (indexes built before that was
     recorded were not: their updates keep to their own recipe until the next full build)."""
-    return manifest.get("chunking", {}).get("window_prefix") == "title"
+    return manifest.chunking.get("window_prefix") == "title"
 
 
 def _vector_settings(index_dir: str, vector_backend: str | None, milvus_uri: str | None,
                      milvus_alias: str | None = None) -> dict:
     """The manifest's vector keys for a build: as asked, else as the live index has them, else FAISS."""
-    previous: dict = {}
+    previous: Manifest | None = None
     with contextlib.suppress(QAError):
-        previous = read_manifest(index_dir)
+        previous = Manifest.load(index_dir)
     if vector_backend is None:
-        vector_backend = "milvus" if milvus_uri or milvus_alias else previous.get("vector_backend", "faiss")
+        vector_backend = "milvus" if milvus_uri or milvus_alias else (previous.vector_backend if previous else "faiss")
     if vector_backend not in VECTOR_BACKENDS:
         raise BadRequest(f"unknown vector backend {vector_backend!r}; choose one of {', '.join(VECTOR_BACKENDS)}")
     if vector_backend == "faiss":
@@ -222,9 +210,9 @@ def _vector_settings(index_dir: str, vector_backend: str | None, milvus_uri: str
         return {"vector_backend": "faiss"}
     from .milvus_backend import check_alias, manifest_uri, new_alias
 
-    same = previous.get("vector_backend") == "milvus"
-    uri = manifest_uri(index_dir, milvus_uri) if milvus_uri or not same else previous["milvus_uri"]
-    alias = previous.get("milvus_alias") if same and previous.get("milvus_uri") == uri else None
+    same = previous is not None and previous.vector_backend == "milvus"
+    uri = manifest_uri(index_dir, milvus_uri) if milvus_uri or not same else previous.milvus_uri
+    alias = previous.milvus_alias if same and previous.milvus_uri == uri else None
     if milvus_alias:
         check_alias(milvus_alias)
         if alias and alias != milvus_alias:
@@ -288,7 +276,7 @@ def _write(store: Store, vectors: VectorIndex, prepared: Sequence, removals: Seq
 def _journal_mark(index_dir: str) -> tuple[str, int] | None:
     """(live data folder, its journal's last seq), or None without a usable live index."""
     try:
-        data_dir = read_manifest(index_dir)["data_dir"]
+        data_dir = Manifest.load(index_dir).data_dir
         store = Store(os.path.join(index_dir, data_dir, STORE_FILE), readonly=True)
     except QAError:
         return None
@@ -309,15 +297,15 @@ def _replay(index_dir: str, mark: tuple[str, int] | None, store: Store, vectors:
         return 0
     data_dir, after = mark
     try:
-        manifest = read_manifest(index_dir)
+        manifest = Manifest.load(index_dir)
     except QAError:  # the live index is gone: nothing to replay into this build
         return 0
-    if manifest["data_dir"] != data_dir:
+    if manifest.data_dir != data_dir:
         # another full build swapped in meanwhile: its journal began empty, then took the writes it replayed and
         # every one since
         log.warning("the live index was rebuilt during this build; replaying all of its journal")
         after = 0
-    live = Store(os.path.join(index_dir, manifest["data_dir"], STORE_FILE), readonly=True)
+    live = Store(os.path.join(index_dir, manifest.data_dir, STORE_FILE), readonly=True)
     try:
         entries = live.journal(after)
     finally:
@@ -371,7 +359,7 @@ def build_index(sources: Sequence[str], index_dir: str, *, model: str | None = N
     try:
         store = Store(os.path.join(build_dir, STORE_FILE), create=True)
         _embed_into(store, articles, embedder, progress)
-        n_windows = store.counts()["windows"]
+        n_windows = store.counts().windows
         index_kind = choose_kind(kind, n_windows)
         if milvus:  # a new collection; the live alias and manifest are untouched until the swap below
             vector["milvus_collection"] = mb.new_collection_name(vector["milvus_alias"])
@@ -403,11 +391,12 @@ def build_index(sources: Sequence[str], index_dir: str, *, model: str | None = N
             os.replace(build_dir, os.path.join(index_dir, data_dir))
             previous = None
             with contextlib.suppress(QAError):
-                previous = read_manifest(index_dir)["data_dir"]
+                previous = Manifest.load(index_dir).data_dir
             before = mb.switch_alias(vindex.client, vector["milvus_alias"], vindex.collection) if milvus else None
-            write_json_atomic(manifest_path(index_dir), _manifest(
-                embedder.model_name, model_path if model else None, embedder.dim, embedder.max_tokens,
-                getattr(embedder, "backend", backend), index_kind, data_dir, counts, generation, vector=vector))
+            Manifest(model=embedder.model_name, model_path=model_path if model else None, dim=embedder.dim,
+                     embed_backend=getattr(embedder, "backend", backend), **vector, index_kind=index_kind,
+                     data_dir=data_dir, counts=counts, generation=generation,
+                     chunking=_chunking(embedder.max_tokens)).save(index_dir)
             published = True
             # the previous folder (and collection) stays one round for servers still loading it
             _prune_data_dirs(index_dir, keep=[data_dir] + ([previous] if previous else []))
@@ -423,7 +412,7 @@ def build_index(sources: Sequence[str], index_dir: str, *, model: str | None = N
         raise
     finally:
         _close(vindex)
-    report.documents, report.passages = counts["documents"], counts["passages"]
+    report.documents, report.passages = counts.documents, counts.passages
     report.added = len(articles)
     report.seconds = time.perf_counter() - t0
     return report
@@ -441,7 +430,7 @@ def _close(vectors: VectorIndex | None) -> None:
 class Index:
     """A loaded index folder: manifest, store, vector index and the window → passage map. Read-only."""
 
-    def __init__(self, index_dir: str, manifest: dict, store: Store, vectors: VectorIndex,
+    def __init__(self, index_dir: str, manifest: Manifest, store: Store, vectors: VectorIndex,
                  window_ids: np.ndarray, window_passages: np.ndarray, embedder: Embedder | None = None,
                  lexical: LexicalIndex | None = None):
         self.index_dir = index_dir
@@ -452,11 +441,11 @@ class Index:
         self.window_passages = window_passages
         self.embedder = embedder
         self.lexical = lexical
-        self.dim = int(manifest["dim"])
+        self.dim = int(manifest.dim)
 
     @property
     def passage_count(self) -> int:
-        return int(self.manifest["counts"]["passages"])
+        return int(self.manifest.counts.passages)
 
     def passages_of_windows(self, ids: np.ndarray) -> np.ndarray:
         """Passage row ids of window ids (-1 where unknown)."""
@@ -514,20 +503,20 @@ def _resync(vectors: VectorIndex, store: Store, dim: int) -> None:
         vectors.add(ids, vecs, [by_passage[p] for p in passages.tolist()])
 
 
-def open_data(index_dir: str, manifest: dict, *, readonly: bool = True,
+def open_data(index_dir: str, manifest: Manifest, *, readonly: bool = True,
               store: Store | None = None) -> tuple[Store, VectorIndex]:
     """The store and vector index of the live data folder, the vectors rebuilt from the store if out of date.
 
     FAISS is rebuilt in memory; a Milvus collection is resynced in place by writers (`readonly=False`, under the
     write lock) and used as it is by readers.
     """
-    data = os.path.join(index_dir, manifest["data_dir"])
+    data = os.path.join(index_dir, manifest.data_dir)
     if not os.path.isdir(data):
         raise IndexUnavailable(f"data folder {data} missing; rebuild: qa build SOURCE... --index-dir {index_dir}")
     if store is None or store.path != os.path.join(data, STORE_FILE):
         store = Store(os.path.join(data, STORE_FILE), readonly=readonly)
-    dim = int(manifest["dim"])
-    faiss = manifest.get("vector_backend", "faiss") == "faiss"
+    dim = int(manifest.dim)
+    faiss = manifest.vector_backend == "faiss"
     try:
         vectors, generation = open_vectors(index_dir, manifest, data, mmap=readonly)
     except IndexUnavailable:
@@ -539,7 +528,7 @@ def open_data(index_dir: str, manifest: dict, *, readonly: bool = True,
         log.warning("vector index in %s behind the store (generation %s vs %s): %s", data, generation,
                     store.generation, "rebuilding it from stored vectors" if faiss or not readonly else "using it")
         if faiss:
-            vectors = FaissIndex(dim, manifest.get("index_kind", "flat"))
+            vectors = FaissIndex(dim, manifest.index_kind)
             for ids, _, vecs in store.all_windows(dim):
                 vectors.add(ids, vecs)
         elif not readonly:
@@ -553,19 +542,19 @@ def load_index(index_dir: str, *, embedder: Embedder | None = None, model: str |
 
     `store`: the store of a previously loaded generation, reused (with its per-thread connections) when the
     data folder is the same, as after an incremental update."""
-    manifest = read_manifest(index_dir)
-    if model is not None and model != manifest["model"] and resolve_model(model)[1] != manifest["model"]:
-        raise IndexUnavailable(f"index in {index_dir} was built with {manifest['model']}, not {model}; rebuild: "
+    manifest = Manifest.load(index_dir)
+    if model is not None and model != manifest.model and resolve_model(model)[1] != manifest.model:
+        raise IndexUnavailable(f"index in {index_dir} was built with {manifest.model}, not {model}; rebuild: "
                                f"qa build SOURCE... --index-dir {index_dir} --model {model}")
-    if embedder is not None and embedder.model_name != manifest["model"]:
-        raise IndexUnavailable(f"index in {index_dir} was built with {manifest['model']} but the loaded model is "
+    if embedder is not None and embedder.model_name != manifest.model:
+        raise IndexUnavailable(f"index in {index_dir} was built with {manifest.model} but the loaded model is "
                                f"{embedder.model_name}; rebuild: qa build SOURCE... --index-dir {index_dir}")
-    if embedder is not None and embedder.dim != manifest["dim"]:
-        raise IndexUnavailable(f"index dim {manifest['dim']} differs from the model's {embedder.dim}; rebuild: "
+    if embedder is not None and embedder.dim != manifest.dim:
+        raise IndexUnavailable(f"index dim {manifest.dim} differs from the model's {embedder.dim}; rebuild: "
                                f"qa build SOURCE... --index-dir {index_dir}")
     try:
         store, vectors = open_data(index_dir, manifest, store=store)
-        lexical = LexicalIndex.open(os.path.join(index_dir, manifest["data_dir"]), store)
+        lexical = LexicalIndex.open(os.path.join(index_dir, manifest.data_dir), store)
         window_ids, window_passages = store.window_passages()
     except (OSError, ValueError, KeyError) as e:
         raise IndexUnavailable(f"index in {index_dir} unreadable ({e}); rebuild: qa build SOURCE... "
@@ -578,10 +567,10 @@ def load_index(index_dir: str, *, embedder: Embedder | None = None, model: str |
     return Index(index_dir, manifest, store, vectors, window_ids, window_passages, embedder, lexical)
 
 
-def embedder_for(manifest: dict, backend: str | None = None) -> Embedder:
+def embedder_for(manifest: Manifest, backend: str | None = None) -> Embedder:
     """The embedder an index was built with."""
-    model = manifest.get("model_path") or (manifest["model"] if manifest["model"] == "hash" else None)
-    return load_embedder(model, backend or manifest.get("embed_backend", "torch"))
+    model = manifest.model_path or (manifest.model if manifest.model == "hash" else None)
+    return load_embedder(model, backend or manifest.embed_backend)
 
 
 # --- incremental updates -----------------------------------------------------------------------------------
@@ -591,10 +580,10 @@ def _apply(index_dir: str, embedder: Embedder | None, articles: Sequence[Article
     """Under the writer lock: write articles and removals to the store, then the vectors, then the manifest."""
     t0 = time.perf_counter()
     with write_lock(index_dir):
-        manifest = read_manifest(index_dir)
+        manifest = Manifest.load(index_dir)
         store, vectors = open_data(index_dir, manifest, readonly=False)
         try:
-            lexical = LexicalIndex.open(os.path.join(index_dir, manifest["data_dir"]), store, readonly=False)
+            lexical = LexicalIndex.open(os.path.join(index_dir, manifest.data_dir), store, readonly=False)
             changed = []
             for a in articles:
                 old = store.content_hash(a.id)
@@ -614,7 +603,7 @@ def _apply(index_dir: str, embedder: Embedder | None, articles: Sequence[Article
                 raise NotFound("no such document: " + ", ".join(missing[:5]))
             if not changed and not removals:
                 counts = store.counts()
-                report.documents, report.passages = counts["documents"], counts["passages"]
+                report.documents, report.passages = counts.documents, counts.passages
                 report.seconds = time.perf_counter() - t0
                 return report
             if changed and embedder is None:
@@ -623,12 +612,12 @@ def _apply(index_dir: str, embedder: Embedder | None, articles: Sequence[Article
             _write(store, vectors, prepared, removals, lexical)
             report.removed = len(removals)
             generation = store.generation
-            vectors.save(os.path.join(index_dir, manifest["data_dir"]), generation)
-            manifest["counts"] = store.counts()
-            manifest["generation"] = generation
-            manifest["updated_at"] = _now()
-            write_json_atomic(manifest_path(index_dir), manifest)
-            report.documents, report.passages = manifest["counts"]["documents"], manifest["counts"]["passages"]
+            vectors.save(os.path.join(index_dir, manifest.data_dir), generation)
+            manifest.counts = store.counts()
+            manifest.generation = generation
+            manifest.updated_at = now()
+            manifest.save(index_dir)
+            report.documents, report.passages = manifest.counts.documents, manifest.counts.passages
         finally:
             store.close()
             _close(vectors)
@@ -674,10 +663,10 @@ def check_index(index_dir: str) -> list[str]:
     """Problems that make the store, the vector index and the manifest disagree (empty when all agree)."""
     problems = []
     try:
-        manifest = read_manifest(index_dir)
+        manifest = Manifest.load(index_dir)
     except QAError as e:
         return [str(e)]
-    data = os.path.join(index_dir, manifest["data_dir"])
+    data = os.path.join(index_dir, manifest.data_dir)
     try:
         store = Store(os.path.join(data, STORE_FILE), readonly=True)
         counts = store.counts()
@@ -685,19 +674,20 @@ def check_index(index_dir: str) -> list[str]:
         if integrity != "ok":
             problems.append(f"store integrity check: {integrity}")
         fts = store.con.execute("SELECT COUNT(*) FROM passages_fts").fetchone()[0]
-        if fts != counts["passages"]:
-            problems.append(f"lexical index has {fts} passages, the store {counts['passages']}")
+        if fts != counts.passages:
+            problems.append(f"lexical index has {fts} passages, the store {counts.passages}")
         orphans = store.con.execute(
             "SELECT COUNT(*) FROM passages_fts WHERE rowid NOT IN (SELECT id FROM passages)").fetchone()[0]
         if orphans:
             problems.append(f"lexical index holds {orphans} passages the store does not")
         window_ids, _ = store.window_passages()
-        problems += _check_lexical(data, store, counts["passages"])
+        problems += _check_lexical(data, store, counts.passages)
     except Exception as e:  # a corrupt or missing store
         return [f"store unreadable: {e}"]
     for key in ("documents", "passages"):
-        if manifest.get("counts", {}).get(key) != counts[key]:
-            problems.append(f"manifest says {manifest.get('counts', {}).get(key)} {key}, the store has {counts[key]}")
+        if getattr(manifest.counts, key) != getattr(counts, key):
+            problems.append(f"manifest says {getattr(manifest.counts, key)} {key}, the store has "
+                            f"{getattr(counts, key)}")
     try:
         vectors, generation = open_vectors(index_dir, manifest, data)
     except QAError as e:
@@ -706,13 +696,13 @@ def check_index(index_dir: str) -> list[str]:
         return problems
     try:
         ids, _ = vectors.reconstruct_all()
-        if manifest.get("vector_backend") == "milvus":
+        if manifest.vector_backend == "milvus":
             from .milvus_backend import alias_target
 
-            target = alias_target(vectors.client, manifest.get("milvus_alias", ""))
-            if target != manifest["milvus_collection"]:
-                problems.append(f"Milvus alias {manifest.get('milvus_alias')} points to {target}, "
-                                f"the manifest to {manifest['milvus_collection']}")
+            target = alias_target(vectors.client, manifest.milvus_alias or "")
+            if target != manifest.milvus_collection:
+                problems.append(f"Milvus alias {manifest.milvus_alias} points to {target}, "
+                                f"the manifest to {manifest.milvus_collection}")
     finally:
         _close(vectors)
     if generation != store.generation:
@@ -721,7 +711,7 @@ def check_index(index_dir: str) -> list[str]:
         extra = len(np.setdiff1d(ids, window_ids))
         missing = len(np.setdiff1d(window_ids, ids))
         problems.append(f"vector ids disagree with the store: {extra} extra, {missing} missing")
-    if manifest.get("generation") != store.generation:
-        problems.append(f"manifest generation {manifest.get('generation')} is not the store's {store.generation}")
+    if manifest.generation != store.generation:
+        problems.append(f"manifest generation {manifest.generation} is not the store's {store.generation}")
     store.close()
     return problems

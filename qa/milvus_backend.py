@@ -33,6 +33,7 @@ from .errors import BadRequest, IndexUnavailable, QAError
 if TYPE_CHECKING:
     from pymilvus import MilvusClient
 
+    from .manifest import Manifest
     from .store import Filters, Store
     from .vectors import DocFields
 
@@ -592,12 +593,12 @@ def new_alias(index_dir: str) -> str:
     return f"{alias_base(index_dir)}_{uuid.uuid4().hex[:8]}"
 
 
-def check_workers(index_dir: str, manifest: dict, workers: int) -> None:
+def check_workers(index_dir: str, manifest: Manifest, workers: int) -> None:
     """`BadRequest` when `workers` server processes would each open the manifest's Milvus Lite database, which only
     one process can hold (the others would answer 503)."""
-    if workers <= 1 or manifest.get("vector_backend") != KIND:
+    if workers <= 1 or manifest.vector_backend != KIND:
         return
-    uri = resolve_uri(index_dir, str(manifest.get("milvus_uri", LITE_FILE)))
+    uri = resolve_uri(index_dir, manifest.milvus_uri or LITE_FILE)
     if is_lite(uri):
         raise BadRequest(f"index {index_dir} is on Milvus Lite ({os.path.abspath(uri)}), which allows one process "
                          f"per database, not {workers} workers: serve it with --workers 1, or build it on a Milvus "
@@ -616,17 +617,16 @@ def read_generation(data_dir: str) -> int:
         raise IndexUnavailable(f"vector index meta in {data_dir} unreadable: {e}") from None
 
 
-def open_manifest_collection(index_dir: str, manifest: dict, data_dir: str,
+def open_manifest_collection(index_dir: str, manifest: Manifest, data_dir: str,
                              token: str | None = None) -> tuple[MilvusIndex, int]:
     """(the manifest's collection, store generation it reflects); token from $QA_MILVUS_TOKEN unless given."""
-    try:
-        uri, collection = manifest["milvus_uri"], manifest["milvus_collection"]
-    except KeyError as e:
-        raise IndexUnavailable(f"manifest of {index_dir} lacks {e.args[0]!r}; rebuild with --backend milvus") from None
+    uri, collection = manifest.milvus_uri, manifest.milvus_collection
+    for key, value in (("milvus_uri", uri), ("milvus_collection", collection)):
+        if not value:
+            raise IndexUnavailable(f"manifest of {index_dir} lacks {key!r}; rebuild with --backend milvus")
     generation = read_generation(data_dir)
-    index = MilvusIndex(resolve_uri(index_dir, uri), collection, int(manifest["dim"]),
-                        token=token or os.environ.get(TOKEN_ENV),
-                        index_type=str(manifest.get("index_kind", "flat")).upper())
+    index = MilvusIndex(resolve_uri(index_dir, uri), collection, int(manifest.dim),
+                        token=token or os.environ.get(TOKEN_ENV), index_type=manifest.index_kind.upper())
     return index, generation
 
 

@@ -16,7 +16,8 @@ from .config import Config
 from .errors import BadRequest, IndexUnavailable, NotFound, QAError
 from .index import Index, embedder_for, load_index
 from .search import make_filters, parse_int, search, validate_k, validate_mode, validate_query
-from .store import manifest_path, read_manifest, release_memory
+from .manifest import Manifest, manifest_path
+from .store import release_memory
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +45,10 @@ class Engine:
         self.reloads = 0
 
     # --- loading and live reload ---
-    def _embedder_for(self, manifest: dict):
-        key = (manifest["model"], manifest.get("model_path"), self.config.embed_backend)
+    def _embedder_for(self, manifest: Manifest):
+        key = (manifest.model, manifest.model_path, self.config.embed_backend)
         if self._embedder is not None and (self._embedder_key in (None, key)) \
-                and self._embedder.model_name == manifest["model"]:
+                and self._embedder.model_name == manifest.model:
             return self._embedder
         backend = None if self.config.embed_backend == "auto" else self.config.embed_backend
         self._embedder = embedder_for(manifest, backend)
@@ -61,7 +62,7 @@ class Engine:
         # for a flat search over 2k vectors on 2 cores, measured here)
         faiss.omp_set_num_threads(1)
         stamp = _stamp(self.config.index_dir)
-        manifest = read_manifest(self.config.index_dir)
+        manifest = Manifest.load(self.config.index_dir)
         embedder = self._embedder_for(manifest)
         # an incremental update keeps the data folder: reuse its store and per-thread connections rather than
         # opening new ones on every reload (they held memory until garbage collection)
@@ -93,7 +94,7 @@ class Engine:
             del old
             release_memory()
             self.reloads += 1
-            log.info("reloaded index %s (generation %s)", self.config.index_dir, index.manifest.get("generation"))
+            log.info("reloaded index %s (generation %s)", self.config.index_dir, index.manifest.generation)
         except QAError as e:
             log.warning("index changed but cannot be loaded yet (%s); still serving the previous one", e)
             self._stamp = None  # try again at the next check
@@ -175,8 +176,8 @@ class Engine:
         index = self.index()
         # counted in the store, which writers change first: what search can find right now
         return {"status": "ok", "passages": index.store.count_passages(),
-                "documents": int(index.manifest["counts"]["documents"]),
-                "generation": index.manifest.get("generation"), "model": index.manifest["model"]}
+                "documents": int(index.manifest.counts.documents),
+                "generation": index.manifest.generation, "model": index.manifest.model}
 
     def documents(self, params: dict) -> dict:
         offset = parse_int(params.get("offset"), "offset", 0, 0, 10**9)

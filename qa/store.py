@@ -27,12 +27,11 @@ import numpy as np
 from .chunk import Passage, Span, passage_id
 from .errors import IndexUnavailable
 from .ingest import Article, Paragraph
+from .manifest import Counts
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
 STORE_FILE = "store.sqlite"
-FORMAT_VERSION = 1
 # Journal entries kept in a live store. A full build replays the entries written after it read its sources, so this
 # bounds how many writes a build may overlap; a build that finds its entries pruned fails instead of losing them.
 # Entries are article JSON, small beside the vectors the same writes add, and each full build starts a new, empty
@@ -425,14 +424,15 @@ class Store:
                 for seq, op, doc_id, article in rows]
 
     # --- reads ---
-    def counts(self) -> dict:
+    def counts(self) -> Counts:
+        """Documents, passages, windows and sentences held."""
         con = self.con
-        return {"documents": con.execute("SELECT COUNT(*) FROM documents").fetchone()[0],
-                "passages": con.execute("SELECT COUNT(*) FROM passages").fetchone()[0],
-                "windows": con.execute("SELECT COUNT(*) FROM windows").fetchone()[0],
-                "sentences": con.execute(f"SELECT COUNT(*) FROM {LEGACY_SENTENCES}" if self.legacy_sentences else
-                                         "SELECT COALESCE(SUM(length(spans)), 0) / 8 FROM passage_sentences"
-                                         ).fetchone()[0]}
+        return Counts(documents=con.execute("SELECT COUNT(*) FROM documents").fetchone()[0],
+                      passages=con.execute("SELECT COUNT(*) FROM passages").fetchone()[0],
+                      windows=con.execute("SELECT COUNT(*) FROM windows").fetchone()[0],
+                      sentences=con.execute(f"SELECT COUNT(*) FROM {LEGACY_SENTENCES}" if self.legacy_sentences else
+                                            "SELECT COALESCE(SUM(length(spans)), 0) / 8 FROM passage_sentences"
+                                            ).fetchone()[0])
 
     def count_passages(self) -> int:
         return self.con.execute("SELECT COUNT(*) FROM passages").fetchone()[0]
@@ -606,30 +606,5 @@ class Store:
         return doc
 
 
-# --- manifest and index folder ---
-
-def manifest_path(index_dir: str) -> str:
-    return os.path.join(index_dir, MANIFEST)
-
-
-def read_manifest(index_dir: str) -> dict:
-    """The index folder's manifest; a clear `IndexUnavailable` naming the fix when missing or corrupt."""
-    path = manifest_path(index_dir)
-    fix = f"build it with: qa build SOURCE... --index-dir {index_dir}"
-    if not os.path.exists(path):
-        raise IndexUnavailable(f"no index in {index_dir} (manifest.json missing); {fix}")
-    try:
-        with open(path, encoding="utf-8") as f:
-            manifest = json.load(f)
-    except (OSError, ValueError) as e:
-        raise IndexUnavailable(f"corrupt manifest {path} ({e}); rebuild: {fix}") from None
-    if not isinstance(manifest, dict) or "data_dir" not in manifest or "model" not in manifest:
-        raise IndexUnavailable(f"corrupt manifest {path} (fields missing); rebuild: {fix}")
-    if manifest.get("format") != FORMAT_VERSION:
-        raise IndexUnavailable(f"index format {manifest.get('format')} in {index_dir} is not {FORMAT_VERSION}; "
-                               f"rebuild: {fix}")
-    return manifest
-
-
-__all__ = ["Store", "StoredPassage", "JournalEntry", "Filters", "read_manifest", "query_terms",
+__all__ = ["Store", "StoredPassage", "JournalEntry", "Filters", "query_terms",
            "query_pairs", "fts_query", "passage_id", "Span"]

@@ -18,6 +18,7 @@ from .errors import BadRequest, IndexUnavailable
 from .files import atomic_path, write_json_atomic
 
 if TYPE_CHECKING:
+    from .manifest import Manifest
     from .store import Filters, Store
 
 log = logging.getLogger(__name__)
@@ -349,11 +350,12 @@ class FaissIndex:
 VECTOR_BACKENDS = ("faiss", "milvus")
 
 
-def open_vectors(index_dir: str, manifest: dict, data_dir: str, *, mmap: bool = False) -> tuple[VectorIndex, int]:
-    """(vector index, store generation it reflects) of a data folder, by `manifest["vector_backend"]`; `mmap`: a
+def open_vectors(index_dir: str, manifest: Manifest, data_dir: str, *,
+                 mmap: bool = False) -> tuple[VectorIndex, int]:
+    """(vector index, store generation it reflects) of a data folder, by `manifest.vector_backend`; `mmap`: a
     FAISS file is mapped read-only (for readers)."""
-    backend = manifest.get("vector_backend", "faiss")
-    dim = int(manifest["dim"])
+    backend = manifest.vector_backend
+    dim = int(manifest.dim)
     if backend == "faiss":
         return FaissIndex.load(data_dir, dim, mmap=mmap)
     if backend == "milvus":

@@ -12,7 +12,8 @@ from qa.index import add_documents, build_index, check_index, load_index, remove
 from qa.ingest import article_from_dict
 from qa.search import search
 from qa.chunk import split_sentences
-from qa.store import Filters, Store, read_manifest
+from qa.manifest import Manifest
+from qa.store import Filters, Store
 
 ARTS = [
     {"id": "a1", "title": "Harbour strike", "source": "Wire", "published": "2024-01-05",
@@ -135,6 +136,21 @@ def test_missing_or_corrupt_index_names_the_fix(tmp_path, built, fake_embedder):
         load_index(built)
 
 
+def test_an_older_format_is_refused_in_one_line_naming_the_rebuild(built):
+    m = json.load(open(os.path.join(built, "manifest.json")))
+    json.dump({**m, "format": 1}, open(os.path.join(built, "manifest.json"), "w"))
+    with pytest.raises(IndexUnavailable, match=f"index in {built} has format 1; this version reads format 2: "
+                                               f"rebuild it with qa build SOURCE... --index-dir {built}"):
+        load_index(built)
+
+
+def test_the_manifest_keeps_its_keys(built):
+    m = json.load(open(os.path.join(built, "manifest.json")))
+    assert Manifest.load(built).to_dict() == m
+    assert set(m) == {"format", "package_version", "model", "model_path", "dim", "embed_backend", "vector_backend",
+                      "index_kind", "data_dir", "counts", "generation", "built_at", "updated_at", "chunking"}
+
+
 def test_other_model_is_refused(built):
     from qa.embed import HashEmbedder
 
@@ -233,13 +249,11 @@ def test_windows_are_embedded_after_their_title(fake_embedder):
 
 def test_an_index_built_without_titles_keeps_its_recipe_on_updates(built, fake_embedder):
     from qa.index import prepare_articles, titled_windows
-    from qa.files import write_json_atomic
-    from qa.store import read_manifest
 
-    manifest = read_manifest(built)
+    manifest = Manifest.load(built)
     assert titled_windows(manifest)
-    del manifest["chunking"]["window_prefix"]  # as written before the title was part of the recipe
-    write_json_atomic(os.path.join(built, "manifest.json"), manifest)
+    del manifest.chunking["window_prefix"]  # as written before the title was part of the recipe
+    manifest.save(built)
     new = {"id": "a3", "title": "Ferry timetable", "paragraphs": ["Ferries will sail every hour from May."]}
     add_documents(None, built, articles=[article_from_dict(new)], embedder=fake_embedder)
     index = _load(built, fake_embedder)
@@ -272,7 +286,7 @@ def test_sentences_are_a_row_per_passage_and_older_stores_keep_a_row_per_sentenc
     build_index([corpus], new, embedder=fake_embedder)
     old = str(tmp_path / "old")
     build_index([corpus], old, embedder=fake_embedder)
-    _to_legacy_sentences(os.path.join(old, read_manifest(old)["data_dir"], "store.sqlite"))
+    _to_legacy_sentences(os.path.join(old, Manifest.load(old).data_dir, "store.sqlite"))
     a, b = _load(new, fake_embedder), _load(old, fake_embedder)
     assert not a.store.legacy_sentences and b.store.legacy_sentences
     vecs, meta = a.store.sentences([4, 1, 999], fake_embedder.dim)
@@ -286,7 +300,7 @@ def test_sentences_are_a_row_per_passage_and_older_stores_keep_a_row_per_sentenc
     for q in questions:  # the same search either way
         x, y = search(a, q, 3), search(b, q, 3)
         assert [(h.passage.passage_id, h.scores) for h in x.hits] == [(h.passage.passage_id, h.scores) for h in y.hits]
-    assert a.store.counts()["sentences"] == b.store.counts()["sentences"] == len(
+    assert a.store.counts().sentences == b.store.counts().sentences == len(
         [s for art in ARTS for p in art["paragraphs"] for s in split_sentences(p)])
     a.close(), b.close()
     # an older store takes new articles in its own format, and removals cascade in both
