@@ -5,7 +5,6 @@ agreement, under one writer lock.
 """
 from __future__ import annotations
 
-import bisect
 import contextlib
 import dataclasses
 import datetime as dt
@@ -19,11 +18,11 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from .chunk import Passage, Span, chunk_article
 from .embed import Embedder, load_embedder, resolve_model
 from .errors import BadRequest, IndexUnavailable, QAError
 from .ingest import Article, Problem, read_sources
 from .lexical import DIRNAME as LEXICAL_DIR, LABEL as LEXICAL_LABEL, LexicalIndex
+from .prepare import PreparedArticle, prepare_articles
 from .manifest import Manifest, now
 from .store import JOURNAL_KEEP, STORE_FILE, Store
 from .vectors import TRAIN_MAX, VECTOR_BACKENDS, DocFields, FaissIndex, VectorIndex, choose_kind, open_vectors
@@ -52,81 +51,7 @@ def write_lock(index_dir: str, timeout: float = LOCK_TIMEOUT):
         lock.release()
 
 
-# --- embedding passages ------------------------------------------------------------------------------------
-
-def _sentences_inside(sentences: Sequence[Span], starts: Sequence[int], start: int, end: int) -> range:
-    """Indexes of the (sorted, non-overlapping) sentences lying within [start, end), found by bisection."""
-    lo = hi = bisect.bisect_left(starts, start)
-    while hi < len(sentences) and sentences[hi][1] <= end:
-        hi += 1
-    return range(lo, hi)
-
-
-TITLE_PREFIX_CHARS = 120  # a headline's length; a longer title is cut (its words still count in BM25)
-
-
-def window_prefix(article: Article) -> str:
-    """The text put before each of an article's windows when they are embedded: its title (its first
-    TITLE_PREFIX_CHARS characters, cut at a space), as dense passage retrievers encode "title [SEP] passage"
-    (Karpukhin et al., 2020), so a paragraph that never names its topic is still found by it. Only the window's
-    vector and its sentences' context change; stored texts and spans don't."""
-    title = " ".join(article.title.split())
-    if len(title) > TITLE_PREFIX_CHARS:
-        head = title[:TITLE_PREFIX_CHARS + 1]
-        title = head.rsplit(" ", 1)[0] if " " in head else head[:-1]
-    return f"{title}{'' if title[-1:] in '.!?:' else '.'} " if title else ""
-
-
-def embed_passages(embedder: Embedder, passages: Sequence[Passage], *, progress: bool = False,
-                   batch_size: int = 32, prefixes: Sequence[str] | None = None
-                   ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Per passage: its window vectors and its sentence vectors, from one forward pass per window, each window
-    read after its passage's prefix (`prefixes`, none by default); a sentence vector pools its own tokens only."""
-    texts, spans, owners, inside = [], [], [], []
-    for pi, passage in enumerate(passages):
-        starts = [s for s, _ in passage.sentences]
-        prefix = prefixes[pi] if prefixes else ""
-        for start, end in passage.windows:
-            held = _sentences_inside(passage.sentences, starts, start, end)
-            shift = len(prefix) - start
-            texts.append(prefix + passage.text[start:end])
-            spans.append([(passage.sentences[i][0] + shift, passage.sentences[i][1] + shift) for i in held])
-            owners.append(pi)
-            inside.append(held)
-    unit_vecs, unit_span_vecs = embedder.encode_spans(texts, spans, progress=progress, batch_size=batch_size)
-    window_vecs: list[list[np.ndarray]] = [[] for _ in passages]
-    sentence_vecs: list[dict[int, np.ndarray]] = [{} for _ in passages]
-    for u, (pi, held) in enumerate(zip(owners, inside)):
-        window_vecs[pi].append(unit_vecs[u])
-        for k, si in enumerate(held):
-            sentence_vecs[pi].setdefault(si, unit_span_vecs[u][k])  # first window that holds it
-    out_s = []
-    for pi, passage in enumerate(passages):
-        fallback = np.mean(window_vecs[pi], axis=0)
-        out_s.append(np.stack([sentence_vecs[pi].get(si, fallback) for si in range(len(passage.sentences))])
-                     if passage.sentences else np.zeros((0, embedder.dim), np.float32))
-    return [np.stack(w) for w in window_vecs], out_s
-
-
-def prepare_articles(articles: Iterable[Article], embedder: Embedder, *, progress: bool = False,
-                     titled: bool = True):
-    """(article, passages, window vectors, sentence vectors) for each article, embedded in one batch; `titled`:
-    each window read after its article's title (`window_prefix`, as the manifest's `window_prefix: title` records),
-    its windows then sized to leave the title room in the model's input."""
-    articles = list(articles)
-    heads = [window_prefix(a) if titled else "" for a in articles]
-    room = embedder.count_tokens(heads)  # 0 for no title
-    chunked = [chunk_article(a, embedder.count_tokens, embedder.max_tokens - 2 - n) for a, n in zip(articles, room)]
-    flat = [p for ps in chunked for p in ps]
-    prefixes = [head for head, ps in zip(heads, chunked) for _ in ps]
-    wvecs, svecs = embed_passages(embedder, flat, progress=progress, prefixes=prefixes)
-    out, i = [], 0
-    for article, passages in zip(articles, chunked):
-        n = len(passages)
-        out.append((article, passages, wvecs[i:i + n], svecs[i:i + n]))
-        i += n
-    return out
-
+# --- embedding into a new store ---------------------------------------------------------------------------
 
 def _embed_into(store: Store, articles: Sequence[Article], embedder: Embedder, progress: bool) -> None:
     """Embed articles and write them to a new store BUILD_BATCH paragraphs at a time, so a build's memory stays
@@ -188,12 +113,6 @@ def _chunking(max_tokens: int) -> dict:
             "sentence_splitter": "sentencex", "lexical": LEXICAL_LABEL, "window_prefix": "title"}
 
 
-def titled_windows(manifest: Manifest) -> bool:
-    """Whether an index's windows were embedded after their article's title (indexes built before that was
-    recorded were not: their updates keep to their own recipe until the next full build)."""
-    return manifest.chunking.get("window_prefix") == "title"
-
-
 def _vector_settings(index_dir: str, vector_backend: str | None, milvus_uri: str | None,
                      milvus_alias: str | None = None) -> dict:
     """The manifest's vector keys for a build: as asked, else as the live index has them, else FAISS."""
@@ -243,34 +162,27 @@ def _prune_data_dirs(index_dir: str, keep: Sequence[str]) -> None:
             shutil.rmtree(full, ignore_errors=True)
 
 
-def _window_docs(prepared: Sequence) -> list[DocFields]:
-    """The document fields of each window `Store.write(prepared)` adds, in the order it returns them (article by
+def _window_docs(prepared: Sequence[PreparedArticle]) -> list[DocFields]:
+    """The document fields of each window `Store.write(prepared)` adds, in the order it adds them (article by
     article, passage by passage, window by window)."""
     docs = []
-    for article, _, window_vecs, _ in prepared:
-        doc = DocFields(article.id, article.source, article.published)
-        docs += [doc] * sum(len(w) for w in window_vecs)
+    for p in prepared:
+        docs += [DocFields(p.article.id, p.article.source, p.article.published)] * p.window_count
     return docs
 
 
-def _added_arrays(added: Sequence[tuple[int, np.ndarray]], docs: Sequence[DocFields]
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, vectors) of the windows a store write added; `QAError` unless `docs` pairs with them one to one."""
-    if len(docs) != len(added):
-        raise QAError(f"the store added {len(added)} windows where {len(docs)} were prepared")
-    return np.array([i for i, _ in added], np.int64), np.stack([v for _, v in added]).astype(np.float32)
-
-
-def _write(store: Store, vectors: VectorIndex, prepared: Sequence, removals: Sequence[str] = (),
+def _write(store: Store, vectors: VectorIndex, prepared: Sequence[PreparedArticle], removals: Sequence[str] = (),
            lexical: LexicalIndex | None = None) -> None:
     """Write prepared articles and removals to the store, then the same change to the vector and lexical indexes."""
     docs = _window_docs(prepared)
-    added, removed = store.write(prepared, removals)
+    written = store.write(prepared, removals)
     if lexical is not None:
-        lexical.sync(store, [a.id for a, *_ in prepared] + list(removals))
-    vectors.remove(np.array(removed, np.int64))
-    if added:
-        vectors.add(*_added_arrays(added, docs), docs)
+        lexical.sync(store, [p.article.id for p in prepared] + list(removals))
+    vectors.remove(np.array(written.removed, np.int64))
+    if written.added_ids:
+        if len(docs) != len(written.added_ids):
+            raise QAError(f"the store added {len(written.added_ids)} windows where {len(docs)} were prepared")
+        vectors.add(np.array(written.added_ids, np.int64), np.stack(written.added_vectors).astype(np.float32), docs)
 
 
 def _journal_mark(index_dir: str) -> tuple[str, int] | None:
@@ -370,8 +282,8 @@ def build_index(sources: Sequence[str], index_dir: str, *, model: str | None = N
             vindex = FaissIndex(embedder.dim, index_kind)
             vindex.train(store.sample_window_vectors(TRAIN_MAX, embedder.dim), n_windows)
         by_passage = _passage_docs(store) if milvus else None
-        for ids, passages, vecs in store.all_windows(embedder.dim):
-            vindex.add(ids, vecs, [by_passage[p] for p in passages.tolist()] if milvus else None)
+        for batch in store.all_windows(embedder.dim):
+            vindex.add(batch.ids, batch.vectors, [by_passage[p] for p in batch.passages.tolist()] if milvus else None)
         generation = store.generation
         vindex.save(build_dir, generation)  # Milvus: flushed, so searches hit sealed, indexed segments
         lexical = LexicalIndex.create(os.path.join(build_dir, LEXICAL_DIR))
@@ -488,19 +400,19 @@ def _passage_docs(store: Store) -> dict[int, DocFields]:
     """The document fields of every passage, by passage rowid."""
     docs: dict[str, DocFields] = {}
     out = {}
-    for rowid, doc_id, source, published, *_ in store.passage_rows():
-        out[rowid] = docs.setdefault(doc_id, DocFields(doc_id, source, published))
+    for row in store.passage_rows():
+        out[row.rowid] = docs.setdefault(row.doc_id, DocFields(row.doc_id, row.source, row.published))
     return out
 
 
 def _resync(vectors: VectorIndex, store: Store, dim: int) -> None:
     """Make an upserting vector index (Milvus) hold exactly the store's window vectors and their document fields."""
     have, _ = vectors.reconstruct_all()
-    want, _ = store.window_passages()
+    want = store.window_passages().ids
     vectors.remove(np.setdiff1d(have, want))
     by_passage = _passage_docs(store)
-    for ids, passages, vecs in store.all_windows(dim):
-        vectors.add(ids, vecs, [by_passage[p] for p in passages.tolist()])
+    for batch in store.all_windows(dim):
+        vectors.add(batch.ids, batch.vectors, [by_passage[p] for p in batch.passages.tolist()])
 
 
 def open_data(index_dir: str, manifest: Manifest, *, readonly: bool = True,
@@ -529,8 +441,8 @@ def open_data(index_dir: str, manifest: Manifest, *, readonly: bool = True,
                     store.generation, "rebuilding it from stored vectors" if faiss or not readonly else "using it")
         if faiss:
             vectors = FaissIndex(dim, manifest.index_kind)
-            for ids, _, vecs in store.all_windows(dim):
-                vectors.add(ids, vecs)
+            for batch in store.all_windows(dim):
+                vectors.add(batch.ids, batch.vectors)
         elif not readonly:
             _resync(vectors, store, dim)
     return store, vectors
@@ -555,7 +467,7 @@ def load_index(index_dir: str, *, embedder: Embedder | None = None, model: str |
     try:
         store, vectors = open_data(index_dir, manifest, store=store)
         lexical = LexicalIndex.open(os.path.join(index_dir, manifest.data_dir), store)
-        window_ids, window_passages = store.window_passages()
+        windows = store.window_passages()
     except (OSError, ValueError, KeyError) as e:
         raise IndexUnavailable(f"index in {index_dir} unreadable ({e}); rebuild: qa build SOURCE... "
                                f"--index-dir {index_dir}") from None
@@ -564,7 +476,7 @@ def load_index(index_dir: str, *, embedder: Embedder | None = None, model: str |
             raise
         raise IndexUnavailable(f"index in {index_dir} is corrupt ({type(e).__name__}: {e}); rebuild: "
                                f"qa build SOURCE... --index-dir {index_dir}") from None
-    return Index(index_dir, manifest, store, vectors, window_ids, window_passages, embedder, lexical)
+    return Index(index_dir, manifest, store, vectors, windows.ids, windows.passages, embedder, lexical)
 
 
 def embedder_for(manifest: Manifest, backend: str | None = None) -> Embedder:
@@ -608,7 +520,7 @@ def _apply(index_dir: str, embedder: Embedder | None, articles: Sequence[Article
                 return report
             if changed and embedder is None:
                 embedder = embedder_for(manifest)
-            prepared = prepare_articles(changed, embedder, titled=titled_windows(manifest)) if changed else []
+            prepared = prepare_articles(changed, embedder) if changed else []
             _write(store, vectors, prepared, removals, lexical)
             report.removed = len(removals)
             generation = store.generation
@@ -680,7 +592,7 @@ def check_index(index_dir: str) -> list[str]:
             "SELECT COUNT(*) FROM passages_fts WHERE rowid NOT IN (SELECT id FROM passages)").fetchone()[0]
         if orphans:
             problems.append(f"lexical index holds {orphans} passages the store does not")
-        window_ids, _ = store.window_passages()
+        window_ids = store.window_passages().ids
         problems += _check_lexical(data, store, counts.passages)
     except Exception as e:  # a corrupt or missing store
         return [f"store unreadable: {e}"]

@@ -21,7 +21,7 @@ import shutil
 from collections.abc import Iterable, Sequence
 
 from .files import atomic_write
-from .store import Filters, Store
+from .store import Filters, PassageRow, Store
 
 log = logging.getLogger(__name__)
 
@@ -66,14 +66,14 @@ def date_number(iso: str | None) -> int | None:
     return int(iso[:4] + iso[5:7] + iso[8:10])
 
 
-def _document(row: tuple):
+def _document(row: PassageRow):
+    """A passage as a tantivy document."""
     from tantivy import Document
 
-    rowid, doc_id, source, published, title, text = row
-    doc = Document(id=int(rowid), doc_id=doc_id, body=f"{title or ''}\n{text}", text=text)
-    if source:
-        doc.add_text("source", source.casefold())
-    number = date_number(published)
+    doc = Document(id=int(row.rowid), doc_id=row.doc_id, body=f"{row.title or ''}\n{row.text}", text=row.text)
+    if row.source:
+        doc.add_text("source", row.source.casefold())
+    number = date_number(row.published)
     if number is not None:
         doc.add_integer("published", number)
     return doc

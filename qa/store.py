@@ -20,7 +20,8 @@ import re
 import sqlite3
 import sys
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -28,6 +29,9 @@ from .chunk import Passage, Span, passage_id
 from .errors import IndexUnavailable
 from .ingest import Article, Paragraph
 from .manifest import Counts
+
+if TYPE_CHECKING:
+    from .prepare import PreparedArticle
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +154,74 @@ class Filters:
             clauses.append(f"{alias}.published <= ?")
             params.append(self.published_before)
         return " AND ".join(clauses) or "1", params
+
+
+class PassageRow(NamedTuple):
+    """A passage with its document's fields, as the lexical index and the vector filters take it."""
+
+    rowid: int
+    doc_id: str
+    source: str | None
+    published: str | None
+    title: str
+    text: str
+
+
+class WindowBatch(NamedTuple):
+    """Some windows: their ids, their passages' rowids and their vectors, row for row."""
+
+    ids: np.ndarray
+    passages: np.ndarray
+    vectors: np.ndarray
+
+
+class WindowMap(NamedTuple):
+    """Every window id, in order, and its passage's rowid."""
+
+    ids: np.ndarray
+    passages: np.ndarray
+
+
+class PassageWindows(NamedTuple):
+    """The windows of some passages: each one's passage rowid and vector, row for row."""
+
+    passages: np.ndarray
+    vectors: np.ndarray
+
+
+class SentenceRows(NamedTuple):
+    """The sentences of some passages, ordered by passage, then position: their vectors, and a row of
+    (passage rowid, idx, start, end) each in `meta`."""
+
+    vectors: np.ndarray
+    meta: np.ndarray
+
+    @property
+    def passages(self) -> np.ndarray:
+        """Each sentence's passage rowid."""
+        return self.meta[:, 0]
+
+    @property
+    def spans(self) -> np.ndarray:
+        """Each sentence's (start, end) in its passage's text."""
+        return self.meta[:, 2:]
+
+
+class DocumentPage(NamedTuple):
+    """A page of documents (`Store.documents`) and how many there are in all."""
+
+    total: int
+    documents: list[dict]
+
+
+@dataclasses.dataclass
+class Written:
+    """What a store write changed: the windows it added (ids and vectors, row for row) and the ids of those it
+    removed."""
+
+    added_ids: list[int] = dataclasses.field(default_factory=list)
+    added_vectors: list[np.ndarray] = dataclasses.field(default_factory=list)
+    removed: list[int] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -347,59 +419,62 @@ class Store:
         con.execute("DELETE FROM documents WHERE doc_id = ?", (doc_id,))
         return window_ids
 
-    def write(self, articles: Sequence[tuple[Article, Sequence[Passage], Sequence[np.ndarray],
-                                             Sequence[np.ndarray]]],
-              removals: Sequence[str] = (), *, journal: bool = True
-              ) -> tuple[list[tuple[int, np.ndarray]], list[int]]:
+    def write(self, articles: Sequence[PreparedArticle], removals: Sequence[str] = (), *,
+              journal: bool = True) -> Written:
         """Remove documents and insert or replace articles in one transaction, journaled unless `journal` is False.
-
-        Each article comes with its passages, one window-vector matrix per passage and one sentence-vector matrix
-        per passage. Returns ((window id, vector) added, window ids removed)."""
-        added, removed = [], []
+        The windows added come article by article, passage by passage, window by window."""
+        written = Written()
         with self.transaction() as con:
             if journal:
                 con.executemany("INSERT INTO journal (op, doc_id, article) VALUES (?,?,?)",
                                 [("remove", d, None) for d in removals]
-                                + [("upsert", a.id, _article_json(a)) for a, *_ in articles])
+                                + [("upsert", p.article.id, _article_json(p.article)) for p in articles])
                 con.execute("DELETE FROM journal WHERE seq <= (SELECT MAX(seq) FROM journal) - ?", (JOURNAL_KEEP,))
             for doc_id in removals:
-                removed += self._delete_document(con, doc_id)
-            for article, passages, window_vecs, sentence_vecs in articles:
-                removed += self._delete_document(con, article.id)
-                con.execute(
-                    "INSERT INTO documents VALUES (?,?,?,?,?,?,?,?,?,?)",
-                    (article.id, article.title, article.source, article.author, article.url, article.published,
-                     json.dumps(article.tags), article.path, article.content_hash(), len(passages)))
-                for passage, wvecs, svecs in zip(passages, window_vecs, sentence_vecs):
-                    pvec = wvecs.mean(axis=0)
-                    pvec = pvec / max(float(np.linalg.norm(pvec)), 1e-12)
-                    cur = con.execute(
-                        "INSERT INTO passages (passage_id, doc_id, paragraph_index, text, char_start, char_end, vec)"
-                        " VALUES (?,?,?,?,?,?,?)",
-                        (passage.passage_id, passage.doc_id, passage.paragraph_index, passage.text,
-                         passage.char_start, passage.char_end, to_blob(pvec)))
-                    rowid = cur.lastrowid
-                    con.execute("INSERT INTO passages_fts (rowid, title, text) VALUES (?,?,?)",
-                                (rowid, article.title, passage.text))
-                    for (start, end), vec in zip(passage.windows, wvecs):
-                        cur = con.execute("INSERT INTO windows (passage, start, end, vec) VALUES (?,?,?,?)",
-                                          (rowid, start, end, to_blob(vec)))
-                        added.append((cur.lastrowid, vec))
-                    if len(svecs) != len(passage.sentences):
-                        raise ValueError(f"{passage.passage_id}: {len(svecs)} vectors for {len(passage.sentences)} "
-                                         "sentences")
-                    if not passage.sentences:
-                        continue
-                    if self.legacy_sentences:
-                        con.executemany(f"INSERT INTO {LEGACY_SENTENCES} VALUES (?,?,?,?,?)",
-                                        [(rowid, i, s, e, to_half_blob(v))
-                                         for i, ((s, e), v) in enumerate(zip(passage.sentences, svecs))])
-                    else:
-                        con.execute("INSERT INTO passage_sentences VALUES (?,?,?)",
-                                    (rowid, np.asarray(passage.sentences, np.int32).tobytes(),
-                                     to_half_blob(svecs)))
+                written.removed += self._delete_document(con, doc_id)
+            for prepared in articles:
+                written.removed += self._delete_document(con, prepared.article.id)
+                self._insert_article(con, prepared, written)
             con.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
-        return added, removed
+        return written
+
+    def _insert_article(self, con: sqlite3.Connection, prepared: PreparedArticle, written: Written) -> None:
+        """Insert a document and its passages, windows and sentences; the windows added go to `written`."""
+        article = prepared.article
+        con.execute("INSERT INTO documents VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    (article.id, article.title, article.source, article.author, article.url, article.published,
+                     json.dumps(article.tags), article.path, article.content_hash(), len(prepared.passages)))
+        for passage, wvecs, svecs in zip(prepared.passages, prepared.window_vectors, prepared.sentence_vectors):
+            pvec = wvecs.mean(axis=0)
+            pvec = pvec / max(float(np.linalg.norm(pvec)), 1e-12)
+            cur = con.execute(
+                "INSERT INTO passages (passage_id, doc_id, paragraph_index, text, char_start, char_end, vec)"
+                " VALUES (?,?,?,?,?,?,?)",
+                (passage.passage_id, passage.doc_id, passage.paragraph_index, passage.text,
+                 passage.char_start, passage.char_end, to_blob(pvec)))
+            rowid = cur.lastrowid
+            con.execute("INSERT INTO passages_fts (rowid, title, text) VALUES (?,?,?)",
+                        (rowid, article.title, passage.text))
+            for (start, end), vec in zip(passage.windows, wvecs):
+                cur = con.execute("INSERT INTO windows (passage, start, end, vec) VALUES (?,?,?,?)",
+                                  (rowid, start, end, to_blob(vec)))
+                written.added_ids.append(cur.lastrowid)
+                written.added_vectors.append(vec)
+            self._insert_sentences(con, rowid, passage, svecs)
+
+    def _insert_sentences(self, con: sqlite3.Connection, rowid: int, passage: Passage, svecs: np.ndarray) -> None:
+        """A passage's sentence spans and vectors, one row per passage."""
+        if len(svecs) != len(passage.sentences):
+            raise ValueError(f"{passage.passage_id}: {len(svecs)} vectors for {len(passage.sentences)} sentences")
+        if not passage.sentences:
+            return
+        if self.legacy_sentences:
+            con.executemany(f"INSERT INTO {LEGACY_SENTENCES} VALUES (?,?,?,?,?)",
+                            [(rowid, i, s, e, to_half_blob(v))
+                             for i, ((s, e), v) in enumerate(zip(passage.sentences, svecs))])
+        else:
+            con.execute("INSERT INTO passage_sentences VALUES (?,?,?)",
+                        (rowid, np.asarray(passage.sentences, np.int32).tobytes(), to_half_blob(svecs)))
 
     def set_meta(self, key: str, value: str) -> None:
         with self.transaction() as con:
@@ -437,17 +512,18 @@ class Store:
     def count_passages(self) -> int:
         return self.con.execute("SELECT COUNT(*) FROM passages").fetchone()[0]
 
-    def passage_rows(self, doc_ids: Sequence[str] | None = None, batch: int = 500):
-        """(rowid, doc_id, source, published, title, text) of every passage, or of some documents' passages."""
+    def passage_rows(self, doc_ids: Sequence[str] | None = None, batch: int = 500) -> Iterator[PassageRow]:
+        """Every passage with its document's fields, or some documents' passages."""
         q = ("SELECT p.id, p.doc_id, d.source, d.published, d.title, p.text FROM passages p "
              "JOIN documents d ON d.doc_id = p.doc_id")
         if doc_ids is None:
-            yield from self.con.execute(q + " ORDER BY p.id")
+            yield from map(PassageRow._make, self.con.execute(q + " ORDER BY p.id"))
             return
         ids = list(doc_ids)
         for i in range(0, len(ids), batch):
             chunk = ids[i:i + batch]
-            yield from self.con.execute(q + f" WHERE p.doc_id IN ({','.join('?' * len(chunk))})", chunk)
+            yield from map(PassageRow._make,
+                           self.con.execute(q + f" WHERE p.doc_id IN ({','.join('?' * len(chunk))})", chunk))
 
     def sample_window_vectors(self, n: int, dim: int, seed: int = 0) -> np.ndarray:
         """Vectors of `n` windows drawn at random (all of them when there are fewer), for training codecs."""
@@ -461,8 +537,8 @@ class Store:
                 f"SELECT vec FROM windows WHERE id IN ({','.join('?' * len(chunk))})", chunk)]
         return from_blobs(out, dim)
 
-    def all_windows(self, dim: int, batch: int = 50_000):
-        """(window ids, passage rowids, vectors) of every window, in id order, in batches."""
+    def all_windows(self, dim: int, batch: int = 50_000) -> Iterator[WindowBatch]:
+        """Every window, in id order, in batches."""
         last = 0
         while True:
             rows = self.con.execute("SELECT id, passage, vec FROM windows WHERE id > ? ORDER BY id LIMIT ?",
@@ -470,14 +546,14 @@ class Store:
             if not rows:
                 return
             last = rows[-1][0]
-            yield (np.array([r[0] for r in rows], np.int64), np.array([r[1] for r in rows], np.int64),
-                   from_blobs([r[2] for r in rows], dim))
+            yield WindowBatch(np.array([r[0] for r in rows], np.int64), np.array([r[1] for r in rows], np.int64),
+                              from_blobs([r[2] for r in rows], dim))
 
-    def window_passages(self) -> tuple[np.ndarray, np.ndarray]:
-        """(window ids, passage rowids) of every window."""
+    def window_passages(self) -> WindowMap:
+        """Every window id and its passage's rowid."""
         rows = self.con.execute("SELECT id, passage FROM windows ORDER BY id").fetchall()
         arr = np.array(rows, np.int64).reshape(-1, 2)
-        return arr[:, 0], arr[:, 1]
+        return WindowMap(arr[:, 0], arr[:, 1])
 
     _PASSAGE_COLS = ("p.id, p.passage_id, p.doc_id, p.paragraph_index, p.text, p.char_start, p.char_end, "
                      "d.title, d.source, d.author, d.url, d.published")
@@ -508,32 +584,32 @@ class Store:
         zero = bytes(4 * dim)  # a passage deleted meanwhile: a zero vector matches nothing
         return from_blobs([rows.get(r, zero) for r in rowids], dim)
 
-    def window_vectors(self, rowids: Sequence[int], dim: int) -> tuple[np.ndarray, np.ndarray]:
-        """(passage rowid per window, window vectors) of the windows of some passages."""
+    def window_vectors(self, rowids: Sequence[int], dim: int) -> PassageWindows:
+        """The windows of some passages."""
         if not rowids:
-            return np.zeros(0, np.int64), np.zeros((0, dim), np.float32)
+            return PassageWindows(np.zeros(0, np.int64), np.zeros((0, dim), np.float32))
         rows = self.con.execute(f"SELECT passage, vec FROM windows WHERE passage {IN_IDS}",
                                 (ids_param(rowids),)).fetchall()
-        return np.array([r[0] for r in rows], np.int64), from_blobs([r[1] for r in rows], dim)
+        return PassageWindows(np.array([r[0] for r in rows], np.int64), from_blobs([r[1] for r in rows], dim))
 
     @functools.cached_property
     def legacy_sentences(self) -> bool:
         """Whether this store keeps a row per sentence (made before sentences were stored a row per passage)."""
         return self.con.execute("SELECT 1 FROM sqlite_master WHERE name = 'passage_sentences'").fetchone() is None
 
-    def sentences(self, rowids: Sequence[int], dim: int) -> tuple[np.ndarray, np.ndarray]:
-        """Sentence vectors and the (passage rowid, idx, start, end) rows of the sentences of some passages, ordered
-        by passage, then idx."""
+    def sentences(self, rowids: Sequence[int], dim: int) -> SentenceRows:
+        """The sentences of some passages, ordered by passage, then idx."""
         if not rowids:
-            return np.zeros((0, dim), np.float32), np.zeros((0, 4), np.int64)
+            return SentenceRows(np.zeros((0, dim), np.float32), np.zeros((0, 4), np.int64))
         if self.legacy_sentences:
             rows = self.con.execute(f"SELECT passage, idx, start, end, vec FROM {LEGACY_SENTENCES} "
                                     f"WHERE passage {IN_IDS} ORDER BY passage, idx", (ids_param(rowids),)).fetchall()
-            return from_blobs([r[4] for r in rows], dim), np.array([r[:4] for r in rows], np.int64).reshape(-1, 4)
+            return SentenceRows(from_blobs([r[4] for r in rows], dim),
+                                np.array([r[:4] for r in rows], np.int64).reshape(-1, 4))
         rows = self.con.execute(f"SELECT passage, spans, vecs FROM passage_sentences WHERE passage {IN_IDS} "
                                 "ORDER BY passage", (ids_param(rowids),)).fetchall()
         if not rows:
-            return np.zeros((0, dim), np.float32), np.zeros((0, 4), np.int64)
+            return SentenceRows(np.zeros((0, dim), np.float32), np.zeros((0, 4), np.int64))
         spans = np.frombuffer(b"".join(r[1] for r in rows), np.int32).reshape(-1, 2)
         vecs = np.frombuffer(b"".join(r[2] for r in rows), np.float16)
         if vecs.size != spans.shape[0] * dim:
@@ -542,7 +618,7 @@ class Store:
         first = np.cumsum(counts) - counts  # each passage's first sentence
         idx = np.arange(len(spans)) - np.repeat(first, counts)
         meta = np.column_stack((np.repeat(np.array([r[0] for r in rows], np.int64), counts), idx, spans))
-        return vecs.reshape(-1, dim).astype(np.float32), meta.astype(np.int64, copy=False)
+        return SentenceRows(vecs.reshape(-1, dim).astype(np.float32), meta.astype(np.int64, copy=False))
 
     def doc_freqs(self, terms: Sequence[str]) -> dict[str, int]:
         """Number of passages whose text holds each term (after FTS5's own stemming)."""
@@ -580,14 +656,14 @@ class Store:
     def document_ids(self) -> list[str]:
         return [r[0] for r in self.con.execute("SELECT doc_id FROM documents ORDER BY doc_id")]
 
-    def documents(self, offset: int = 0, limit: int = 50) -> tuple[int, list[dict]]:
-        """(total, page of documents) in id order."""
+    def documents(self, offset: int = 0, limit: int = 50) -> DocumentPage:
+        """A page of documents in id order."""
         total = self.con.execute("SELECT COUNT(*) FROM documents").fetchone()[0]
         rows = self.con.execute(
             "SELECT doc_id, title, source, author, url, published, n_passages FROM documents "
             "ORDER BY doc_id LIMIT ? OFFSET ?", (limit, offset)).fetchall()
         keys = ("id", "title", "source", "author", "url", "published", "passages")
-        return total, [dict(zip(keys, r)) for r in rows]
+        return DocumentPage(total, [dict(zip(keys, r)) for r in rows])
 
     def document(self, doc_id: str) -> dict | None:
         """A document's metadata and paragraphs, or None."""

@@ -222,7 +222,7 @@ def test_store_closes_connections_of_ended_threads_and_its_own(tmp_path):
 
 def test_windows_are_embedded_after_their_title(fake_embedder):
     from qa.chunk import chunk_article
-    from qa.index import embed_passages, prepare_articles, window_prefix
+    from qa.prepare import embed_passages, prepare_articles, window_prefix
 
     article = article_from_dict(ARTS[0])
     seen = []
@@ -233,7 +233,8 @@ def test_windows_are_embedded_after_their_title(fake_embedder):
         return encode_spans(texts, spans, **kw)
 
     fake_embedder.encode_spans = recording
-    (_, passages, titled, titled_sents), = prepare_articles([article], fake_embedder)
+    prepared, = prepare_articles([article], fake_embedder)
+    passages, titled, titled_sents = prepared.passages, prepared.window_vectors, prepared.sentence_vectors
     assert window_prefix(article) == "Harbour strike. "
     assert all(text.startswith("Harbour strike. ") for text, _ in seen)
     # every sentence span points at that sentence inside the prefixed window text
@@ -242,26 +243,7 @@ def test_windows_are_embedded_after_their_title(fake_embedder):
     plain, plain_sents = embed_passages(fake_embedder, passages)
     assert not np.allclose(titled[0], plain[0])  # the title's words are in the window vector
     assert np.allclose(titled_sents[0], plain_sents[0])  # a sentence pools its own tokens only (bag of words here)
-    (_, _, untitled, _), = prepare_articles([article], fake_embedder, titled=False)
-    assert np.allclose(untitled[0], plain[0])
     assert chunk_article(article, fake_embedder.count_tokens, fake_embedder.max_tokens - 2) == passages
-
-
-def test_an_index_built_without_titles_keeps_its_recipe_on_updates(built, fake_embedder):
-    from qa.index import prepare_articles, titled_windows
-
-    manifest = Manifest.load(built)
-    assert titled_windows(manifest)
-    del manifest.chunking["window_prefix"]  # as written before the title was part of the recipe
-    manifest.save(built)
-    new = {"id": "a3", "title": "Ferry timetable", "paragraphs": ["Ferries will sail every hour from May."]}
-    add_documents(None, built, articles=[article_from_dict(new)], embedder=fake_embedder)
-    index = _load(built, fake_embedder)
-    rowid = next(p.rowid for p in index.store.passages(range(1, 100)).values() if p.doc_id == "a3")
-    _, stored = index.store.window_vectors([rowid], fake_embedder.dim)
-    (_, _, untitled, _), = prepare_articles([article_from_dict(new)], fake_embedder, titled=False)
-    (_, _, titled, _), = prepare_articles([article_from_dict(new)], fake_embedder)
-    assert np.allclose(stored[0], untitled[0][0], atol=1e-6) and not np.allclose(stored[0], titled[0][0], atol=1e-3)
 
 
 def _to_legacy_sentences(store_path):
@@ -318,7 +300,7 @@ def test_sentences_are_a_row_per_passage_and_older_stores_keep_a_row_per_sentenc
 
 
 def test_windows_leave_room_for_the_title_and_long_titles_are_cut(fake_embedder):
-    from qa.index import TITLE_PREFIX_CHARS, prepare_articles, window_prefix
+    from qa.prepare import TITLE_PREFIX_CHARS, prepare_articles, window_prefix
 
     sentences = [f"Sentence number {i} tells of the harbour dispute and its many long rounds of talks."
                  for i in range(60)]
@@ -331,7 +313,7 @@ def test_windows_leave_room_for_the_title_and_long_titles_are_cut(fake_embedder)
     seen = []
     encode_spans = fake_embedder.encode_spans
     fake_embedder.encode_spans = lambda texts, spans, **kw: (seen.extend(texts), encode_spans(texts, spans, **kw))[1]
-    (_, passages, windows, _), = prepare_articles([article], fake_embedder)
-    assert len(passages[0].windows) > 1 and len(seen) == len(windows[0])
+    prepared, = prepare_articles([article], fake_embedder)
+    assert len(prepared.passages[0].windows) > 1 and len(seen) == len(prepared.window_vectors[0])
     assert all(n <= fake_embedder.max_tokens - 2 for n in fake_embedder.count_tokens(seen))  # title and window fit
     assert all(text.startswith(prefix) for text in seen)
