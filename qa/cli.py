@@ -312,7 +312,7 @@ def serve(index_dir, host, port, threads, workers):
 def _check_workers(index_dir: str, workers: int) -> None:
     """Refuse, before any server starts, more worker processes than the index's vector store allows."""
     from .manifest import Manifest
-    from .milvus_backend import check_workers
+    from .vectors.milvus import check_workers
 
     if workers <= 1:
         return

@@ -1,7 +1,8 @@
 """The index folder as a whole: build (beside the live one, then an atomic swap), add, remove, check, load.
 
-Kept apart from `store.py` (SQLite) and `vectors.py` (FAISS): this module is the one place that keeps them in
-agreement, under one writer lock.
+Kept apart from `store.py` (SQLite), `vectors/` (FAISS or Milvus) and `lexical.py` (tantivy): this module is the
+one place that keeps them in agreement, under one writer lock, and it asks the vector backend through its
+interface only.
 """
 from __future__ import annotations
 
@@ -23,9 +24,10 @@ from .errors import BadRequest, IndexUnavailable, QAError
 from .ingest import Article, Problem, read_sources
 from .lexical import DIRNAME as LEXICAL_DIR, LABEL as LEXICAL_LABEL, LexicalIndex
 from .prepare import PreparedArticle, prepare_articles
-from .manifest import Manifest, now
+from .manifest import Counts, Manifest, now
 from .store import JOURNAL_KEEP, STORE_FILE, Store
-from .vectors import TRAIN_MAX, VECTOR_BACKENDS, DocFields, FaissIndex, VectorIndex, choose_kind, open_vectors
+from .vectors import (DocFields, VectorBuild, VectorIndex, VectorSettings, begin_build, build_settings,
+                      check_available, check_vectors, choose_kind, fill, open_synced, open_vectors)
 
 log = logging.getLogger(__name__)
 
@@ -111,45 +113,6 @@ def _chunking(max_tokens: int) -> dict:
     """The manifest's record of how passages were cut and embedded."""
     return {"unit": "paragraph", "window_tokens": max_tokens - 2, "window_overlap_sentences": 1,
             "sentence_splitter": "sentencex", "lexical": LEXICAL_LABEL, "window_prefix": "title"}
-
-
-def _vector_settings(index_dir: str, vector_backend: str | None, milvus_uri: str | None,
-                     milvus_alias: str | None = None) -> dict:
-    """The manifest's vector keys for a build: as asked, else as the live index has them, else FAISS."""
-    previous: Manifest | None = None
-    with contextlib.suppress(QAError):
-        previous = Manifest.load(index_dir)
-    if vector_backend is None:
-        vector_backend = "milvus" if milvus_uri or milvus_alias else (previous.vector_backend if previous else "faiss")
-    if vector_backend not in VECTOR_BACKENDS:
-        raise BadRequest(f"unknown vector backend {vector_backend!r}; choose one of {', '.join(VECTOR_BACKENDS)}")
-    if vector_backend == "faiss":
-        if milvus_uri or milvus_alias:
-            raise BadRequest(f"--milvus-{'uri' if milvus_uri else 'alias'} needs --backend milvus")
-        return {"vector_backend": "faiss"}
-    from .milvus_backend import check_alias, manifest_uri, new_alias
-
-    same = previous is not None and previous.vector_backend == "milvus"
-    uri = manifest_uri(index_dir, milvus_uri) if milvus_uri or not same else previous.milvus_uri
-    alias = previous.milvus_alias if same and previous.milvus_uri == uri else None
-    if milvus_alias:
-        check_alias(milvus_alias)
-        if alias and alias != milvus_alias:
-            log.warning("index %s moves from Milvus alias %s to %s; the old alias and its collections stay",
-                        index_dir, alias, milvus_alias)
-        alias = milvus_alias
-    # a new alias is unique, not derived from the path alone: a folder moved away and a new one built in its place
-    # (or one path on two hosts) would otherwise share one, and each one's builds drop the other's collection
-    return {"vector_backend": "milvus", "milvus_uri": uri, "milvus_alias": alias or new_alias(index_dir)}
-
-
-def _check_kind(kind: str, vector_backend: str) -> None:
-    """`BadRequest` for an index kind that is unknown or that the vector backend cannot build."""
-    choose_kind(kind, 0)  # unknown kinds
-    if vector_backend == "milvus":
-        from .milvus_backend import check_kind
-
-        check_kind(kind)
 
 
 def _prune_data_dirs(index_dir: str, keep: Sequence[str]) -> None:
@@ -246,95 +209,106 @@ def build_index(sources: Sequence[str], index_dir: str, *, model: str | None = N
     """
     t0 = time.perf_counter()
     report = Report(index_dir=index_dir)
-    vector = _vector_settings(index_dir, vector_backend, milvus_uri, milvus_alias)  # checked before any work
-    _check_kind(kind, vector["vector_backend"])
+    settings = build_settings(index_dir, vector_backend, kind, uri=milvus_uri, alias=milvus_alias,
+                              token=milvus_token)  # checked before any work
     sink = lambda p: report.problems.append(str(p))  # noqa: E731
     mark = _journal_mark(index_dir)  # before the sources are read: later writes are replayed at the swap
     articles = dedupe_articles(read_sources(sources, strict=strict, on_problem=sink), sink)
     if not articles:
         raise BadRequest("no articles found in " + ", ".join(sources))
     os.makedirs(index_dir, exist_ok=True)
-    milvus = vector["vector_backend"] == "milvus"
-    if milvus:
-        from . import milvus_backend as mb
-
-        milvus_token = milvus_token or os.environ.get(mb.TOKEN_ENV)
-        mb.check_available(mb.resolve_uri(index_dir, vector["milvus_uri"]), milvus_token)  # fail before embedding
+    check_available(index_dir, settings)  # fail before embedding
     if embedder is None:
         embedder = load_embedder(model, backend)
     model_path = None if embedder.model_name in ("hash",) else resolve_model(model)[0]
-    build_dir = os.path.join(index_dir, f".build-{uuid.uuid4().hex[:12]}")
-    os.makedirs(build_dir)
-    vindex: VectorIndex | None = None
-    before: str | None = None  # the collection the alias pointed to
-    published = False
+    recipe = Manifest(model=embedder.model_name, model_path=model_path if model else None, dim=embedder.dim,
+                      embed_backend=getattr(embedder, "backend", backend), data_dir="",
+                      chunking=_chunking(embedder.max_tokens))
+    build = _Build(index_dir, os.path.join(index_dir, f".build-{uuid.uuid4().hex[:12]}"))
+    os.makedirs(build.folder)
     try:
-        store = Store(os.path.join(build_dir, STORE_FILE), create=True)
-        _embed_into(store, articles, embedder, progress)
-        n_windows = store.counts().windows
-        index_kind = choose_kind(kind, n_windows)
-        if milvus:  # a new collection; the live alias and manifest are untouched until the swap below
-            vector["milvus_collection"] = mb.new_collection_name(vector["milvus_alias"])
-            vindex = mb.MilvusIndex(mb.resolve_uri(index_dir, vector["milvus_uri"]), vector["milvus_collection"],
-                                    embedder.dim, token=milvus_token, create=True,
-                                    index_type=mb.index_type_of(index_kind))
-        else:
-            vindex = FaissIndex(embedder.dim, index_kind)
-            vindex.train(store.sample_window_vectors(TRAIN_MAX, embedder.dim), n_windows)
-        by_passage = _passage_docs(store) if milvus else None
-        for batch in store.all_windows(embedder.dim):
-            vindex.add(batch.ids, batch.vectors, [by_passage[p] for p in batch.passages.tolist()] if milvus else None)
-        generation = store.generation
-        vindex.save(build_dir, generation)  # Milvus: flushed, so searches hit sealed, indexed segments
-        lexical = LexicalIndex.create(os.path.join(build_dir, LEXICAL_DIR))
-        lexical.rebuild(store)
-        counts = store.counts()
-        store.con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        store.close()
-        data_dir = f"data-{dt.datetime.now().strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:6]}"
-        with write_lock(index_dir):
-            report.replayed = _replay(index_dir, mark, store, vindex, embedder, lexical)
-            if report.replayed:
-                generation = store.generation
-                vindex.save(build_dir, generation)
-                counts = store.counts()
-                store.con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-                store.close()
-            os.replace(build_dir, os.path.join(index_dir, data_dir))
-            previous = None
-            with contextlib.suppress(QAError):
-                previous = Manifest.load(index_dir).data_dir
-            before = mb.switch_alias(vindex.client, vector["milvus_alias"], vindex.collection) if milvus else None
-            Manifest(model=embedder.model_name, model_path=model_path if model else None, dim=embedder.dim,
-                     embed_backend=getattr(embedder, "backend", backend), **vector, index_kind=index_kind,
-                     data_dir=data_dir, counts=counts, generation=generation,
-                     chunking=_chunking(embedder.max_tokens)).save(index_dir)
-            published = True
-            # the previous folder (and collection) stays one round for servers still loading it
-            _prune_data_dirs(index_dir, keep=[data_dir] + ([previous] if previous else []))
-            if milvus:
-                mb.drop_older(vindex.client, vector["milvus_alias"], before)
+        _fill(build, articles, embedder, kind, settings, progress)
+        report.replayed = _swap(build, mark, embedder, recipe)
     except BaseException:
-        shutil.rmtree(build_dir, ignore_errors=True)
-        if milvus and vindex is not None and not published:  # never made live: alias back, collection dropped
-            with contextlib.suppress(Exception):
-                if before:
-                    mb.switch_alias(vindex.client, vector["milvus_alias"], before)
-                mb.drop_collection(vindex.client, vindex.collection, force=True)
+        build.discard()
         raise
     finally:
-        _close(vindex)
-    report.documents, report.passages = counts.documents, counts.passages
+        build.close()
+    report.documents, report.passages = build.counts.documents, build.counts.passages
     report.added = len(articles)
     report.seconds = time.perf_counter() - t0
     return report
 
 
-def _close(vectors: VectorIndex | None) -> None:
-    """Close a vector index that holds a connection (Milvus; the last user of a Lite database releases it)."""
-    close = getattr(vectors, "close", None)
-    if close is not None:
-        close()
+@dataclasses.dataclass
+class _Build:
+    """A full build under way in its own folder beside the live data folder, until the swap renames it."""
+
+    index_dir: str
+    folder: str
+    store: Store | None = None
+    vectors: VectorBuild | None = None
+    lexical: LexicalIndex | None = None
+    kind: str = ""  # the index kind chosen for the number of windows
+    counts: Counts = dataclasses.field(default_factory=Counts)
+    generation: int = 0
+
+    def seal(self) -> None:
+        """Save the vectors at the store's generation, count the store and close it, its WAL folded in."""
+        self.generation = self.store.generation
+        self.vectors.index.save(self.folder, self.generation)  # Milvus: flushed, so searches hit indexed segments
+        self.counts = self.store.counts()
+        self.store.con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self.store.close()
+
+    def discard(self) -> None:
+        """After a failure: the build's folder deleted, and its vectors unless they were made live."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+        if self.vectors is not None:
+            self.vectors.discard()
+
+    def close(self) -> None:
+        """Release the vector index (a Milvus connection)."""
+        if self.vectors is not None:
+            self.vectors.index.close()
+
+
+def _fill(build: _Build, articles: Sequence[Article], embedder: Embedder, kind: str, settings: VectorSettings,
+          progress: bool) -> None:
+    """Embed the articles into the build's new store, then derive its vector and lexical indexes from it."""
+    build.store = Store(os.path.join(build.folder, STORE_FILE), create=True)
+    _embed_into(build.store, articles, embedder, progress)
+    windows = build.store.counts().windows
+    build.kind = choose_kind(kind, windows)
+    # the live index and manifest are untouched until the swap
+    build.vectors = begin_build(build.index_dir, settings, embedder.dim, build.kind, build.store, windows)
+    fill(build.vectors.index, build.store, embedder.dim)
+    build.lexical = LexicalIndex.create(os.path.join(build.folder, LEXICAL_DIR))
+    build.lexical.rebuild(build.store)
+    build.seal()
+
+
+def _swap(build: _Build, mark: tuple[str, int] | None, embedder: Embedder, recipe: Manifest) -> int:
+    """Under the writer lock: replay the writes made to the live index meanwhile, rename the build's folder into
+    place and publish it with the new manifest; the number of writes replayed."""
+    index_dir = build.index_dir
+    data_dir = f"data-{dt.datetime.now().strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    with write_lock(index_dir):
+        replayed = _replay(index_dir, mark, build.store, build.vectors.index, embedder, build.lexical)
+        if replayed:
+            build.seal()
+        os.replace(build.folder, os.path.join(index_dir, data_dir))
+        previous = None
+        with contextlib.suppress(QAError):
+            previous = Manifest.load(index_dir).data_dir
+        stamp = now()
+        manifest = dataclasses.replace(recipe, **build.vectors.settings.manifest_fields(), index_kind=build.kind,
+                                       data_dir=data_dir, counts=build.counts, generation=build.generation,
+                                       built_at=stamp, updated_at=stamp)
+        build.vectors.publish(lambda: manifest.save(index_dir))
+        # the previous folder (and collection) stays one round for servers still loading it
+        _prune_data_dirs(index_dir, keep=[data_dir] + ([previous] if previous else []))
+    return replayed
 
 
 # --- load --------------------------------------------------------------------------------------------------
@@ -393,31 +367,12 @@ class Index:
 
     def close(self) -> None:
         self.store.close()
-        _close(self.vectors)
-
-
-def _passage_docs(store: Store) -> dict[int, DocFields]:
-    """The document fields of every passage, by passage rowid."""
-    docs: dict[str, DocFields] = {}
-    out = {}
-    for row in store.passage_rows():
-        out[row.rowid] = docs.setdefault(row.doc_id, DocFields(row.doc_id, row.source, row.published))
-    return out
-
-
-def _resync(vectors: VectorIndex, store: Store, dim: int) -> None:
-    """Make an upserting vector index (Milvus) hold exactly the store's window vectors and their document fields."""
-    have, _ = vectors.reconstruct_all()
-    want = store.window_passages().ids
-    vectors.remove(np.setdiff1d(have, want))
-    by_passage = _passage_docs(store)
-    for batch in store.all_windows(dim):
-        vectors.add(batch.ids, batch.vectors, [by_passage[p] for p in batch.passages.tolist()])
+        self.vectors.close()
 
 
 def open_data(index_dir: str, manifest: Manifest, *, readonly: bool = True,
               store: Store | None = None) -> tuple[Store, VectorIndex]:
-    """The store and vector index of the live data folder, the vectors rebuilt from the store if out of date.
+    """The store and vector index of the live data folder, the vectors brought up to the store if out of date.
 
     FAISS is rebuilt in memory; a Milvus collection is resynced in place by writers (`readonly=False`, under the
     write lock) and used as it is by readers.
@@ -427,25 +382,11 @@ def open_data(index_dir: str, manifest: Manifest, *, readonly: bool = True,
         raise IndexUnavailable(f"data folder {data} missing; rebuild: qa build SOURCE... --index-dir {index_dir}")
     if store is None or store.path != os.path.join(data, STORE_FILE):
         store = Store(os.path.join(data, STORE_FILE), readonly=readonly)
-    dim = int(manifest.dim)
-    faiss = manifest.vector_backend == "faiss"
     try:
-        vectors, generation = open_vectors(index_dir, manifest, data, mmap=readonly)
-    except IndexUnavailable:
-        if not faiss:  # a Milvus collection cannot be conjured from here: say why
-            store.close()
-            raise
-        vectors, generation = None, -1
-    if vectors is None or generation != store.generation:
-        log.warning("vector index in %s behind the store (generation %s vs %s): %s", data, generation,
-                    store.generation, "rebuilding it from stored vectors" if faiss or not readonly else "using it")
-        if faiss:
-            vectors = FaissIndex(dim, manifest.index_kind)
-            for batch in store.all_windows(dim):
-                vectors.add(batch.ids, batch.vectors)
-        elif not readonly:
-            _resync(vectors, store, dim)
-    return store, vectors
+        return store, open_synced(index_dir, manifest, data, store, readonly=readonly)
+    except IndexUnavailable:  # a Milvus collection cannot be conjured from here: say why
+        store.close()
+        raise
 
 
 def load_index(index_dir: str, *, embedder: Embedder | None = None, model: str | None = None,
@@ -532,7 +473,7 @@ def _apply(index_dir: str, embedder: Embedder | None, articles: Sequence[Article
             report.documents, report.passages = manifest.counts.documents, manifest.counts.passages
         finally:
             store.close()
-            _close(vectors)
+            vectors.close()
     report.seconds = time.perf_counter() - t0
     return report
 
@@ -608,15 +549,9 @@ def check_index(index_dir: str) -> list[str]:
         return problems
     try:
         ids, _ = vectors.reconstruct_all()
-        if manifest.vector_backend == "milvus":
-            from .milvus_backend import alias_target
-
-            target = alias_target(vectors.client, manifest.milvus_alias or "")
-            if target != manifest.milvus_collection:
-                problems.append(f"Milvus alias {manifest.milvus_alias} points to {target}, "
-                                f"the manifest to {manifest.milvus_collection}")
+        problems += check_vectors(index_dir, manifest, vectors)
     finally:
-        _close(vectors)
+        vectors.close()
     if generation != store.generation:
         problems.append(f"vector index reflects store generation {generation}, the store is at {store.generation}")
     if not np.array_equal(np.sort(ids), window_ids):

@@ -15,7 +15,7 @@ pytest.importorskip("pymilvus")
 pytest.importorskip("milvus_lite")
 
 from qa.errors import BadRequest, IndexUnavailable, QAError  # noqa: E402
-from qa.milvus_backend import (VARCHAR_MAX, MilvusIndex, collections_behind, drop_collection,  # noqa: E402
+from qa.vectors.milvus import (VARCHAR_MAX, MilvusIndex, collections_behind, drop_collection,  # noqa: E402
                                field_value, filter_expression, new_collection_name, prune_collections, quote,
                                source_key, switch_alias)
 from qa.store import Filters  # noqa: E402
@@ -126,7 +126,7 @@ def test_reload_from_vectors_json(tmp_path, uri):
 
 
 def test_parity_with_faiss_flat(uri):
-    faiss_vectors = pytest.importorskip("qa.vectors")
+    faiss_vectors = pytest.importorskip("qa.vectors.faiss")
     pytest.importorskip("faiss")
     rng = np.random.default_rng(4)
     vecs, queries = unit(rng, 2000, 384), unit(rng, 50, 384)
@@ -188,7 +188,7 @@ def test_other_index_types(uri, index_type):
 LOCK_PROBE = textwrap.dedent("""
     import sys
     from qa.errors import IndexUnavailable
-    from qa.milvus_backend import MilvusIndex
+    from qa.vectors.milvus import MilvusIndex
     try:
         with MilvusIndex(sys.argv[1], "vectors_a", 16) as idx:
             print("opened", idx.ntotal)
@@ -291,7 +291,7 @@ def rows():
 def test_filters_match_the_store(uri, rows, doc_fields):
     """Every filter selects the rows SQLite selects, through a filter expression or (a collection without document
     fields, as built before pushdown) through the store's id list; the order is FAISS' exact one."""
-    from qa.vectors import FaissIndex
+    from qa.vectors.faiss import FaissIndex
 
     ids, vecs, docs = rows
     reference = SqliteDocs(docs, ids)

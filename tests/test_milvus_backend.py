@@ -14,7 +14,7 @@ import pytest
 pytest.importorskip("pymilvus")
 pytest.importorskip("milvus_lite")
 
-from qa import milvus_backend as mb  # noqa: E402
+from qa.vectors import milvus as mb  # noqa: E402
 from qa.errors import BadRequest  # noqa: E402
 from qa.index import add_documents, build_index, check_index, load_index, remove_documents  # noqa: E402
 from qa.search import make_filters, search  # noqa: E402
@@ -295,7 +295,7 @@ def test_writer_resyncs_rows_with_their_document_fields(tmp_path, embedder):
 
 HOLDER = textwrap.dedent("""
     import sys
-    from qa.milvus_backend import MilvusIndex
+    from qa.vectors.milvus import MilvusIndex
     idx = MilvusIndex(sys.argv[1], sys.argv[2], 384)
     print("holding", flush=True)
     sys.stdin.read()

@@ -15,6 +15,8 @@ should talk to one `milvus-lite server --data-dir ...` over `http://` instead.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -23,19 +25,20 @@ import os
 import re
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import BadRequest, IndexUnavailable, QAError
+from ..errors import BadRequest, IndexUnavailable, QAError
+from ..files import write_json_atomic
+from .base import DocFields, VectorSettings, fill
 
 if TYPE_CHECKING:
     from pymilvus import MilvusClient
 
-    from .manifest import Manifest
-    from .store import Filters, Store
-    from .vectors import DocFields
+    from ..manifest import Manifest
+    from ..store import Filters, Store
 
 log = logging.getLogger(__name__)
 
@@ -264,7 +267,7 @@ def filter_expression(filters: "Filters") -> str:
     return " and ".join(clauses)
 
 
-def _doc_row(doc: "DocFields") -> dict[str, str]:
+def _doc_row(doc: DocFields) -> dict[str, str]:
     """The document fields of one row; `BadRequest` for a published value Milvus cannot hold."""
     published = doc.published or ""
     if len(published.encode("utf-8")) > VARCHAR_MAX:
@@ -304,6 +307,7 @@ class MilvusIndex:
     """A Milvus collection (or alias) of int64 ids and `dim`-d float vectors, searched by inner product."""
 
     kind = KIND
+    needs_docs = True  # filters are pushed down as expressions over each row's document fields
 
     def __init__(self, uri: str, collection: str, dim: int, token: str | None = None, create: bool = False,
                  index_type: str = "FLAT", write_batch: int = WRITE_BATCH, max_filter_ids: int = MAX_FILTER_IDS,
@@ -382,7 +386,7 @@ class MilvusIndex:
         rows = self.client.query(self.collection, filter="", output_fields=["count(*)"], consistency_level="Strong")
         return int(rows[0]["count(*)"]) if rows else 0
 
-    def add(self, ids: np.ndarray, vectors: np.ndarray, docs: Sequence["DocFields"] | None = None) -> None:
+    def add(self, ids: np.ndarray, vectors: np.ndarray, docs: Sequence[DocFields] | None = None) -> None:
         """Add vectors under explicit int64 ids, with their documents' fields (`docs`, one per row) unless the
         collection has none; an existing id is replaced (upserts). `save` or `flush` after."""
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
@@ -502,8 +506,6 @@ class MilvusIndex:
 
     def save(self, directory: str, generation: int) -> None:
         """Record uri, collection and store generation in `vectors.json` atomically (Milvus Lite: flush first)."""
-        from .files import write_json_atomic
-
         if is_lite(self.uri):  # Lite searches its unflushed write buffer row by row in Python: slow
             self.flush()  # a server persists acknowledged writes itself, and rate-limits flushes
         write_json_atomic(os.path.join(directory, MILVUS_META),
@@ -639,3 +641,100 @@ def drop_older(client: "MilvusClient", base: str, previous: str | None) -> list[
     for name in doomed:
         drop_collection(client, name)
     return doomed
+
+
+def _resync(vectors: MilvusIndex, store: Store, dim: int) -> None:
+    """Make a collection hold exactly the store's window vectors and their document fields (upserts)."""
+    have, _ = vectors.reconstruct_all()
+    vectors.remove(np.setdiff1d(have, store.window_passages().ids))
+    fill(vectors, store, dim)
+
+
+class MilvusBuild:
+    """A build's new collection behind the index folder's alias: switched to at the manifest swap."""
+
+    def __init__(self, index_dir: str, settings: VectorSettings, dim: int, kind: str):
+        collection = new_collection_name(str(settings.milvus_alias))
+        self.settings = dataclasses.replace(settings, milvus_collection=collection)
+        self.index = MilvusIndex(resolve_uri(index_dir, str(settings.milvus_uri)), collection, dim,
+                                 token=settings.token, create=True, index_type=index_type_of(kind))
+        self._before: str | None = None  # the collection the alias pointed to
+        self._published = False
+
+    def publish(self, swap: Callable[[], None]) -> None:
+        """Switch the alias to the new collection, `swap` the manifest, then drop the collections older than the
+        previous one (which stays one round for servers still on it)."""
+        alias = str(self.settings.milvus_alias)
+        self._before = switch_alias(self.index.client, alias, self.index.collection)
+        swap()
+        self._published = True
+        drop_older(self.index.client, alias, self._before)
+
+    def discard(self) -> None:
+        """Never made live: the alias back where it was, the new collection dropped."""
+        if self._published:
+            return
+        with contextlib.suppress(Exception):
+            if self._before:
+                switch_alias(self.index.client, str(self.settings.milvus_alias), self._before)
+            drop_collection(self.index.client, self.index.collection, force=True)
+
+
+class MilvusBackend:
+    """Collections on a Milvus Lite folder or a Milvus server, one per full build, behind one alias per index."""
+
+    name = KIND
+
+    def settings(self, index_dir: str, previous: Manifest | None, uri: str | None, alias: str | None,
+                 token: str | None) -> VectorSettings:
+        """The URI and alias asked for, else the live index's; a new folder gets `milvus.db` and a new alias."""
+        same = previous is not None and previous.vector_backend == KIND
+        live_uri = previous.milvus_uri if same else None
+        chosen = manifest_uri(index_dir, uri) if uri or not same else str(live_uri)
+        kept = previous.milvus_alias if same and live_uri == chosen else None
+        if alias:
+            check_alias(alias)
+            if kept and kept != alias:
+                log.warning("index %s moves from Milvus alias %s to %s; the old alias and its collections stay",
+                            index_dir, kept, alias)
+            kept = alias
+        # a new alias is unique, not derived from the path alone: a folder moved away and a new one built in its
+        # place (or one path on two hosts) would otherwise share one, and each one's builds drop the other's
+        return VectorSettings(KIND, chosen, kept or new_alias(index_dir), token=token or os.environ.get(TOKEN_ENV))
+
+    def check_kind(self, kind: str) -> None:
+        """`BadRequest` for kinds Milvus cannot build."""
+        check_kind(kind)
+
+    def check_available(self, index_dir: str, settings: VectorSettings) -> None:
+        """`IndexUnavailable` before embedding when the database cannot be opened."""
+        check_available(resolve_uri(index_dir, str(settings.milvus_uri)), settings.token)
+
+    def begin(self, index_dir: str, settings: VectorSettings, dim: int, kind: str, store: Store,
+              windows: int) -> MilvusBuild:
+        """A new, empty collection; the live alias and manifest are untouched until `publish`."""
+        return MilvusBuild(index_dir, settings, dim, kind)
+
+    def open(self, index_dir: str, manifest: Manifest, data_dir: str, *,
+             mmap: bool = False) -> tuple[MilvusIndex, int]:
+        """The manifest's collection and the store generation it reflects."""
+        return open_manifest_collection(index_dir, manifest, data_dir)
+
+    def open_synced(self, index_dir: str, manifest: Manifest, data_dir: str, store: Store, *,
+                    readonly: bool) -> MilvusIndex:
+        """The manifest's collection, resynced in place from the store when behind it by a writer (under the write
+        lock); readers use it as it is."""
+        vectors, generation = self.open(index_dir, manifest, data_dir)
+        if generation != store.generation:
+            log.warning("vector index in %s behind the store (generation %s vs %s): %s", data_dir, generation,
+                        store.generation, "using it" if readonly else "rebuilding it from stored vectors")
+            if not readonly:
+                _resync(vectors, store, int(manifest.dim))
+        return vectors
+
+    def check(self, manifest: Manifest, vectors: MilvusIndex) -> list[str]:
+        """The alias must point to the manifest's collection."""
+        target = alias_target(vectors.client, manifest.milvus_alias or "")
+        if target == manifest.milvus_collection:
+            return []
+        return [f"Milvus alias {manifest.milvus_alias} points to {target}, the manifest to {manifest.milvus_collection}"]
