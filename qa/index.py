@@ -25,7 +25,7 @@ from .ingest import Article, Problem, read_sources
 from .lexical import DIRNAME as LEXICAL_DIR, LABEL as LEXICAL_LABEL, LexicalIndex
 from .prepare import PreparedArticle, prepare_articles
 from .manifest import Counts, Manifest, now
-from .store import JOURNAL_KEEP, STORE_FILE, Store
+from .store import JOURNAL_KEEP, STORE_FILE, Filters, Store
 from .vectors import (DocFields, VectorBuild, VectorIndex, VectorSettings, begin_build, build_settings,
                       check_available, check_vectors, choose_kind, fill, open_synced, open_vectors)
 
@@ -314,11 +314,11 @@ def _swap(build: _Build, mark: tuple[str, int] | None, embedder: Embedder, recip
 # --- load --------------------------------------------------------------------------------------------------
 
 class Index:
-    """A loaded index folder: manifest, store, vector index and the window → passage map. Read-only."""
+    """A loaded index folder: manifest, store, vector and lexical indexes and the window → passage map. Read-only."""
 
     def __init__(self, index_dir: str, manifest: Manifest, store: Store, vectors: VectorIndex,
-                 window_ids: np.ndarray, window_passages: np.ndarray, embedder: Embedder | None = None,
-                 lexical: LexicalIndex | None = None):
+                 window_ids: np.ndarray, window_passages: np.ndarray, embedder: Embedder | None,
+                 lexical: LexicalIndex):
         self.index_dir = index_dir
         self.manifest = manifest
         self.store = store
@@ -342,28 +342,21 @@ class Index:
         found = self.window_ids[pos] == ids
         return np.where(found, self.window_passages[pos], -1)
 
-    def lexical_search(self, terms: Sequence[str], limit: int, filters=None) -> list[tuple[int, float]]:
-        """BM25 top `limit` (passage rowid, score): tantivy, or the store's FTS5 without it."""
-        if self.lexical is not None:
-            return self.lexical.search(terms, limit, filters)
-        return self.store.lexical_search(terms, limit, filters)
+    def lexical_search(self, terms: Sequence[str], limit: int,
+                       filters: Filters | None = None) -> list[tuple[int, float]]:
+        """BM25 top `limit` (passage rowid, score)."""
+        return self.lexical.search(terms, limit, filters)
 
-    def lexical_scores(self, terms: Sequence[str], rowids: Sequence[int], filters=None, pool: int = 2000,
+    def lexical_scores(self, terms: Sequence[str], rowids: Sequence[int],
                        pairs: Sequence[tuple[str, str, int]] = ()) -> dict[int, float]:
-        """BM25 of given passages (0 where no term matches): exact with tantivy, with term proximity when the
-        query's word `pairs` are given; without tantivy, read from FTS5's best `pool` matches, and past their end
-        the pool's last score (an upper bound)."""
-        if self.lexical is not None:
-            found = self.lexical.scores(terms, rowids, pairs)
-            return {rid: found.get(rid, 0.0) for rid in rowids}
-        ranked = self.store.lexical_search(terms, pool, filters)
-        beyond = ranked[-1][1] if len(ranked) >= pool else 0.0
-        found = dict(ranked)
-        return {rid: found.get(rid, beyond) for rid in rowids}
+        """Exact BM25 of given passages (0 where no term matches), with term proximity when the query's word
+        `pairs` are given."""
+        found = self.lexical.scores(terms, rowids, pairs)
+        return {rid: found.get(rid, 0.0) for rid in rowids}
 
     def doc_freqs(self, terms: Sequence[str]) -> dict[str, int]:
         """Passages holding each term."""
-        return (self.lexical or self.store).doc_freqs(terms)
+        return self.lexical.doc_freqs(terms)
 
     def close(self) -> None:
         self.store.close()
@@ -526,13 +519,6 @@ def check_index(index_dir: str) -> list[str]:
         integrity = store.con.execute("PRAGMA integrity_check").fetchone()[0]
         if integrity != "ok":
             problems.append(f"store integrity check: {integrity}")
-        fts = store.con.execute("SELECT COUNT(*) FROM passages_fts").fetchone()[0]
-        if fts != counts.passages:
-            problems.append(f"lexical index has {fts} passages, the store {counts.passages}")
-        orphans = store.con.execute(
-            "SELECT COUNT(*) FROM passages_fts WHERE rowid NOT IN (SELECT id FROM passages)").fetchone()[0]
-        if orphans:
-            problems.append(f"lexical index holds {orphans} passages the store does not")
         window_ids = store.window_passages().ids
         problems += _check_lexical(data, store, counts.passages)
     except Exception as e:  # a corrupt or missing store

@@ -1,10 +1,8 @@
-"""BM25 over passage titles and texts with tantivy, beside the store's own FTS5 index.
+"""BM25 over passage titles and texts with tantivy (block-max WAND top-k; see docs/ranking.md).
 
-SQLite FTS5 stays the lexical index of record (written in the store's transactions, checked by `qa check`) but
-ranks by scoring every matching row: ~25 ms a query at 100k passages. Tantivy's block-max WAND top-k takes ~1 ms
-there. Like the FAISS file, this index is derived from the store, stamped with the store generation it reflects,
-and rebuilt from the store when it lags (on disk by writers, in memory by readers), so it can never disagree with
-the store for long and a crash between the two writes costs a rebuild, not a wrong answer.
+Like the vector index, this index is derived from the store, stamped with the store generation it reflects, and
+rebuilt from the store when it lags (on disk by writers, in memory by readers), so it can never disagree with the
+store for long and a crash between the two writes costs a rebuild, not a wrong answer.
 
 The exact scores of candidates (`scores`) add term proximity to BM25: Metzler and Croft's sequential dependence
 model (SIGIR 2005) as Anserini runs it over BM25. Each pair of neighbouring query words also scores as an exact
@@ -92,7 +90,7 @@ def _write_generation(directory: str, generation: int) -> None:
 
 
 class LexicalIndex:
-    """A tantivy index of passages: BM25 top-k over title and text together (one field, as FTS5 scores a row),
+    """A tantivy index of passages: BM25 top-k over title and text together (one field, the passage's row),
     filters as exact clauses, document frequencies over the text alone."""
 
     def __init__(self, index, directory: str | None, generation: int):

@@ -328,7 +328,7 @@ def _search(index, query: str, k: int, mode: str, filters: Filters | None, depth
         # for speed); a query without word pairs needs it only for the candidates that search did not score
         rescore = candidates if pairs else [rid for rid in candidates if rid not in lex_s]
         if rescore:
-            lex_s.update(index.lexical_scores(terms, rescore, filters, pairs=pairs))
+            lex_s.update(index.lexical_scores(terms, rescore, pairs=pairs))
     if qvec is not None and candidates:
         # first stage: every candidate gets both cheap signals exactly, whichever side found it
         missing = [rid for rid in candidates if rid not in dense_s]

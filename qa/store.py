@@ -1,10 +1,10 @@
-"""The passage store (SQLite: documents, passages, sentences, vectors, FTS5, journal) and the index folder's manifest.
+"""The passage store (SQLite: documents, passages, sentences, vectors, journal) of one data folder.
 
 The index folder holds `manifest.json` and one data folder per full build (`data-<timestamp>/`); the manifest names
 the live one. A full build writes a new data folder and swaps the manifest atomically; incremental writes change
 the live data folder in SQLite transactions and are journaled, so a full build can replay those made meanwhile.
-SQLite is the source of truth: it keeps every vector, so the FAISS file is a derived copy that can always be rebuilt
-from it without re-embedding.
+SQLite is the source of truth: it keeps every vector and text, so the vector index and the lexical index are derived
+copies that can always be rebuilt from it without re-embedding.
 """
 from __future__ import annotations
 
@@ -88,18 +88,12 @@ CREATE TABLE IF NOT EXISTS windows (
 CREATE INDEX IF NOT EXISTS windows_passage ON windows(passage);
 CREATE TABLE IF NOT EXISTS passage_sentences (
     passage INTEGER PRIMARY KEY REFERENCES passages(id) ON DELETE CASCADE, spans BLOB NOT NULL, vecs BLOB NOT NULL);
-CREATE VIRTUAL TABLE IF NOT EXISTS passages_fts USING fts5(
-    title, text, tokenize = 'porter unicode61 remove_diacritics 2');
-"""
-# A passage's sentences are one row: their (start, end) as int32 pairs and their vectors as float16, in order. The
-# shortlist of a query reads 100 such rows instead of ~250 sentence rows (2.0 -> 1.1 ms at 100k passages). Stores
-# made before keep their table of a row per sentence until their next full build:
-LEGACY_SENTENCES = "sentences"  # (passage, idx, start, end, vec), WITHOUT ROWID, primary key (passage, idx)
-# Every incremental write, in commit order: 'upsert' with the article as JSON, or 'remove'.
-JOURNAL_SCHEMA = """
 CREATE TABLE IF NOT EXISTS journal (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, op TEXT NOT NULL, doc_id TEXT NOT NULL, article TEXT);
 """
+# passage_sentences: a passage's sentences in one row, their (start, end) as int32 pairs and their vectors as
+# float16, in order, so a query's shortlist reads one row per passage (see docs/performance.md).
+# journal: every incremental write, in commit order: 'upsert' with the article as JSON, or 'remove'.
 
 
 @dataclasses.dataclass
@@ -259,19 +253,12 @@ def to_half_blob(vec: np.ndarray) -> bytes:
 
 
 def from_blobs(blobs: Sequence[bytes], dim: int) -> np.ndarray:
-    """A float32 matrix from vector blobs (float32 or float16, told apart by their length)."""
+    """A float32 matrix from float32 vector blobs (`to_blob`)."""
     if not blobs:
         return np.zeros((0, dim), np.float32)
-    data = b"".join(blobs)
-    if len(data) == 2 * dim * len(blobs) and len(blobs[0]) == 2 * dim:
-        return np.frombuffer(data, dtype=np.float16).reshape(len(blobs), dim).astype(np.float32)
-    if len(data) == 4 * dim * len(blobs):
-        return np.frombuffer(data, dtype=np.float32).reshape(len(blobs), dim)
-    return np.stack([np.frombuffer(b, dtype=np.float16 if len(b) == 2 * dim else np.float32) for b in blobs]
-                    ).astype(np.float32)  # a store holding both (sentences written before and after the change)
+    return np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), dim)
 
 
-# --- FTS5 query building ---
 _TERM = re.compile(r"\w+", re.UNICODE)
 STOPWORDS = frozenset("""a about above after again against all am an and any are as at be because been before being
 below between both but by can could did do does doing down during each few for from further had has have having he
@@ -298,10 +285,6 @@ def query_pairs(text: str) -> list[tuple[str, str, int]]:
     return list(dict.fromkeys((words[a], words[b], b - a) for a, b in zip(at, at[1:]) if words[a] != words[b]))
 
 
-def fts_query(terms: Iterable[str]) -> str:
-    """An FTS5 OR-query of quoted terms (quoting keeps FTS5 syntax out of user input)."""
-    return " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
-
 
 class Store:
     """The SQLite passage store of one data folder. One connection per thread; writes in transactions."""
@@ -315,10 +298,8 @@ class Store:
         self._connections: list[tuple[threading.Thread, sqlite3.Connection]] = []  # each thread's, see __del__
         self._connections_lock = threading.Lock()
         if create:
-            self.con.executescript(SCHEMA + JOURNAL_SCHEMA)  # executescript manages its own transaction
+            self.con.executescript(SCHEMA)  # executescript manages its own transaction
             self.con.execute("INSERT OR IGNORE INTO meta VALUES ('generation', '0')")
-        elif not readonly:
-            self.con.execute(JOURNAL_SCHEMA)  # stores made before the journal get it on their first write
 
     @property
     def con(self) -> sqlite3.Connection:
@@ -415,7 +396,6 @@ class Store:
     def _delete_document(self, con: sqlite3.Connection, doc_id: str) -> list[int]:
         window_ids = [r[0] for r in con.execute(
             "SELECT w.id FROM windows w JOIN passages p ON p.id = w.passage WHERE p.doc_id = ?", (doc_id,))]
-        con.execute("DELETE FROM passages_fts WHERE rowid IN (SELECT id FROM passages WHERE doc_id = ?)", (doc_id,))
         con.execute("DELETE FROM documents WHERE doc_id = ?", (doc_id,))
         return window_ids
 
@@ -453,8 +433,6 @@ class Store:
                 (passage.passage_id, passage.doc_id, passage.paragraph_index, passage.text,
                  passage.char_start, passage.char_end, to_blob(pvec)))
             rowid = cur.lastrowid
-            con.execute("INSERT INTO passages_fts (rowid, title, text) VALUES (?,?,?)",
-                        (rowid, article.title, passage.text))
             for (start, end), vec in zip(passage.windows, wvecs):
                 cur = con.execute("INSERT INTO windows (passage, start, end, vec) VALUES (?,?,?,?)",
                                   (rowid, start, end, to_blob(vec)))
@@ -466,34 +444,17 @@ class Store:
         """A passage's sentence spans and vectors, one row per passage."""
         if len(svecs) != len(passage.sentences):
             raise ValueError(f"{passage.passage_id}: {len(svecs)} vectors for {len(passage.sentences)} sentences")
-        if not passage.sentences:
-            return
-        if self.legacy_sentences:
-            con.executemany(f"INSERT INTO {LEGACY_SENTENCES} VALUES (?,?,?,?,?)",
-                            [(rowid, i, s, e, to_half_blob(v))
-                             for i, ((s, e), v) in enumerate(zip(passage.sentences, svecs))])
-        else:
+        if passage.sentences:
             con.execute("INSERT INTO passage_sentences VALUES (?,?,?)",
                         (rowid, np.asarray(passage.sentences, np.int32).tobytes(), to_half_blob(svecs)))
 
-    def set_meta(self, key: str, value: str) -> None:
-        with self.transaction() as con:
-            con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
-
     # --- journal ---
-    def _has_journal(self) -> bool:
-        return self.con.execute("SELECT 1 FROM sqlite_master WHERE name = 'journal'").fetchone() is not None
-
     def journal_seq(self) -> int:
-        """The last journaled write's seq (0 when none, or in a store made before the journal)."""
-        if not self._has_journal():
-            return 0
+        """The last journaled write's seq (0 when none)."""
         return self.con.execute("SELECT COALESCE(MAX(seq), 0) FROM journal").fetchone()[0]
 
     def journal(self, after: int = 0) -> list[JournalEntry]:
         """The journaled writes with a seq above `after`, in order."""
-        if not self._has_journal():
-            return []
         rows = self.con.execute("SELECT seq, op, doc_id, article FROM journal WHERE seq > ? ORDER BY seq", (after,))
         return [JournalEntry(seq, op, doc_id, _journal_article(article) if article else None)
                 for seq, op, doc_id, article in rows]
@@ -505,8 +466,7 @@ class Store:
         return Counts(documents=con.execute("SELECT COUNT(*) FROM documents").fetchone()[0],
                       passages=con.execute("SELECT COUNT(*) FROM passages").fetchone()[0],
                       windows=con.execute("SELECT COUNT(*) FROM windows").fetchone()[0],
-                      sentences=con.execute(f"SELECT COUNT(*) FROM {LEGACY_SENTENCES}" if self.legacy_sentences else
-                                            "SELECT COALESCE(SUM(length(spans)), 0) / 8 FROM passage_sentences"
+                      sentences=con.execute("SELECT COALESCE(SUM(length(spans)), 0) / 8 FROM passage_sentences"
                                             ).fetchone()[0])
 
     def count_passages(self) -> int:
@@ -571,11 +531,6 @@ class Store:
             return {}
         return dict(self.con.execute(f"SELECT id, text FROM passages WHERE id {IN_IDS}", (ids_param(rowids),)))
 
-    def passage_by_public_id(self, pid: str) -> StoredPassage | None:
-        row = self.con.execute(f"SELECT {self._PASSAGE_COLS} FROM passages p JOIN documents d "
-                               "ON d.doc_id = p.doc_id WHERE p.passage_id = ?", (pid,)).fetchone()
-        return StoredPassage(*row) if row else None
-
     def passage_vectors(self, rowids: Sequence[int], dim: int) -> np.ndarray:
         """Whole-passage vectors in the order of `rowids`."""
         if not rowids:
@@ -592,20 +547,10 @@ class Store:
                                 (ids_param(rowids),)).fetchall()
         return PassageWindows(np.array([r[0] for r in rows], np.int64), from_blobs([r[1] for r in rows], dim))
 
-    @functools.cached_property
-    def legacy_sentences(self) -> bool:
-        """Whether this store keeps a row per sentence (made before sentences were stored a row per passage)."""
-        return self.con.execute("SELECT 1 FROM sqlite_master WHERE name = 'passage_sentences'").fetchone() is None
-
     def sentences(self, rowids: Sequence[int], dim: int) -> SentenceRows:
         """The sentences of some passages, ordered by passage, then idx."""
         if not rowids:
             return SentenceRows(np.zeros((0, dim), np.float32), np.zeros((0, 4), np.int64))
-        if self.legacy_sentences:
-            rows = self.con.execute(f"SELECT passage, idx, start, end, vec FROM {LEGACY_SENTENCES} "
-                                    f"WHERE passage {IN_IDS} ORDER BY passage, idx", (ids_param(rowids),)).fetchall()
-            return SentenceRows(from_blobs([r[4] for r in rows], dim),
-                                np.array([r[:4] for r in rows], np.int64).reshape(-1, 4))
         rows = self.con.execute(f"SELECT passage, spans, vecs FROM passage_sentences WHERE passage {IN_IDS} "
                                 "ORDER BY passage", (ids_param(rowids),)).fetchall()
         if not rows:
@@ -619,31 +564,6 @@ class Store:
         idx = np.arange(len(spans)) - np.repeat(first, counts)
         meta = np.column_stack((np.repeat(np.array([r[0] for r in rows], np.int64), counts), idx, spans))
         return SentenceRows(vecs.reshape(-1, dim).astype(np.float32), meta.astype(np.int64, copy=False))
-
-    def doc_freqs(self, terms: Sequence[str]) -> dict[str, int]:
-        """Number of passages whose text holds each term (after FTS5's own stemming)."""
-        out = {}
-        for t in terms:
-            q = 'text:"' + t.replace('"', '""') + '"'
-            out[t] = self.con.execute("SELECT COUNT(*) FROM passages_fts WHERE passages_fts MATCH ?",
-                                      (q,)).fetchone()[0]
-        return out
-
-    def lexical_search(self, terms: Sequence[str], limit: int, filters: Filters | None = None,
-                       title_weight: float = 1.0) -> list[tuple[int, float]]:
-        """BM25 (FTS5) over title and text: (passage rowid, score), best first, score higher is better."""
-        if not terms:
-            return []
-        where, params = (filters or Filters()).sql("d")
-        if filters:
-            q = ("SELECT f.rowid, -bm25(passages_fts, ?, 1.0) AS s FROM passages_fts f "
-                 "JOIN passages p ON p.id = f.rowid JOIN documents d ON d.doc_id = p.doc_id "
-                 f"WHERE passages_fts MATCH ? AND {where} ORDER BY s DESC LIMIT ?")
-        else:
-            q = ("SELECT rowid, -bm25(passages_fts, ?, 1.0) AS s FROM passages_fts "
-                 "WHERE passages_fts MATCH ? ORDER BY s DESC LIMIT ?")
-            params = []
-        return [(r[0], r[1]) for r in self.con.execute(q, [title_weight, fts_query(terms), *params, limit])]
 
     def filtered_window_ids(self, filters: Filters) -> np.ndarray:
         """Ids of the windows whose documents pass the filters."""
@@ -683,4 +603,4 @@ class Store:
 
 
 __all__ = ["Store", "StoredPassage", "JournalEntry", "Filters", "query_terms",
-           "query_pairs", "fts_query", "passage_id", "Span"]
+           "query_pairs", "passage_id", "Span"]

@@ -246,57 +246,24 @@ def test_windows_are_embedded_after_their_title(fake_embedder):
     assert chunk_article(article, fake_embedder.count_tokens, fake_embedder.max_tokens - 2) == passages
 
 
-def _to_legacy_sentences(store_path):
-    """Rewrite a store's sentences as the table of a row per sentence that stores made before had."""
-    con = sqlite3.connect(store_path)
-    con.execute("CREATE TABLE sentences (passage INTEGER NOT NULL REFERENCES passages(id) ON DELETE CASCADE, idx "
-                "INTEGER NOT NULL, start INTEGER NOT NULL, end INTEGER NOT NULL, vec BLOB NOT NULL, "
-                "PRIMARY KEY (passage, idx)) WITHOUT ROWID")
-    for rowid, spans, vecs in con.execute("SELECT passage, spans, vecs FROM passage_sentences").fetchall():
-        spans = np.frombuffer(spans, np.int32).reshape(-1, 2)
-        vecs = np.frombuffer(vecs, np.float16).reshape(len(spans), -1)
-        con.executemany("INSERT INTO sentences VALUES (?,?,?,?,?)",
-                        [(rowid, i, int(s), int(e), v.tobytes()) for i, ((s, e), v) in enumerate(zip(spans, vecs))])
-    con.execute("DROP TABLE passage_sentences")
-    con.commit()
-    con.close()
-
-
-def test_sentences_are_a_row_per_passage_and_older_stores_keep_a_row_per_sentence(tmp_path, corpus, fake_embedder):
-    questions = ["workers pay harbour", "rail fares in March", "who leads the union talks?"]
+def test_sentences_are_a_row_per_passage(tmp_path, corpus, fake_embedder):
     new = str(tmp_path / "new")
     build_index([corpus], new, embedder=fake_embedder)
-    old = str(tmp_path / "old")
-    build_index([corpus], old, embedder=fake_embedder)
-    _to_legacy_sentences(os.path.join(old, Manifest.load(old).data_dir, "store.sqlite"))
-    a, b = _load(new, fake_embedder), _load(old, fake_embedder)
-    assert not a.store.legacy_sentences and b.store.legacy_sentences
+    a = _load(new, fake_embedder)
     vecs, meta = a.store.sentences([4, 1, 999], fake_embedder.dim)
     assert meta[:, 0].tolist() == sorted(meta[:, 0].tolist()) and set(meta[:, 0].tolist()) == {1, 4}
     texts = a.store.passage_texts([1, 4])
     expected = [(rid, i, s, e) for rid in (1, 4) for i, (s, e) in enumerate(split_sentences(texts[rid]))]
     assert [tuple(r) for r in meta.tolist()] == expected and vecs.shape == (len(expected), fake_embedder.dim)
-    old_vecs, old_meta = b.store.sentences([4, 1, 999], fake_embedder.dim)
-    assert (old_meta == meta).all() and np.array_equal(old_vecs, vecs)
     assert a.store.sentences([], fake_embedder.dim)[1].shape == (0, 4) == a.store.sentences([999], 4)[1].shape
-    for q in questions:  # the same search either way
-        x, y = search(a, q, 3), search(b, q, 3)
-        assert [(h.passage.passage_id, h.scores) for h in x.hits] == [(h.passage.passage_id, h.scores) for h in y.hits]
-    assert a.store.counts().sentences == b.store.counts().sentences == len(
+    assert a.store.counts().sentences == len(
         [s for art in ARTS for p in art["paragraphs"] for s in split_sentences(p)])
-    a.close(), b.close()
-    # an older store takes new articles in its own format, and removals cascade in both
+    a.close()
+    # new articles and removals (which cascade) keep the store and the indexes in agreement
     art = article_from_dict({"id": "a3", "title": "Ferry", "paragraphs": ["Ferries sail hourly. From May on."]})
-    for idx in (new, old):
-        add_documents(None, idx, articles=[art], embedder=fake_embedder)
-        remove_documents(["a1"], idx)
-        assert check_index(idx) == []
-    a, b = _load(new, fake_embedder), _load(old, fake_embedder)
-    assert b.store.legacy_sentences and a.store.counts() == b.store.counts()
-    for q in ["ferries in May", *questions]:
-        x, y = search(a, q, 3), search(b, q, 3)
-        assert [(h.passage.passage_id, h.scores) for h in x.hits] == [(h.passage.passage_id, h.scores) for h in y.hits]
-    a.close(), b.close()
+    add_documents(None, new, articles=[art], embedder=fake_embedder)
+    remove_documents(["a1"], new)
+    assert check_index(new) == []
 
 
 def test_windows_leave_room_for_the_title_and_long_titles_are_cut(fake_embedder):

@@ -215,7 +215,7 @@ def _questions(n: int) -> list[str]:
 @pytest.mark.parametrize("filters", FILTERS, ids=lambda f: ",".join(f"{k}={v}" for k, v in f.items()))
 def test_filtered_parity_with_faiss(filtered_pair, embedder, filters):
     faiss_index, milvus_index = filtered_pair
-    assert milvus_index.vectors.doc_fields  # pushed down, not id lists
+    assert milvus_index.vectors.needs_docs  # pushed down, not id lists
     f = make_filters(**filters)
     allowed = set(faiss_index.store.filtered_window_ids(f).tolist())
     for q in _questions(6):
@@ -229,45 +229,6 @@ def test_filtered_parity_with_faiss(filtered_pair, embedder, filters):
             a = [h.passage.passage_id for h in search(milvus_index, q, 10, mode=mode, filters=f).hits]
             b = [h.passage.passage_id for h in search(faiss_index, q, 10, mode=mode, filters=f).hits]
             assert a == b, (q, mode)
-
-
-def test_collection_without_document_fields(tmp_path, embedder, filtered_pair):
-    """A collection built before filter pushdown: filters fall back to id lists, updates still work."""
-    path = str(tmp_path / "index")
-    build_index([_with_metadata(tmp_path)], path, embedder=embedder, vector_backend="milvus")
-    manifest = Manifest.load(path)
-    uri = mb.resolve_uri(path, manifest.milvus_uri)
-    legacy = mb.new_collection_name(manifest.milvus_alias)
-    with mb.MilvusIndex(uri, manifest.milvus_collection, 384) as current:
-        ids, vecs = current.reconstruct_all()
-        with mb.MilvusIndex(uri, legacy, 384, create=True, doc_fields=False) as old:
-            old.add(ids, vecs)
-            old.flush()
-            mb.switch_alias(old.client, manifest.milvus_alias, legacy)
-    dataclasses.replace(manifest, milvus_collection=legacy).save(path)
-    assert check_index(path) == []
-    faiss_index = filtered_pair[0]
-    index = load_index(path, embedder=embedder)
-    try:
-        assert not index.vectors.doc_fields
-        for filters in FILTERS:
-            f = make_filters(**filters)
-            for q in _questions(2):
-                a = [h.passage.passage_id for h in search(index, q, 10, mode="dense", filters=f).hits]
-                assert a == [h.passage.passage_id for h in search(faiss_index, q, 10, mode="dense", filters=f).hits]
-    finally:
-        index.close()
-    normans = _articles()[2]
-    extra = {**normans, "id": "Extra", "source": "AP", "paragraphs": normans["paragraphs"][6:8]}  # text not indexed
-    assert add_documents([_jsonl(tmp_path / "extra.jsonl", [extra])], path, embedder=embedder).added == 1
-    assert check_index(path) == []
-    index = load_index(path, embedder=embedder)
-    try:
-        hits = search(index, "Who were the Normans?", 10, mode="dense", filters=make_filters(source="ap")).hits
-        assert hits[0].passage.doc_id == "Extra" and {h.passage.doc_id for h in hits} <= {"Super_Bowl_50", ODD_ID,
-                                                                                          "Extra"}
-    finally:
-        index.close()
 
 
 def test_writer_resyncs_rows_with_their_document_fields(tmp_path, embedder):

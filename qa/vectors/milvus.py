@@ -3,11 +3,11 @@
 Vectors are L2-normalised and searched by inner product, like `FaissIndex`. Ids are the store's int64 window ids.
 Milvus persists itself; `vectors.json` in the data folder only records where the vectors live and the store
 generation they reflect. Rebuilds go to a fresh collection `<base>_<suffix>`; the alias `<base>` is switched to
-it once it is complete and loaded (`switch_alias`), and older collections are then dropped (`prune_collections`).
+it once it is complete and loaded (`switch_alias`), and older collections are then dropped (`drop_older`).
 
 Each row also carries its document's `doc_id`, `source_key` (the source case-folded as SQLite's NOCASE folds it)
 and `published`, so `Filters` are pushed down as a Milvus filter expression (`filter_expression`) instead of an id
-list. Collections built before these fields existed still work: their filters go as id lists from the store.
+list.
 
 Milvus Lite holds an exclusive advisory lock on its folder for as long as a process has it open: a second process
 that opens the same `.db` fails at once (`IndexUnavailable` here). Processes that must share one Lite folder
@@ -310,10 +310,8 @@ class MilvusIndex:
     needs_docs = True  # filters are pushed down as expressions over each row's document fields
 
     def __init__(self, uri: str, collection: str, dim: int, token: str | None = None, create: bool = False,
-                 index_type: str = "FLAT", write_batch: int = WRITE_BATCH, max_filter_ids: int = MAX_FILTER_IDS,
-                 doc_fields: bool = True):
-        """Open `collection` (or an alias); `create` makes it when missing, with the document fields unless
-        `doc_fields` is False (a bare collection, as built before filter pushdown)."""
+                 index_type: str = "FLAT", write_batch: int = WRITE_BATCH, max_filter_ids: int = MAX_FILTER_IDS):
+        """Open `collection` (or an alias); `create` makes it when missing."""
         self.uri = os.path.abspath(uri) if is_lite(uri) else uri
         self.collection = check_name(collection)
         self.dim = int(dim)
@@ -322,8 +320,6 @@ class MilvusIndex:
             raise BadRequest(f"unknown Milvus index type {index_type!r}; choose one of {', '.join(INDEX_TYPES)}")
         self.write_batch = write_batch
         self.max_filter_ids = max_filter_ids
-        self.doc_fields = doc_fields  # whether rows carry DOC_FIELDS (filters pushed down); read from the schema
-        self._warned_no_fields = False
         self.client = connect(self.uri, token)
         self._closed = False
         if is_lite(self.uri):
@@ -351,17 +347,16 @@ class MilvusIndex:
         schema.add_field(VEC, DataType.FLOAT_VECTOR, dim=self.dim)
         index = self.client.prepare_index_params()
         index.add_index(VEC, index_type=self.index_type, metric_type="IP", params=_INDEX_PARAMS[self.index_type])
-        if self.doc_fields:
-            for name in DOC_FIELDS:
-                schema.add_field(name, DataType.VARCHAR, max_length=VARCHAR_MAX)
-                if not is_lite(self.uri):  # Lite updates them row by row: squad-dev's inserts took twice as long
-                    index.add_index(name, index_type="INVERTED")
+        for name in DOC_FIELDS:
+            schema.add_field(name, DataType.VARCHAR, max_length=VARCHAR_MAX)
+            if not is_lite(self.uri):  # Lite updates inverted indexes row by row: slow inserts (see docs/scaling.md)
+                index.add_index(name, index_type="INVERTED")
         self.client.create_collection(self.collection, schema=schema, index_params=index, consistency_level="Strong")
-        log.info("created Milvus collection %s (dim %d, %s%s) at %s", self.collection, self.dim, self.index_type,
-                 ", document fields" if self.doc_fields else "", self.uri)
+        log.info("created Milvus collection %s (dim %d, %s, document fields) at %s", self.collection, self.dim,
+                 self.index_type, self.uri)
 
     def _check_schema(self) -> None:
-        """`IndexUnavailable` unless the collection has our fields and dimension."""
+        """`IndexUnavailable` unless the collection has our fields (the document fields too) and dimension."""
         info = self.client.describe_collection(self.collection)
         fields = {f["name"]: f for f in info["fields"]}
         dim = fields.get(VEC, {}).get("params", {}).get("dim")
@@ -369,7 +364,10 @@ class MilvusIndex:
             raise IndexUnavailable(f"Milvus collection {self.collection} lacks the fields {PK!r} and {VEC!r}")
         if int(dim) != self.dim:
             raise IndexUnavailable(f"Milvus collection {self.collection} has dim {dim}, expected {self.dim}")
-        self.doc_fields = all(name in fields for name in DOC_FIELDS)
+        if not all(name in fields for name in DOC_FIELDS):
+            raise IndexUnavailable(f"Milvus collection {self.collection} lacks the document fields "
+                                   f"{', '.join(DOC_FIELDS)} (built by an older version); rebuild the index: "
+                                   "qa build SOURCE... --index-dir DIR")
         names = self.client.list_indexes(self.collection, field_name=VEC)
         if names:
             described = self.client.describe_index(self.collection, names[0])
@@ -387,25 +385,22 @@ class MilvusIndex:
         return int(rows[0]["count(*)"]) if rows else 0
 
     def add(self, ids: np.ndarray, vectors: np.ndarray, docs: Sequence[DocFields] | None = None) -> None:
-        """Add vectors under explicit int64 ids, with their documents' fields (`docs`, one per row) unless the
-        collection has none; an existing id is replaced (upserts). `save` or `flush` after."""
+        """Add vectors under explicit int64 ids, with their documents' fields (`docs`, one per row); an existing id
+        is replaced (upserts). `save` or `flush` after."""
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         if not len(ids):
             return
         vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(ids), -1)
         if vectors.shape[1] != self.dim:
             raise BadRequest(f"vectors have dim {vectors.shape[1]}, the index {self.dim}")
-        if self.doc_fields:
-            if docs is None or len(docs) != len(ids):
-                raise QAError(f"Milvus collection {self.collection} needs the document fields of each row: "
-                              f"{len(ids)} ids, {'no' if docs is None else len(docs)} documents")
-            fields = [_doc_row(d) for d in docs]  # all checked before anything is written
+        if docs is None or len(docs) != len(ids):
+            raise QAError(f"Milvus collection {self.collection} needs the document fields of each row: "
+                          f"{len(ids)} ids, {'no' if docs is None else len(docs)} documents")
+        fields = [_doc_row(d) for d in docs]  # all checked before anything is written
         for start in range(0, len(ids), self.write_batch):
             end = start + self.write_batch
-            rows = [{PK: i, VEC: v} for i, v in zip(ids[start:end].tolist(), vectors[start:end])]
-            if self.doc_fields:
-                for row, extra in zip(rows, fields[start:end]):
-                    row.update(extra)
+            rows = [{PK: i, VEC: v, **extra}
+                    for i, v, extra in zip(ids[start:end].tolist(), vectors[start:end], fields[start:end])]
             self.client.upsert(self.collection, rows)
 
     def remove(self, ids: np.ndarray) -> None:
@@ -448,16 +443,10 @@ class MilvusIndex:
 
     def search_filtered(self, queries: np.ndarray, k: int, filters: "Filters | None",
                         store: "Store") -> tuple[np.ndarray, np.ndarray]:
-        """`search` restricted to rows whose documents pass `filters`: a filter expression over the document
-        fields, or (a collection without them) the store's allowed window ids."""
+        """`search` restricted to rows whose documents pass `filters`, as a filter expression over the document
+        fields (the store is not needed)."""
         if not filters:
             return self.search(queries, k)
-        if not self.doc_fields:
-            if not self._warned_no_fields:
-                self._warned_no_fields = True
-                log.warning("Milvus collection %s has no document fields (built before filter pushdown): filters "
-                            "go as id lists; rebuild the index to push them down", self.collection)
-            return self.search(queries, k, store.filtered_window_ids(filters))
         queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
         k = min(int(k), MAX_TOPK)
         if k <= 0 or not len(queries):
@@ -737,4 +726,5 @@ class MilvusBackend:
         target = alias_target(vectors.client, manifest.milvus_alias or "")
         if target == manifest.milvus_collection:
             return []
-        return [f"Milvus alias {manifest.milvus_alias} points to {target}, the manifest to {manifest.milvus_collection}"]
+        return [f"Milvus alias {manifest.milvus_alias} points to {target}, "
+                f"the manifest to {manifest.milvus_collection}"]
