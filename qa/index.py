@@ -16,11 +16,12 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Iterable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
 from .embed import Embedder, load_embedder, resolve_model
-from .errors import BadRequest, IndexUnavailable, QAError
+from .errors import BadRequest, IndexUnavailable, NotFound, QAError
 from .ingest import Article, Problem, read_sources
 from .lexical import DIRNAME as LEXICAL_DIR, LABEL as LEXICAL_LABEL, LexicalIndex
 from .prepare import PreparedArticle, prepare_articles
@@ -134,13 +135,12 @@ def _window_docs(prepared: Sequence[PreparedArticle]) -> list[DocFields]:
     return docs
 
 
-def _write(store: Store, vectors: VectorIndex, prepared: Sequence[PreparedArticle], removals: Sequence[str] = (),
-           lexical: LexicalIndex | None = None) -> None:
+def _write(store: Store, vectors: VectorIndex, lexical: LexicalIndex, prepared: Sequence[PreparedArticle],
+           removals: Sequence[str] = ()) -> None:
     """Write prepared articles and removals to the store, then the same change to the vector and lexical indexes."""
     docs = _window_docs(prepared)
     written = store.write(prepared, removals)
-    if lexical is not None:
-        lexical.sync(store, [p.article.id for p in prepared] + list(removals))
+    lexical.sync(store, [p.article.id for p in prepared] + list(removals))
     vectors.remove(np.array(written.removed, np.int64))
     if written.added_ids:
         if len(docs) != len(written.added_ids):
@@ -148,34 +148,41 @@ def _write(store: Store, vectors: VectorIndex, prepared: Sequence[PreparedArticl
         vectors.add(np.array(written.added_ids, np.int64), np.stack(written.added_vectors).astype(np.float32), docs)
 
 
-def _journal_mark(index_dir: str) -> tuple[str, int] | None:
-    """(live data folder, its journal's last seq), or None without a usable live index."""
+class JournalMark(NamedTuple):
+    """Where the live index's journal stood when a full build read its sources."""
+
+    data_dir: str
+    seq: int
+
+
+def _journal_mark(index_dir: str) -> JournalMark | None:
+    """The live data folder and its journal's last seq, or None without a usable live index."""
     try:
         data_dir = Manifest.load(index_dir).data_dir
         store = Store(os.path.join(index_dir, data_dir, STORE_FILE), readonly=True)
     except QAError:
         return None
     try:
-        return data_dir, store.journal_seq()
+        return JournalMark(data_dir, store.journal_seq())
     except sqlite3.Error:  # a corrupt live store: nothing to replay (the build replaces it)
         return None
     finally:
         store.close()
 
 
-def _replay(index_dir: str, mark: tuple[str, int] | None, store: Store, vectors: VectorIndex,
-            embedder: Embedder, lexical: LexicalIndex | None = None) -> int:
+def _replay(index_dir: str, mark: JournalMark | None, store: Store, vectors: VectorIndex, lexical: LexicalIndex,
+            embedder: Embedder) -> int:
     """Under the writer lock: apply to a new build the writes journaled in the live index since `mark`; their number.
 
     Each write sets its document's whole state, so only the last one per document is applied."""
     if mark is None:
         return 0
-    data_dir, after = mark
+    after = mark.seq
     try:
         manifest = Manifest.load(index_dir)
     except QAError:  # the live index is gone: nothing to replay into this build
         return 0
-    if manifest.data_dir != data_dir:
+    if manifest.data_dir != mark.data_dir:
         # another full build swapped in meanwhile: its journal began empty, then took the writes it replayed and
         # every one since
         log.warning("the live index was rebuilt during this build; replaying all of its journal")
@@ -193,7 +200,7 @@ def _replay(index_dir: str, mark: tuple[str, int] | None, store: Store, vectors:
                if e.op == "upsert" and store.content_hash(e.doc_id) != e.article.content_hash()]
     removals = [d for d, e in last.items() if e.op == "remove"]
     if upserts or removals:
-        _write(store, vectors, prepare_articles(upserts, embedder) if upserts else [], removals, lexical)
+        _write(store, vectors, lexical, prepare_articles(upserts, embedder) if upserts else [], removals)
     return len(entries)
 
 
@@ -288,13 +295,13 @@ def _fill(build: _Build, articles: Sequence[Article], embedder: Embedder, kind: 
     build.seal()
 
 
-def _swap(build: _Build, mark: tuple[str, int] | None, embedder: Embedder, recipe: Manifest) -> int:
+def _swap(build: _Build, mark: JournalMark | None, embedder: Embedder, recipe: Manifest) -> int:
     """Under the writer lock: replay the writes made to the live index meanwhile, rename the build's folder into
     place and publish it with the new manifest; the number of writes replayed."""
     index_dir = build.index_dir
     data_dir = f"data-{dt.datetime.now().strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:6]}"
     with write_lock(index_dir):
-        replayed = _replay(index_dir, mark, build.store, build.vectors.index, embedder, build.lexical)
+        replayed = _replay(index_dir, mark, build.store, build.vectors.index, build.lexical, embedder)
         if replayed:
             build.seal()
         os.replace(build.folder, os.path.join(index_dir, data_dir))
@@ -421,6 +428,42 @@ def embedder_for(manifest: Manifest, backend: str | None = None) -> Embedder:
 
 # --- incremental updates -----------------------------------------------------------------------------------
 
+def _changed(store: Store, articles: Sequence[Article], report: Report) -> list[Article]:
+    """The articles whose content the store does not hold yet, each counted in `report` (added, updated or
+    unchanged by content hash)."""
+    changed = []
+    for a in articles:
+        old = store.content_hash(a.id)
+        if old == a.content_hash():
+            report.unchanged += 1
+            continue
+        if old is None:
+            report.added += 1
+        else:
+            report.updated += 1
+        changed.append(a)
+    return changed
+
+
+def _check_stored(store: Store, doc_ids: Sequence[str]) -> None:
+    """`NotFound` naming the first ids the store does not hold."""
+    existing = set(store.document_ids()) if doc_ids else set()
+    missing = [d for d in doc_ids if d not in existing]
+    if missing:
+        raise NotFound("no such document: " + ", ".join(missing[:5]))
+
+
+def _record(index_dir: str, manifest: Manifest, store: Store, vectors: VectorIndex) -> Counts:
+    """After a write: save the vectors at the store's generation, then the manifest with the new counts."""
+    generation = store.generation
+    vectors.save(os.path.join(index_dir, manifest.data_dir), generation)
+    manifest.counts = store.counts()
+    manifest.generation = generation
+    manifest.updated_at = now()
+    manifest.save(index_dir)
+    return manifest.counts
+
+
 def _apply(index_dir: str, embedder: Embedder | None, articles: Sequence[Article], removals: Sequence[str],
            report: Report) -> Report:
     """Under the writer lock: write articles and removals to the store, then the vectors, then the manifest."""
@@ -430,40 +473,17 @@ def _apply(index_dir: str, embedder: Embedder | None, articles: Sequence[Article
         store, vectors = open_data(index_dir, manifest, readonly=False)
         try:
             lexical = LexicalIndex.open(os.path.join(index_dir, manifest.data_dir), store, readonly=False)
-            changed = []
-            for a in articles:
-                old = store.content_hash(a.id)
-                if old == a.content_hash():
-                    report.unchanged += 1
-                    continue
-                if old is None:
-                    report.added += 1
-                else:
-                    report.updated += 1
-                changed.append(a)
-            existing = set(store.document_ids()) if removals else set()
-            missing = [d for d in removals if d not in existing]
-            if missing:
-                from .errors import NotFound
-
-                raise NotFound("no such document: " + ", ".join(missing[:5]))
-            if not changed and not removals:
+            changed = _changed(store, articles, report)
+            _check_stored(store, removals)
+            if changed or removals:
+                if changed and embedder is None:
+                    embedder = embedder_for(manifest)
+                _write(store, vectors, lexical, prepare_articles(changed, embedder) if changed else [], removals)
+                report.removed = len(removals)
+                counts = _record(index_dir, manifest, store, vectors)
+            else:
                 counts = store.counts()
-                report.documents, report.passages = counts.documents, counts.passages
-                report.seconds = time.perf_counter() - t0
-                return report
-            if changed and embedder is None:
-                embedder = embedder_for(manifest)
-            prepared = prepare_articles(changed, embedder) if changed else []
-            _write(store, vectors, prepared, removals, lexical)
-            report.removed = len(removals)
-            generation = store.generation
-            vectors.save(os.path.join(index_dir, manifest.data_dir), generation)
-            manifest.counts = store.counts()
-            manifest.generation = generation
-            manifest.updated_at = now()
-            manifest.save(index_dir)
-            report.documents, report.passages = manifest.counts.documents, manifest.counts.passages
+            report.documents, report.passages = counts.documents, counts.passages
         finally:
             store.close()
             vectors.close()
