@@ -315,9 +315,8 @@ class Store:
                 con.execute("PRAGMA synchronous=NORMAL")
             con.execute("PRAGMA foreign_keys=ON")
             if self.readonly:
-                # a serving process has a connection per thread: each would map the file anew, and its mapped
-                # pages count in the process's RSS once per connection (4-6x the store in a soak); pages read
-                # from the OS cache into a small per-connection cache cost no more time (measured at 100k)
+                # a serving process has a connection per thread, and mapped pages count in its RSS once per
+                # connection: read through a small cache instead, no slower (see docs/performance.md)
                 con.execute("PRAGMA mmap_size=0")
                 con.execute(f"PRAGMA cache_size=-{READ_CACHE_KIB}")
             else:
@@ -345,9 +344,8 @@ class Store:
 
     def __del__(self) -> None:
         # A sqlite3 connection sits in a reference cycle with its statement cache, so only the cyclic garbage
-        # collector would free it, with its page cache and prepared statements: in a server that swapped in a new
-        # data folder after each full build the old connections piled up (~8 MiB a swap, measured). Nothing can
-        # use this store any more: close every thread's connection now.
+        # collector would free it: a server's old connections piled up after each swap (see docs/performance.md).
+        # Nothing can use this store any more: close every thread's connection now.
         for _, con in getattr(self, "_connections", ()):
             with contextlib.suppress(Exception):
                 con.close()

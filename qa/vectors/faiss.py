@@ -70,10 +70,11 @@ def _training_sample(vectors: np.ndarray, need: int, seed: int = 0) -> np.ndarra
 class FaissIndex:
     """A FAISS index with explicit int64 ids (an IndexIDMap2 around one of):
 
-    - `flat`: exact inner product (IndexFlatIP), 1.5 KB/vector; deletions are real.
-    - `hnsw`: HNSW32 graph over SQ8 codes (IndexHNSWSQ), ~0.7 KB/vector; deletions are tombstones.
-    - `ivfpq`: IVF + PQ48 candidates re-scored on SQ8 codes (IVF{nlist},PQ48x8,Refine(SQ8)), ~0.5 KB/vector,
-      trained on the first batch added; deletions are tombstones.
+    - `flat`: exact inner product (IndexFlatIP), float32 vectors; deletions are real.
+    - `hnsw`: HNSW32 graph over SQ8 codes (IndexHNSWSQ); deletions are tombstones.
+    - `ivfpq`: IVF + PQ48 candidates re-scored on SQ8 codes (IVF{nlist},PQ48x8,Refine(SQ8)), trained on the
+      first batch added; deletions are tombstones.
+    Memory per vector of each kind: see docs/scaling.md.
 
     Search knobs (efSearch, nprobe, k_factor) go per call through SearchParameters, with the `allow` filter and the
     tombstones as an IDSelector, so filtered search works for every kind.
