@@ -161,20 +161,20 @@ def check(index_dir: str | None) -> None:
 @_handle_errors
 def stats(index_dir: str | None, as_json: bool) -> None:
     """Counts, model and settings of an index."""
-    from .store import read_manifest
+    from .manifest import Manifest
 
     cfg = _config(index_dir=index_dir)
-    m = read_manifest(cfg.index_dir)
+    m = Manifest.load(cfg.index_dir)
     if as_json:
-        click.echo(json.dumps(m, indent=2, sort_keys=True))
+        click.echo(json.dumps(m.to_dict(), indent=2, sort_keys=True))
         return
-    c = m["counts"]
+    c = m.counts
     click.echo(f"index:     {os.path.abspath(cfg.index_dir)}\n"
-               f"documents: {c['documents']}\npassages:  {c['passages']}\n"
-               f"vectors:   {c['windows']} (+{c['sentences']} sentence vectors)\n"
-               f"model:     {m['model']} (dim {m['dim']}, {m['embed_backend']})\n"
-               f"index:     {m['vector_backend']} {m['index_kind']}\nbuilt:     {m['built_at']}\n"
-               f"updated:   {m['updated_at']}")
+               f"documents: {c.documents}\npassages:  {c.passages}\n"
+               f"vectors:   {c.windows} (+{c.sentences} sentence vectors)\n"
+               f"model:     {m.model} (dim {m.dim}, {m.embed_backend})\n"
+               f"index:     {m.vector_backend} {m.index_kind}\nbuilt:     {m.built_at}\n"
+               f"updated:   {m.updated_at}")
 
 
 # --- search / ask / eval ---
@@ -306,13 +306,13 @@ def serve(index_dir: str | None, host: str, port: int, threads: int, workers: in
 
 def _check_workers(index_dir: str, workers: int) -> None:
     """Refuse, before any server starts, more worker processes than the index's vector store allows."""
-    from .milvus_backend import check_workers
-    from .store import read_manifest
+    from .manifest import Manifest
+    from .vectors.milvus import check_workers
 
     if workers <= 1:
         return
     try:
-        manifest = read_manifest(index_dir)
+        manifest = Manifest.load(index_dir)
     except QAError:  # no index yet: the server starts without one
         return
     check_workers(index_dir, manifest, workers)

@@ -1,11 +1,11 @@
 """The index folder as a whole: build (beside the live one, then an atomic swap), add, remove, check, load.
 
-Kept apart from `store.py` (SQLite) and `vectors.py` (FAISS): this module is the one place that keeps them in
-agreement, under one writer lock.
+Kept apart from `store.py` (SQLite), `vectors/` (FAISS or Milvus) and `lexical.py` (tantivy): this module is the
+one place that keeps them in agreement, under one writer lock, and it asks the vector backend through its
+interface only.
 """
 from __future__ import annotations
 
-import bisect
 import contextlib
 import dataclasses
 import datetime as dt
@@ -16,18 +16,19 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Iterable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
-from . import __version__
-from .chunk import Passage, Span, chunk_article
 from .embed import Embedder, load_embedder, resolve_model
-from .errors import BadRequest, IndexUnavailable, QAError
+from .errors import BadRequest, IndexUnavailable, NotFound, QAError
 from .ingest import Article, Problem, read_sources
 from .lexical import DIRNAME as LEXICAL_DIR, LABEL as LEXICAL_LABEL, LexicalIndex
-from .files import write_json_atomic
-from .store import FORMAT_VERSION, JOURNAL_KEEP, STORE_FILE, Store, manifest_path, read_manifest
-from .vectors import TRAIN_MAX, VECTOR_BACKENDS, DocFields, FaissIndex, VectorIndex, choose_kind, open_vectors
+from .prepare import PreparedArticle, prepare_articles
+from .manifest import Counts, Manifest, now
+from .store import JOURNAL_KEEP, STORE_FILE, Filters, Store
+from .vectors import (DocFields, VectorBuild, VectorIndex, VectorSettings, begin_build, build_settings,
+                      check_available, check_vectors, choose_kind, fill, open_synced, open_vectors)
 
 log = logging.getLogger(__name__)
 
@@ -53,85 +54,7 @@ def write_lock(index_dir: str, timeout: float = LOCK_TIMEOUT):
         lock.release()
 
 
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-
-
-# --- embedding passages ------------------------------------------------------------------------------------
-
-def _sentences_inside(sentences: Sequence[Span], starts: Sequence[int], start: int, end: int) -> range:
-    """Indexes of the (sorted, non-overlapping) sentences lying within [start, end), found by bisection."""
-    lo = hi = bisect.bisect_left(starts, start)
-    while hi < len(sentences) and sentences[hi][1] <= end:
-        hi += 1
-    return range(lo, hi)
-
-
-TITLE_PREFIX_CHARS = 120  # a headline's length; a longer title is cut (its words still count in BM25)
-
-
-def window_prefix(article: Article) -> str:
-    """The text put before each of an article's windows when they are embedded: its title (its first
-    TITLE_PREFIX_CHARS characters, cut at a space), as dense passage retrievers encode "title [SEP] passage"
-    (Karpukhin et al., 2020), so a paragraph that never names its topic is still found by it. Only the window's
-    vector and its sentences' context change; stored texts and spans don't."""
-    title = " ".join(article.title.split())
-    if len(title) > TITLE_PREFIX_CHARS:
-        head = title[:TITLE_PREFIX_CHARS + 1]
-        title = head.rsplit(" ", 1)[0] if " " in head else head[:-1]
-    return f"{title}{'' if title[-1:] in '.!?:' else '.'} " if title else ""
-
-
-def embed_passages(embedder: Embedder, passages: Sequence[Passage], *, progress: bool = False,
-                   batch_size: int = 32, prefixes: Sequence[str] | None = None
-                   ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Per passage: its window vectors and its sentence vectors, from one forward pass per window, each window
-    read after its passage's prefix (`prefixes`, none by default); a sentence vector pools its own tokens only."""
-    texts, spans, owners, inside = [], [], [], []
-    for pi, passage in enumerate(passages):
-        starts = [s for s, _ in passage.sentences]
-        prefix = prefixes[pi] if prefixes else ""
-        for start, end in passage.windows:
-            held = _sentences_inside(passage.sentences, starts, start, end)
-            shift = len(prefix) - start
-            texts.append(prefix + passage.text[start:end])
-            spans.append([(passage.sentences[i][0] + shift, passage.sentences[i][1] + shift) for i in held])
-            owners.append(pi)
-            inside.append(held)
-    unit_vecs, unit_span_vecs = embedder.encode_spans(texts, spans, progress=progress, batch_size=batch_size)
-    window_vecs: list[list[np.ndarray]] = [[] for _ in passages]
-    sentence_vecs: list[dict[int, np.ndarray]] = [{} for _ in passages]
-    for u, (pi, held) in enumerate(zip(owners, inside)):
-        window_vecs[pi].append(unit_vecs[u])
-        for k, si in enumerate(held):
-            sentence_vecs[pi].setdefault(si, unit_span_vecs[u][k])  # first window that holds it
-    out_s = []
-    for pi, passage in enumerate(passages):
-        fallback = np.mean(window_vecs[pi], axis=0)
-        out_s.append(np.stack([sentence_vecs[pi].get(si, fallback) for si in range(len(passage.sentences))])
-                     if passage.sentences else np.zeros((0, embedder.dim), np.float32))
-    return [np.stack(w) for w in window_vecs], out_s
-
-
-def prepare_articles(articles: Iterable[Article], embedder: Embedder, *, progress: bool = False,
-                     titled: bool = True):
-    """(article, passages, window vectors, sentence vectors) for each article, embedded in one batch; `titled`:
-    each window read after its article's title (`window_prefix`, as the manifest's `window_prefix: title` records),
-    its windows then sized to leave the title room in the model's input."""
-    articles = list(articles)
-    heads = [window_prefix(a) if titled else "" for a in articles]
-    room = embedder.count_tokens(heads)  # 0 for no title
-    chunked = [chunk_article(a, embedder.count_tokens, embedder.max_tokens - 2 - n) for a, n in zip(articles, room)]
-    flat = [p for ps in chunked for p in ps]
-    prefixes = [head for head, ps in zip(heads, chunked) for _ in ps]
-    wvecs, svecs = embed_passages(embedder, flat, progress=progress, prefixes=prefixes)
-    out, i = [], 0
-    for article, passages in zip(articles, chunked):
-        n = len(passages)
-        out.append((article, passages, wvecs[i:i + n], svecs[i:i + n]))
-        i += n
-    return out
-
+# --- embedding into a new store ---------------------------------------------------------------------------
 
 def _embed_into(store: Store, articles: Sequence[Article], embedder: Embedder, progress: bool) -> None:
     """Embed articles and write them to a new store BUILD_BATCH paragraphs at a time, so a build's memory stays
@@ -187,62 +110,10 @@ class Report:
     index_dir: str = ""
 
 
-def _manifest(model_name: str, model_path: str | None, dim: int, max_tokens: int, backend: str, kind: str,
-              data_dir: str, counts: dict, generation: int, built_at: str | None = None,
-              vector: dict | None = None) -> dict:
-    return {
-        "format": FORMAT_VERSION, "package_version": __version__,
-        "model": model_name, "model_path": model_path, "dim": dim, "embed_backend": backend,
-        "vector_backend": "faiss", **(vector or {}), "index_kind": kind, "data_dir": data_dir, "counts": counts,
-        "generation": generation, "built_at": built_at or _now(), "updated_at": _now(),
-        "chunking": {"unit": "paragraph", "window_tokens": max_tokens - 2, "window_overlap_sentences": 1,
-                     "sentence_splitter": "sentencex", "lexical": LEXICAL_LABEL, "window_prefix": "title"},
-    }
-
-
-def titled_windows(manifest: dict) -> bool:
-    """Whether an index's windows were embedded after their article's title (indexes built before that was
-    recorded were not: their updates keep to their own recipe until the next full build)."""
-    return manifest.get("chunking", {}).get("window_prefix") == "title"
-
-
-def _vector_settings(index_dir: str, vector_backend: str | None, milvus_uri: str | None,
-                     milvus_alias: str | None = None) -> dict:
-    """The manifest's vector keys for a build: as asked, else as the live index has them, else FAISS."""
-    previous: dict = {}
-    with contextlib.suppress(QAError):
-        previous = read_manifest(index_dir)
-    if vector_backend is None:
-        vector_backend = "milvus" if milvus_uri or milvus_alias else previous.get("vector_backend", "faiss")
-    if vector_backend not in VECTOR_BACKENDS:
-        raise BadRequest(f"unknown vector backend {vector_backend!r}; choose one of {', '.join(VECTOR_BACKENDS)}")
-    if vector_backend == "faiss":
-        if milvus_uri or milvus_alias:
-            raise BadRequest(f"--milvus-{'uri' if milvus_uri else 'alias'} needs --backend milvus")
-        return {"vector_backend": "faiss"}
-    from .milvus_backend import check_alias, manifest_uri, new_alias
-
-    same = previous.get("vector_backend") == "milvus"
-    uri = manifest_uri(index_dir, milvus_uri) if milvus_uri or not same else previous["milvus_uri"]
-    alias = previous.get("milvus_alias") if same and previous.get("milvus_uri") == uri else None
-    if milvus_alias:
-        check_alias(milvus_alias)
-        if alias and alias != milvus_alias:
-            log.warning("index %s moves from Milvus alias %s to %s; the old alias and its collections stay",
-                        index_dir, alias, milvus_alias)
-        alias = milvus_alias
-    # a new alias is unique, not derived from the path alone: a folder moved away and a new one built in its place
-    # (or one path on two hosts) would otherwise share one, and each one's builds drop the other's collection
-    return {"vector_backend": "milvus", "milvus_uri": uri, "milvus_alias": alias or new_alias(index_dir)}
-
-
-def _check_kind(kind: str, vector_backend: str) -> None:
-    """`BadRequest` for an index kind that is unknown or that the vector backend cannot build."""
-    choose_kind(kind, 0)  # unknown kinds
-    if vector_backend == "milvus":
-        from .milvus_backend import check_kind
-
-        check_kind(kind)
+def _chunking(max_tokens: int) -> dict:
+    """The manifest's record of how passages were cut and embedded."""
+    return {"unit": "paragraph", "window_tokens": max_tokens - 2, "window_overlap_sentences": 1,
+            "sentence_splitter": "sentencex", "lexical": LEXICAL_LABEL, "window_prefix": "title"}
 
 
 def _prune_data_dirs(index_dir: str, keep: Sequence[str]) -> None:
@@ -255,69 +126,68 @@ def _prune_data_dirs(index_dir: str, keep: Sequence[str]) -> None:
             shutil.rmtree(full, ignore_errors=True)
 
 
-def _window_docs(prepared: Sequence) -> list[DocFields]:
-    """The document fields of each window `Store.write(prepared)` adds, in the order it returns them (article by
+def _window_docs(prepared: Sequence[PreparedArticle]) -> list[DocFields]:
+    """The document fields of each window `Store.write(prepared)` adds, in the order it adds them (article by
     article, passage by passage, window by window)."""
     docs = []
-    for article, _, window_vecs, _ in prepared:
-        doc = DocFields(article.id, article.source, article.published)
-        docs += [doc] * sum(len(w) for w in window_vecs)
+    for p in prepared:
+        docs += [DocFields(p.article.id, p.article.source, p.article.published)] * p.window_count
     return docs
 
 
-def _added_arrays(added: Sequence[tuple[int, np.ndarray]], docs: Sequence[DocFields]
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, vectors) of the windows a store write added; `QAError` unless `docs` pairs with them one to one."""
-    if len(docs) != len(added):
-        raise QAError(f"the store added {len(added)} windows where {len(docs)} were prepared")
-    return np.array([i for i, _ in added], np.int64), np.stack([v for _, v in added]).astype(np.float32)
-
-
-def _write(store: Store, vectors: VectorIndex, prepared: Sequence, removals: Sequence[str] = (),
-           lexical: LexicalIndex | None = None) -> None:
+def _write(store: Store, vectors: VectorIndex, lexical: LexicalIndex, prepared: Sequence[PreparedArticle],
+           removals: Sequence[str] = ()) -> None:
     """Write prepared articles and removals to the store, then the same change to the vector and lexical indexes."""
     docs = _window_docs(prepared)
-    added, removed = store.write(prepared, removals)
-    if lexical is not None:
-        lexical.sync(store, [a.id for a, *_ in prepared] + list(removals))
-    vectors.remove(np.array(removed, np.int64))
-    if added:
-        vectors.add(*_added_arrays(added, docs), docs)
+    written = store.write(prepared, removals)
+    lexical.sync(store, [p.article.id for p in prepared] + list(removals))
+    vectors.remove(np.array(written.removed, np.int64))
+    if written.added_ids:
+        if len(docs) != len(written.added_ids):
+            raise QAError(f"the store added {len(written.added_ids)} windows where {len(docs)} were prepared")
+        vectors.add(np.array(written.added_ids, np.int64), np.stack(written.added_vectors).astype(np.float32), docs)
 
 
-def _journal_mark(index_dir: str) -> tuple[str, int] | None:
-    """(live data folder, its journal's last seq), or None without a usable live index."""
+class JournalMark(NamedTuple):
+    """Where the live index's journal stood when a full build read its sources."""
+
+    data_dir: str
+    seq: int
+
+
+def _journal_mark(index_dir: str) -> JournalMark | None:
+    """The live data folder and its journal's last seq, or None without a usable live index."""
     try:
-        data_dir = read_manifest(index_dir)["data_dir"]
+        data_dir = Manifest.load(index_dir).data_dir
         store = Store(os.path.join(index_dir, data_dir, STORE_FILE), readonly=True)
     except QAError:
         return None
     try:
-        return data_dir, store.journal_seq()
+        return JournalMark(data_dir, store.journal_seq())
     except sqlite3.Error:  # a corrupt live store: nothing to replay (the build replaces it)
         return None
     finally:
         store.close()
 
 
-def _replay(index_dir: str, mark: tuple[str, int] | None, store: Store, vectors: VectorIndex,
-            embedder: Embedder, lexical: LexicalIndex | None = None) -> int:
+def _replay(index_dir: str, mark: JournalMark | None, store: Store, vectors: VectorIndex, lexical: LexicalIndex,
+            embedder: Embedder) -> int:
     """Under the writer lock: apply to a new build the writes journaled in the live index since `mark`; their number.
 
     Each write sets its document's whole state, so only the last one per document is applied."""
     if mark is None:
         return 0
-    data_dir, after = mark
+    after = mark.seq
     try:
-        manifest = read_manifest(index_dir)
+        manifest = Manifest.load(index_dir)
     except QAError:  # the live index is gone: nothing to replay into this build
         return 0
-    if manifest["data_dir"] != data_dir:
+    if manifest.data_dir != mark.data_dir:
         # another full build swapped in meanwhile: its journal began empty, then took the writes it replayed and
         # every one since
         log.warning("the live index was rebuilt during this build; replaying all of its journal")
         after = 0
-    live = Store(os.path.join(index_dir, manifest["data_dir"], STORE_FILE), readonly=True)
+    live = Store(os.path.join(index_dir, manifest.data_dir, STORE_FILE), readonly=True)
     try:
         entries = live.journal(after)
     finally:
@@ -330,7 +200,7 @@ def _replay(index_dir: str, mark: tuple[str, int] | None, store: Store, vectors:
                if e.op == "upsert" and store.content_hash(e.doc_id) != e.article.content_hash()]
     removals = [d for d, e in last.items() if e.op == "remove"]
     if upserts or removals:
-        _write(store, vectors, prepare_articles(upserts, embedder) if upserts else [], removals, lexical)
+        _write(store, vectors, lexical, prepare_articles(upserts, embedder) if upserts else [], removals)
     return len(entries)
 
 
@@ -346,104 +216,116 @@ def build_index(sources: Sequence[str], index_dir: str, *, model: str | None = N
     """
     t0 = time.perf_counter()
     report = Report(index_dir=index_dir)
-    vector = _vector_settings(index_dir, vector_backend, milvus_uri, milvus_alias)  # checked before any work
-    _check_kind(kind, vector["vector_backend"])
+    settings = build_settings(index_dir, vector_backend, kind, uri=milvus_uri, alias=milvus_alias,
+                              token=milvus_token)  # checked before any work
     sink = lambda p: report.problems.append(str(p))  # noqa: E731
     mark = _journal_mark(index_dir)  # before the sources are read: later writes are replayed at the swap
     articles = dedupe_articles(read_sources(sources, strict=strict, on_problem=sink), sink)
     if not articles:
         raise BadRequest("no articles found in " + ", ".join(sources))
     os.makedirs(index_dir, exist_ok=True)
-    milvus = vector["vector_backend"] == "milvus"
-    if milvus:
-        from . import milvus_backend as mb
-
-        milvus_token = milvus_token or os.environ.get(mb.TOKEN_ENV)
-        mb.check_available(mb.resolve_uri(index_dir, vector["milvus_uri"]), milvus_token)  # fail before embedding
+    check_available(index_dir, settings)  # fail before embedding
     if embedder is None:
         embedder = load_embedder(model, backend)
     model_path = None if embedder.model_name in ("hash",) else resolve_model(model)[0]
-    build_dir = os.path.join(index_dir, f".build-{uuid.uuid4().hex[:12]}")
-    os.makedirs(build_dir)
-    vindex: VectorIndex | None = None
-    before: str | None = None  # the collection the alias pointed to
-    published = False
+    recipe = Manifest(model=embedder.model_name, model_path=model_path if model else None, dim=embedder.dim,
+                      embed_backend=getattr(embedder, "backend", backend), data_dir="",
+                      chunking=_chunking(embedder.max_tokens))
+    build = _Build(index_dir, os.path.join(index_dir, f".build-{uuid.uuid4().hex[:12]}"))
+    os.makedirs(build.folder)
     try:
-        store = Store(os.path.join(build_dir, STORE_FILE), create=True)
-        _embed_into(store, articles, embedder, progress)
-        n_windows = store.counts()["windows"]
-        index_kind = choose_kind(kind, n_windows)
-        if milvus:  # a new collection; the live alias and manifest are untouched until the swap below
-            vector["milvus_collection"] = mb.new_collection_name(vector["milvus_alias"])
-            vindex = mb.MilvusIndex(mb.resolve_uri(index_dir, vector["milvus_uri"]), vector["milvus_collection"],
-                                    embedder.dim, token=milvus_token, create=True,
-                                    index_type=mb.index_type_of(index_kind))
-        else:
-            vindex = FaissIndex(embedder.dim, index_kind)
-            vindex.train(store.sample_window_vectors(TRAIN_MAX, embedder.dim), n_windows)
-        by_passage = _passage_docs(store) if milvus else None
-        for ids, passages, vecs in store.all_windows(embedder.dim):
-            vindex.add(ids, vecs, [by_passage[p] for p in passages.tolist()] if milvus else None)
-        generation = store.generation
-        vindex.save(build_dir, generation)  # Milvus: flushed, so searches hit sealed, indexed segments
-        lexical = LexicalIndex.create(os.path.join(build_dir, LEXICAL_DIR))
-        lexical.rebuild(store)
-        counts = store.counts()
-        store.con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        store.close()
-        data_dir = f"data-{dt.datetime.now().strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:6]}"
-        with write_lock(index_dir):
-            report.replayed = _replay(index_dir, mark, store, vindex, embedder, lexical)
-            if report.replayed:
-                generation = store.generation
-                vindex.save(build_dir, generation)
-                counts = store.counts()
-                store.con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-                store.close()
-            os.replace(build_dir, os.path.join(index_dir, data_dir))
-            previous = None
-            with contextlib.suppress(QAError):
-                previous = read_manifest(index_dir)["data_dir"]
-            before = mb.switch_alias(vindex.client, vector["milvus_alias"], vindex.collection) if milvus else None
-            write_json_atomic(manifest_path(index_dir), _manifest(
-                embedder.model_name, model_path if model else None, embedder.dim, embedder.max_tokens,
-                getattr(embedder, "backend", backend), index_kind, data_dir, counts, generation, vector=vector))
-            published = True
-            # the previous folder (and collection) stays one round for servers still loading it
-            _prune_data_dirs(index_dir, keep=[data_dir] + ([previous] if previous else []))
-            if milvus:
-                mb.drop_older(vindex.client, vector["milvus_alias"], before)
+        _fill(build, articles, embedder, kind, settings, progress)
+        report.replayed = _swap(build, mark, embedder, recipe)
     except BaseException:
-        shutil.rmtree(build_dir, ignore_errors=True)
-        if milvus and vindex is not None and not published:  # never made live: alias back, collection dropped
-            with contextlib.suppress(Exception):
-                if before:
-                    mb.switch_alias(vindex.client, vector["milvus_alias"], before)
-                mb.drop_collection(vindex.client, vindex.collection, force=True)
+        build.discard()
         raise
     finally:
-        _close(vindex)
-    report.documents, report.passages = counts["documents"], counts["passages"]
+        build.close()
+    report.documents, report.passages = build.counts.documents, build.counts.passages
     report.added = len(articles)
     report.seconds = time.perf_counter() - t0
     return report
 
 
-def _close(vectors: VectorIndex | None) -> None:
-    """Close a vector index that holds a connection (Milvus; the last user of a Lite database releases it)."""
-    close = getattr(vectors, "close", None)
-    if close is not None:
-        close()
+@dataclasses.dataclass
+class _Build:
+    """A full build under way in its own folder beside the live data folder, until the swap renames it."""
+
+    index_dir: str
+    folder: str
+    store: Store | None = None
+    vectors: VectorBuild | None = None
+    lexical: LexicalIndex | None = None
+    kind: str = ""  # the index kind chosen for the number of windows
+    counts: Counts = dataclasses.field(default_factory=Counts)
+    generation: int = 0
+
+    def seal(self) -> None:
+        """Save the vectors at the store's generation, count the store and close it, its WAL folded in."""
+        self.generation = self.store.generation
+        self.vectors.index.save(self.folder, self.generation)  # Milvus: flushed, so searches hit indexed segments
+        self.counts = self.store.counts()
+        self.store.con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self.store.close()
+
+    def discard(self) -> None:
+        """After a failure: the build's folder deleted, and its vectors unless they were made live."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+        if self.vectors is not None:
+            self.vectors.discard()
+
+    def close(self) -> None:
+        """Release the vector index (a Milvus connection)."""
+        if self.vectors is not None:
+            self.vectors.index.close()
+
+
+def _fill(build: _Build, articles: Sequence[Article], embedder: Embedder, kind: str, settings: VectorSettings,
+          progress: bool) -> None:
+    """Embed the articles into the build's new store, then derive its vector and lexical indexes from it."""
+    build.store = Store(os.path.join(build.folder, STORE_FILE), create=True)
+    _embed_into(build.store, articles, embedder, progress)
+    windows = build.store.counts().windows
+    build.kind = choose_kind(kind, windows)
+    # the live index and manifest are untouched until the swap
+    build.vectors = begin_build(build.index_dir, settings, embedder.dim, build.kind, build.store, windows)
+    fill(build.vectors.index, build.store, embedder.dim)
+    build.lexical = LexicalIndex.create(os.path.join(build.folder, LEXICAL_DIR))
+    build.lexical.rebuild(build.store)
+    build.seal()
+
+
+def _swap(build: _Build, mark: JournalMark | None, embedder: Embedder, recipe: Manifest) -> int:
+    """Under the writer lock: replay the writes made to the live index meanwhile, rename the build's folder into
+    place and publish it with the new manifest; the number of writes replayed."""
+    index_dir = build.index_dir
+    data_dir = f"data-{dt.datetime.now().strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    with write_lock(index_dir):
+        replayed = _replay(index_dir, mark, build.store, build.vectors.index, build.lexical, embedder)
+        if replayed:
+            build.seal()
+        os.replace(build.folder, os.path.join(index_dir, data_dir))
+        previous = None
+        with contextlib.suppress(QAError):
+            previous = Manifest.load(index_dir).data_dir
+        stamp = now()
+        manifest = dataclasses.replace(recipe, **build.vectors.settings.manifest_fields(), index_kind=build.kind,
+                                       data_dir=data_dir, counts=build.counts, generation=build.generation,
+                                       built_at=stamp, updated_at=stamp)
+        build.vectors.publish(lambda: manifest.save(index_dir))
+        # the previous folder (and collection) stays one round for servers still loading it
+        _prune_data_dirs(index_dir, keep=[data_dir] + ([previous] if previous else []))
+    return replayed
 
 
 # --- load --------------------------------------------------------------------------------------------------
 
 class Index:
-    """A loaded index folder: manifest, store, vector index and the window → passage map. Read-only."""
+    """A loaded index folder: manifest, store, vector and lexical indexes and the window → passage map. Read-only."""
 
-    def __init__(self, index_dir: str, manifest: dict, store: Store, vectors: VectorIndex,
-                 window_ids: np.ndarray, window_passages: np.ndarray, embedder: Embedder | None = None,
-                 lexical: LexicalIndex | None = None):
+    def __init__(self, index_dir: str, manifest: Manifest, store: Store, vectors: VectorIndex,
+                 window_ids: np.ndarray, window_passages: np.ndarray, embedder: Embedder | None,
+                 lexical: LexicalIndex):
         self.index_dir = index_dir
         self.manifest = manifest
         self.store = store
@@ -452,11 +334,11 @@ class Index:
         self.window_passages = window_passages
         self.embedder = embedder
         self.lexical = lexical
-        self.dim = int(manifest["dim"])
+        self.dim = int(manifest.dim)
 
     @property
     def passage_count(self) -> int:
-        return int(self.manifest["counts"]["passages"])
+        return int(self.manifest.counts.passages)
 
     def passages_of_windows(self, ids: np.ndarray) -> np.ndarray:
         """Passage row ids of window ids (-1 where unknown)."""
@@ -467,84 +349,44 @@ class Index:
         found = self.window_ids[pos] == ids
         return np.where(found, self.window_passages[pos], -1)
 
-    def lexical_search(self, terms: Sequence[str], limit: int, filters=None) -> list[tuple[int, float]]:
-        """BM25 top `limit` (passage rowid, score): tantivy, or the store's FTS5 without it."""
-        if self.lexical is not None:
-            return self.lexical.search(terms, limit, filters)
-        return self.store.lexical_search(terms, limit, filters)
+    def lexical_search(self, terms: Sequence[str], limit: int,
+                       filters: Filters | None = None) -> list[tuple[int, float]]:
+        """BM25 top `limit` (passage rowid, score)."""
+        return self.lexical.search(terms, limit, filters)
 
-    def lexical_scores(self, terms: Sequence[str], rowids: Sequence[int], filters=None, pool: int = 2000,
+    def lexical_scores(self, terms: Sequence[str], rowids: Sequence[int],
                        pairs: Sequence[tuple[str, str, int]] = ()) -> dict[int, float]:
-        """BM25 of given passages (0 where no term matches): exact with tantivy, with term proximity when the
-        query's word `pairs` are given; without tantivy, read from FTS5's best `pool` matches, and past their end
-        the pool's last score (an upper bound)."""
-        if self.lexical is not None:
-            found = self.lexical.scores(terms, rowids, pairs)
-            return {rid: found.get(rid, 0.0) for rid in rowids}
-        ranked = self.store.lexical_search(terms, pool, filters)
-        beyond = ranked[-1][1] if len(ranked) >= pool else 0.0
-        found = dict(ranked)
-        return {rid: found.get(rid, beyond) for rid in rowids}
+        """Exact BM25 of given passages (0 where no term matches), with term proximity when the query's word
+        `pairs` are given."""
+        found = self.lexical.scores(terms, rowids, pairs)
+        return {rid: found.get(rid, 0.0) for rid in rowids}
 
     def doc_freqs(self, terms: Sequence[str]) -> dict[str, int]:
         """Passages holding each term."""
-        return (self.lexical or self.store).doc_freqs(terms)
+        return self.lexical.doc_freqs(terms)
 
     def close(self) -> None:
         self.store.close()
-        _close(self.vectors)
+        self.vectors.close()
 
 
-def _passage_docs(store: Store) -> dict[int, DocFields]:
-    """The document fields of every passage, by passage rowid."""
-    docs: dict[str, DocFields] = {}
-    out = {}
-    for rowid, doc_id, source, published, *_ in store.passage_rows():
-        out[rowid] = docs.setdefault(doc_id, DocFields(doc_id, source, published))
-    return out
-
-
-def _resync(vectors: VectorIndex, store: Store, dim: int) -> None:
-    """Make an upserting vector index (Milvus) hold exactly the store's window vectors and their document fields."""
-    have, _ = vectors.reconstruct_all()
-    want, _ = store.window_passages()
-    vectors.remove(np.setdiff1d(have, want))
-    by_passage = _passage_docs(store)
-    for ids, passages, vecs in store.all_windows(dim):
-        vectors.add(ids, vecs, [by_passage[p] for p in passages.tolist()])
-
-
-def open_data(index_dir: str, manifest: dict, *, readonly: bool = True,
+def open_data(index_dir: str, manifest: Manifest, *, readonly: bool = True,
               store: Store | None = None) -> tuple[Store, VectorIndex]:
-    """The store and vector index of the live data folder, the vectors rebuilt from the store if out of date.
+    """The store and vector index of the live data folder, the vectors brought up to the store if out of date.
 
     FAISS is rebuilt in memory; a Milvus collection is resynced in place by writers (`readonly=False`, under the
     write lock) and used as it is by readers.
     """
-    data = os.path.join(index_dir, manifest["data_dir"])
+    data = os.path.join(index_dir, manifest.data_dir)
     if not os.path.isdir(data):
         raise IndexUnavailable(f"data folder {data} missing; rebuild: qa build SOURCE... --index-dir {index_dir}")
     if store is None or store.path != os.path.join(data, STORE_FILE):
         store = Store(os.path.join(data, STORE_FILE), readonly=readonly)
-    dim = int(manifest["dim"])
-    faiss = manifest.get("vector_backend", "faiss") == "faiss"
     try:
-        vectors, generation = open_vectors(index_dir, manifest, data, mmap=readonly)
-    except IndexUnavailable:
-        if not faiss:  # a Milvus collection cannot be conjured from here: say why
-            store.close()
-            raise
-        vectors, generation = None, -1
-    if vectors is None or generation != store.generation:
-        log.warning("vector index in %s behind the store (generation %s vs %s): %s", data, generation,
-                    store.generation, "rebuilding it from stored vectors" if faiss or not readonly else "using it")
-        if faiss:
-            vectors = FaissIndex(dim, manifest.get("index_kind", "flat"))
-            for ids, _, vecs in store.all_windows(dim):
-                vectors.add(ids, vecs)
-        elif not readonly:
-            _resync(vectors, store, dim)
-    return store, vectors
+        return store, open_synced(index_dir, manifest, data, store, readonly=readonly)
+    except IndexUnavailable:  # a Milvus collection cannot be conjured from here: say why
+        store.close()
+        raise
 
 
 def load_index(index_dir: str, *, embedder: Embedder | None = None, model: str | None = None,
@@ -553,20 +395,20 @@ def load_index(index_dir: str, *, embedder: Embedder | None = None, model: str |
 
     `store`: the store of a previously loaded generation, reused (with its per-thread connections) when the
     data folder is the same, as after an incremental update."""
-    manifest = read_manifest(index_dir)
-    if model is not None and model != manifest["model"] and resolve_model(model)[1] != manifest["model"]:
-        raise IndexUnavailable(f"index in {index_dir} was built with {manifest['model']}, not {model}; rebuild: "
+    manifest = Manifest.load(index_dir)
+    if model is not None and model != manifest.model and resolve_model(model)[1] != manifest.model:
+        raise IndexUnavailable(f"index in {index_dir} was built with {manifest.model}, not {model}; rebuild: "
                                f"qa build SOURCE... --index-dir {index_dir} --model {model}")
-    if embedder is not None and embedder.model_name != manifest["model"]:
-        raise IndexUnavailable(f"index in {index_dir} was built with {manifest['model']} but the loaded model is "
+    if embedder is not None and embedder.model_name != manifest.model:
+        raise IndexUnavailable(f"index in {index_dir} was built with {manifest.model} but the loaded model is "
                                f"{embedder.model_name}; rebuild: qa build SOURCE... --index-dir {index_dir}")
-    if embedder is not None and embedder.dim != manifest["dim"]:
-        raise IndexUnavailable(f"index dim {manifest['dim']} differs from the model's {embedder.dim}; rebuild: "
+    if embedder is not None and embedder.dim != manifest.dim:
+        raise IndexUnavailable(f"index dim {manifest.dim} differs from the model's {embedder.dim}; rebuild: "
                                f"qa build SOURCE... --index-dir {index_dir}")
     try:
         store, vectors = open_data(index_dir, manifest, store=store)
-        lexical = LexicalIndex.open(os.path.join(index_dir, manifest["data_dir"]), store)
-        window_ids, window_passages = store.window_passages()
+        lexical = LexicalIndex.open(os.path.join(index_dir, manifest.data_dir), store)
+        windows = store.window_passages()
     except (OSError, ValueError, KeyError) as e:
         raise IndexUnavailable(f"index in {index_dir} unreadable ({e}); rebuild: qa build SOURCE... "
                                f"--index-dir {index_dir}") from None
@@ -575,63 +417,76 @@ def load_index(index_dir: str, *, embedder: Embedder | None = None, model: str |
             raise
         raise IndexUnavailable(f"index in {index_dir} is corrupt ({type(e).__name__}: {e}); rebuild: "
                                f"qa build SOURCE... --index-dir {index_dir}") from None
-    return Index(index_dir, manifest, store, vectors, window_ids, window_passages, embedder, lexical)
+    return Index(index_dir, manifest, store, vectors, windows.ids, windows.passages, embedder, lexical)
 
 
-def embedder_for(manifest: dict, backend: str | None = None) -> Embedder:
+def embedder_for(manifest: Manifest, backend: str | None = None) -> Embedder:
     """The embedder an index was built with."""
-    model = manifest.get("model_path") or (manifest["model"] if manifest["model"] == "hash" else None)
-    return load_embedder(model, backend or manifest.get("embed_backend", "torch"))
+    model = manifest.model_path or (manifest.model if manifest.model == "hash" else None)
+    return load_embedder(model, backend or manifest.embed_backend)
 
 
 # --- incremental updates -----------------------------------------------------------------------------------
+
+def _changed(store: Store, articles: Sequence[Article], report: Report) -> list[Article]:
+    """The articles whose content the store does not hold yet, each counted in `report` (added, updated or
+    unchanged by content hash)."""
+    changed = []
+    for a in articles:
+        old = store.content_hash(a.id)
+        if old == a.content_hash():
+            report.unchanged += 1
+            continue
+        if old is None:
+            report.added += 1
+        else:
+            report.updated += 1
+        changed.append(a)
+    return changed
+
+
+def _check_stored(store: Store, doc_ids: Sequence[str]) -> None:
+    """`NotFound` naming the first ids the store does not hold."""
+    existing = set(store.document_ids()) if doc_ids else set()
+    missing = [d for d in doc_ids if d not in existing]
+    if missing:
+        raise NotFound("no such document: " + ", ".join(missing[:5]))
+
+
+def _record(index_dir: str, manifest: Manifest, store: Store, vectors: VectorIndex) -> Counts:
+    """After a write: save the vectors at the store's generation, then the manifest with the new counts."""
+    generation = store.generation
+    vectors.save(os.path.join(index_dir, manifest.data_dir), generation)
+    manifest.counts = store.counts()
+    manifest.generation = generation
+    manifest.updated_at = now()
+    manifest.save(index_dir)
+    return manifest.counts
+
 
 def _apply(index_dir: str, embedder: Embedder | None, articles: Sequence[Article], removals: Sequence[str],
            report: Report) -> Report:
     """Under the writer lock: write articles and removals to the store, then the vectors, then the manifest."""
     t0 = time.perf_counter()
     with write_lock(index_dir):
-        manifest = read_manifest(index_dir)
+        manifest = Manifest.load(index_dir)
         store, vectors = open_data(index_dir, manifest, readonly=False)
         try:
-            lexical = LexicalIndex.open(os.path.join(index_dir, manifest["data_dir"]), store, readonly=False)
-            changed = []
-            for a in articles:
-                old = store.content_hash(a.id)
-                if old == a.content_hash():
-                    report.unchanged += 1
-                    continue
-                if old is None:
-                    report.added += 1
-                else:
-                    report.updated += 1
-                changed.append(a)
-            existing = set(store.document_ids()) if removals else set()
-            missing = [d for d in removals if d not in existing]
-            if missing:
-                from .errors import NotFound
-
-                raise NotFound("no such document: " + ", ".join(missing[:5]))
-            if not changed and not removals:
+            lexical = LexicalIndex.open(os.path.join(index_dir, manifest.data_dir), store, readonly=False)
+            changed = _changed(store, articles, report)
+            _check_stored(store, removals)
+            if changed or removals:
+                if changed and embedder is None:
+                    embedder = embedder_for(manifest)
+                _write(store, vectors, lexical, prepare_articles(changed, embedder) if changed else [], removals)
+                report.removed = len(removals)
+                counts = _record(index_dir, manifest, store, vectors)
+            else:
                 counts = store.counts()
-                report.documents, report.passages = counts["documents"], counts["passages"]
-                report.seconds = time.perf_counter() - t0
-                return report
-            if changed and embedder is None:
-                embedder = embedder_for(manifest)
-            prepared = prepare_articles(changed, embedder, titled=titled_windows(manifest)) if changed else []
-            _write(store, vectors, prepared, removals, lexical)
-            report.removed = len(removals)
-            generation = store.generation
-            vectors.save(os.path.join(index_dir, manifest["data_dir"]), generation)
-            manifest["counts"] = store.counts()
-            manifest["generation"] = generation
-            manifest["updated_at"] = _now()
-            write_json_atomic(manifest_path(index_dir), manifest)
-            report.documents, report.passages = manifest["counts"]["documents"], manifest["counts"]["passages"]
+            report.documents, report.passages = counts.documents, counts.passages
         finally:
             store.close()
-            _close(vectors)
+            vectors.close()
     report.seconds = time.perf_counter() - t0
     return report
 
@@ -674,30 +529,24 @@ def check_index(index_dir: str) -> list[str]:
     """Problems that make the store, the vector index and the manifest disagree (empty when all agree)."""
     problems = []
     try:
-        manifest = read_manifest(index_dir)
+        manifest = Manifest.load(index_dir)
     except QAError as e:
         return [str(e)]
-    data = os.path.join(index_dir, manifest["data_dir"])
+    data = os.path.join(index_dir, manifest.data_dir)
     try:
         store = Store(os.path.join(data, STORE_FILE), readonly=True)
         counts = store.counts()
         integrity = store.con.execute("PRAGMA integrity_check").fetchone()[0]
         if integrity != "ok":
             problems.append(f"store integrity check: {integrity}")
-        fts = store.con.execute("SELECT COUNT(*) FROM passages_fts").fetchone()[0]
-        if fts != counts["passages"]:
-            problems.append(f"lexical index has {fts} passages, the store {counts['passages']}")
-        orphans = store.con.execute(
-            "SELECT COUNT(*) FROM passages_fts WHERE rowid NOT IN (SELECT id FROM passages)").fetchone()[0]
-        if orphans:
-            problems.append(f"lexical index holds {orphans} passages the store does not")
-        window_ids, _ = store.window_passages()
-        problems += _check_lexical(data, store, counts["passages"])
+        window_ids = store.window_passages().ids
+        problems += _check_lexical(data, store, counts.passages)
     except Exception as e:  # a corrupt or missing store
         return [f"store unreadable: {e}"]
     for key in ("documents", "passages"):
-        if manifest.get("counts", {}).get(key) != counts[key]:
-            problems.append(f"manifest says {manifest.get('counts', {}).get(key)} {key}, the store has {counts[key]}")
+        if getattr(manifest.counts, key) != getattr(counts, key):
+            problems.append(f"manifest says {getattr(manifest.counts, key)} {key}, the store has "
+                            f"{getattr(counts, key)}")
     try:
         vectors, generation = open_vectors(index_dir, manifest, data)
     except QAError as e:
@@ -706,22 +555,16 @@ def check_index(index_dir: str) -> list[str]:
         return problems
     try:
         ids, _ = vectors.reconstruct_all()
-        if manifest.get("vector_backend") == "milvus":
-            from .milvus_backend import alias_target
-
-            target = alias_target(vectors.client, manifest.get("milvus_alias", ""))
-            if target != manifest["milvus_collection"]:
-                problems.append(f"Milvus alias {manifest.get('milvus_alias')} points to {target}, "
-                                f"the manifest to {manifest['milvus_collection']}")
+        problems += check_vectors(index_dir, manifest, vectors)
     finally:
-        _close(vectors)
+        vectors.close()
     if generation != store.generation:
         problems.append(f"vector index reflects store generation {generation}, the store is at {store.generation}")
     if not np.array_equal(np.sort(ids), window_ids):
         extra = len(np.setdiff1d(ids, window_ids))
         missing = len(np.setdiff1d(window_ids, ids))
         problems.append(f"vector ids disagree with the store: {extra} extra, {missing} missing")
-    if manifest.get("generation") != store.generation:
-        problems.append(f"manifest generation {manifest.get('generation')} is not the store's {store.generation}")
+    if manifest.generation != store.generation:
+        problems.append(f"manifest generation {manifest.generation} is not the store's {store.generation}")
     store.close()
     return problems

@@ -1,10 +1,8 @@
-"""BM25 over passage titles and texts with tantivy, beside the store's own FTS5 index.
+"""BM25 over passage titles and texts with tantivy (block-max WAND top-k; see docs/ranking.md).
 
-SQLite FTS5 stays the lexical index of record (written in the store's transactions, checked by `qa check`) but
-ranks by scoring every matching row: ~25 ms a query at 100k passages. Tantivy's block-max WAND top-k takes ~1 ms
-there. Like the FAISS file, this index is derived from the store, stamped with the store generation it reflects,
-and rebuilt from the store when it lags (on disk by writers, in memory by readers), so it can never disagree with
-the store for long and a crash between the two writes costs a rebuild, not a wrong answer.
+Like the vector index, this index is derived from the store, stamped with the store generation it reflects, and
+rebuilt from the store when it lags (on disk by writers, in memory by readers), so it can never disagree with the
+store for long and a crash between the two writes costs a rebuild, not a wrong answer.
 
 The exact scores of candidates (`scores`) add term proximity to BM25: Metzler and Croft's sequential dependence
 model (SIGIR 2005) as Anserini runs it over BM25. Each pair of neighbouring query words also scores as an exact
@@ -21,7 +19,7 @@ import shutil
 from collections.abc import Iterable, Sequence
 
 from .files import atomic_write
-from .store import Filters, Store
+from .store import Filters, PassageRow, Store
 
 log = logging.getLogger(__name__)
 
@@ -66,14 +64,14 @@ def date_number(iso: str | None) -> int | None:
     return int(iso[:4] + iso[5:7] + iso[8:10])
 
 
-def _document(row: tuple):
+def _document(row: PassageRow):
+    """A passage as a tantivy document."""
     from tantivy import Document
 
-    rowid, doc_id, source, published, title, text = row
-    doc = Document(id=int(rowid), doc_id=doc_id, body=f"{title or ''}\n{text}", text=text)
-    if source:
-        doc.add_text("source", source.casefold())
-    number = date_number(published)
+    doc = Document(id=int(row.rowid), doc_id=row.doc_id, body=f"{row.title or ''}\n{row.text}", text=row.text)
+    if row.source:
+        doc.add_text("source", row.source.casefold())
+    number = date_number(row.published)
     if number is not None:
         doc.add_integer("published", number)
     return doc
@@ -92,7 +90,7 @@ def _write_generation(directory: str, generation: int) -> None:
 
 
 class LexicalIndex:
-    """A tantivy index of passages: BM25 top-k over title and text together (one field, as FTS5 scores a row),
+    """A tantivy index of passages: BM25 top-k over title and text together (one field, the passage's row),
     filters as exact clauses, document frequencies over the text alone."""
 
     def __init__(self, index, directory: str | None, generation: int):
@@ -228,7 +226,7 @@ class LexicalIndex:
         words = self._query(tokens, None)
         if pairs:
             words = Query.boolean_query([(Occur.Should, words), *self._dependence(pairs)])
-        # a term query per id: tantivy's term-set query costs ~1 ms at 100k passages whatever the number of ids
+        # a term query per id: tantivy's term-set query does not get cheaper with fewer ids (see docs/performance.md)
         wanted = Query.boolean_query([(Occur.Should, Query.term_query(self.schema, "id", int(r))) for r in rowids])
         only = Query.const_score_query(wanted, 0.0)
         query = Query.boolean_query([(Occur.Must, words), (Occur.Must, only)])

@@ -168,7 +168,7 @@ def _search(index: Index, query: str, k: int, mode: str, filters: Filters | None
     found = Candidates(list(dict.fromkeys([rid for rid, _ in dense] + [rid for rid, _ in lexical])), dict(dense),
                        dict(lexical))
     if mode != "dense":
-        _rescore_lexical(index, found, terms, pairs, filters)
+        _rescore_lexical(index, found, terms, pairs)
     if qvec is not None and found.ids:
         _complete_dense(index, found, qvec)
         found.ids = shortlist(found.ids, found.dense, found.lexical if mode == "hybrid" else None,
@@ -182,13 +182,12 @@ def _search(index: Index, query: str, k: int, mode: str, filters: Filters | None
     return SearchResult(query, mode, hits[:k], timings, qvec, found.rows)
 
 
-def _rescore_lexical(index: Index, found: Candidates, terms: list[str], pairs: list[tuple[str, str, int]],
-                     filters: Filters | None) -> None:
+def _rescore_lexical(index: Index, found: Candidates, terms: list[str], pairs: list[tuple[str, str, int]]) -> None:
     """Exact BM25 with term proximity for every candidate (the lexical side's top-k search leaves proximity out for
     speed); a query without word pairs needs it only for the candidates that search did not score."""
     rescore = found.ids if pairs else [rid for rid in found.ids if rid not in found.lexical]
     if rescore:
-        found.lexical.update(index.lexical_scores(terms, rescore, filters, pairs=pairs))
+        found.lexical.update(index.lexical_scores(terms, rescore, pairs=pairs))
 
 
 def _complete_dense(index: Index, found: Candidates, qvec: np.ndarray) -> None:

@@ -20,7 +20,7 @@ from .ingest import validate_doc_id
 from .params import SearchParams, parse_int, search_params
 from .process import release_memory
 from .search import search
-from .store import manifest_path, read_manifest
+from .manifest import Manifest, manifest_path
 
 if TYPE_CHECKING:
     from .answer import Answer
@@ -60,10 +60,10 @@ class Engine:
         self.reloads = 0
 
     # --- loading and live reload ---
-    def _embedder_for(self, manifest: dict):
-        key = (manifest["model"], manifest.get("model_path"), self.config.embed_backend)
+    def _embedder_for(self, manifest: Manifest):
+        key = (manifest.model, manifest.model_path, self.config.embed_backend)
         if self._embedder is not None and (self._embedder_key in (None, key)) \
-                and self._embedder.model_name == manifest["model"]:
+                and self._embedder.model_name == manifest.model:
             return self._embedder
         backend = None if self.config.embed_backend == "auto" else self.config.embed_backend
         self._embedder = embedder_for(manifest, backend)
@@ -76,7 +76,7 @@ class Engine:
         # one query at a time per request thread: FAISS's OpenMP threads only add overhead (see docs/performance.md)
         faiss.omp_set_num_threads(1)
         stamp = _stamp(self.config.index_dir)
-        manifest = read_manifest(self.config.index_dir)
+        manifest = Manifest.load(self.config.index_dir)
         embedder = self._embedder_for(manifest)
         # an incremental update keeps the data folder: reuse its store and per-thread connections rather than
         # opening new ones on every reload (they held memory until garbage collection)
@@ -108,7 +108,7 @@ class Engine:
             del old
             release_memory()
             self.reloads += 1
-            log.info("reloaded index %s (generation %s)", self.config.index_dir, index.manifest.get("generation"))
+            log.info("reloaded index %s (generation %s)", self.config.index_dir, index.manifest.generation)
         except QAError as e:
             log.warning("index changed but cannot be loaded yet (%s); still serving the previous one", e)
             self._stamp = None  # try again at the next check
@@ -181,8 +181,8 @@ class Engine:
         index = self.index()
         # counted in the store, which writers change first: what search can find right now
         return {"status": "ok", "passages": index.store.count_passages(),
-                "documents": int(index.manifest["counts"]["documents"]),
-                "generation": index.manifest.get("generation"), "model": index.manifest["model"]}
+                "documents": int(index.manifest.counts.documents),
+                "generation": index.manifest.generation, "model": index.manifest.model}
 
     def documents(self, params: dict) -> dict:
         """The /api/documents object: one page of the documents."""

@@ -1,34 +1,36 @@
-"""The passage store (SQLite: documents, passages, sentences, vectors, FTS5, journal) and the index folder's manifest.
+"""The passage store (SQLite: documents, passages, sentences, vectors, journal) of one data folder.
 
 The index folder holds `manifest.json` and one data folder per full build (`data-<timestamp>/`); the manifest names
 the live one. A full build writes a new data folder and swaps the manifest atomically; incremental writes change
 the live data folder in SQLite transactions and are journaled, so a full build can replay those made meanwhile.
-SQLite is the source of truth: it keeps every vector, so the FAISS file is a derived copy that can always be rebuilt
-from it without re-embedding.
+SQLite is the source of truth: it keeps every vector and text, so the vector index and the lexical index are derived
+copies that can always be rebuilt from it without re-embedding.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import json
 import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from .chunk import Passage, Span, passage_id
 from .errors import IndexUnavailable
 from .ingest import Article, Paragraph
+from .manifest import Counts
+
+if TYPE_CHECKING:
+    from .prepare import PreparedArticle
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
 STORE_FILE = "store.sqlite"
-FORMAT_VERSION = 1
 # Journal entries kept in a live store. A full build replays the entries written after it read its sources, so this
 # bounds how many writes a build may overlap; a build that finds its entries pruned fails instead of losing them.
 # Entries are article JSON, small beside the vectors the same writes add, and each full build starts a new, empty
@@ -61,18 +63,12 @@ CREATE TABLE IF NOT EXISTS windows (
 CREATE INDEX IF NOT EXISTS windows_passage ON windows(passage);
 CREATE TABLE IF NOT EXISTS passage_sentences (
     passage INTEGER PRIMARY KEY REFERENCES passages(id) ON DELETE CASCADE, spans BLOB NOT NULL, vecs BLOB NOT NULL);
-CREATE VIRTUAL TABLE IF NOT EXISTS passages_fts USING fts5(
-    title, text, tokenize = 'porter unicode61 remove_diacritics 2');
-"""
-# A passage's sentences are one row: their (start, end) as int32 pairs and their vectors as float16, in order. The
-# shortlist of a query reads 100 such rows instead of ~250 sentence rows (2.0 -> 1.1 ms at 100k passages). Stores
-# made before keep their table of a row per sentence until their next full build:
-LEGACY_SENTENCES = "sentences"  # (passage, idx, start, end, vec), WITHOUT ROWID, primary key (passage, idx)
-# Every incremental write, in commit order: 'upsert' with the article as JSON, or 'remove'.
-JOURNAL_SCHEMA = """
 CREATE TABLE IF NOT EXISTS journal (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, op TEXT NOT NULL, doc_id TEXT NOT NULL, article TEXT);
 """
+# passage_sentences: a passage's sentences in one row, their (start, end) as int32 pairs and their vectors as
+# float16, in order, so a query's shortlist reads one row per passage (see docs/performance.md).
+# journal: every incremental write, in commit order: 'upsert' with the article as JSON, or 'remove'.
 
 
 @dataclasses.dataclass
@@ -134,6 +130,74 @@ class Filters:
         return " AND ".join(clauses) or "1", params
 
 
+class PassageRow(NamedTuple):
+    """A passage with its document's fields, as the lexical index and the vector filters take it."""
+
+    rowid: int
+    doc_id: str
+    source: str | None
+    published: str | None
+    title: str
+    text: str
+
+
+class WindowBatch(NamedTuple):
+    """Some windows: their ids, their passages' rowids and their vectors, row for row."""
+
+    ids: np.ndarray
+    passages: np.ndarray
+    vectors: np.ndarray
+
+
+class WindowMap(NamedTuple):
+    """Every window id, in order, and its passage's rowid."""
+
+    ids: np.ndarray
+    passages: np.ndarray
+
+
+class PassageWindows(NamedTuple):
+    """The windows of some passages: each one's passage rowid and vector, row for row."""
+
+    passages: np.ndarray
+    vectors: np.ndarray
+
+
+class SentenceRows(NamedTuple):
+    """The sentences of some passages, ordered by passage, then position: their vectors, and a row of
+    (passage rowid, idx, start, end) each in `meta`."""
+
+    vectors: np.ndarray
+    meta: np.ndarray
+
+    @property
+    def passages(self) -> np.ndarray:
+        """Each sentence's passage rowid."""
+        return self.meta[:, 0]
+
+    @property
+    def spans(self) -> np.ndarray:
+        """Each sentence's (start, end) in its passage's text."""
+        return self.meta[:, 2:]
+
+
+class DocumentPage(NamedTuple):
+    """A page of documents (`Store.documents`) and how many there are in all."""
+
+    total: int
+    documents: list[dict]
+
+
+@dataclasses.dataclass
+class Written:
+    """What a store write changed: the windows it added (ids and vectors, row for row) and the ids of those it
+    removed."""
+
+    added_ids: list[int] = dataclasses.field(default_factory=list)
+    added_vectors: list[np.ndarray] = dataclasses.field(default_factory=list)
+    removed: list[int] = dataclasses.field(default_factory=list)
+
+
 @dataclasses.dataclass
 class JournalEntry:
     """One journaled write: `article` for an upsert, None for a removal."""
@@ -169,22 +233,12 @@ def to_half_blob(vec: np.ndarray) -> bytes:
 
 
 def from_blobs(blobs: Sequence[bytes], dim: int) -> np.ndarray:
-    """A float32 matrix from vector blobs (float32 or float16, told apart by their length)."""
+    """A float32 matrix from float32 vector blobs (`to_blob`)."""
     if not blobs:
         return np.zeros((0, dim), np.float32)
-    data = b"".join(blobs)
-    if len(data) == 2 * dim * len(blobs) and len(blobs[0]) == 2 * dim:
-        return np.frombuffer(data, dtype=np.float16).reshape(len(blobs), dim).astype(np.float32)
-    if len(data) == 4 * dim * len(blobs):
-        return np.frombuffer(data, dtype=np.float32).reshape(len(blobs), dim)
-    return np.stack([np.frombuffer(b, dtype=np.float16 if len(b) == 2 * dim else np.float32) for b in blobs]
-                    ).astype(np.float32)  # a store holding both (sentences written before and after the change)
+    return np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), dim)
 
 
-# --- FTS5 query building ---
-def fts_query(terms: Iterable[str]) -> str:
-    """An FTS5 OR-query of quoted terms (quoting keeps FTS5 syntax out of user input)."""
-    return " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
 
 
 class Store:
@@ -199,10 +253,8 @@ class Store:
         self._connections: list[tuple[threading.Thread, sqlite3.Connection]] = []  # each thread's, see __del__
         self._connections_lock = threading.Lock()
         if create:
-            self.con.executescript(SCHEMA + JOURNAL_SCHEMA)  # executescript manages its own transaction
+            self.con.executescript(SCHEMA)  # executescript manages its own transaction
             self.con.execute("INSERT OR IGNORE INTO meta VALUES ('generation', '0')")
-        elif not readonly:
-            self.con.execute(JOURNAL_SCHEMA)  # stores made before the journal get it on their first write
 
     @property
     def con(self) -> sqlite3.Connection:
@@ -218,9 +270,8 @@ class Store:
                 con.execute("PRAGMA synchronous=NORMAL")
             con.execute("PRAGMA foreign_keys=ON")
             if self.readonly:
-                # a serving process has a connection per thread: each would map the file anew, and its mapped
-                # pages count in the process's RSS once per connection (4-6x the store in a soak); pages read
-                # from the OS cache into a small per-connection cache cost no more time (measured at 100k)
+                # a serving process has a connection per thread, and mapped pages count in its RSS once per
+                # connection: read through a small cache instead, no slower (see docs/performance.md)
                 con.execute("PRAGMA mmap_size=0")
                 con.execute(f"PRAGMA cache_size=-{READ_CACHE_KIB}")
             else:
@@ -248,9 +299,8 @@ class Store:
 
     def __del__(self) -> None:
         # A sqlite3 connection sits in a reference cycle with its statement cache, so only the cyclic garbage
-        # collector would free it, with its page cache and prepared statements: in a server that swapped in a new
-        # data folder after each full build the old connections piled up (~8 MiB a swap, measured). Nothing can
-        # use this store any more: close every thread's connection now.
+        # collector would free it: a server's old connections piled up after each swap (see docs/performance.md).
+        # Nothing can use this store any more: close every thread's connection now.
         for _, con in getattr(self, "_connections", ()):
             with contextlib.suppress(Exception):
                 con.close()
@@ -299,110 +349,94 @@ class Store:
     def _delete_document(self, con: sqlite3.Connection, doc_id: str) -> list[int]:
         window_ids = [r[0] for r in con.execute(
             "SELECT w.id FROM windows w JOIN passages p ON p.id = w.passage WHERE p.doc_id = ?", (doc_id,))]
-        con.execute("DELETE FROM passages_fts WHERE rowid IN (SELECT id FROM passages WHERE doc_id = ?)", (doc_id,))
         con.execute("DELETE FROM documents WHERE doc_id = ?", (doc_id,))
         return window_ids
 
-    def write(self, articles: Sequence[tuple[Article, Sequence[Passage], Sequence[np.ndarray],
-                                             Sequence[np.ndarray]]],
-              removals: Sequence[str] = (), *, journal: bool = True
-              ) -> tuple[list[tuple[int, np.ndarray]], list[int]]:
+    def write(self, articles: Sequence[PreparedArticle], removals: Sequence[str] = (), *,
+              journal: bool = True) -> Written:
         """Remove documents and insert or replace articles in one transaction, journaled unless `journal` is False.
-
-        Each article comes with its passages, one window-vector matrix per passage and one sentence-vector matrix
-        per passage. Returns ((window id, vector) added, window ids removed)."""
-        added, removed = [], []
+        The windows added come article by article, passage by passage, window by window."""
+        written = Written()
         with self.transaction() as con:
             if journal:
                 con.executemany("INSERT INTO journal (op, doc_id, article) VALUES (?,?,?)",
                                 [("remove", d, None) for d in removals]
-                                + [("upsert", a.id, _article_json(a)) for a, *_ in articles])
+                                + [("upsert", p.article.id, _article_json(p.article)) for p in articles])
                 con.execute("DELETE FROM journal WHERE seq <= (SELECT MAX(seq) FROM journal) - ?", (JOURNAL_KEEP,))
             for doc_id in removals:
-                removed += self._delete_document(con, doc_id)
-            for article, passages, window_vecs, sentence_vecs in articles:
-                removed += self._delete_document(con, article.id)
-                con.execute(
-                    "INSERT INTO documents VALUES (?,?,?,?,?,?,?,?,?,?)",
-                    (article.id, article.title, article.source, article.author, article.url, article.published,
-                     json.dumps(article.tags), article.path, article.content_hash(), len(passages)))
-                for passage, wvecs, svecs in zip(passages, window_vecs, sentence_vecs):
-                    pvec = wvecs.mean(axis=0)
-                    pvec = pvec / max(float(np.linalg.norm(pvec)), 1e-12)
-                    cur = con.execute(
-                        "INSERT INTO passages (passage_id, doc_id, paragraph_index, text, char_start, char_end, vec)"
-                        " VALUES (?,?,?,?,?,?,?)",
-                        (passage.passage_id, passage.doc_id, passage.paragraph_index, passage.text,
-                         passage.char_start, passage.char_end, to_blob(pvec)))
-                    rowid = cur.lastrowid
-                    con.execute("INSERT INTO passages_fts (rowid, title, text) VALUES (?,?,?)",
-                                (rowid, article.title, passage.text))
-                    for (start, end), vec in zip(passage.windows, wvecs):
-                        cur = con.execute("INSERT INTO windows (passage, start, end, vec) VALUES (?,?,?,?)",
-                                          (rowid, start, end, to_blob(vec)))
-                        added.append((cur.lastrowid, vec))
-                    if len(svecs) != len(passage.sentences):
-                        raise ValueError(f"{passage.passage_id}: {len(svecs)} vectors for {len(passage.sentences)} "
-                                         "sentences")
-                    if not passage.sentences:
-                        continue
-                    if self.legacy_sentences:
-                        con.executemany(f"INSERT INTO {LEGACY_SENTENCES} VALUES (?,?,?,?,?)",
-                                        [(rowid, i, s, e, to_half_blob(v))
-                                         for i, ((s, e), v) in enumerate(zip(passage.sentences, svecs))])
-                    else:
-                        con.execute("INSERT INTO passage_sentences VALUES (?,?,?)",
-                                    (rowid, np.asarray(passage.sentences, np.int32).tobytes(),
-                                     to_half_blob(svecs)))
+                written.removed += self._delete_document(con, doc_id)
+            for prepared in articles:
+                written.removed += self._delete_document(con, prepared.article.id)
+                self._insert_article(con, prepared, written)
             con.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
-        return added, removed
+        return written
 
-    def set_meta(self, key: str, value: str) -> None:
-        with self.transaction() as con:
-            con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+    def _insert_article(self, con: sqlite3.Connection, prepared: PreparedArticle, written: Written) -> None:
+        """Insert a document and its passages, windows and sentences; the windows added go to `written`."""
+        article = prepared.article
+        con.execute("INSERT INTO documents VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    (article.id, article.title, article.source, article.author, article.url, article.published,
+                     json.dumps(article.tags), article.path, article.content_hash(), len(prepared.passages)))
+        for passage, wvecs, svecs in zip(prepared.passages, prepared.window_vectors, prepared.sentence_vectors):
+            pvec = wvecs.mean(axis=0)
+            pvec = pvec / max(float(np.linalg.norm(pvec)), 1e-12)
+            cur = con.execute(
+                "INSERT INTO passages (passage_id, doc_id, paragraph_index, text, char_start, char_end, vec)"
+                " VALUES (?,?,?,?,?,?,?)",
+                (passage.passage_id, passage.doc_id, passage.paragraph_index, passage.text,
+                 passage.char_start, passage.char_end, to_blob(pvec)))
+            rowid = cur.lastrowid
+            for (start, end), vec in zip(passage.windows, wvecs):
+                cur = con.execute("INSERT INTO windows (passage, start, end, vec) VALUES (?,?,?,?)",
+                                  (rowid, start, end, to_blob(vec)))
+                written.added_ids.append(cur.lastrowid)
+                written.added_vectors.append(vec)
+            self._insert_sentences(con, rowid, passage, svecs)
+
+    def _insert_sentences(self, con: sqlite3.Connection, rowid: int, passage: Passage, svecs: np.ndarray) -> None:
+        """A passage's sentence spans and vectors, one row per passage."""
+        if len(svecs) != len(passage.sentences):
+            raise ValueError(f"{passage.passage_id}: {len(svecs)} vectors for {len(passage.sentences)} sentences")
+        if passage.sentences:
+            con.execute("INSERT INTO passage_sentences VALUES (?,?,?)",
+                        (rowid, np.asarray(passage.sentences, np.int32).tobytes(), to_half_blob(svecs)))
 
     # --- journal ---
-    def _has_journal(self) -> bool:
-        return self.con.execute("SELECT 1 FROM sqlite_master WHERE name = 'journal'").fetchone() is not None
-
     def journal_seq(self) -> int:
-        """The last journaled write's seq (0 when none, or in a store made before the journal)."""
-        if not self._has_journal():
-            return 0
+        """The last journaled write's seq (0 when none)."""
         return self.con.execute("SELECT COALESCE(MAX(seq), 0) FROM journal").fetchone()[0]
 
     def journal(self, after: int = 0) -> list[JournalEntry]:
         """The journaled writes with a seq above `after`, in order."""
-        if not self._has_journal():
-            return []
         rows = self.con.execute("SELECT seq, op, doc_id, article FROM journal WHERE seq > ? ORDER BY seq", (after,))
         return [JournalEntry(seq, op, doc_id, _journal_article(article) if article else None)
                 for seq, op, doc_id, article in rows]
 
     # --- reads ---
-    def counts(self) -> dict:
+    def counts(self) -> Counts:
+        """Documents, passages, windows and sentences held."""
         con = self.con
-        return {"documents": con.execute("SELECT COUNT(*) FROM documents").fetchone()[0],
-                "passages": con.execute("SELECT COUNT(*) FROM passages").fetchone()[0],
-                "windows": con.execute("SELECT COUNT(*) FROM windows").fetchone()[0],
-                "sentences": con.execute(f"SELECT COUNT(*) FROM {LEGACY_SENTENCES}" if self.legacy_sentences else
-                                         "SELECT COALESCE(SUM(length(spans)), 0) / 8 FROM passage_sentences"
-                                         ).fetchone()[0]}
+        return Counts(documents=con.execute("SELECT COUNT(*) FROM documents").fetchone()[0],
+                      passages=con.execute("SELECT COUNT(*) FROM passages").fetchone()[0],
+                      windows=con.execute("SELECT COUNT(*) FROM windows").fetchone()[0],
+                      sentences=con.execute("SELECT COALESCE(SUM(length(spans)), 0) / 8 FROM passage_sentences"
+                                            ).fetchone()[0])
 
     def count_passages(self) -> int:
         return self.con.execute("SELECT COUNT(*) FROM passages").fetchone()[0]
 
-    def passage_rows(self, doc_ids: Sequence[str] | None = None, batch: int = 500):
-        """(rowid, doc_id, source, published, title, text) of every passage, or of some documents' passages."""
+    def passage_rows(self, doc_ids: Sequence[str] | None = None, batch: int = 500) -> Iterator[PassageRow]:
+        """Every passage with its document's fields, or some documents' passages."""
         q = ("SELECT p.id, p.doc_id, d.source, d.published, d.title, p.text FROM passages p "
              "JOIN documents d ON d.doc_id = p.doc_id")
         if doc_ids is None:
-            yield from self.con.execute(q + " ORDER BY p.id")
+            yield from map(PassageRow._make, self.con.execute(q + " ORDER BY p.id"))
             return
         ids = list(doc_ids)
         for i in range(0, len(ids), batch):
             chunk = ids[i:i + batch]
-            yield from self.con.execute(q + f" WHERE p.doc_id IN ({','.join('?' * len(chunk))})", chunk)
+            yield from map(PassageRow._make,
+                           self.con.execute(q + f" WHERE p.doc_id IN ({','.join('?' * len(chunk))})", chunk))
 
     def sample_window_vectors(self, n: int, dim: int, seed: int = 0) -> np.ndarray:
         """Vectors of `n` windows drawn at random (all of them when there are fewer), for training codecs."""
@@ -416,8 +450,8 @@ class Store:
                 f"SELECT vec FROM windows WHERE id IN ({','.join('?' * len(chunk))})", chunk)]
         return from_blobs(out, dim)
 
-    def all_windows(self, dim: int, batch: int = 50_000):
-        """(window ids, passage rowids, vectors) of every window, in id order, in batches."""
+    def all_windows(self, dim: int, batch: int = 50_000) -> Iterator[WindowBatch]:
+        """Every window, in id order, in batches."""
         last = 0
         while True:
             rows = self.con.execute("SELECT id, passage, vec FROM windows WHERE id > ? ORDER BY id LIMIT ?",
@@ -425,14 +459,14 @@ class Store:
             if not rows:
                 return
             last = rows[-1][0]
-            yield (np.array([r[0] for r in rows], np.int64), np.array([r[1] for r in rows], np.int64),
-                   from_blobs([r[2] for r in rows], dim))
+            yield WindowBatch(np.array([r[0] for r in rows], np.int64), np.array([r[1] for r in rows], np.int64),
+                              from_blobs([r[2] for r in rows], dim))
 
-    def window_passages(self) -> tuple[np.ndarray, np.ndarray]:
-        """(window ids, passage rowids) of every window."""
+    def window_passages(self) -> WindowMap:
+        """Every window id and its passage's rowid."""
         rows = self.con.execute("SELECT id, passage FROM windows ORDER BY id").fetchall()
         arr = np.array(rows, np.int64).reshape(-1, 2)
-        return arr[:, 0], arr[:, 1]
+        return WindowMap(arr[:, 0], arr[:, 1])
 
     _PASSAGE_COLS = ("p.id, p.passage_id, p.doc_id, p.paragraph_index, p.text, p.char_start, p.char_end, "
                      "d.title, d.source, d.author, d.url, d.published")
@@ -450,11 +484,6 @@ class Store:
             return {}
         return dict(self.con.execute(f"SELECT id, text FROM passages WHERE id {IN_IDS}", (ids_param(rowids),)))
 
-    def passage_by_public_id(self, pid: str) -> StoredPassage | None:
-        row = self.con.execute(f"SELECT {self._PASSAGE_COLS} FROM passages p JOIN documents d "
-                               "ON d.doc_id = p.doc_id WHERE p.passage_id = ?", (pid,)).fetchone()
-        return StoredPassage(*row) if row else None
-
     def passage_vectors(self, rowids: Sequence[int], dim: int) -> np.ndarray:
         """Whole-passage vectors in the order of `rowids`."""
         if not rowids:
@@ -463,32 +492,22 @@ class Store:
         zero = bytes(4 * dim)  # a passage deleted meanwhile: a zero vector matches nothing
         return from_blobs([rows.get(r, zero) for r in rowids], dim)
 
-    def window_vectors(self, rowids: Sequence[int], dim: int) -> tuple[np.ndarray, np.ndarray]:
-        """(passage rowid per window, window vectors) of the windows of some passages."""
+    def window_vectors(self, rowids: Sequence[int], dim: int) -> PassageWindows:
+        """The windows of some passages."""
         if not rowids:
-            return np.zeros(0, np.int64), np.zeros((0, dim), np.float32)
+            return PassageWindows(np.zeros(0, np.int64), np.zeros((0, dim), np.float32))
         rows = self.con.execute(f"SELECT passage, vec FROM windows WHERE passage {IN_IDS}",
                                 (ids_param(rowids),)).fetchall()
-        return np.array([r[0] for r in rows], np.int64), from_blobs([r[1] for r in rows], dim)
+        return PassageWindows(np.array([r[0] for r in rows], np.int64), from_blobs([r[1] for r in rows], dim))
 
-    @functools.cached_property
-    def legacy_sentences(self) -> bool:
-        """Whether this store keeps a row per sentence (made before sentences were stored a row per passage)."""
-        return self.con.execute("SELECT 1 FROM sqlite_master WHERE name = 'passage_sentences'").fetchone() is None
-
-    def sentences(self, rowids: Sequence[int], dim: int) -> tuple[np.ndarray, np.ndarray]:
-        """Sentence vectors and the (passage rowid, idx, start, end) rows of the sentences of some passages, ordered
-        by passage, then idx."""
+    def sentences(self, rowids: Sequence[int], dim: int) -> SentenceRows:
+        """The sentences of some passages, ordered by passage, then idx."""
         if not rowids:
-            return np.zeros((0, dim), np.float32), np.zeros((0, 4), np.int64)
-        if self.legacy_sentences:
-            rows = self.con.execute(f"SELECT passage, idx, start, end, vec FROM {LEGACY_SENTENCES} "
-                                    f"WHERE passage {IN_IDS} ORDER BY passage, idx", (ids_param(rowids),)).fetchall()
-            return from_blobs([r[4] for r in rows], dim), np.array([r[:4] for r in rows], np.int64).reshape(-1, 4)
+            return SentenceRows(np.zeros((0, dim), np.float32), np.zeros((0, 4), np.int64))
         rows = self.con.execute(f"SELECT passage, spans, vecs FROM passage_sentences WHERE passage {IN_IDS} "
                                 "ORDER BY passage", (ids_param(rowids),)).fetchall()
         if not rows:
-            return np.zeros((0, dim), np.float32), np.zeros((0, 4), np.int64)
+            return SentenceRows(np.zeros((0, dim), np.float32), np.zeros((0, 4), np.int64))
         spans = np.frombuffer(b"".join(r[1] for r in rows), np.int32).reshape(-1, 2)
         vecs = np.frombuffer(b"".join(r[2] for r in rows), np.float16)
         if vecs.size != spans.shape[0] * dim:
@@ -497,32 +516,7 @@ class Store:
         first = np.cumsum(counts) - counts  # each passage's first sentence
         idx = np.arange(len(spans)) - np.repeat(first, counts)
         meta = np.column_stack((np.repeat(np.array([r[0] for r in rows], np.int64), counts), idx, spans))
-        return vecs.reshape(-1, dim).astype(np.float32), meta.astype(np.int64, copy=False)
-
-    def doc_freqs(self, terms: Sequence[str]) -> dict[str, int]:
-        """Number of passages whose text holds each term (after FTS5's own stemming)."""
-        out = {}
-        for t in terms:
-            q = 'text:"' + t.replace('"', '""') + '"'
-            out[t] = self.con.execute("SELECT COUNT(*) FROM passages_fts WHERE passages_fts MATCH ?",
-                                      (q,)).fetchone()[0]
-        return out
-
-    def lexical_search(self, terms: Sequence[str], limit: int, filters: Filters | None = None,
-                       title_weight: float = 1.0) -> list[tuple[int, float]]:
-        """BM25 (FTS5) over title and text: (passage rowid, score), best first, score higher is better."""
-        if not terms:
-            return []
-        where, params = (filters or Filters()).sql("d")
-        if filters:
-            q = ("SELECT f.rowid, -bm25(passages_fts, ?, 1.0) AS s FROM passages_fts f "
-                 "JOIN passages p ON p.id = f.rowid JOIN documents d ON d.doc_id = p.doc_id "
-                 f"WHERE passages_fts MATCH ? AND {where} ORDER BY s DESC LIMIT ?")
-        else:
-            q = ("SELECT rowid, -bm25(passages_fts, ?, 1.0) AS s FROM passages_fts "
-                 "WHERE passages_fts MATCH ? ORDER BY s DESC LIMIT ?")
-            params = []
-        return [(r[0], r[1]) for r in self.con.execute(q, [title_weight, fts_query(terms), *params, limit])]
+        return SentenceRows(vecs.reshape(-1, dim).astype(np.float32), meta.astype(np.int64, copy=False))
 
     def filtered_window_ids(self, filters: Filters) -> np.ndarray:
         """Ids of the windows whose documents pass the filters."""
@@ -535,14 +529,14 @@ class Store:
     def document_ids(self) -> list[str]:
         return [r[0] for r in self.con.execute("SELECT doc_id FROM documents ORDER BY doc_id")]
 
-    def documents(self, offset: int = 0, limit: int = 50) -> tuple[int, list[dict]]:
-        """(total, page of documents) in id order."""
+    def documents(self, offset: int = 0, limit: int = 50) -> DocumentPage:
+        """A page of documents in id order."""
         total = self.con.execute("SELECT COUNT(*) FROM documents").fetchone()[0]
         rows = self.con.execute(
             "SELECT doc_id, title, source, author, url, published, n_passages FROM documents "
             "ORDER BY doc_id LIMIT ? OFFSET ?", (limit, offset)).fetchall()
         keys = ("id", "title", "source", "author", "url", "published", "passages")
-        return total, [dict(zip(keys, r)) for r in rows]
+        return DocumentPage(total, [dict(zip(keys, r)) for r in rows])
 
     def document(self, doc_id: str) -> dict | None:
         """A document's metadata and paragraphs, or None."""
@@ -561,29 +555,4 @@ class Store:
         return doc
 
 
-# --- manifest and index folder ---
-
-def manifest_path(index_dir: str) -> str:
-    return os.path.join(index_dir, MANIFEST)
-
-
-def read_manifest(index_dir: str) -> dict:
-    """The index folder's manifest; a clear `IndexUnavailable` naming the fix when missing or corrupt."""
-    path = manifest_path(index_dir)
-    fix = f"build it with: qa build SOURCE... --index-dir {index_dir}"
-    if not os.path.exists(path):
-        raise IndexUnavailable(f"no index in {index_dir} (manifest.json missing); {fix}")
-    try:
-        with open(path, encoding="utf-8") as f:
-            manifest = json.load(f)
-    except (OSError, ValueError) as e:
-        raise IndexUnavailable(f"corrupt manifest {path} ({e}); rebuild: {fix}") from None
-    if not isinstance(manifest, dict) or "data_dir" not in manifest or "model" not in manifest:
-        raise IndexUnavailable(f"corrupt manifest {path} (fields missing); rebuild: {fix}")
-    if manifest.get("format") != FORMAT_VERSION:
-        raise IndexUnavailable(f"index format {manifest.get('format')} in {index_dir} is not {FORMAT_VERSION}; "
-                               f"rebuild: {fix}")
-    return manifest
-
-
-__all__ = ["Store", "StoredPassage", "JournalEntry", "Filters", "read_manifest", "fts_query", "passage_id", "Span"]
+__all__ = ["Store", "StoredPassage", "JournalEntry", "Filters", "passage_id", "Span"]

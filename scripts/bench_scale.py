@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Scale benchmark of the FAISS vector index kinds (qa/vectors.py): build time, memory, latency, recall@10.
+"""Scale benchmark of the FAISS vector index kinds (qa/vectors/faiss.py): build time, memory, latency, recall@10.
 
 Vectors are synthetic but anchored in real ones: real 384-d MiniLM window vectors from a built index (--base, a
 vectors.faiss of a flat index, e.g. of eval/squad-dev) are the cluster centres; each synthetic vector is a random
@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from qa import vectors as V  # noqa: E402
+from qa.vectors import base as B, faiss as V  # noqa: E402
 
 TARGETS = {"memory": 1 << 30, "p50_ms": 20.0, "recall": 0.95}
 
@@ -95,7 +95,7 @@ def bench(kind: str, xb: np.ndarray, xq: np.ndarray, gt: np.ndarray, k: int) -> 
     import faiss
 
     faiss.omp_set_num_threads(os.cpu_count() or 1)  # build with every core
-    resolved = V.choose_kind(kind, len(xb))
+    resolved = B.choose_kind(kind, len(xb))
     rss0 = rss_bytes()
     t = time.perf_counter()
     idx = V.FaissIndex(xb.shape[1], resolved)

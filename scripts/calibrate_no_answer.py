@@ -32,7 +32,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from qa import answer as A  # noqa: E402
 from qa.evaluate import answer_contains, read_questions  # noqa: E402
-from qa.index import build_index, embedder_for, load_index, read_manifest  # noqa: E402
+from qa.index import build_index, embedder_for, load_index  # noqa: E402
+from qa.manifest import Manifest  # noqa: E402
 from qa.search import search  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -108,7 +109,7 @@ def main(argv=None) -> int:
                     f.write(json.dumps(a, ensure_ascii=False) + "\n")
         t = time.perf_counter()
         build_index([half], os.path.join(tmp, "index"))
-        index = load_index(os.path.join(tmp, "index"), embedder=embedder_for(read_manifest(os.path.join(tmp, "index"))))
+        index = load_index(os.path.join(tmp, "index"), embedder=embedder_for(Manifest.load(os.path.join(tmp, "index"))))
         print(f"indexed {len(indexed)} of {len(ids)} articles ({index.passage_count} passages) in "
               f"{time.perf_counter() - t:.0f}s", file=sys.stderr)
         rows = []

@@ -12,7 +12,8 @@ from qa.index import add_documents, build_index, check_index, load_index, remove
 from qa.ingest import article_from_dict
 from qa.search import search
 from qa.chunk import split_sentences
-from qa.store import Filters, Store, read_manifest
+from qa.manifest import Manifest
+from qa.store import Filters, Store
 
 ARTS = [
     {"id": "a1", "title": "Harbour strike", "source": "Wire", "published": "2024-01-05",
@@ -135,6 +136,21 @@ def test_missing_or_corrupt_index_names_the_fix(tmp_path, built, fake_embedder):
         load_index(built)
 
 
+def test_an_older_format_is_refused_in_one_line_naming_the_rebuild(built):
+    m = json.load(open(os.path.join(built, "manifest.json")))
+    json.dump({**m, "format": 1}, open(os.path.join(built, "manifest.json"), "w"))
+    with pytest.raises(IndexUnavailable, match=f"index in {built} has format 1; this version reads format 2: "
+                                               f"rebuild it with qa build SOURCE... --index-dir {built}"):
+        load_index(built)
+
+
+def test_the_manifest_keeps_its_keys(built):
+    m = json.load(open(os.path.join(built, "manifest.json")))
+    assert Manifest.load(built).to_dict() == m
+    assert set(m) == {"format", "package_version", "model", "model_path", "dim", "embed_backend", "vector_backend",
+                      "index_kind", "data_dir", "counts", "generation", "built_at", "updated_at", "chunking"}
+
+
 def test_other_model_is_refused(built):
     from qa.embed import HashEmbedder
 
@@ -206,7 +222,7 @@ def test_store_closes_connections_of_ended_threads_and_its_own(tmp_path):
 
 def test_windows_are_embedded_after_their_title(fake_embedder):
     from qa.chunk import chunk_article
-    from qa.index import embed_passages, prepare_articles, window_prefix
+    from qa.prepare import embed_passages, prepare_articles, window_prefix
 
     article = article_from_dict(ARTS[0])
     seen = []
@@ -217,7 +233,8 @@ def test_windows_are_embedded_after_their_title(fake_embedder):
         return encode_spans(texts, spans, **kw)
 
     fake_embedder.encode_spans = recording
-    (_, passages, titled, titled_sents), = prepare_articles([article], fake_embedder)
+    prepared, = prepare_articles([article], fake_embedder)
+    passages, titled, titled_sents = prepared.passages, prepared.window_vectors, prepared.sentence_vectors
     assert window_prefix(article) == "Harbour strike. "
     assert all(text.startswith("Harbour strike. ") for text, _ in seen)
     # every sentence span points at that sentence inside the prefixed window text
@@ -226,85 +243,31 @@ def test_windows_are_embedded_after_their_title(fake_embedder):
     plain, plain_sents = embed_passages(fake_embedder, passages)
     assert not np.allclose(titled[0], plain[0])  # the title's words are in the window vector
     assert np.allclose(titled_sents[0], plain_sents[0])  # a sentence pools its own tokens only (bag of words here)
-    (_, _, untitled, _), = prepare_articles([article], fake_embedder, titled=False)
-    assert np.allclose(untitled[0], plain[0])
     assert chunk_article(article, fake_embedder.count_tokens, fake_embedder.max_tokens - 2) == passages
 
 
-def test_an_index_built_without_titles_keeps_its_recipe_on_updates(built, fake_embedder):
-    from qa.index import prepare_articles, titled_windows
-    from qa.files import write_json_atomic
-    from qa.store import read_manifest
-
-    manifest = read_manifest(built)
-    assert titled_windows(manifest)
-    del manifest["chunking"]["window_prefix"]  # as written before the title was part of the recipe
-    write_json_atomic(os.path.join(built, "manifest.json"), manifest)
-    new = {"id": "a3", "title": "Ferry timetable", "paragraphs": ["Ferries will sail every hour from May."]}
-    add_documents(None, built, articles=[article_from_dict(new)], embedder=fake_embedder)
-    index = _load(built, fake_embedder)
-    rowid = next(p.rowid for p in index.store.passages(range(1, 100)).values() if p.doc_id == "a3")
-    _, stored = index.store.window_vectors([rowid], fake_embedder.dim)
-    (_, _, untitled, _), = prepare_articles([article_from_dict(new)], fake_embedder, titled=False)
-    (_, _, titled, _), = prepare_articles([article_from_dict(new)], fake_embedder)
-    assert np.allclose(stored[0], untitled[0][0], atol=1e-6) and not np.allclose(stored[0], titled[0][0], atol=1e-3)
-
-
-def _to_legacy_sentences(store_path):
-    """Rewrite a store's sentences as the table of a row per sentence that stores made before had."""
-    con = sqlite3.connect(store_path)
-    con.execute("CREATE TABLE sentences (passage INTEGER NOT NULL REFERENCES passages(id) ON DELETE CASCADE, idx "
-                "INTEGER NOT NULL, start INTEGER NOT NULL, end INTEGER NOT NULL, vec BLOB NOT NULL, "
-                "PRIMARY KEY (passage, idx)) WITHOUT ROWID")
-    for rowid, spans, vecs in con.execute("SELECT passage, spans, vecs FROM passage_sentences").fetchall():
-        spans = np.frombuffer(spans, np.int32).reshape(-1, 2)
-        vecs = np.frombuffer(vecs, np.float16).reshape(len(spans), -1)
-        con.executemany("INSERT INTO sentences VALUES (?,?,?,?,?)",
-                        [(rowid, i, int(s), int(e), v.tobytes()) for i, ((s, e), v) in enumerate(zip(spans, vecs))])
-    con.execute("DROP TABLE passage_sentences")
-    con.commit()
-    con.close()
-
-
-def test_sentences_are_a_row_per_passage_and_older_stores_keep_a_row_per_sentence(tmp_path, corpus, fake_embedder):
-    questions = ["workers pay harbour", "rail fares in March", "who leads the union talks?"]
+def test_sentences_are_a_row_per_passage(tmp_path, corpus, fake_embedder):
     new = str(tmp_path / "new")
     build_index([corpus], new, embedder=fake_embedder)
-    old = str(tmp_path / "old")
-    build_index([corpus], old, embedder=fake_embedder)
-    _to_legacy_sentences(os.path.join(old, read_manifest(old)["data_dir"], "store.sqlite"))
-    a, b = _load(new, fake_embedder), _load(old, fake_embedder)
-    assert not a.store.legacy_sentences and b.store.legacy_sentences
+    a = _load(new, fake_embedder)
     vecs, meta = a.store.sentences([4, 1, 999], fake_embedder.dim)
     assert meta[:, 0].tolist() == sorted(meta[:, 0].tolist()) and set(meta[:, 0].tolist()) == {1, 4}
     texts = a.store.passage_texts([1, 4])
     expected = [(rid, i, s, e) for rid in (1, 4) for i, (s, e) in enumerate(split_sentences(texts[rid]))]
     assert [tuple(r) for r in meta.tolist()] == expected and vecs.shape == (len(expected), fake_embedder.dim)
-    old_vecs, old_meta = b.store.sentences([4, 1, 999], fake_embedder.dim)
-    assert (old_meta == meta).all() and np.array_equal(old_vecs, vecs)
     assert a.store.sentences([], fake_embedder.dim)[1].shape == (0, 4) == a.store.sentences([999], 4)[1].shape
-    for q in questions:  # the same search either way
-        x, y = search(a, q, 3), search(b, q, 3)
-        assert [(h.passage.passage_id, h.scores) for h in x.hits] == [(h.passage.passage_id, h.scores) for h in y.hits]
-    assert a.store.counts()["sentences"] == b.store.counts()["sentences"] == len(
+    assert a.store.counts().sentences == len(
         [s for art in ARTS for p in art["paragraphs"] for s in split_sentences(p)])
-    a.close(), b.close()
-    # an older store takes new articles in its own format, and removals cascade in both
+    a.close()
+    # new articles and removals (which cascade) keep the store and the indexes in agreement
     art = article_from_dict({"id": "a3", "title": "Ferry", "paragraphs": ["Ferries sail hourly. From May on."]})
-    for idx in (new, old):
-        add_documents(None, idx, articles=[art], embedder=fake_embedder)
-        remove_documents(["a1"], idx)
-        assert check_index(idx) == []
-    a, b = _load(new, fake_embedder), _load(old, fake_embedder)
-    assert b.store.legacy_sentences and a.store.counts() == b.store.counts()
-    for q in ["ferries in May", *questions]:
-        x, y = search(a, q, 3), search(b, q, 3)
-        assert [(h.passage.passage_id, h.scores) for h in x.hits] == [(h.passage.passage_id, h.scores) for h in y.hits]
-    a.close(), b.close()
+    add_documents(None, new, articles=[art], embedder=fake_embedder)
+    remove_documents(["a1"], new)
+    assert check_index(new) == []
 
 
 def test_windows_leave_room_for_the_title_and_long_titles_are_cut(fake_embedder):
-    from qa.index import TITLE_PREFIX_CHARS, prepare_articles, window_prefix
+    from qa.prepare import TITLE_PREFIX_CHARS, prepare_articles, window_prefix
 
     sentences = [f"Sentence number {i} tells of the harbour dispute and its many long rounds of talks."
                  for i in range(60)]
@@ -317,7 +280,7 @@ def test_windows_leave_room_for_the_title_and_long_titles_are_cut(fake_embedder)
     seen = []
     encode_spans = fake_embedder.encode_spans
     fake_embedder.encode_spans = lambda texts, spans, **kw: (seen.extend(texts), encode_spans(texts, spans, **kw))[1]
-    (_, passages, windows, _), = prepare_articles([article], fake_embedder)
-    assert len(passages[0].windows) > 1 and len(seen) == len(windows[0])
+    prepared, = prepare_articles([article], fake_embedder)
+    assert len(prepared.passages[0].windows) > 1 and len(seen) == len(prepared.window_vectors[0])
     assert all(n <= fake_embedder.max_tokens - 2 for n in fake_embedder.count_tokens(seen))  # title and window fit
     assert all(text.startswith(prefix) for text in seen)

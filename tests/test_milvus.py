@@ -15,7 +15,7 @@ pytest.importorskip("pymilvus")
 pytest.importorskip("milvus_lite")
 
 from qa.errors import BadRequest, IndexUnavailable, QAError  # noqa: E402
-from qa.milvus_backend import (VARCHAR_MAX, MilvusIndex, collections_behind, drop_collection,  # noqa: E402
+from qa.vectors.milvus import (VARCHAR_MAX, MilvusIndex, collections_behind, drop_collection,  # noqa: E402
                                field_value, filter_expression, new_collection_name, prune_collections, quote,
                                source_key, switch_alias)
 from qa.store import Filters  # noqa: E402
@@ -126,7 +126,7 @@ def test_reload_from_vectors_json(tmp_path, uri):
 
 
 def test_parity_with_faiss_flat(uri):
-    faiss_vectors = pytest.importorskip("qa.vectors")
+    faiss_vectors = pytest.importorskip("qa.vectors.faiss")
     pytest.importorskip("faiss")
     rng = np.random.default_rng(4)
     vecs, queries = unit(rng, 2000, 384), unit(rng, 50, 384)
@@ -188,7 +188,7 @@ def test_other_index_types(uri, index_type):
 LOCK_PROBE = textwrap.dedent("""
     import sys
     from qa.errors import IndexUnavailable
-    from qa.milvus_backend import MilvusIndex
+    from qa.vectors.milvus import MilvusIndex
     try:
         with MilvusIndex(sys.argv[1], "vectors_a", 16) as idx:
             print("opened", idx.ntotal)
@@ -287,18 +287,16 @@ def rows():
     return ids, unit(np.random.default_rng(8), len(ids)), docs
 
 
-@pytest.mark.parametrize("doc_fields", [True, False], ids=["pushdown", "id-lists"])
-def test_filters_match_the_store(uri, rows, doc_fields):
-    """Every filter selects the rows SQLite selects, through a filter expression or (a collection without document
-    fields, as built before pushdown) through the store's id list; the order is FAISS' exact one."""
-    from qa.vectors import FaissIndex
+def test_filters_match_the_store(uri, rows):
+    """Every filter selects the rows SQLite selects, through a filter expression; the order is FAISS' exact one."""
+    from qa.vectors.faiss import FaissIndex
 
     ids, vecs, docs = rows
     reference = SqliteDocs(docs, ids)
     flat = FaissIndex(DIM, "flat")
     flat.add(ids, vecs)
-    with MilvusIndex(uri, "filtered", DIM, create=True, doc_fields=doc_fields) as idx:
-        idx.add(ids, vecs, docs if doc_fields else None)
+    with MilvusIndex(uri, "filtered", DIM, create=True) as idx:
+        idx.add(ids, vecs, docs)
         idx.flush()
         for filters in FILTERS:
             want = set(reference.filtered_window_ids(filters).tolist()) if filters else set(ids.tolist())
@@ -308,8 +306,21 @@ def test_filters_match_the_store(uri, rows, doc_fields):
             m_scores, m_ids = idx.search_filtered(vecs[:2], 5, filters, reference)
             n = f_ids.shape[1]
             assert np.array_equal(m_ids[:, :n], f_ids) and np.allclose(m_scores[:, :n], f_scores, atol=1e-5), filters
-    with MilvusIndex(uri, "filtered", DIM) as again:  # reopened: the schema says which path
-        assert again.doc_fields is doc_fields
+
+
+def test_a_collection_without_document_fields_is_refused(uri):
+    """A collection built before filter pushdown (no document fields) names the rebuild instead of being used."""
+    from pymilvus import DataType, MilvusClient
+
+    with MilvusIndex(uri, "fielded", DIM, create=True) as idx:
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("id", DataType.INT64, is_primary=True)
+        schema.add_field("vec", DataType.FLOAT_VECTOR, dim=DIM)
+        params = idx.client.prepare_index_params()
+        params.add_index("vec", index_type="FLAT", metric_type="IP")
+        idx.client.create_collection("bare", schema=schema, index_params=params)
+        with pytest.raises(IndexUnavailable, match="lacks the document fields .* rebuild"):
+            MilvusIndex(uri, "bare", DIM)
 
 
 def test_add_needs_the_document_fields(index):

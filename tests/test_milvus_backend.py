@@ -1,6 +1,7 @@
 """The index folder on Milvus Lite (real, no mocks) with the real model: build, check, search, update, rebuild."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -13,13 +14,12 @@ import pytest
 pytest.importorskip("pymilvus")
 pytest.importorskip("milvus_lite")
 
-from qa import milvus_backend as mb  # noqa: E402
+from qa.vectors import milvus as mb  # noqa: E402
 from qa.errors import BadRequest  # noqa: E402
 from qa.index import add_documents, build_index, check_index, load_index, remove_documents  # noqa: E402
+from qa.manifest import Manifest  # noqa: E402
 from qa.params import make_filters  # noqa: E402
 from qa.search import search  # noqa: E402
-from qa.files import write_json_atomic  # noqa: E402
-from qa.store import manifest_path, read_manifest  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = os.path.join(ROOT, "eval", "squad-small")
@@ -63,12 +63,12 @@ def milvus_index(milvus_dir, embedder):
 
 
 def test_build_manifest_and_check(milvus_dir):
-    manifest = read_manifest(milvus_dir)
-    assert manifest["vector_backend"] == "milvus" and manifest["milvus_uri"] == mb.LITE_FILE
-    assert manifest["milvus_collection"].startswith(manifest["milvus_alias"] + "_")
+    manifest = Manifest.load(milvus_dir)
+    assert manifest.vector_backend == "milvus" and manifest.milvus_uri == mb.LITE_FILE
+    assert manifest.milvus_collection.startswith(manifest.milvus_alias + "_")
     assert os.path.isdir(os.path.join(milvus_dir, mb.LITE_FILE))  # top level, shared by builds
-    data = os.path.join(milvus_dir, manifest["data_dir"])
-    for name in ("manifest.json", os.path.join(manifest["data_dir"], "vectors.json")):
+    data = os.path.join(milvus_dir, manifest.data_dir)
+    for name in ("manifest.json", os.path.join(manifest.data_dir, "vectors.json")):
         with open(os.path.join(milvus_dir, name), encoding="utf-8") as f:
             assert "not-a-secret" not in f.read()
     assert not os.path.exists(os.path.join(data, "vectors.faiss"))
@@ -77,7 +77,7 @@ def test_build_manifest_and_check(milvus_dir):
 
 def test_search_modes_and_filters(milvus_index):
     assert milvus_index.vectors.kind == "milvus"
-    assert milvus_index.vectors.ntotal == milvus_index.manifest["counts"]["windows"]
+    assert milvus_index.vectors.ntotal == milvus_index.manifest.counts.windows
     for mode in ("hybrid", "dense", "lexical"):
         hits = search(milvus_index, "Super Bowl 50 at Levi's Stadium in Santa Clara", 5, mode=mode).hits
         assert hits and hits[0].passage.doc_id == "Super_Bowl_50", mode
@@ -115,7 +115,7 @@ def test_add_remove(tmp_path, embedder):
     assert check_index(path) == []
     index = load_index(path, embedder=embedder)
     try:
-        assert index.vectors.ntotal == index.manifest["counts"]["windows"]
+        assert index.vectors.ntotal == index.manifest.counts.windows
         assert search(index, "Who were the Normans?", 3, mode="dense").hits[0].passage.doc_id == "Normans"
         hits = search(index, "Who were the Normans?", 3, mode="dense", filters=make_filters(doc_id="Normans")).hits
         assert hits and {h.passage.doc_id for h in hits} == {"Normans"}  # the added rows carry their fields
@@ -125,8 +125,8 @@ def test_add_remove(tmp_path, embedder):
     assert check_index(path) == []
     index = load_index(path, embedder=embedder)
     try:
-        assert index.manifest["counts"]["documents"] == 2
-        assert index.vectors.ntotal == index.manifest["counts"]["windows"]
+        assert index.manifest.counts.documents == 2
+        assert index.vectors.ntotal == index.manifest.counts.windows
         hits = search(index, "Where did Super Bowl 50 take place?", 10, mode="dense").hits
         assert hits and "Super_Bowl_50" not in {h.passage.doc_id for h in hits}
     finally:
@@ -137,20 +137,20 @@ def test_rebuild_switches_alias_and_drops_old(tmp_path, embedder, monkeypatch):
     path = str(tmp_path / "index")
     corpus = _jsonl(tmp_path / "a.jsonl", _few(2))
     build_index([corpus], path, embedder=embedder, vector_backend="milvus")
-    names = [read_manifest(path)["milvus_collection"]]
+    names = [Manifest.load(path).milvus_collection]
     build_index([corpus], path, embedder=embedder)  # no backend given: the live index's
-    names.append(read_manifest(path)["milvus_collection"])
-    manifest = read_manifest(path)
-    with mb.MilvusIndex(mb.resolve_uri(path, manifest["milvus_uri"]), manifest["milvus_alias"], 384) as live:
+    names.append(Manifest.load(path).milvus_collection)
+    manifest = Manifest.load(path)
+    with mb.MilvusIndex(mb.resolve_uri(path, manifest.milvus_uri), manifest.milvus_alias, 384) as live:
         assert live.live_collection == names[1]
-        assert mb.collections_behind(live.client, manifest["milvus_alias"]) == names  # previous kept
+        assert mb.collections_behind(live.client, manifest.milvus_alias) == names  # previous kept
     build_index([corpus], path, embedder=embedder)
-    names.append(read_manifest(path)["milvus_collection"])
-    manifest = read_manifest(path)
-    assert len(set(names)) == 3 and manifest["vector_backend"] == "milvus"
-    with mb.MilvusIndex(mb.resolve_uri(path, manifest["milvus_uri"]), manifest["milvus_alias"], 384) as live:
+    names.append(Manifest.load(path).milvus_collection)
+    manifest = Manifest.load(path)
+    assert len(set(names)) == 3 and manifest.vector_backend == "milvus"
+    with mb.MilvusIndex(mb.resolve_uri(path, manifest.milvus_uri), manifest.milvus_alias, 384) as live:
         assert live.live_collection == names[-1]
-        assert mb.collections_behind(live.client, manifest["milvus_alias"]) == names[-2:]  # previous kept
+        assert mb.collections_behind(live.client, manifest.milvus_alias) == names[-2:]  # previous kept
     assert check_index(path) == []
 
     def killed(self, directory, generation):
@@ -160,10 +160,10 @@ def test_rebuild_switches_alias_and_drops_old(tmp_path, embedder, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         build_index([corpus], path, embedder=embedder)
     monkeypatch.undo()
-    assert read_manifest(path) == manifest
-    with mb.MilvusIndex(mb.resolve_uri(path, manifest["milvus_uri"]), manifest["milvus_alias"], 384) as live:
+    assert Manifest.load(path) == manifest
+    with mb.MilvusIndex(mb.resolve_uri(path, manifest.milvus_uri), manifest.milvus_alias, 384) as live:
         assert live.live_collection == names[-1]
-        assert mb.collections_behind(live.client, manifest["milvus_alias"]) == names[-2:]
+        assert mb.collections_behind(live.client, manifest.milvus_alias) == names[-2:]
     assert check_index(path) == []
 
 
@@ -216,7 +216,7 @@ def _questions(n: int) -> list[str]:
 @pytest.mark.parametrize("filters", FILTERS, ids=lambda f: ",".join(f"{k}={v}" for k, v in f.items()))
 def test_filtered_parity_with_faiss(filtered_pair, embedder, filters):
     faiss_index, milvus_index = filtered_pair
-    assert milvus_index.vectors.doc_fields  # pushed down, not id lists
+    assert milvus_index.vectors.needs_docs  # pushed down, not id lists
     f = make_filters(**filters)
     allowed = set(faiss_index.store.filtered_window_ids(f).tolist())
     for q in _questions(6):
@@ -232,52 +232,13 @@ def test_filtered_parity_with_faiss(filtered_pair, embedder, filters):
             assert a == b, (q, mode)
 
 
-def test_collection_without_document_fields(tmp_path, embedder, filtered_pair):
-    """A collection built before filter pushdown: filters fall back to id lists, updates still work."""
-    path = str(tmp_path / "index")
-    build_index([_with_metadata(tmp_path)], path, embedder=embedder, vector_backend="milvus")
-    manifest = read_manifest(path)
-    uri = mb.resolve_uri(path, manifest["milvus_uri"])
-    legacy = mb.new_collection_name(manifest["milvus_alias"])
-    with mb.MilvusIndex(uri, manifest["milvus_collection"], 384) as current:
-        ids, vecs = current.reconstruct_all()
-        with mb.MilvusIndex(uri, legacy, 384, create=True, doc_fields=False) as old:
-            old.add(ids, vecs)
-            old.flush()
-            mb.switch_alias(old.client, manifest["milvus_alias"], legacy)
-    write_json_atomic(manifest_path(path), {**manifest, "milvus_collection": legacy})
-    assert check_index(path) == []
-    faiss_index = filtered_pair[0]
-    index = load_index(path, embedder=embedder)
-    try:
-        assert not index.vectors.doc_fields
-        for filters in FILTERS:
-            f = make_filters(**filters)
-            for q in _questions(2):
-                a = [h.passage.passage_id for h in search(index, q, 10, mode="dense", filters=f).hits]
-                assert a == [h.passage.passage_id for h in search(faiss_index, q, 10, mode="dense", filters=f).hits]
-    finally:
-        index.close()
-    normans = _articles()[2]
-    extra = {**normans, "id": "Extra", "source": "AP", "paragraphs": normans["paragraphs"][6:8]}  # text not indexed
-    assert add_documents([_jsonl(tmp_path / "extra.jsonl", [extra])], path, embedder=embedder).added == 1
-    assert check_index(path) == []
-    index = load_index(path, embedder=embedder)
-    try:
-        hits = search(index, "Who were the Normans?", 10, mode="dense", filters=make_filters(source="ap")).hits
-        assert hits[0].passage.doc_id == "Extra" and {h.passage.doc_id for h in hits} <= {"Super_Bowl_50", ODD_ID,
-                                                                                          "Extra"}
-    finally:
-        index.close()
-
-
 def test_writer_resyncs_rows_with_their_document_fields(tmp_path, embedder):
     """A collection behind the store (a writer killed between the two) is resynced by the next writer, fields too."""
     path = str(tmp_path / "index")
     build_index([_with_metadata(tmp_path)], path, embedder=embedder, vector_backend="milvus")
-    manifest = read_manifest(path)
-    data = os.path.join(path, manifest["data_dir"])
-    with mb.MilvusIndex(mb.resolve_uri(path, manifest["milvus_uri"]), manifest["milvus_collection"], 384) as live:
+    manifest = Manifest.load(path)
+    data = os.path.join(path, manifest.data_dir)
+    with mb.MilvusIndex(mb.resolve_uri(path, manifest.milvus_uri), manifest.milvus_collection, 384) as live:
         ids, _ = live.reconstruct_all()
         live.remove(ids)  # every row lost
         live.save(data, -1)
@@ -285,7 +246,7 @@ def test_writer_resyncs_rows_with_their_document_fields(tmp_path, embedder):
     assert check_index(path) == []
     index = load_index(path, embedder=embedder)
     try:
-        assert index.vectors.ntotal == index.manifest["counts"]["windows"]
+        assert index.vectors.ntotal == index.manifest.counts.windows
         for filters, docs in ((dict(source="REUTERS"), {"Warsaw", "Warsaw_2"}), (dict(doc_id=ODD_ID), {ODD_ID}),
                               (dict(published_before="2015-01-01"), {"Normans_2"})):
             hits = search(index, "Where is Warsaw?", 10, mode="dense", filters=make_filters(**filters)).hits
@@ -296,7 +257,7 @@ def test_writer_resyncs_rows_with_their_document_fields(tmp_path, embedder):
 
 HOLDER = textwrap.dedent("""
     import sys
-    from qa.milvus_backend import MilvusIndex
+    from qa.vectors.milvus import MilvusIndex
     idx = MilvusIndex(sys.argv[1], sys.argv[2], 384)
     print("holding", flush=True)
     sys.stdin.read()
@@ -307,10 +268,10 @@ def test_cli_add_while_another_process_holds_lite(tmp_path, embedder):
     path = str(tmp_path / "index")
     few = _few(2)
     build_index([_jsonl(tmp_path / "a.jsonl", few[:1])], path, embedder=embedder, vector_backend="milvus")
-    manifest = read_manifest(path)
+    manifest = Manifest.load(path)
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=ROOT)
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, os.path.join(path, mb.LITE_FILE),
-                               manifest["milvus_collection"]], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               manifest.milvus_collection], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               text=True, env=env)
     try:
         assert holder.stdout.readline().strip() == "holding"
@@ -321,7 +282,7 @@ def test_cli_add_while_another_process_holds_lite(tmp_path, embedder):
     assert out.returncode != 0 and "Traceback" not in out.stderr
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: Milvus Lite database") and "admin API" in lines[0]
-    assert read_manifest(path) == manifest  # nothing written
+    assert Manifest.load(path) == manifest  # nothing written
     assert check_index(path) == []
 
 
@@ -345,11 +306,11 @@ def test_moved_folder_and_a_new_one_at_its_path_share_a_uri(tmp_path, embedder):
     build_index([corpus], path, embedder=embedder, milvus_uri=str(shared))
     os.rename(path, moved)
     build_index([corpus], path, embedder=embedder, milvus_uri=str(shared))
-    alias = read_manifest(path)["milvus_alias"]
+    alias = Manifest.load(path).milvus_alias
     build_index([corpus], path, embedder=embedder, milvus_uri=str(shared))
-    assert read_manifest(path)["milvus_alias"] == alias  # later builds follow the manifest's alias
+    assert Manifest.load(path).milvus_alias == alias  # later builds follow the manifest's alias
     assert check_index(moved) == []  # its collection was not dropped by the new folder's builds
-    assert read_manifest(moved)["milvus_alias"] != alias
+    assert Manifest.load(moved).milvus_alias != alias
     build_index([corpus], moved, embedder=embedder)  # the moved folder rebuilt too, on its own alias
     for p in (path, moved):
         assert check_index(p) == [], p
@@ -366,9 +327,9 @@ def test_fixed_alias_option(tmp_path, embedder):
     assert not os.path.exists(path)
     build_index([corpus], path, embedder=embedder, milvus_alias="news_desk")  # implies --backend milvus
     build_index([corpus], path, embedder=embedder)
-    manifest = read_manifest(path)
-    assert manifest["vector_backend"] == "milvus" and manifest["milvus_alias"] == "news_desk"
-    assert manifest["milvus_collection"].startswith("news_desk_") and check_index(path) == []
+    manifest = Manifest.load(path)
+    assert manifest.vector_backend == "milvus" and manifest.milvus_alias == "news_desk"
+    assert manifest.milvus_collection.startswith("news_desk_") and check_index(path) == []
 
 
 @pytest.mark.parametrize("kind, index_type", [("auto", "FLAT"), ("flat", "FLAT"), ("hnsw", "HNSW")])
@@ -422,7 +383,7 @@ def test_serve_refuses_workers_on_milvus_lite(tmp_path, embedder, monkeypatch):
     assert res.exit_code == 2 and not started and len(lines) == 1
     assert lines[0].startswith("error: ") and "Milvus Lite" in lines[0] and "one process" in lines[0]
     assert "--workers 1" in lines[0] and "Milvus server" in lines[0]
-    manifest = read_manifest(path)  # on a Milvus server, workers are fine
-    write_json_atomic(manifest_path(path), {**manifest, "milvus_uri": "http://127.0.0.1:19530"})
+    manifest = Manifest.load(path)  # on a Milvus server, workers are fine
+    dataclasses.replace(manifest, milvus_uri="http://127.0.0.1:19530").save(path)
     res = CliRunner().invoke(cli.main, ["serve", "--workers", "2", "--index-dir", path])
     assert res.exit_code == 0 and len(started) == 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from qa import vectors as V
+from qa.vectors import base as B, faiss as V
 
 N, NQ, DIM, K = 20_000, 50, 384, 10
 
@@ -53,11 +53,11 @@ def built(request, data):
 
 
 def test_choose_kind():
-    assert V.choose_kind("auto", 10) == "flat"
-    assert V.choose_kind("auto", V.HNSW_THRESHOLD) == V.LARGE_KIND
-    assert V.choose_kind("ivfpq", 10) == "ivfpq"
+    assert B.choose_kind("auto", 10) == "flat"
+    assert B.choose_kind("auto", B.HNSW_THRESHOLD) == B.LARGE_KIND
+    assert B.choose_kind("ivfpq", 10) == "ivfpq"
     with pytest.raises(Exception):
-        V.choose_kind("nope", 10)
+        B.choose_kind("nope", 10)
 
 
 def test_hnsw_searches_wider_from_a_size_on(data, monkeypatch):

@@ -1,40 +1,36 @@
-"""The vector index interface and its FAISS implementation.
+"""The FAISS vector backend: the index file in each data folder, derived from the store.
 
-Vectors are L2-normalised, so inner product is cosine. Ids are explicit int64 (the store's window ids).
-The FAISS file is derived from the store; `vectors.json` beside it records the store generation it reflects.
+`vectors.json` beside the file records the store generation it reflects; a file that lags is rebuilt from the
+store's vectors, never re-embedded.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import BadRequest, IndexUnavailable
-from .files import atomic_path, write_json_atomic
+from ..errors import BadRequest, IndexUnavailable
+from ..files import atomic_path, write_json_atomic
+from .base import KINDS, DocFields, VectorSettings, fill
 
 if TYPE_CHECKING:
-    from .store import Filters, Store
+    from ..manifest import Manifest
+    from ..store import Filters, Store
 
 log = logging.getLogger(__name__)
 
 FAISS_FILE = "vectors.faiss"
 FAISS_META = "vectors.json"
-KINDS = ("auto", "flat", "hnsw", "ivfpq")
-HNSW_THRESHOLD = 100_000  # vectors; below it exact search is fast enough (p50 ~13 ms at 100k, 1 thread) and exact
-LARGE_KIND = "hnsw"  # what `auto` picks at or above HNSW_THRESHOLD (see scripts/bench_scale.py)
-
-# Search-time knobs, chosen with scripts/bench_scale.py so recall@10 against exact search stays >= 0.95 at 1M.
+# Search-time knobs, chosen with scripts/bench_scale.py so recall@10 against exact search stays high at 1M vectors
+# (see docs/scaling.md).
 HNSW_M = 32  # graph degree (level 0 keeps 2*M links)
 HNSW_EF_CONSTRUCTION = 64
 HNSW_EF_SEARCH = 256
-# From HNSW_LARGE vectors the search goes wider: at 1M (scripts/bench_scale.py), efSearch 256 gave recall@10 0.951 and
-# 0.959 on two builds, 512 gave 0.956 and 0.969 (200 queries; over 1,000, 0.966 against 0.969 +- 0.002; p50 1.5 ms
-# against 0.7; every 8-bit code scanned: 0.977-0.980).
+# from HNSW_LARGE vectors the search goes wider to keep recall@10 up (see docs/scaling.md)
 HNSW_LARGE = 500_000
 HNSW_EF_SEARCH_LARGE = 512
 IVF_NPROBE = 64
@@ -47,53 +43,6 @@ EXACT_ALLOW_MAX = 20_000  # a filter allowing at most this many ids is searched 
 def ef_search(n: int) -> int:
     """HNSW's search breadth (efSearch) for an index of `n` vectors."""
     return HNSW_EF_SEARCH_LARGE if n >= HNSW_LARGE else HNSW_EF_SEARCH
-
-
-@dataclasses.dataclass(frozen=True)
-class DocFields:
-    """The document fields a vector row (a window) carries, so a backend can apply `Filters` itself (Milvus)."""
-
-    doc_id: str
-    source: str | None = None
-    published: str | None = None
-
-
-class VectorIndex(Protocol):
-    """What search needs from a vector index (FAISS here, Milvus in qa/milvus_backend.py)."""
-
-    kind: str
-
-    @property
-    def ntotal(self) -> int:
-        """Number of live vectors."""
-
-    def add(self, ids: np.ndarray, vectors: np.ndarray, docs: Sequence[DocFields] | None = None) -> None:
-        """Add vectors under explicit int64 ids; `docs` (one per row) feed filter pushdown: Milvus needs them."""
-
-    def remove(self, ids: np.ndarray) -> None:
-        """Remove vectors by id (unknown ids are ignored)."""
-
-    def search(self, queries: np.ndarray, k: int, allow: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, ids) of the k best per query, restricted to `allow` ids when given; missing slots are id -1."""
-
-    def search_filtered(self, queries: np.ndarray, k: int, filters: "Filters | None",
-                        store: "Store") -> tuple[np.ndarray, np.ndarray]:
-        """Like `search`, restricted to the rows whose documents pass `filters` (the store is the reference)."""
-
-    def save(self, directory: str, generation: int) -> None:
-        """Persist, recording the store generation the vectors reflect."""
-
-    def reconstruct_all(self) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, vectors) of every live vector."""
-
-
-def choose_kind(kind: str, n: int) -> str:
-    """The index kind for `n` vectors: exact below HNSW_THRESHOLD, LARGE_KIND at or above, unless forced."""
-    if kind not in KINDS:
-        raise BadRequest(f"unknown index kind {kind!r}; choose one of {', '.join(KINDS)}")
-    if kind != "auto":
-        return kind
-    return "flat" if n < HNSW_THRESHOLD else LARGE_KIND
 
 
 def ivf_nlist(n: int) -> int:
@@ -121,16 +70,19 @@ def _training_sample(vectors: np.ndarray, need: int, seed: int = 0) -> np.ndarra
 class FaissIndex:
     """A FAISS index with explicit int64 ids (an IndexIDMap2 around one of):
 
-    - `flat`: exact inner product (IndexFlatIP), 1.5 KB/vector; deletions are real.
-    - `hnsw`: HNSW32 graph over SQ8 codes (IndexHNSWSQ), ~0.7 KB/vector; deletions are tombstones.
-    - `ivfpq`: IVF + PQ48 candidates re-scored on SQ8 codes (IVF{nlist},PQ48x8,Refine(SQ8)), ~0.5 KB/vector,
-      trained on the first batch added; deletions are tombstones.
+    - `flat`: exact inner product (IndexFlatIP), float32 vectors; deletions are real.
+    - `hnsw`: HNSW32 graph over SQ8 codes (IndexHNSWSQ); deletions are tombstones.
+    - `ivfpq`: IVF + PQ48 candidates re-scored on SQ8 codes (IVF{nlist},PQ48x8,Refine(SQ8)), trained on the
+      first batch added; deletions are tombstones.
+    Memory per vector of each kind: see docs/scaling.md.
 
     Search knobs (efSearch, nprobe, k_factor) go per call through SearchParameters, with the `allow` filter and the
     tombstones as an IDSelector, so filtered search works for every kind.
 
     `mapped`: the index is a read-only memory map of its file (`load(mmap=True)`) and cannot change.
     """
+
+    needs_docs = False  # filters come from the store as id selectors
 
     def __init__(self, dim: int, kind: str = "flat", index=None, deleted: set[int] | None = None,
                  mapped: bool = False):
@@ -319,6 +271,9 @@ class FaissIndex:
                           {"generation": generation, "kind": self.kind, "dim": self.dim,
                            "ntotal": int(index.ntotal), "deleted": sorted(self.deleted)})
 
+    def close(self) -> None:
+        """Nothing to release: a mapped file is unmapped when the index is dropped."""
+
     @classmethod
     def load(cls, directory: str, dim: int, mmap: bool = False) -> tuple["FaissIndex", int]:
         """(index, store generation it reflects) from a data folder.
@@ -346,19 +301,69 @@ class FaissIndex:
             int(meta["generation"])
 
 
-VECTOR_BACKENDS = ("faiss", "milvus")
 
 
-def open_vectors(index_dir: str, manifest: dict, data_dir: str, *, mmap: bool = False) -> tuple[VectorIndex, int]:
-    """(vector index, store generation it reflects) of a data folder, by `manifest["vector_backend"]`; `mmap`: a
-    FAISS file is mapped read-only (for readers)."""
-    backend = manifest.get("vector_backend", "faiss")
-    dim = int(manifest["dim"])
-    if backend == "faiss":
-        return FaissIndex.load(data_dir, dim, mmap=mmap)
-    if backend == "milvus":
-        from .milvus_backend import open_manifest_collection
+class FaissBuild:
+    """A build's FAISS index: filled in memory, saved into the new data folder, live when the manifest names it."""
 
-        return open_manifest_collection(index_dir, manifest, data_dir)
-    raise IndexUnavailable(f"unknown vector backend {backend!r} in the manifest of {index_dir}; "
-                           f"choose one of {', '.join(VECTOR_BACKENDS)} and rebuild")
+    def __init__(self, settings: VectorSettings, index: FaissIndex):
+        self.settings = settings
+        self.index = index
+
+    def publish(self, swap: Callable[[], None]) -> None:
+        """The saved file is live once `swap` has written the manifest naming its data folder."""
+        swap()
+
+    def discard(self) -> None:
+        """Nothing outside the build's folder to undo."""
+
+
+class FaissBackend:
+    """FAISS files in the data folders of the index folder."""
+
+    name = "faiss"
+
+    def settings(self, index_dir: str, previous: Manifest | None, uri: str | None, alias: str | None,
+                 token: str | None) -> VectorSettings:
+        """FAISS takes no Milvus settings."""
+        if uri or alias:
+            raise BadRequest(f"--milvus-{'uri' if uri else 'alias'} needs --backend milvus")
+        return VectorSettings("faiss")
+
+    def check_kind(self, kind: str) -> None:
+        """Every kind builds on FAISS."""
+
+    def check_available(self, index_dir: str, settings: VectorSettings) -> None:
+        """Always available: FAISS is a library."""
+
+    def begin(self, index_dir: str, settings: VectorSettings, dim: int, kind: str, store: Store,
+              windows: int) -> FaissBuild:
+        """An empty index, trained on a random sample of the store's `windows` vectors where the kind needs it."""
+        index = FaissIndex(dim, kind)
+        index.train(store.sample_window_vectors(TRAIN_MAX, dim), windows)
+        return FaissBuild(settings, index)
+
+    def open(self, index_dir: str, manifest: Manifest, data_dir: str, *,
+             mmap: bool = False) -> tuple[FaissIndex, int]:
+        """The data folder's file (mapped read-only with `mmap`) and the store generation it reflects."""
+        return FaissIndex.load(data_dir, int(manifest.dim), mmap=mmap)
+
+    def open_synced(self, index_dir: str, manifest: Manifest, data_dir: str, store: Store, *,
+                    readonly: bool) -> FaissIndex:
+        """The data folder's file, or, when it is missing or behind the store, an index rebuilt in memory from the
+        store's vectors."""
+        try:
+            vectors, generation = self.open(index_dir, manifest, data_dir, mmap=readonly)
+        except IndexUnavailable:
+            vectors, generation = None, -1
+        if vectors is not None and generation == store.generation:
+            return vectors
+        log.warning("vector index in %s behind the store (generation %s vs %s): %s", data_dir, generation,
+                    store.generation, "rebuilding it from stored vectors")
+        vectors = FaissIndex(int(manifest.dim), manifest.index_kind)
+        fill(vectors, store, int(manifest.dim))
+        return vectors
+
+    def check(self, manifest: Manifest, vectors: FaissIndex) -> list[str]:
+        """Nothing beyond what every backend is checked for."""
+        return []

@@ -3,11 +3,11 @@
 Vectors are L2-normalised and searched by inner product, like `FaissIndex`. Ids are the store's int64 window ids.
 Milvus persists itself; `vectors.json` in the data folder only records where the vectors live and the store
 generation they reflect. Rebuilds go to a fresh collection `<base>_<suffix>`; the alias `<base>` is switched to
-it once it is complete and loaded (`switch_alias`), and older collections are then dropped (`prune_collections`).
+it once it is complete and loaded (`switch_alias`), and older collections are then dropped (`drop_older`).
 
 Each row also carries its document's `doc_id`, `source_key` (the source case-folded as SQLite's NOCASE folds it)
 and `published`, so `Filters` are pushed down as a Milvus filter expression (`filter_expression`) instead of an id
-list. Collections built before these fields existed still work: their filters go as id lists from the store.
+list.
 
 Milvus Lite holds an exclusive advisory lock on its folder for as long as a process has it open: a second process
 that opens the same `.db` fails at once (`IndexUnavailable` here). Processes that must share one Lite folder
@@ -15,6 +15,8 @@ should talk to one `milvus-lite server --data-dir ...` over `http://` instead.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -23,18 +25,20 @@ import os
 import re
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import BadRequest, IndexUnavailable, QAError
+from ..errors import BadRequest, IndexUnavailable, QAError
+from ..files import write_json_atomic
+from .base import DocFields, VectorSettings, fill
 
 if TYPE_CHECKING:
     from pymilvus import MilvusClient
 
-    from .store import Filters, Store
-    from .vectors import DocFields
+    from ..manifest import Manifest
+    from ..store import Filters, Store
 
 log = logging.getLogger(__name__)
 
@@ -263,7 +267,7 @@ def filter_expression(filters: "Filters") -> str:
     return " and ".join(clauses)
 
 
-def _doc_row(doc: "DocFields") -> dict[str, str]:
+def _doc_row(doc: DocFields) -> dict[str, str]:
     """The document fields of one row; `BadRequest` for a published value Milvus cannot hold."""
     published = doc.published or ""
     if len(published.encode("utf-8")) > VARCHAR_MAX:
@@ -303,12 +307,11 @@ class MilvusIndex:
     """A Milvus collection (or alias) of int64 ids and `dim`-d float vectors, searched by inner product."""
 
     kind = KIND
+    needs_docs = True  # filters are pushed down as expressions over each row's document fields
 
     def __init__(self, uri: str, collection: str, dim: int, token: str | None = None, create: bool = False,
-                 index_type: str = "FLAT", write_batch: int = WRITE_BATCH, max_filter_ids: int = MAX_FILTER_IDS,
-                 doc_fields: bool = True):
-        """Open `collection` (or an alias); `create` makes it when missing, with the document fields unless
-        `doc_fields` is False (a bare collection, as built before filter pushdown)."""
+                 index_type: str = "FLAT", write_batch: int = WRITE_BATCH, max_filter_ids: int = MAX_FILTER_IDS):
+        """Open `collection` (or an alias); `create` makes it when missing."""
         self.uri = os.path.abspath(uri) if is_lite(uri) else uri
         self.collection = check_name(collection)
         self.dim = int(dim)
@@ -317,8 +320,6 @@ class MilvusIndex:
             raise BadRequest(f"unknown Milvus index type {index_type!r}; choose one of {', '.join(INDEX_TYPES)}")
         self.write_batch = write_batch
         self.max_filter_ids = max_filter_ids
-        self.doc_fields = doc_fields  # whether rows carry DOC_FIELDS (filters pushed down); read from the schema
-        self._warned_no_fields = False
         self.client = connect(self.uri, token)
         self._closed = False
         if is_lite(self.uri):
@@ -346,17 +347,16 @@ class MilvusIndex:
         schema.add_field(VEC, DataType.FLOAT_VECTOR, dim=self.dim)
         index = self.client.prepare_index_params()
         index.add_index(VEC, index_type=self.index_type, metric_type="IP", params=_INDEX_PARAMS[self.index_type])
-        if self.doc_fields:
-            for name in DOC_FIELDS:
-                schema.add_field(name, DataType.VARCHAR, max_length=VARCHAR_MAX)
-                if not is_lite(self.uri):  # Lite updates them row by row: squad-dev's inserts took twice as long
-                    index.add_index(name, index_type="INVERTED")
+        for name in DOC_FIELDS:
+            schema.add_field(name, DataType.VARCHAR, max_length=VARCHAR_MAX)
+            if not is_lite(self.uri):  # Lite updates inverted indexes row by row: slow inserts (see docs/scaling.md)
+                index.add_index(name, index_type="INVERTED")
         self.client.create_collection(self.collection, schema=schema, index_params=index, consistency_level="Strong")
-        log.info("created Milvus collection %s (dim %d, %s%s) at %s", self.collection, self.dim, self.index_type,
-                 ", document fields" if self.doc_fields else "", self.uri)
+        log.info("created Milvus collection %s (dim %d, %s, document fields) at %s", self.collection, self.dim,
+                 self.index_type, self.uri)
 
     def _check_schema(self) -> None:
-        """`IndexUnavailable` unless the collection has our fields and dimension."""
+        """`IndexUnavailable` unless the collection has our fields (the document fields too) and dimension."""
         info = self.client.describe_collection(self.collection)
         fields = {f["name"]: f for f in info["fields"]}
         dim = fields.get(VEC, {}).get("params", {}).get("dim")
@@ -364,7 +364,10 @@ class MilvusIndex:
             raise IndexUnavailable(f"Milvus collection {self.collection} lacks the fields {PK!r} and {VEC!r}")
         if int(dim) != self.dim:
             raise IndexUnavailable(f"Milvus collection {self.collection} has dim {dim}, expected {self.dim}")
-        self.doc_fields = all(name in fields for name in DOC_FIELDS)
+        if not all(name in fields for name in DOC_FIELDS):
+            raise IndexUnavailable(f"Milvus collection {self.collection} lacks the document fields "
+                                   f"{', '.join(DOC_FIELDS)} (built by an older version); rebuild the index: "
+                                   "qa build SOURCE... --index-dir DIR")
         names = self.client.list_indexes(self.collection, field_name=VEC)
         if names:
             described = self.client.describe_index(self.collection, names[0])
@@ -381,26 +384,23 @@ class MilvusIndex:
         rows = self.client.query(self.collection, filter="", output_fields=["count(*)"], consistency_level="Strong")
         return int(rows[0]["count(*)"]) if rows else 0
 
-    def add(self, ids: np.ndarray, vectors: np.ndarray, docs: Sequence["DocFields"] | None = None) -> None:
-        """Add vectors under explicit int64 ids, with their documents' fields (`docs`, one per row) unless the
-        collection has none; an existing id is replaced (upserts). `save` or `flush` after."""
+    def add(self, ids: np.ndarray, vectors: np.ndarray, docs: Sequence[DocFields] | None = None) -> None:
+        """Add vectors under explicit int64 ids, with their documents' fields (`docs`, one per row); an existing id
+        is replaced (upserts). `save` or `flush` after."""
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         if not len(ids):
             return
         vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(ids), -1)
         if vectors.shape[1] != self.dim:
             raise BadRequest(f"vectors have dim {vectors.shape[1]}, the index {self.dim}")
-        if self.doc_fields:
-            if docs is None or len(docs) != len(ids):
-                raise QAError(f"Milvus collection {self.collection} needs the document fields of each row: "
-                              f"{len(ids)} ids, {'no' if docs is None else len(docs)} documents")
-            fields = [_doc_row(d) for d in docs]  # all checked before anything is written
+        if docs is None or len(docs) != len(ids):
+            raise QAError(f"Milvus collection {self.collection} needs the document fields of each row: "
+                          f"{len(ids)} ids, {'no' if docs is None else len(docs)} documents")
+        fields = [_doc_row(d) for d in docs]  # all checked before anything is written
         for start in range(0, len(ids), self.write_batch):
             end = start + self.write_batch
-            rows = [{PK: i, VEC: v} for i, v in zip(ids[start:end].tolist(), vectors[start:end])]
-            if self.doc_fields:
-                for row, extra in zip(rows, fields[start:end]):
-                    row.update(extra)
+            rows = [{PK: i, VEC: v, **extra}
+                    for i, v, extra in zip(ids[start:end].tolist(), vectors[start:end], fields[start:end])]
             self.client.upsert(self.collection, rows)
 
     def remove(self, ids: np.ndarray) -> None:
@@ -443,16 +443,10 @@ class MilvusIndex:
 
     def search_filtered(self, queries: np.ndarray, k: int, filters: "Filters | None",
                         store: "Store") -> tuple[np.ndarray, np.ndarray]:
-        """`search` restricted to rows whose documents pass `filters`: a filter expression over the document
-        fields, or (a collection without them) the store's allowed window ids."""
+        """`search` restricted to rows whose documents pass `filters`, as a filter expression over the document
+        fields (the store is not needed)."""
         if not filters:
             return self.search(queries, k)
-        if not self.doc_fields:
-            if not self._warned_no_fields:
-                self._warned_no_fields = True
-                log.warning("Milvus collection %s has no document fields (built before filter pushdown): filters "
-                            "go as id lists; rebuild the index to push them down", self.collection)
-            return self.search(queries, k, store.filtered_window_ids(filters))
         queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
         k = min(int(k), MAX_TOPK)
         if k <= 0 or not len(queries):
@@ -501,8 +495,6 @@ class MilvusIndex:
 
     def save(self, directory: str, generation: int) -> None:
         """Record uri, collection and store generation in `vectors.json` atomically (Milvus Lite: flush first)."""
-        from .files import write_json_atomic
-
         if is_lite(self.uri):  # Lite searches its unflushed write buffer row by row in Python: slow
             self.flush()  # a server persists acknowledged writes itself, and rate-limits flushes
         write_json_atomic(os.path.join(directory, MILVUS_META),
@@ -592,12 +584,12 @@ def new_alias(index_dir: str) -> str:
     return f"{alias_base(index_dir)}_{uuid.uuid4().hex[:8]}"
 
 
-def check_workers(index_dir: str, manifest: dict, workers: int) -> None:
+def check_workers(index_dir: str, manifest: Manifest, workers: int) -> None:
     """`BadRequest` when `workers` server processes would each open the manifest's Milvus Lite database, which only
     one process can hold (the others would answer 503)."""
-    if workers <= 1 or manifest.get("vector_backend") != KIND:
+    if workers <= 1 or manifest.vector_backend != KIND:
         return
-    uri = resolve_uri(index_dir, str(manifest.get("milvus_uri", LITE_FILE)))
+    uri = resolve_uri(index_dir, manifest.milvus_uri or LITE_FILE)
     if is_lite(uri):
         raise BadRequest(f"index {index_dir} is on Milvus Lite ({os.path.abspath(uri)}), which allows one process "
                          f"per database, not {workers} workers: serve it with --workers 1, or build it on a Milvus "
@@ -616,17 +608,16 @@ def read_generation(data_dir: str) -> int:
         raise IndexUnavailable(f"vector index meta in {data_dir} unreadable: {e}") from None
 
 
-def open_manifest_collection(index_dir: str, manifest: dict, data_dir: str,
+def open_manifest_collection(index_dir: str, manifest: Manifest, data_dir: str,
                              token: str | None = None) -> tuple[MilvusIndex, int]:
     """(the manifest's collection, store generation it reflects); token from $QA_MILVUS_TOKEN unless given."""
-    try:
-        uri, collection = manifest["milvus_uri"], manifest["milvus_collection"]
-    except KeyError as e:
-        raise IndexUnavailable(f"manifest of {index_dir} lacks {e.args[0]!r}; rebuild with --backend milvus") from None
+    uri, collection = manifest.milvus_uri, manifest.milvus_collection
+    for key, value in (("milvus_uri", uri), ("milvus_collection", collection)):
+        if not value:
+            raise IndexUnavailable(f"manifest of {index_dir} lacks {key!r}; rebuild with --backend milvus")
     generation = read_generation(data_dir)
-    index = MilvusIndex(resolve_uri(index_dir, uri), collection, int(manifest["dim"]),
-                        token=token or os.environ.get(TOKEN_ENV),
-                        index_type=str(manifest.get("index_kind", "flat")).upper())
+    index = MilvusIndex(resolve_uri(index_dir, uri), collection, int(manifest.dim),
+                        token=token or os.environ.get(TOKEN_ENV), index_type=manifest.index_kind.upper())
     return index, generation
 
 
@@ -639,3 +630,101 @@ def drop_older(client: "MilvusClient", base: str, previous: str | None) -> list[
     for name in doomed:
         drop_collection(client, name)
     return doomed
+
+
+def _resync(vectors: MilvusIndex, store: Store, dim: int) -> None:
+    """Make a collection hold exactly the store's window vectors and their document fields (upserts)."""
+    have, _ = vectors.reconstruct_all()
+    vectors.remove(np.setdiff1d(have, store.window_passages().ids))
+    fill(vectors, store, dim)
+
+
+class MilvusBuild:
+    """A build's new collection behind the index folder's alias: switched to at the manifest swap."""
+
+    def __init__(self, index_dir: str, settings: VectorSettings, dim: int, kind: str):
+        collection = new_collection_name(str(settings.milvus_alias))
+        self.settings = dataclasses.replace(settings, milvus_collection=collection)
+        self.index = MilvusIndex(resolve_uri(index_dir, str(settings.milvus_uri)), collection, dim,
+                                 token=settings.token, create=True, index_type=index_type_of(kind))
+        self._before: str | None = None  # the collection the alias pointed to
+        self._published = False
+
+    def publish(self, swap: Callable[[], None]) -> None:
+        """Switch the alias to the new collection, `swap` the manifest, then drop the collections older than the
+        previous one (which stays one round for servers still on it)."""
+        alias = str(self.settings.milvus_alias)
+        self._before = switch_alias(self.index.client, alias, self.index.collection)
+        swap()
+        self._published = True
+        drop_older(self.index.client, alias, self._before)
+
+    def discard(self) -> None:
+        """Never made live: the alias back where it was, the new collection dropped."""
+        if self._published:
+            return
+        with contextlib.suppress(Exception):
+            if self._before:
+                switch_alias(self.index.client, str(self.settings.milvus_alias), self._before)
+            drop_collection(self.index.client, self.index.collection, force=True)
+
+
+class MilvusBackend:
+    """Collections on a Milvus Lite folder or a Milvus server, one per full build, behind one alias per index."""
+
+    name = KIND
+
+    def settings(self, index_dir: str, previous: Manifest | None, uri: str | None, alias: str | None,
+                 token: str | None) -> VectorSettings:
+        """The URI and alias asked for, else the live index's; a new folder gets `milvus.db` and a new alias."""
+        same = previous is not None and previous.vector_backend == KIND
+        live_uri = previous.milvus_uri if same else None
+        chosen = manifest_uri(index_dir, uri) if uri or not same else str(live_uri)
+        kept = previous.milvus_alias if same and live_uri == chosen else None
+        if alias:
+            check_alias(alias)
+            if kept and kept != alias:
+                log.warning("index %s moves from Milvus alias %s to %s; the old alias and its collections stay",
+                            index_dir, kept, alias)
+            kept = alias
+        # a new alias is unique, not derived from the path alone: a folder moved away and a new one built in its
+        # place (or one path on two hosts) would otherwise share one, and each one's builds drop the other's
+        return VectorSettings(KIND, chosen, kept or new_alias(index_dir), token=token or os.environ.get(TOKEN_ENV))
+
+    def check_kind(self, kind: str) -> None:
+        """`BadRequest` for kinds Milvus cannot build."""
+        check_kind(kind)
+
+    def check_available(self, index_dir: str, settings: VectorSettings) -> None:
+        """`IndexUnavailable` before embedding when the database cannot be opened."""
+        check_available(resolve_uri(index_dir, str(settings.milvus_uri)), settings.token)
+
+    def begin(self, index_dir: str, settings: VectorSettings, dim: int, kind: str, store: Store,
+              windows: int) -> MilvusBuild:
+        """A new, empty collection; the live alias and manifest are untouched until `publish`."""
+        return MilvusBuild(index_dir, settings, dim, kind)
+
+    def open(self, index_dir: str, manifest: Manifest, data_dir: str, *,
+             mmap: bool = False) -> tuple[MilvusIndex, int]:
+        """The manifest's collection and the store generation it reflects."""
+        return open_manifest_collection(index_dir, manifest, data_dir)
+
+    def open_synced(self, index_dir: str, manifest: Manifest, data_dir: str, store: Store, *,
+                    readonly: bool) -> MilvusIndex:
+        """The manifest's collection, resynced in place from the store when behind it by a writer (under the write
+        lock); readers use it as it is."""
+        vectors, generation = self.open(index_dir, manifest, data_dir)
+        if generation != store.generation:
+            log.warning("vector index in %s behind the store (generation %s vs %s): %s", data_dir, generation,
+                        store.generation, "using it" if readonly else "rebuilding it from stored vectors")
+            if not readonly:
+                _resync(vectors, store, int(manifest.dim))
+        return vectors
+
+    def check(self, manifest: Manifest, vectors: MilvusIndex) -> list[str]:
+        """The alias must point to the manifest's collection."""
+        target = alias_target(vectors.client, manifest.milvus_alias or "")
+        if target == manifest.milvus_collection:
+            return []
+        return [f"Milvus alias {manifest.milvus_alias} points to {target}, "
+                f"the manifest to {manifest.milvus_collection}"]
