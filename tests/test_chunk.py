@@ -1,3 +1,5 @@
+import pytest
+
 from qa.chunk import chunk_article, make_windows, split_sentences
 from qa.ingest import Article, Paragraph
 
@@ -35,6 +37,7 @@ def test_passages_keep_offsets_into_the_document_text():
     assert len(ps[0].windows) == 2  # over the window: sentence windows, never truncated
 
 
+@pytest.mark.slow
 def test_embedding_in_chunks_changes_nothing(embedder, monkeypatch):
     """Big builds embed SORT_CHUNK texts at a time (memory); vectors and span vectors are the same as in one go."""
     import numpy as np

@@ -1,93 +1,44 @@
 """A real `qa serve` (waitress) on a loopback port, driven over HTTP."""
-import contextlib
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 
-QA = os.path.join(os.path.dirname(sys.executable), "qa")
+from conftest import http as get
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def get(url, data=None, headers=None, method=None):
-    req = urllib.request.Request(url, data=data, headers=headers or {}, method=method)
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status, r.headers, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.headers, e.read()
-
-
-@contextlib.contextmanager
-def serve(index_dir, env=None, *args):
-    port = free_port()
-    p = subprocess.Popen([QA, "serve", "--index-dir", index_dir, "--port", str(port), *args],
-                         env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                         start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 90
-        while time.time() < deadline:
-            with contextlib.suppress(OSError):
-                if get(base + "/healthz")[0] == 200:
-                    break
-            assert p.poll() is None, p.stdout.read().decode()[-2000:]
-            time.sleep(0.2)
-        yield base
-    finally:
-        os.killpg(p.pid, signal.SIGTERM)
-        p.wait(timeout=20)
-
-
-@pytest.fixture(scope="module")
-def server(seed_index_dir):
-    with serve(seed_index_dir) as base:
-        yield base
-
-
-def test_health_and_search_over_http(server):
-    status, headers, body = get(server + "/healthz")
+@pytest.mark.slow
+def test_health_and_search_over_http(seed_server):
+    status, headers, body = get(seed_server + "/healthz")
     assert status == 200 and json.loads(body)["passages"] == 15
-    status, headers, body = get(server + "/api/search?q=what+actions+has+China+taken%3F&k=3")
+    status, headers, body = get(seed_server + "/api/search?q=what+actions+has+China+taken%3F&k=3")
     res = json.loads(body)["results"]
     assert status == 200 and any("enforcement actions" in r["text"] or "Narcotics Control Board" in r["text"]
                                  for r in res)
     assert headers["Server"] == "qa" or "waitress" in headers.get("Server", "")
 
 
-def test_errors_over_http_are_json(server):
+def test_errors_over_http_are_json(fake_server):
     for path in ("/api/search", "/api/search?q=china&k=abc", "/api/nope"):
-        status, headers, body = get(server + path)
+        status, headers, body = get(fake_server + path)
         assert 400 <= status < 500 and "json" in headers["Content-Type"] and json.loads(body)["error"]
 
 
-def test_page_is_escaped_and_secured(server):
-    status, headers, body = get(server + "/?q=%3Cscript%3Ealert(1)%3C%2Fscript%3E")
+def test_page_is_escaped_and_secured(fake_server):
+    status, headers, body = get(fake_server + "/?q=%3Cscript%3Ealert(1)%3C%2Fscript%3E")
     html = body.decode()
     assert "<script>alert(1)</script>" not in html and "&lt;script&gt;" in html
     assert "Content-Security-Policy" in headers and headers["X-Content-Type-Options"] == "nosniff"
 
 
-def test_binds_loopback_by_default(server):
-    assert server.startswith("http://127.0.0.1:")
+def test_binds_loopback_by_default(fake_server):
+    assert fake_server.startswith("http://127.0.0.1:")
 
 
-def test_gunicorn_workers_serve_and_reload(seed_copy):
+def test_gunicorn_workers_serve_and_reload(live_server, fake_seed_copy):
     """`--workers 2`: gunicorn processes, each with its own model and index; a write reaches every worker."""
-    with serve(seed_copy, {"QA_ADMIN_TOKEN": "s3cret", "QA_RELOAD_INTERVAL": "0.5"}, "--workers", "2",
-               "--threads", "2") as base:
+    with live_server(fake_seed_copy, {"QA_ADMIN_TOKEN": "s3cret", "QA_RELOAD_INTERVAL": "0.5"}, "--workers", "2",
+                     "--threads", "2") as base:
         status, _, body = get(base + "/api/search?q=what+actions+has+China+taken%3F&k=3")
         assert status == 200 and json.loads(body)["results"]
         status, headers, body = get(base + "/api/search", data=b"x" * (2 * 1024 * 1024), method="POST",
@@ -102,5 +53,5 @@ def test_gunicorn_workers_serve_and_reload(seed_copy):
             seen = [json.loads(get(base + "/api/search?q=quokka+ferry&k=1")[2])["results"] for _ in range(12)]
             if all(r and r[0]["doc_id"] == "ferry-1" for r in seen):
                 break
-            time.sleep(0.5)
+            time.sleep(0.1)
         assert all(r and r[0]["doc_id"] == "ferry-1" for r in seen)
