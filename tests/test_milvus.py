@@ -197,6 +197,7 @@ LOCK_PROBE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # a second Python process
 def test_second_process_is_locked_out(uri):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=root)
