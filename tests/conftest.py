@@ -4,6 +4,7 @@ local model, one session index built with it and its servers for the end-to-end 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -118,6 +119,25 @@ def copy_index(src: str, dst: str) -> str:
     """A private copy of a built index (without its writer lock), for tests that write to it."""
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".write.lock"))
     return dst
+
+
+# --- two small articles, as JSONL --------------------------------------------------------------------------
+
+ZEBRA = {"id": "lc-zebra", "title": "Zebra crossings in Quokka Town",
+         "paragraphs": ["The council of Quokka Town painted eleven new zebra crossings near the harbour in March.",
+                        "Residents said the crossings made the walk to the ferry safer for children."]}
+WOMBAT = {"id": "lc-wombat", "title": "Wombat bridge opens in Platypus Bay",
+          "paragraphs": ["A timber footbridge for wombats opened over the creek in Platypus Bay on Tuesday.",
+                         "Rangers counted forty wombats crossing the bridge during its first night."]}
+
+
+def write_jsonl(directory, *articles) -> str:
+    """The articles (dicts) as one JSONL file in `directory`, named after their ids."""
+    path = os.path.join(str(directory), "-".join(a["id"] for a in articles) + ".jsonl")
+    with open(path, "w", encoding="utf-8") as f:
+        for a in articles:
+            f.write(json.dumps(a) + "\n")
+    return path
 
 
 # --- the fake embedder and the seed index built with it ------------------------------------------------------

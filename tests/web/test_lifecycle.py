@@ -1,14 +1,12 @@
 """Lifecycle of a served index, with real processes on loopback and no mocks: killed rebuilds, live reload while
-queries run, the admin API, hostile input on every endpoint, concurrent writers, writes made during a full build
-(in process), and a schemathesis run; all on indexes built with the hash embedder (the model is not the subject)."""
+queries run, the admin API, hostile input on every endpoint, concurrent writers, and a schemathesis run; all on
+indexes built with the hash embedder (the model is not the subject)."""
 from __future__ import annotations
 
-import contextlib
 import glob
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import threading
 import time
@@ -16,17 +14,11 @@ import urllib.parse
 
 import pytest
 
-from conftest import ENV, QA, SEEDS, SQUAD, copy_index, http, make_app
+from conftest import ENV, QA, SEEDS, SQUAD, WOMBAT, ZEBRA, copy_index, http, make_app, write_jsonl
 
 HASH = ("--model", "hash")  # builds with the hash embedder, as the served indexes were built
 CHINA = "what actions has China taken?"
 TOKEN = "lifecycle-secret-token"
-ZEBRA = {"id": "lc-zebra", "title": "Zebra crossings in Quokka Town",
-         "paragraphs": ["The council of Quokka Town painted eleven new zebra crossings near the harbour in March.",
-                        "Residents said the crossings made the walk to the ferry safer for children."]}
-WOMBAT = {"id": "lc-wombat", "title": "Wombat bridge opens in Platypus Bay",
-          "paragraphs": ["A timber footbridge for wombats opened over the creek in Platypus Bay on Tuesday.",
-                         "Rangers counted forty wombats crossing the bridge during its first night."]}
 
 
 # --- helpers -----------------------------------------------------------------------------------------------
@@ -54,14 +46,6 @@ def qa(*args, check=True, timeout=600):
     if check:
         assert p.returncode == 0, f"qa {' '.join(args)} exited {p.returncode}: {p.stderr[-1500:]}"
     return p
-
-
-def write_jsonl(directory, *articles) -> str:
-    path = os.path.join(str(directory), "-".join(a["id"] for a in articles) + ".jsonl")
-    with open(path, "w", encoding="utf-8") as f:
-        for a in articles:
-            f.write(json.dumps(a) + "\n")
-    return path
 
 
 def passages(base) -> int:
@@ -379,117 +363,7 @@ def test_concurrent_writers(live_server, fake_seed_copy, tmp_path):
         assert ids == {"000_17ba8289838f2219", ZEBRA["id"], WOMBAT["id"]}
 
 
-# --- 6. writes made during a full build are replayed at the swap ---------------------------------------------
-
-HARBOUR = {"id": "lc-harbour", "title": "Night ferry returns to Quokka Harbour",
-           "paragraphs": ["The night ferry between Quokka Harbour and Platypus Bay sails again from Monday.",
-                          "Tickets cost four dollars, the same as before the service was suspended."]}
-
-
-class WritingEmbedder:
-    """A hash embedder whose first encoding, mid-build (after the sources were read, before the swap), runs
-    `write`: the build takes the writer lock only at the swap, so the write goes through at once."""
-
-    def __init__(self, embedder, write):
-        self.embedder, self.write = embedder, write
-
-    def __getattr__(self, name):
-        return getattr(self.embedder, name)
-
-    def encode_spans(self, *args, **kwargs):
-        write, self.write = self.write, None
-        if write is not None:
-            write()
-        return self.embedder.encode_spans(*args, **kwargs)
-
-
-def _documents(index_dir) -> list[str]:
-    from qa.index import load_index
-
-    index = load_index(index_dir)
-    try:
-        return index.store.document_ids()
-    finally:
-        index.close()
-
-
-@pytest.mark.parametrize("backend,old_store", [("faiss", False), ("faiss", True), ("milvus", False)],
-                         ids=["faiss", "faiss-store-made-before-the-journal", "milvus-lite"])
-def test_writes_during_a_full_build_are_replayed(tmp_path, fake_embedder, backend, old_store):
-    from qa.index import add_documents, build_index, check_index, load_index, remove_documents
-    from qa.ingest import article_from_dict
-    from qa.store import Store, query_terms
-
-    index_dir = str(tmp_path / "index")
-    sources = write_jsonl(tmp_path, ZEBRA, WOMBAT)
-    if backend == "milvus":
-        pytest.importorskip("milvus_lite")
-    build_index([sources], index_dir, embedder=fake_embedder, vector_backend=backend)
-    if old_store:
-        store = os.path.join(index_dir, json.load(open(os.path.join(index_dir, "manifest.json")))["data_dir"],
-                             "store.sqlite")
-        with contextlib.closing(sqlite3.connect(store)) as con:
-            con.execute("DROP TABLE journal")
-        assert Store(store, readonly=True).journal_seq() == 0
-
-    def write():
-        add_documents(None, index_dir, articles=[article_from_dict(HARBOUR)], embedder=fake_embedder)
-        remove_documents([WOMBAT["id"]], index_dir)
-        assert _documents(index_dir) == [HARBOUR["id"], ZEBRA["id"]]  # the live index took both writes
-
-    report = build_index([sources], index_dir, embedder=WritingEmbedder(fake_embedder, write))
-    assert report.replayed == 2
-    assert _documents(index_dir) == [HARBOUR["id"], ZEBRA["id"]]  # wombat stays removed though in the sources
-    assert (report.documents, report.passages) == (2, 4)
-    assert check_index(index_dir) == []
-    index = load_index(index_dir)
-    try:
-        hits = index.lexical_search(query_terms("night ferry tickets"), 3)  # tantivy, replayed too
-        assert hits and index.store.passages([hits[0][0]])[hits[0][0]].doc_id == HARBOUR["id"]
-        assert index.store.lexical_search(query_terms("night ferry tickets"), 3)[0][0] == hits[0][0]  # FTS5
-        assert index.store.journal()[-1].article.to_dict() == article_from_dict(HARBOUR).to_dict()
-    finally:
-        index.close()
-
-
-def test_a_build_overlapping_more_writes_than_the_journal_keeps_fails(tmp_path, fake_embedder, monkeypatch):
-    import qa.store
-    from qa.errors import QAError
-    from qa.index import add_documents, build_index, check_index, remove_documents
-    from qa.ingest import article_from_dict
-
-    index_dir = str(tmp_path / "index")
-    sources = write_jsonl(tmp_path, ZEBRA, WOMBAT)
-    build_index([sources], index_dir, embedder=fake_embedder)
-    monkeypatch.setattr(qa.store, "JOURNAL_KEEP", 1)
-
-    def write():
-        add_documents(None, index_dir, articles=[article_from_dict(HARBOUR)], embedder=fake_embedder)
-        remove_documents([WOMBAT["id"]], index_dir)
-
-    with pytest.raises(QAError, match="journal keeps"):
-        build_index([sources], index_dir, embedder=WritingEmbedder(fake_embedder, write))
-    assert _documents(index_dir) == [HARBOUR["id"], ZEBRA["id"]]  # the live index, with both writes, stays
-    assert check_index(index_dir) == []
-    assert not glob.glob(os.path.join(index_dir, ".build-*"))
-
-
-def test_a_build_without_concurrent_writes_replays_nothing(tmp_path, fake_embedder):
-    from qa.index import add_documents, build_index, check_index
-    from qa.ingest import article_from_dict
-
-    index_dir = str(tmp_path / "index")
-    sources = write_jsonl(tmp_path, ZEBRA, WOMBAT)
-    assert build_index([sources], index_dir, embedder=fake_embedder).replayed == 0
-    # a write before the next build started: the build's sources are the truth, nothing is replayed
-    add_documents(None, index_dir, articles=[article_from_dict(HARBOUR)], embedder=fake_embedder)
-    report = build_index([sources], index_dir, embedder=fake_embedder)
-    assert report.replayed == 0 and report.documents == 2
-    assert _documents(index_dir) == [WOMBAT["id"], ZEBRA["id"]]
-    assert check_index(index_dir) == []
-
-
-# --- 7. schemathesis, in-process against the Flask app -------------------------------------------------------
+# --- 6. schemathesis, in-process against the Flask app -------------------------------------------------------
 
 schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402

@@ -18,9 +18,11 @@ from qa.chunk import split_sentences  # noqa: E402
 from qa.embed import PACKAGED_MODEL, TorchEmbedder, load_embedder, packaged_model_path  # noqa: E402
 from qa.onnx_backend import CACHE_ENV, INT8_FILES, OnnxEmbedder, cache_dir  # noqa: E402
 
+from conftest import ROOT as CONFTEST_ROOT  # noqa: E402
+
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(CONFTEST_ROOT)
 ARTICLES = ROOT / "eval" / "squad-dev" / "articles.jsonl"
 MIN_COSINE = 0.99
 

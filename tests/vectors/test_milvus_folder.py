@@ -22,9 +22,9 @@ from qa.search import make_filters, search  # noqa: E402
 from qa.files import write_json_atomic  # noqa: E402
 from qa.store import manifest_path, read_manifest  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMALL = os.path.join(ROOT, "eval", "squad-small")
-ARTICLES = os.path.join(SMALL, "articles.jsonl")
+from conftest import ROOT, SQUAD_SMALL  # noqa: E402
+
+ARTICLES = os.path.join(SQUAD_SMALL, "articles.jsonl")
 
 
 def _articles() -> list[dict]:
@@ -91,7 +91,7 @@ def test_search_modes_and_filters(milvus_index):
 
 def test_dense_parity_with_faiss(milvus_index, faiss_dir, fake_embedder):
     faiss_index = load_index(faiss_dir, embedder=fake_embedder)
-    with open(os.path.join(SMALL, "questions.jsonl"), encoding="utf-8") as f:
+    with open(os.path.join(SQUAD_SMALL, "questions.jsonl"), encoding="utf-8") as f:
         questions = [json.loads(line)["question"] for line in f][:50]
     overlaps, vector_overlaps = [], []
     for q in questions:
@@ -215,7 +215,7 @@ def filtered_pair(tmp_path_factory):
 
 
 def _questions(n: int) -> list[str]:
-    with open(os.path.join(SMALL, "questions.jsonl"), encoding="utf-8") as f:
+    with open(os.path.join(SQUAD_SMALL, "questions.jsonl"), encoding="utf-8") as f:
         return [json.loads(line)["question"] for line in f][::10][:n]
 
 
