@@ -10,7 +10,7 @@ PORT   ?= 8000
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install serve test index rebuild eval browser-deps bench-deps soak bench bench-build clean
+.PHONY: install serve test test-fast index rebuild eval browser-deps bench-deps soak bench bench-build clean
 
 install: $(STAMP)
 
@@ -67,6 +67,10 @@ bench-build: $(STAMP)
 
 test: $(STAMP) browser-deps
 	$(PY) -m pytest -q
+
+# the edit-test loop: every test but those on the real model (slow) and in Chromium (browser)
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow and not browser"
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

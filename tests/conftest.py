@@ -1,8 +1,23 @@
-"""Fixtures: a fake embedder for fast unit tests, and indexes built with the real, local model."""
+"""Fixtures: the fake (hash) embedder and indexes built with it wherever the model is not the subject; the real,
+local model, one session index built with it and its servers for the end-to-end tests (marked `slow`); a real
+`qa serve` on a free loopback port (`live_server`)."""
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from email.message import Message
+from typing import NamedTuple
 
 import pytest
 
@@ -14,7 +29,175 @@ SEEDS = os.path.join(ROOT, "seeds")
 SEED_FILE = os.path.join(SEEDS, "000_17ba8289838f2219.txt")
 SQUAD = os.path.join(ROOT, "eval", "squad-dev")
 SQUAD_SMALL = os.path.join(ROOT, "eval", "squad-small")
+QA = os.path.join(os.path.dirname(sys.executable), "qa")
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+REAL_MODEL_FIXTURES = ("embedder", "torch_embedder", "onnx_embedder")  # every real-model index needs one
 
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Refuse a test that loads the real model without the `slow` marker: `make test-fast` must not pay for it."""
+    unmarked = [item.nodeid for item in items if item.get_closest_marker("slow") is None
+                and any(name in getattr(item, "fixturenames", ()) for name in REAL_MODEL_FIXTURES)]
+    if unmarked:
+        raise pytest.UsageError("tests on the real model need @pytest.mark.slow: " + ", ".join(unmarked))
+
+
+# --- HTTP and a real `qa serve` ------------------------------------------------------------------------------
+
+class Response(NamedTuple):
+    """One HTTP answer: HTTP errors are answers too, not exceptions."""
+
+    status: int
+    headers: Message
+    body: bytes
+
+
+def http(url: str, data: bytes | None = None, headers: dict | None = None, method: str | None = None,
+         timeout: float = 30) -> Response:
+    """The status, headers and body of one request to `url`."""
+    req = urllib.request.Request(url, data=data, headers=headers or {}, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return Response(r.status, r.headers, r.read())
+    except urllib.error.HTTPError as e:
+        return Response(e.code, e.headers, e.read())
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop(p: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(p.pid, signal.SIGTERM)
+    try:
+        p.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+
+
+@contextlib.contextmanager
+def serve(index_dir: str, env: dict | None = None, *args: str) -> Iterator[str]:
+    """A real `qa serve` of `index_dir` on a free loopback port, up once /healthz answers; yields its base URL.
+
+    Its log goes to a file (a chatty server never blocks on a pipe) and must hold no traceback when it stops."""
+    port = free_port()
+    log = tempfile.NamedTemporaryFile("w+", prefix="qa-serve-", suffix=".log", delete=False)
+    p = subprocess.Popen([QA, "serve", "--index-dir", index_dir, "--port", str(port), *args],
+                         env={**ENV, **(env or {})}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while True:
+            with contextlib.suppress(OSError):
+                if http(base + "/healthz", timeout=5).status == 200:
+                    break
+            log.seek(0)
+            assert p.poll() is None and time.time() < deadline, "qa serve did not come up: " + log.read()[-2000:]
+            time.sleep(0.05)
+        yield base
+    finally:
+        _stop(p)
+        log.seek(0)
+        text = log.read()
+        log.close()
+        os.unlink(log.name)
+    assert "Traceback" not in text, "the server logged an exception:\n" + text[-3000:]
+
+
+@pytest.fixture(scope="session")
+def live_server():
+    """`serve`: `with live_server(index_dir, env, *args) as base:` runs a real `qa serve` for the block."""
+    return serve
+
+
+def copy_index(src: str, dst: str) -> str:
+    """A private copy of a built index (without its writer lock), for tests that write to it."""
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".write.lock"))
+    return dst
+
+
+# --- two small articles, as JSONL --------------------------------------------------------------------------
+
+ZEBRA = {"id": "lc-zebra", "title": "Zebra crossings in Quokka Town",
+         "paragraphs": ["The council of Quokka Town painted eleven new zebra crossings near the harbour in March.",
+                        "Residents said the crossings made the walk to the ferry safer for children."]}
+WOMBAT = {"id": "lc-wombat", "title": "Wombat bridge opens in Platypus Bay",
+          "paragraphs": ["A timber footbridge for wombats opened over the creek in Platypus Bay on Tuesday.",
+                         "Rangers counted forty wombats crossing the bridge during its first night."]}
+
+
+def write_jsonl(directory, *articles) -> str:
+    """The articles (dicts) as one JSONL file in `directory`, named after their ids."""
+    path = os.path.join(str(directory), "-".join(a["id"] for a in articles) + ".jsonl")
+    with open(path, "w", encoding="utf-8") as f:
+        for a in articles:
+            f.write(json.dumps(a) + "\n")
+    return path
+
+
+# --- the fake embedder and the seed index built with it ------------------------------------------------------
+
+@pytest.fixture()
+def fake_embedder():
+    """The deterministic hash embedder (model name "hash"; `qa build --model hash` builds with it)."""
+    from qa.embed import HashEmbedder
+
+    return HashEmbedder()
+
+
+@pytest.fixture(scope="session")
+def fake_seed_index_dir(tmp_path_factory):
+    """The seed article built with the hash embedder, shared by the tests that only read it."""
+    from qa.embed import HashEmbedder
+    from qa.index import build_index
+
+    path = str(tmp_path_factory.mktemp("fake-seed") / "index")
+    build_index([SEEDS], path, embedder=HashEmbedder())
+    return path
+
+
+@pytest.fixture()
+def fake_seed_copy(tmp_path, fake_seed_index_dir):
+    """A private copy of the hash-built seed index, for tests that write to it."""
+    return copy_index(fake_seed_index_dir, str(tmp_path / "index"))
+
+
+def make_app(index_dir: str, embedder, **config):
+    """The Flask app on `index_dir` with `embedder` already loaded (`config`: other Config fields)."""
+    from qa.config import Config
+    from qa.service import Engine
+    from qa.web import create_app
+
+    cfg = Config(index_dir=index_dir, **config)
+    return create_app(cfg, engine=Engine(cfg, embedder=embedder))
+
+
+@pytest.fixture(scope="session")
+def fake_app(fake_seed_index_dir):
+    """The Flask app on the hash-built seed index."""
+    from qa.embed import HashEmbedder
+
+    return make_app(fake_seed_index_dir, HashEmbedder())
+
+
+@pytest.fixture()
+def fake_client(fake_app):
+    return fake_app.test_client()
+
+
+@pytest.fixture(scope="session")
+def fake_server(fake_seed_index_dir):
+    """A `qa serve` of the hash-built seed index for the whole session, for tests that only read."""
+    with serve(fake_seed_index_dir) as base:
+        yield base
+
+
+# --- the real model: one session index, its app and its server (tests marked `slow`) -------------------------
 
 @pytest.fixture(scope="session")
 def embedder():
@@ -22,13 +205,6 @@ def embedder():
     from qa.embed import load_embedder
 
     return load_embedder(None, "torch")
-
-
-@pytest.fixture()
-def fake_embedder():
-    from qa.embed import HashEmbedder
-
-    return HashEmbedder()
 
 
 @pytest.fixture(scope="session")
@@ -42,18 +218,19 @@ def seed_index_dir(tmp_path_factory, embedder):
 
 
 @pytest.fixture(scope="session")
-def seed_engine(seed_index_dir, embedder):
-    from qa.config import Config
-    from qa.service import Engine
+def squad_small_index_dir(tmp_path_factory, embedder):
+    """eval/squad-small built with the real model (FAISS)."""
+    from qa.index import build_index
 
-    return Engine(Config(index_dir=seed_index_dir), embedder=embedder)
+    path = str(tmp_path_factory.mktemp("squad-small") / "index")
+    build_index([os.path.join(SQUAD_SMALL, "articles.jsonl")], path, embedder=embedder)
+    return path
 
 
 @pytest.fixture(scope="session")
-def app(seed_engine):
-    from qa.web import create_app
-
-    return create_app(seed_engine.config, engine=seed_engine)
+def app(seed_index_dir, embedder):
+    """The Flask app on the real-model seed index."""
+    return make_app(seed_index_dir, embedder)
 
 
 @pytest.fixture()
@@ -61,9 +238,8 @@ def client(app):
     return app.test_client()
 
 
-@pytest.fixture()
-def seed_copy(tmp_path, seed_index_dir):
-    """A private copy of the seed index, for tests that write to it."""
-    dst = tmp_path / "index"
-    shutil.copytree(seed_index_dir, dst, ignore=shutil.ignore_patterns(".write.lock"))
-    return str(dst)
+@pytest.fixture(scope="session")
+def seed_server(seed_index_dir):
+    """A `qa serve` of the real-model seed index for the whole session, for tests that only read."""
+    with serve(seed_index_dir) as base:
+        yield base

@@ -15,6 +15,7 @@ def sentences(text):
     return [(text, 0, first), (text, first + 1, len(text))]
 
 
+@pytest.mark.slow
 def test_token_vectors_are_unit_rows_with_offsets_into_the_text(embedder, fake_embedder):
     for e in (embedder, fake_embedder):
         (vecs, offsets), (empty, none) = e.token_vectors([TESLA, ""])
@@ -25,6 +26,7 @@ def test_token_vectors_are_unit_rows_with_offsets_into_the_text(embedder, fake_e
         assert empty.shape == (0, e.dim) and none.shape == (0, 2)
 
 
+@pytest.mark.slow
 def test_alignment_matches_words_by_meaning_in_context(embedder):
     # no word of the question is in either sentence; "illness" and "catch" find "cholera" and "contracted"
     text = "The bridge over the river opened in the spring. Shortly after he arrived, he contracted cholera."
@@ -61,6 +63,7 @@ def test_token_vectors_are_computed_once_per_text_and_the_oldest_are_dropped(fak
     assert calls[-1] == ["one two"]
 
 
+@pytest.mark.slow
 def test_only_the_passages_of_the_best_sentences_are_aligned(seed_index_dir, embedder):
     from qa.answer import ALIGN_SENTENCES, score_sentences
     from qa.index import load_index
@@ -91,6 +94,7 @@ def test_only_the_passages_of_the_best_sentences_are_aligned(seed_index_dir, emb
     assert all(r.alignment is None for r in plain) and any(r.alignment is not None for r in aligned)
 
 
+@pytest.mark.slow
 def test_a_sentence_is_aligned_together_with_the_one_before_it(seed_index_dir, embedder, monkeypatch):
     import qa.answer as A
     from qa.index import load_index
@@ -117,6 +121,7 @@ def test_a_sentence_is_aligned_together_with_the_one_before_it(seed_index_dir, e
         assert start == sentences[(text, max(idx - 1, 0))][0]  # from the sentence before it (or its own, if first)
 
 
+@pytest.mark.slow
 def test_the_raw_alignment_is_kept_and_computed_for_a_sentence_left_unaligned(seed_index_dir, embedder,
                                                                              monkeypatch):
     import qa.answer as A
@@ -152,6 +157,7 @@ def test_answerable_means_aligned_with_the_question_or_holding_its_rare_words():
     assert not is_answerable(NO_ANSWER_ESCAPE_ALIGNMENT - 0.01, 1.0)  # its words, but nothing else of it
 
 
+@pytest.mark.slow
 def test_no_answer_is_decided_on_the_best_sentence_s_alignment(seed_index_dir, embedder, monkeypatch):
     import qa.answer as A
     from qa.index import load_index
@@ -203,6 +209,7 @@ def doctor_who_index(tmp_path_factory, embedder):
     return str(folder / "index")
 
 
+@pytest.mark.slow
 def test_coverage_weighs_words_by_how_few_candidates_hold_them_not_by_collection_rarity(doctor_who_index, embedder,
                                                                                         monkeypatch):
     # the answer holds "Fourth" and "Doctor"; a sentence on spoofs of the show holds "Doctor" and "comedians", the
@@ -273,6 +280,7 @@ def test_token_alignments_are_each_question_piece_s_best_cosine(fake_embedder):
     assert token_alignments(fake_embedder, "ferry", []).shape == (0, 1) and recall(np.zeros((2, 0))).tolist() == [0, 0]
 
 
+@pytest.mark.slow
 def test_the_alignment_ranks_by_the_question_s_pieces_that_few_candidates_match(doctor_who_index, embedder,
                                                                                 monkeypatch):
     # with the question's word pieces weighted alike in the ranking, a sentence on other actors who played the

@@ -1,4 +1,5 @@
 """Index build, add, remove and check with the fake embedder (fast), and load errors that name the fix."""
+import glob
 import json
 import os
 import sqlite3
@@ -14,6 +15,8 @@ from qa.search import search
 from qa.chunk import split_sentences
 from qa.manifest import Manifest
 from qa.store import Filters, Store
+
+from conftest import WOMBAT, ZEBRA, write_jsonl
 
 ARTS = [
     {"id": "a1", "title": "Harbour strike", "source": "Wire", "published": "2024-01-05",
@@ -284,3 +287,105 @@ def test_windows_leave_room_for_the_title_and_long_titles_are_cut(fake_embedder)
     assert len(prepared.passages[0].windows) > 1 and len(seen) == len(prepared.window_vectors[0])
     assert all(n <= fake_embedder.max_tokens - 2 for n in fake_embedder.count_tokens(seen))  # title and window fit
     assert all(text.startswith(prefix) for text in seen)
+
+
+# --- writes made during a full build are replayed at the swap -----------------------------------------------
+
+HARBOUR = {"id": "lc-harbour", "title": "Night ferry returns to Quokka Harbour",
+           "paragraphs": ["The night ferry between Quokka Harbour and Platypus Bay sails again from Monday.",
+                          "Tickets cost four dollars, the same as before the service was suspended."]}
+
+
+class WritingEmbedder:
+    """A hash embedder whose first encoding, mid-build (after the sources were read, before the swap), runs
+    `write`: the build takes the writer lock only at the swap, so the write goes through at once."""
+
+    def __init__(self, embedder, write):
+        self.embedder, self.write = embedder, write
+
+    def __getattr__(self, name):
+        return getattr(self.embedder, name)
+
+    def encode_spans(self, *args, **kwargs):
+        write, self.write = self.write, None
+        if write is not None:
+            write()
+        return self.embedder.encode_spans(*args, **kwargs)
+
+
+def _documents(index_dir) -> list[str]:
+    from qa.index import load_index
+
+    index = load_index(index_dir)
+    try:
+        return index.store.document_ids()
+    finally:
+        index.close()
+
+
+@pytest.mark.parametrize("backend", ["faiss", "milvus"], ids=["faiss", "milvus-lite"])
+def test_writes_during_a_full_build_are_replayed(tmp_path, fake_embedder, backend):
+    from qa.index import add_documents, build_index, check_index, load_index, remove_documents
+    from qa.ingest import article_from_dict
+    from qa.text import query_terms
+
+    index_dir = str(tmp_path / "index")
+    sources = write_jsonl(tmp_path, ZEBRA, WOMBAT)
+    if backend == "milvus":
+        pytest.importorskip("milvus_lite")
+    build_index([sources], index_dir, embedder=fake_embedder, vector_backend=backend)
+
+    def write():
+        add_documents(None, index_dir, articles=[article_from_dict(HARBOUR)], embedder=fake_embedder)
+        remove_documents([WOMBAT["id"]], index_dir)
+        assert _documents(index_dir) == [HARBOUR["id"], ZEBRA["id"]]  # the live index took both writes
+
+    report = build_index([sources], index_dir, embedder=WritingEmbedder(fake_embedder, write))
+    assert report.replayed == 2
+    assert _documents(index_dir) == [HARBOUR["id"], ZEBRA["id"]]  # wombat stays removed though in the sources
+    assert (report.documents, report.passages) == (2, 4)
+    assert check_index(index_dir) == []
+    index = load_index(index_dir)
+    try:
+        hits = index.lexical_search(query_terms("night ferry tickets"), 3)  # tantivy, replayed too
+        assert hits and index.store.passages([hits[0][0]])[hits[0][0]].doc_id == HARBOUR["id"]
+        assert index.store.journal()[-1].article.to_dict() == article_from_dict(HARBOUR).to_dict()
+    finally:
+        index.close()
+
+
+def test_a_build_overlapping_more_writes_than_the_journal_keeps_fails(tmp_path, fake_embedder, monkeypatch):
+    import qa.store
+    from qa.errors import QAError
+    from qa.index import add_documents, build_index, check_index, remove_documents
+    from qa.ingest import article_from_dict
+
+    index_dir = str(tmp_path / "index")
+    sources = write_jsonl(tmp_path, ZEBRA, WOMBAT)
+    build_index([sources], index_dir, embedder=fake_embedder)
+    monkeypatch.setattr(qa.store, "JOURNAL_KEEP", 1)
+
+    def write():
+        add_documents(None, index_dir, articles=[article_from_dict(HARBOUR)], embedder=fake_embedder)
+        remove_documents([WOMBAT["id"]], index_dir)
+
+    with pytest.raises(QAError, match="journal keeps"):
+        build_index([sources], index_dir, embedder=WritingEmbedder(fake_embedder, write))
+    assert _documents(index_dir) == [HARBOUR["id"], ZEBRA["id"]]  # the live index, with both writes, stays
+    assert check_index(index_dir) == []
+    assert not glob.glob(os.path.join(index_dir, ".build-*"))
+
+
+def test_a_build_without_concurrent_writes_replays_nothing(tmp_path, fake_embedder):
+    from qa.index import add_documents, build_index, check_index
+    from qa.ingest import article_from_dict
+
+    index_dir = str(tmp_path / "index")
+    sources = write_jsonl(tmp_path, ZEBRA, WOMBAT)
+    assert build_index([sources], index_dir, embedder=fake_embedder).replayed == 0
+    # a write before the next build started: the build's sources are the truth, nothing is replayed
+    add_documents(None, index_dir, articles=[article_from_dict(HARBOUR)], embedder=fake_embedder)
+    report = build_index([sources], index_dir, embedder=fake_embedder)
+    assert report.replayed == 0 and report.documents == 2
+    assert _documents(index_dir) == [WOMBAT["id"], ZEBRA["id"]]
+    assert check_index(index_dir) == []

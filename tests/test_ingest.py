@@ -217,6 +217,7 @@ def count_words(texts: Sequence[str]) -> list[int]:
     return [len(t.split()) for t in texts]
 
 
+@pytest.mark.slow  # 50 MB of text
 def test_a_50_mb_text_file_is_read_whole(tmp_path, big_paragraphs):
     # hard-wrapped (a sentence a line), with share buttons between paragraphs and a copyright footer
     blocks = ["Harbour council budget, day by day", "By Jane Roe, Example News", "Published: 2024-03-01"]
@@ -242,6 +243,7 @@ def test_a_50_mb_text_file_is_read_whole(tmp_path, big_paragraphs):
     assert peak is None or peak < 10 * size, f"{peak / size:.1f} times the file"  # a few copies of the text (~4x)
 
 
+@pytest.mark.slow  # 50 MB of text
 def test_a_50_mb_jsonl_file_is_streamed(tmp_path, big_paragraphs):
     path, size, articles, chars, bad_line = tmp_path / "many.jsonl", 0, 0, 0, None
     with open(path, "w", encoding="utf-8") as f:
@@ -273,6 +275,7 @@ def test_a_50_mb_jsonl_file_is_streamed(tmp_path, big_paragraphs):
     assert peak is None or peak < size / 10, f"{peak / 1e6:.0f} MB resident for a {size / 1e6:.0f} MB file"
 
 
+@pytest.mark.slow  # 50 MB of text
 def test_a_50_mb_paragraph_is_kept_and_windowed_whole(tmp_path, big_paragraphs):
     sentences = [s for paragraph in big_paragraphs for s in paragraph]
     # one paragraph, its sentences apart by line breaks, tabs and double spaces: white space is squashed

@@ -1,56 +1,32 @@
 """Lifecycle of a served index, with real processes on loopback and no mocks: killed rebuilds, live reload while
-queries run, the admin API, hostile input on every endpoint, concurrent writers, writes made during a full build
-(in process, with the hash embedder), and a schemathesis run."""
+queries run, the admin API, hostile input on every endpoint, concurrent writers, and a schemathesis run; all on
+indexes built with the hash embedder (the model is not the subject)."""
 from __future__ import annotations
 
-import contextlib
 import glob
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
-import sys
-import tempfile
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 
 import pytest
 
-from conftest import SEEDS, SQUAD
+from conftest import ENV, QA, SEEDS, SQUAD, WOMBAT, ZEBRA, copy_index, http, make_app, write_jsonl
 
-QA = os.path.join(os.path.dirname(sys.executable), "qa")
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+HASH = ("--model", "hash")  # builds with the hash embedder, as the served indexes were built
 CHINA = "what actions has China taken?"
 TOKEN = "lifecycle-secret-token"
-ZEBRA = {"id": "lc-zebra", "title": "Zebra crossings in Quokka Town",
-         "paragraphs": ["The council of Quokka Town painted eleven new zebra crossings near the harbour in March.",
-                        "Residents said the crossings made the walk to the ferry safer for children."]}
-WOMBAT = {"id": "lc-wombat", "title": "Wombat bridge opens in Platypus Bay",
-          "paragraphs": ["A timber footbridge for wombats opened over the creek in Platypus Bay on Tuesday.",
-                         "Rangers counted forty wombats crossing the bridge during its first night."]}
 
 
 # --- helpers -----------------------------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def request(url, data=None, headers=None, method=None, timeout=30):
     """(status, content type, body bytes) of one HTTP request; HTTP errors are answers, not exceptions."""
-    req = urllib.request.Request(url, data=data, headers=headers or {}, method=method)
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, r.headers.get("Content-Type", ""), r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.headers.get("Content-Type", ""), e.read()
+    r = http(url, data, headers, method, timeout)
+    return r.status, r.headers.get("Content-Type", ""), r.body
 
 
 def get_json(url, **kw):
@@ -65,52 +41,11 @@ def url(base, path, **params):
     return base + path + ("?" + urllib.parse.urlencode(params) if params else "")
 
 
-@contextlib.contextmanager
-def serve(index_dir, env=None):
-    """A real `qa serve` on a free loopback port (its log goes to a file, so a chatty server never blocks)."""
-    port = free_port()
-    log = tempfile.NamedTemporaryFile("w+", prefix="qa-serve-", suffix=".log", delete=False)
-    p = subprocess.Popen([QA, "serve", "--index-dir", index_dir, "--port", str(port)], env={**ENV, **(env or {})},
-                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 90
-        while True:
-            with contextlib.suppress(OSError):
-                if request(base + "/healthz", timeout=5)[0] == 200:
-                    break
-            log.seek(0)
-            assert p.poll() is None and time.time() < deadline, "qa serve did not come up: " + log.read()[-2000:]
-            time.sleep(0.2)
-        yield base
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(p.pid, signal.SIGTERM)
-        try:
-            p.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
-        log.seek(0)
-        text = log.read()
-        log.close()
-        os.unlink(log.name)
-        assert "Traceback" not in text, "the server logged an exception:\n" + text[-3000:]
-
-
 def qa(*args, check=True, timeout=600):
     p = subprocess.run([QA, *args], env=ENV, capture_output=True, text=True, timeout=timeout)
     if check:
         assert p.returncode == 0, f"qa {' '.join(args)} exited {p.returncode}: {p.stderr[-1500:]}"
     return p
-
-
-def write_jsonl(directory, *articles) -> str:
-    path = os.path.join(str(directory), "-".join(a["id"] for a in articles) + ".jsonl")
-    with open(path, "w", encoding="utf-8") as f:
-        for a in articles:
-            f.write(json.dumps(a) + "\n")
-    return path
 
 
 def passages(base) -> int:
@@ -132,7 +67,7 @@ def wait_for(cond, secs=15.0) -> bool:
     while time.time() < deadline:
         if cond():
             return True
-        time.sleep(0.2)
+        time.sleep(0.05)
     return False
 
 
@@ -193,20 +128,18 @@ def _kill_build(index_dir, when, tmp_path):
         source = os.path.join(str(tmp_path), "squad-head.jsonl")
         with open(source, "w", encoding="utf-8") as f:
             f.writelines(head)
-    p = subprocess.Popen([QA, "build", SEEDS, source, "--index-dir", index_dir],
+    p = subprocess.Popen([QA, "build", SEEDS, source, "--index-dir", index_dir, *HASH],
                          env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    t0 = time.time()
     try:
         deadline = time.time() + 300
-        # mid-embedding: ~6 s in, some seconds after the build folder appeared (the model loads first; batches of
-        # embedded paragraphs go to the build's store as they come, the vector and lexical indexes after the last);
-        # writing: the moment the build's store appears
+        # mid-embedding: a second after the build folder appeared (batches of embedded paragraphs go to the build's
+        # store as they come, the vector and lexical indexes after the last); writing: the moment the store appears
         target = ".build-*" if when == "embedding" else os.path.join(".build-*", "store.sqlite")
         while not glob.glob(os.path.join(index_dir, target)):
             assert p.poll() is None and time.time() < deadline, f"the build never made {target}"
             time.sleep(0.01)
         if when == "embedding":
-            time.sleep(max(1.0, 6 - (time.time() - t0)))
+            time.sleep(1.0)
             done = [glob.glob(os.path.join(index_dir, ".build-*", name)) for name in ("vectors.faiss", "lexical")]
             assert not any(done), "embedding already done"
         assert p.poll() is None, "the build finished before it could be killed; use a bigger source"
@@ -215,59 +148,60 @@ def _kill_build(index_dir, when, tmp_path):
         p.wait()
 
 
+@pytest.mark.slow  # servers and `qa` processes, seconds each
 @pytest.mark.parametrize("when", ["embedding", "writing"])
-def test_killed_rebuild_leaves_the_index_intact(seed_copy, when, tmp_path):
-    with serve(seed_copy, {"QA_RELOAD_INTERVAL": "0.5"}) as base:
+def test_killed_rebuild_leaves_the_index_intact(live_server, fake_seed_copy, when, tmp_path):
+    with live_server(fake_seed_copy, {"QA_RELOAD_INTERVAL": "0.5"}) as base:
         assert_serves_seed(base)
         with QueryLoad(base, threads=2, max_seconds=300):
-            _kill_build(seed_copy, when, tmp_path)
+            _kill_build(fake_seed_copy, when, tmp_path)
         time.sleep(1.2)  # more than a reload interval
         assert_serves_seed(base)
-    assert glob.glob(os.path.join(seed_copy, ".build-*")), "expected the killed build's leftovers"
-    assert qa("check", "--index-dir", seed_copy).returncode == 0
-    with serve(seed_copy) as base:  # a fresh server on the same folder
+    assert glob.glob(os.path.join(fake_seed_copy, ".build-*")), "expected the killed build's leftovers"
+    assert qa("check", "--index-dir", fake_seed_copy).returncode == 0
+    with live_server(fake_seed_copy) as base:  # a fresh server on the same folder
         assert_serves_seed(base)
     # the leftovers break neither writes nor the next build
-    qa("add", write_jsonl(tmp_path, ZEBRA), "--index-dir", seed_copy)
-    qa("remove", ZEBRA["id"], "--index-dir", seed_copy)
-    qa("build", SEEDS, "--index-dir", seed_copy)
-    assert qa("check", "--index-dir", seed_copy).returncode == 0
-    with serve(seed_copy) as base:
+    qa("add", write_jsonl(tmp_path, ZEBRA), "--index-dir", fake_seed_copy)
+    qa("remove", ZEBRA["id"], "--index-dir", fake_seed_copy)
+    qa("build", SEEDS, "--index-dir", fake_seed_copy, *HASH)
+    assert qa("check", "--index-dir", fake_seed_copy).returncode == 0
+    with live_server(fake_seed_copy) as base:
         assert_serves_seed(base)
 
 
 # --- 2. live reload without a restart, while queries run -----------------------------------------------------
 
-def test_live_reload_while_queries_run(seed_copy, tmp_path):
+@pytest.mark.slow  # servers and `qa` processes, seconds each
+def test_live_reload_while_queries_run(live_server, fake_seed_copy, tmp_path):
     zebra = write_jsonl(tmp_path, ZEBRA)
-    with serve(seed_copy, {"QA_RELOAD_INTERVAL": "0.5"}) as base:
+    with live_server(fake_seed_copy, {"QA_RELOAD_INTERVAL": "0.5"}) as base:
         n0 = passages(base)
         with QueryLoad(base, threads=4, max_seconds=240):
-            qa("add", zebra, "--index-dir", seed_copy)
+            qa("add", zebra, "--index-dir", fake_seed_copy)
             assert wait_for(lambda: finds_zebra(base), 10), "the server did not see `qa add`"
             assert passages(base) == n0 + 2
-            qa("add", zebra, "--index-dir", seed_copy)  # the same article again: unchanged
+            qa("add", zebra, "--index-dir", fake_seed_copy)  # the same article again: unchanged
             time.sleep(1.5)
             assert passages(base) == n0 + 2
-            qa("remove", ZEBRA["id"], "--index-dir", seed_copy)
+            qa("remove", ZEBRA["id"], "--index-dir", fake_seed_copy)
             assert wait_for(lambda: not finds_zebra(base), 10), "the server still finds a removed article"
             assert passages(base) == n0
             # a full rebuild into the served folder
-            qa("build", SEEDS, zebra, "--index-dir", seed_copy)
+            qa("build", SEEDS, zebra, "--index-dir", fake_seed_copy, *HASH)
             assert wait_for(lambda: passages(base) == n0 + 2, 10), "the server did not switch to the rebuilt index"
             assert finds_zebra(base)
-            qa("build", SEEDS, "--index-dir", seed_copy)  # and back, pruning the first rebuild's folder
+            qa("build", SEEDS, "--index-dir", fake_seed_copy, *HASH)  # and back, pruning the first rebuild's folder
             assert wait_for(lambda: passages(base) == n0, 10)
-    assert qa("check", "--index-dir", seed_copy).returncode == 0
+    assert qa("check", "--index-dir", fake_seed_copy).returncode == 0
 
 
 # --- 3. the admin API ----------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def admin_server(tmp_path_factory, seed_index_dir):
-    dst = str(tmp_path_factory.mktemp("admin") / "index")
-    shutil.copytree(seed_index_dir, dst, ignore=shutil.ignore_patterns(".write.lock"))
-    with serve(dst, {"QA_ADMIN_TOKEN": TOKEN, "QA_RELOAD_INTERVAL": "0.5"}) as base:
+def admin_server(tmp_path_factory, live_server, fake_seed_index_dir):
+    dst = copy_index(fake_seed_index_dir, str(tmp_path_factory.mktemp("admin") / "index"))
+    with live_server(dst, {"QA_ADMIN_TOKEN": TOKEN, "QA_RELOAD_INTERVAL": "0.5"}) as base:
         yield base
 
 
@@ -304,13 +238,14 @@ def test_admin_api_with_token(admin_server):
     _assert_json_error(*request(base + "/api/documents/" + ZEBRA["id"]), 404)
 
 
-def test_milvus_lite_index_served_and_updated_live(tmp_path):
+@pytest.mark.slow  # servers and `qa` processes, seconds each
+def test_milvus_lite_index_served_and_updated_live(live_server, tmp_path):
     """A real `qa serve` on a Milvus Lite index: it answers, admin writes show up live under query load (the server
     holds the Lite database, so writes go through its API), and the folder checks clean once it stops."""
     pytest.importorskip("milvus_lite")
     index_dir = str(tmp_path / "index")
-    qa("build", SEEDS, "--index-dir", index_dir, "--backend", "milvus", "--quiet")
-    with serve(index_dir, {"QA_ADMIN_TOKEN": TOKEN, "QA_RELOAD_INTERVAL": "0.5"}) as base:
+    qa("build", SEEDS, "--index-dir", index_dir, "--backend", "milvus", "--quiet", *HASH)
+    with live_server(index_dir, {"QA_ADMIN_TOKEN": TOKEN, "QA_RELOAD_INTERVAL": "0.5"}) as base:
         assert_serves_seed(base)
         with QueryLoad(base, threads=2, max_seconds=120):
             status, _, body = request(base + "/api/documents", json.dumps(ZEBRA).encode(), _auth(), "POST")
@@ -324,8 +259,8 @@ def test_milvus_lite_index_served_and_updated_live(tmp_path):
     assert qa("check", "--index-dir", index_dir).returncode == 0
 
 
-def test_admin_api_off_without_token(seed_index_dir):
-    with serve(seed_index_dir, {"QA_ADMIN_TOKEN": ""}) as base:
+def test_admin_api_off_without_token(live_server, fake_seed_index_dir):
+    with live_server(fake_seed_index_dir, {"QA_ADMIN_TOKEN": ""}) as base:
         doc = json.dumps(ZEBRA).encode()
         for headers in ({"Content-Type": "application/json"}, _auth()):
             _assert_json_error(*request(base + "/api/documents", doc, headers, "POST"), 403)
@@ -410,126 +345,25 @@ def test_hostile_input_left_the_index_alone(admin_server):
 
 # --- 5. concurrent writers are serialised --------------------------------------------------------------------
 
-def test_concurrent_writers(seed_copy, tmp_path):
+@pytest.mark.slow  # servers and `qa` processes, seconds each
+def test_concurrent_writers(live_server, fake_seed_copy, tmp_path):
     paths = [write_jsonl(tmp_path, ZEBRA), write_jsonl(tmp_path, WOMBAT)]
-    procs = [subprocess.Popen([QA, "add", p, "--index-dir", seed_copy], env=ENV, stdout=subprocess.PIPE,
+    procs = [subprocess.Popen([QA, "add", p, "--index-dir", fake_seed_copy], env=ENV, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for p in paths]
     for p in procs:
         out, err = p.communicate(timeout=300)
         assert p.returncode == 0, err[-1500:]
-    assert qa("check", "--index-dir", seed_copy).returncode == 0
-    stats = json.loads(qa("stats", "--index-dir", seed_copy, "--json").stdout)
+    assert qa("check", "--index-dir", fake_seed_copy).returncode == 0
+    stats = json.loads(qa("stats", "--index-dir", fake_seed_copy, "--json").stdout)
     assert stats["counts"]["documents"] == 3 and stats["counts"]["passages"] == 19, stats
-    with serve(seed_copy) as base:
+    with live_server(fake_seed_copy) as base:
         assert finds_zebra(base)
         assert finds(base, "how many wombats crossed the bridge?", "wombats")
         ids = {d["id"] for d in get_json(base + "/api/documents")[1]["documents"]}
         assert ids == {"000_17ba8289838f2219", ZEBRA["id"], WOMBAT["id"]}
 
 
-# --- 6. writes made during a full build are replayed at the swap ---------------------------------------------
-
-HARBOUR = {"id": "lc-harbour", "title": "Night ferry returns to Quokka Harbour",
-           "paragraphs": ["The night ferry between Quokka Harbour and Platypus Bay sails again from Monday.",
-                          "Tickets cost four dollars, the same as before the service was suspended."]}
-
-
-class WritingEmbedder:
-    """A hash embedder whose first encoding, mid-build (after the sources were read, before the swap), runs
-    `write`: the build takes the writer lock only at the swap, so the write goes through at once."""
-
-    def __init__(self, embedder, write):
-        self.embedder, self.write = embedder, write
-
-    def __getattr__(self, name):
-        return getattr(self.embedder, name)
-
-    def encode_spans(self, *args, **kwargs):
-        write, self.write = self.write, None
-        if write is not None:
-            write()
-        return self.embedder.encode_spans(*args, **kwargs)
-
-
-def _documents(index_dir) -> list[str]:
-    from qa.index import load_index
-
-    index = load_index(index_dir)
-    try:
-        return index.store.document_ids()
-    finally:
-        index.close()
-
-
-@pytest.mark.parametrize("backend", ["faiss", "milvus"], ids=["faiss", "milvus-lite"])
-def test_writes_during_a_full_build_are_replayed(tmp_path, fake_embedder, backend):
-    from qa.index import add_documents, build_index, check_index, load_index, remove_documents
-    from qa.ingest import article_from_dict
-    from qa.text import query_terms
-
-    index_dir = str(tmp_path / "index")
-    sources = write_jsonl(tmp_path, ZEBRA, WOMBAT)
-    if backend == "milvus":
-        pytest.importorskip("milvus_lite")
-    build_index([sources], index_dir, embedder=fake_embedder, vector_backend=backend)
-
-    def write():
-        add_documents(None, index_dir, articles=[article_from_dict(HARBOUR)], embedder=fake_embedder)
-        remove_documents([WOMBAT["id"]], index_dir)
-        assert _documents(index_dir) == [HARBOUR["id"], ZEBRA["id"]]  # the live index took both writes
-
-    report = build_index([sources], index_dir, embedder=WritingEmbedder(fake_embedder, write))
-    assert report.replayed == 2
-    assert _documents(index_dir) == [HARBOUR["id"], ZEBRA["id"]]  # wombat stays removed though in the sources
-    assert (report.documents, report.passages) == (2, 4)
-    assert check_index(index_dir) == []
-    index = load_index(index_dir)
-    try:
-        hits = index.lexical_search(query_terms("night ferry tickets"), 3)  # tantivy, replayed too
-        assert hits and index.store.passages([hits[0][0]])[hits[0][0]].doc_id == HARBOUR["id"]
-        assert index.store.journal()[-1].article.to_dict() == article_from_dict(HARBOUR).to_dict()
-    finally:
-        index.close()
-
-
-def test_a_build_overlapping_more_writes_than_the_journal_keeps_fails(tmp_path, fake_embedder, monkeypatch):
-    import qa.store
-    from qa.errors import QAError
-    from qa.index import add_documents, build_index, check_index, remove_documents
-    from qa.ingest import article_from_dict
-
-    index_dir = str(tmp_path / "index")
-    sources = write_jsonl(tmp_path, ZEBRA, WOMBAT)
-    build_index([sources], index_dir, embedder=fake_embedder)
-    monkeypatch.setattr(qa.store, "JOURNAL_KEEP", 1)
-
-    def write():
-        add_documents(None, index_dir, articles=[article_from_dict(HARBOUR)], embedder=fake_embedder)
-        remove_documents([WOMBAT["id"]], index_dir)
-
-    with pytest.raises(QAError, match="journal keeps"):
-        build_index([sources], index_dir, embedder=WritingEmbedder(fake_embedder, write))
-    assert _documents(index_dir) == [HARBOUR["id"], ZEBRA["id"]]  # the live index, with both writes, stays
-    assert check_index(index_dir) == []
-    assert not glob.glob(os.path.join(index_dir, ".build-*"))
-
-
-def test_a_build_without_concurrent_writes_replays_nothing(tmp_path, fake_embedder):
-    from qa.index import add_documents, build_index, check_index
-    from qa.ingest import article_from_dict
-
-    index_dir = str(tmp_path / "index")
-    sources = write_jsonl(tmp_path, ZEBRA, WOMBAT)
-    assert build_index([sources], index_dir, embedder=fake_embedder).replayed == 0
-    # a write before the next build started: the build's sources are the truth, nothing is replayed
-    add_documents(None, index_dir, articles=[article_from_dict(HARBOUR)], embedder=fake_embedder)
-    report = build_index([sources], index_dir, embedder=fake_embedder)
-    assert report.replayed == 0 and report.documents == 2
-    assert _documents(index_dir) == [WOMBAT["id"], ZEBRA["id"]]
-    assert check_index(index_dir) == []
-
-
-# --- 7. schemathesis, in-process against the Flask app -------------------------------------------------------
+# --- 6. schemathesis, in-process against the Flask app -------------------------------------------------------
 
 schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
@@ -545,15 +379,11 @@ OPERATIONS = [f"{method.upper()} {path}" for path, ops in openapi_spec()["paths"
 
 
 @pytest.fixture(scope="module")
-def api_schema(tmp_path_factory, seed_index_dir, embedder):
-    from qa.config import Config
-    from qa.service import Engine
-    from qa.web import create_app
+def api_schema(tmp_path_factory, fake_seed_index_dir):
+    from qa.embed import HashEmbedder
 
-    dst = str(tmp_path_factory.mktemp("fuzz") / "index")
-    shutil.copytree(seed_index_dir, dst, ignore=shutil.ignore_patterns(".write.lock"))
-    config = Config(index_dir=dst, admin_token=None)  # the admin writes must answer 403
-    app = create_app(config, engine=Engine(config, embedder=embedder))
+    dst = copy_index(fake_seed_index_dir, str(tmp_path_factory.mktemp("fuzz") / "index"))
+    app = make_app(dst, HashEmbedder(), admin_token=None)  # the admin writes must answer 403
     return schemathesis.openapi.from_wsgi("/openapi.json", app)
 
 

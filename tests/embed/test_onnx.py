@@ -19,7 +19,11 @@ from qa.embed import PACKAGED_MODEL, load_embedder, packaged_model_path  # noqa:
 from qa.embed.onnx import CACHE_ENV, INT8_FILES, OnnxEmbedder, cache_dir  # noqa: E402
 from qa.embed.torch import TorchEmbedder  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import ROOT as CONFTEST_ROOT  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(CONFTEST_ROOT)
 ARTICLES = ROOT / "eval" / "squad-dev" / "articles.jsonl"
 MIN_COSINE = 0.99
 

@@ -21,6 +21,8 @@ from qa.vectors.milvus import (VARCHAR_MAX, MilvusIndex, collections_behind, dro
 from qa.store import Filters  # noqa: E402
 from qa.vectors import DocFields  # noqa: E402
 
+from conftest import ROOT  # noqa: E402
+
 DIM = 16
 
 
@@ -197,9 +199,9 @@ LOCK_PROBE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # a second Python process
 def test_second_process_is_locked_out(uri):
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=root)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=ROOT)
 
     def probe() -> str:
         out = subprocess.run([sys.executable, "-c", LOCK_PROBE, uri], capture_output=True, text=True, env=env,

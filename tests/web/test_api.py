@@ -1,15 +1,12 @@
-"""The API and the CLI on the seed article with the real model."""
-import json
-
+"""The API on the seed article: with the real model where answers and rankings are checked (`slow`),
+with the hash embedder where only their shapes are."""
 import pytest
-from click.testing import CliRunner
-
-from qa.cli import main
 
 CHINA = "what actions has China taken?"
 ANSWERING = ("enforcement actions", "International Narcotics Control Board")
 
 
+@pytest.mark.slow
 def test_search_finds_china_actions_with_full_citations(client):
     r = client.get("/api/search", query_string={"q": CHINA, "k": 3})
     assert r.status_code == 200
@@ -25,19 +22,20 @@ def test_search_finds_china_actions_with_full_citations(client):
     assert set(body["timings"]) == {"embed_ms", "dense_ms", "lexical_ms", "fuse_ms"}
 
 
-def test_post_search_equals_get(client):
-    a = client.get("/api/search", query_string={"q": CHINA, "k": 5}).get_json()
-    b = client.post("/api/search", json={"q": CHINA, "k": 5}).get_json()
+def test_post_search_equals_get(fake_client):
+    a = fake_client.get("/api/search", query_string={"q": CHINA, "k": 5}).get_json()
+    b = fake_client.post("/api/search", json={"q": CHINA, "k": 5}).get_json()
     assert [x["passage_id"] for x in a["results"]] == [x["passage_id"] for x in b["results"]]
 
 
 @pytest.mark.parametrize("mode", ["hybrid", "dense", "lexical"])
-def test_modes(client, mode):
-    body = client.get("/api/search", query_string={"q": "Daskal International Narcotics Control Board",
+def test_modes(fake_client, mode):
+    body = fake_client.get("/api/search", query_string={"q": "Daskal International Narcotics Control Board",
                                                     "mode": mode}).get_json()
     assert body["mode"] == mode and body["results"]
 
 
+@pytest.mark.slow
 def test_rare_name_and_paraphrase_both_surface(client):
     rare = client.get("/api/search", query_string={"q": "Slodkowski Daskal interview embassy", "k": 3}).get_json()
     assert any("embassy in Beijing" in x["text"] for x in rare["results"])
@@ -57,20 +55,22 @@ def test_rare_name_and_paraphrase_both_surface(client):
     ("post", {"json": {"q": 5}}), ("post", {"json": ["q"]}), ("post", {"json": {"q": "china", "k": "x"}}),
 ])
 @pytest.mark.parametrize("path", ["/api/search", "/api/ask"])
-def test_bad_input_is_a_json_400(client, path, method, kwargs):
-    r = getattr(client, method)(path, **kwargs)
+def test_bad_input_is_a_json_400(fake_client, path, method, kwargs):
+    r = getattr(fake_client, method)(path, **kwargs)
     assert r.status_code == 400 and r.is_json and r.get_json()["error"]
 
 
-def test_oversized_body_is_413_json(client):
-    r = client.post("/api/search", data=b"x" * (2 * 1024 * 1024), content_type="application/json")
+def test_oversized_body_is_413_json(fake_client):
+    r = fake_client.post("/api/search", data=b"x" * (2 * 1024 * 1024), content_type="application/json")
     assert r.status_code == 413 and r.get_json()["error"]
 
 
-def test_healthz(client):
-    assert client.get("/healthz").get_json() == {**client.get("/healthz").get_json(), "status": "ok", "passages": 15}
+def test_healthz(fake_client):
+    health = fake_client.get("/healthz").get_json()
+    assert health == {**health, "status": "ok", "passages": 15}
 
 
+@pytest.mark.slow
 def test_ask_answers_with_verifiable_citations(client):
     body = client.get("/api/ask", query_string={"q": CHINA}).get_json()
     assert body["no_answer"] is False and body["answer"]["sentences"]
@@ -84,12 +84,14 @@ def test_ask_answers_with_verifiable_citations(client):
     assert {c["n"] for c in body["citations"]} == {s["citation"] for s in body["answer"]["sentences"]}
 
 
+@pytest.mark.slow
 def test_unanswerable_question_gets_no_answer(client):
     body = client.get("/api/ask",
                       query_string={"q": "What is the boiling point of liquid nitrogen in Kelvin?"}).get_json()
     assert body["no_answer"] is True and body["answer"] is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("q", ["who led the delegation?",
                                "what does the U.S. say is the source of precursor chemicals?",
                                "when did the US and China break up a smuggling ring?", "Who is Jen Daskal?",
@@ -101,58 +103,29 @@ def test_citation_spans_hold_for_many_questions(client, q):
         assert texts[s["passage_id"]][s["start"]:s["end"]] == s["text"]
 
 
-def test_documents_api(client):
-    docs = client.get("/api/documents").get_json()
+def test_documents_api(fake_client):
+    docs = fake_client.get("/api/documents").get_json()
     assert docs["total"] == 1 and docs["documents"][0]["passages"] == 15
     doc_id = docs["documents"][0]["id"]
-    doc = client.get(f"/api/documents/{doc_id}").get_json()
+    doc = fake_client.get(f"/api/documents/{doc_id}").get_json()
     assert len(doc["paragraphs"]) == 15 and doc["author"] == "Antoni Slodkowski"
-    r = client.get("/api/documents/..%2F..%2Fetc%2Fpasswd")
+    r = fake_client.get("/api/documents/..%2F..%2Fetc%2Fpasswd")
     assert r.status_code == 404 and r.is_json
-    assert client.get("/api/documents", query_string={"limit": "0"}).status_code == 400
+    assert fake_client.get("/api/documents", query_string={"limit": "0"}).status_code == 400
 
 
-def test_openapi_lists_every_endpoint(client, app):
-    spec = client.get("/openapi.json").get_json()
+def test_openapi_lists_every_endpoint(fake_client, fake_app):
+    spec = fake_client.get("/openapi.json").get_json()
     assert spec["openapi"].startswith("3.")
-    routes = {str(r.rule).replace("<doc_id:doc_id>", "{doc_id}") for r in app.url_map.iter_rules()
+    routes = {str(r.rule).replace("<doc_id:doc_id>", "{doc_id}") for r in fake_app.url_map.iter_rules()
               if r.endpoint.startswith("api.")}
     assert routes <= set(spec["paths"])
 
 
-def test_admin_api_is_off_without_a_token(client):
-    assert client.post("/api/documents", json={"id": "x", "title": "t", "paragraphs": ["p"]}).status_code == 403
-    assert client.delete("/api/documents/x").status_code == 403
+def test_admin_api_is_off_without_a_token(fake_client):
+    assert fake_client.post("/api/documents", json={"id": "x", "title": "t", "paragraphs": ["p"]}).status_code == 403
+    assert fake_client.delete("/api/documents/x").status_code == 403
     for odd in ("0%0A", "%0D%0A", "a/b"):  # any id reaches the API (a line break once fell through to routing's 404)
-        assert client.delete(f"/api/documents/{odd}").status_code == 403
-        r = client.get(f"/api/documents/{odd}")
+        assert fake_client.delete(f"/api/documents/{odd}").status_code == 403
+        r = fake_client.get(f"/api/documents/{odd}")
         assert r.status_code == 404 and r.get_json()["error"].startswith("no such document")
-
-
-def test_cli_search_json_matches_the_api(client, seed_index_dir):
-    runner = CliRunner()
-    res = runner.invoke(main, ["search", CHINA, "-k", "5", "--json", "--index-dir", seed_index_dir])
-    assert res.exit_code == 0, res.output
-    cli = json.loads(res.stdout)
-    api = client.get("/api/search", query_string={"q": CHINA, "k": 5}).get_json()
-    assert [r["passage_id"] for r in cli["results"]] == [r["passage_id"] for r in api["results"]]
-
-
-def test_cli_text_counts_paragraphs_from_one_as_the_web_page_does(client, seed_index_dir):
-    runner = CliRunner()
-    api = client.get("/api/ask", query_string={"q": CHINA}).get_json()
-    res = runner.invoke(main, ["ask", CHINA, "--index-dir", seed_index_dir])
-    c = api["citations"][0]
-    assert res.exit_code == 0 and f"[1] {c['title']}" in res.stdout
-    first = next(line for line in res.stdout.splitlines() if line.startswith("[1] "))
-    assert first.endswith(f"paragraph {c['paragraph_index'] + 1}")
-    top = client.get("/api/search", query_string={"q": CHINA, "k": 1}).get_json()["results"][0]
-    res = runner.invoke(main, ["search", CHINA, "-k", "1", "--index-dir", seed_index_dir])
-    assert res.stdout.splitlines()[0].endswith(f"¶{top['paragraph_index'] + 1}")
-
-
-def test_cli_errors_are_one_line(tmp_path):
-    res = CliRunner().invoke(main, ["search", "china", "--index-dir", str(tmp_path / "none")])
-    assert res.exit_code != 0 and "qa build" in res.output and "Traceback" not in res.output
-    res = CliRunner().invoke(main, ["search", "china", "-k", "0", "--index-dir", str(tmp_path / "none")])
-    assert res.exit_code != 0 and "Traceback" not in res.output

@@ -1,4 +1,4 @@
-"""The index folder on Milvus Lite (real, no mocks) with the real model: build, check, search, update, rebuild."""
+"""The index folder on Milvus Lite (real, no mocks) with the hash embedder: build, check, search, update, rebuild."""
 from __future__ import annotations
 
 import dataclasses
@@ -13,7 +13,9 @@ import pytest
 
 pytest.importorskip("pymilvus")
 pytest.importorskip("milvus_lite")
+pytestmark = pytest.mark.slow  # every test builds index folders on Milvus Lite, seconds each
 
+from qa.embed import HashEmbedder  # noqa: E402
 from qa.vectors import milvus as mb  # noqa: E402
 from qa.errors import BadRequest  # noqa: E402
 from qa.index import add_documents, build_index, check_index, load_index, remove_documents  # noqa: E402
@@ -21,9 +23,9 @@ from qa.manifest import Manifest  # noqa: E402
 from qa.params import make_filters  # noqa: E402
 from qa.search import search  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMALL = os.path.join(ROOT, "eval", "squad-small")
-ARTICLES = os.path.join(SMALL, "articles.jsonl")
+from conftest import ROOT, SQUAD_SMALL  # noqa: E402
+
+ARTICLES = os.path.join(SQUAD_SMALL, "articles.jsonl")
 
 
 def _articles() -> list[dict]:
@@ -42,22 +44,22 @@ def _few(n: int = 4) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def milvus_dir(tmp_path_factory, embedder) -> str:
+def milvus_dir(tmp_path_factory) -> str:
     path = str(tmp_path_factory.mktemp("milvus") / "index")
-    build_index([ARTICLES], path, embedder=embedder, vector_backend="milvus", milvus_token="not-a-secret")
+    build_index([ARTICLES], path, embedder=HashEmbedder(), vector_backend="milvus", milvus_token="not-a-secret")
     return path
 
 
 @pytest.fixture(scope="module")
-def faiss_dir(tmp_path_factory, embedder) -> str:
+def faiss_dir(tmp_path_factory) -> str:
     path = str(tmp_path_factory.mktemp("faiss") / "index")
-    build_index([ARTICLES], path, embedder=embedder)
+    build_index([ARTICLES], path, embedder=HashEmbedder())
     return path
 
 
 @pytest.fixture(scope="module")
-def milvus_index(milvus_dir, embedder):
-    index = load_index(milvus_dir, embedder=embedder)
+def milvus_index(milvus_dir):
+    index = load_index(milvus_dir, embedder=HashEmbedder())
     yield index
     index.close()
 
@@ -88,16 +90,16 @@ def test_search_modes_and_filters(milvus_index):
     assert not search(milvus_index, "Super Bowl", 5, mode="dense", filters=make_filters(source="Nobody")).hits
 
 
-def test_dense_parity_with_faiss(milvus_index, faiss_dir, embedder):
-    faiss_index = load_index(faiss_dir, embedder=embedder)
-    with open(os.path.join(SMALL, "questions.jsonl"), encoding="utf-8") as f:
+def test_dense_parity_with_faiss(milvus_index, faiss_dir, fake_embedder):
+    faiss_index = load_index(faiss_dir, embedder=fake_embedder)
+    with open(os.path.join(SQUAD_SMALL, "questions.jsonl"), encoding="utf-8") as f:
         questions = [json.loads(line)["question"] for line in f][:50]
     overlaps, vector_overlaps = [], []
     for q in questions:
         a = [h.passage.passage_id for h in search(milvus_index, q, 10, mode="dense").hits]
         b = [h.passage.passage_id for h in search(faiss_index, q, 10, mode="dense").hits]
         overlaps.append(len(set(a) & set(b)) / max(len(b), 1))
-        qvec = embedder.encode([q])
+        qvec = fake_embedder.encode([q])
         _, m_ids = milvus_index.vectors.search(qvec, 10)
         _, f_ids = faiss_index.vectors.search(qvec, 10)
         vector_overlaps.append(len(set(m_ids[0].tolist()) & set(f_ids[0].tolist())) / 10)
@@ -106,6 +108,7 @@ def test_dense_parity_with_faiss(milvus_index, faiss_dir, embedder):
     assert np.mean(overlaps) >= 0.99 and np.mean(vector_overlaps) >= 0.99
 
 
+# on the real model: its ranking is checked
 def test_add_remove(tmp_path, embedder):
     few = _few()
     path = str(tmp_path / "index")
@@ -133,6 +136,7 @@ def test_add_remove(tmp_path, embedder):
         index.close()
 
 
+# on the real model: its builds take over a second, and collection names sort by the second a build started
 def test_rebuild_switches_alias_and_drops_old(tmp_path, embedder, monkeypatch):
     path = str(tmp_path / "index")
     corpus = _jsonl(tmp_path / "a.jsonl", _few(2))
@@ -141,14 +145,16 @@ def test_rebuild_switches_alias_and_drops_old(tmp_path, embedder, monkeypatch):
     build_index([corpus], path, embedder=embedder)  # no backend given: the live index's
     names.append(Manifest.load(path).milvus_collection)
     manifest = Manifest.load(path)
-    with mb.MilvusIndex(mb.resolve_uri(path, manifest.milvus_uri), manifest.milvus_alias, 384) as live:
+    with mb.MilvusIndex(mb.resolve_uri(path, manifest.milvus_uri), manifest.milvus_alias,
+                        embedder.dim) as live:
         assert live.live_collection == names[1]
         assert mb.collections_behind(live.client, manifest.milvus_alias) == names  # previous kept
     build_index([corpus], path, embedder=embedder)
     names.append(Manifest.load(path).milvus_collection)
     manifest = Manifest.load(path)
     assert len(set(names)) == 3 and manifest.vector_backend == "milvus"
-    with mb.MilvusIndex(mb.resolve_uri(path, manifest.milvus_uri), manifest.milvus_alias, 384) as live:
+    with mb.MilvusIndex(mb.resolve_uri(path, manifest.milvus_uri), manifest.milvus_alias,
+                        embedder.dim) as live:
         assert live.live_collection == names[-1]
         assert mb.collections_behind(live.client, manifest.milvus_alias) == names[-2:]  # previous kept
     assert check_index(path) == []
@@ -161,7 +167,8 @@ def test_rebuild_switches_alias_and_drops_old(tmp_path, embedder, monkeypatch):
         build_index([corpus], path, embedder=embedder)
     monkeypatch.undo()
     assert Manifest.load(path) == manifest
-    with mb.MilvusIndex(mb.resolve_uri(path, manifest.milvus_uri), manifest.milvus_alias, 384) as live:
+    with mb.MilvusIndex(mb.resolve_uri(path, manifest.milvus_uri), manifest.milvus_alias,
+                        embedder.dim) as live:
         assert live.live_collection == names[-1]
         assert mb.collections_behind(live.client, manifest.milvus_alias) == names[-2:]
     assert check_index(path) == []
@@ -196,31 +203,31 @@ def _with_metadata(tmp_path) -> str:
 
 
 @pytest.fixture(scope="module")
-def filtered_pair(tmp_path_factory, embedder):
+def filtered_pair(tmp_path_factory):
     """The same corpus with metadata built on FAISS and on Milvus, loaded."""
     tmp = tmp_path_factory.mktemp("filtered")
     corpus = _with_metadata(tmp)
-    build_index([corpus], str(tmp / "faiss"), embedder=embedder)
-    build_index([corpus], str(tmp / "milvus"), embedder=embedder, vector_backend="milvus")
-    pair = load_index(str(tmp / "faiss"), embedder=embedder), load_index(str(tmp / "milvus"), embedder=embedder)
+    build_index([corpus], str(tmp / "faiss"), embedder=HashEmbedder())
+    build_index([corpus], str(tmp / "milvus"), embedder=HashEmbedder(), vector_backend="milvus")
+    pair = tuple(load_index(str(tmp / name), embedder=HashEmbedder()) for name in ("faiss", "milvus"))
     yield pair
     for index in pair:
         index.close()
 
 
 def _questions(n: int) -> list[str]:
-    with open(os.path.join(SMALL, "questions.jsonl"), encoding="utf-8") as f:
+    with open(os.path.join(SQUAD_SMALL, "questions.jsonl"), encoding="utf-8") as f:
         return [json.loads(line)["question"] for line in f][::10][:n]
 
 
 @pytest.mark.parametrize("filters", FILTERS, ids=lambda f: ",".join(f"{k}={v}" for k, v in f.items()))
-def test_filtered_parity_with_faiss(filtered_pair, embedder, filters):
+def test_filtered_parity_with_faiss(filtered_pair, fake_embedder, filters):
     faiss_index, milvus_index = filtered_pair
     assert milvus_index.vectors.needs_docs  # pushed down, not id lists
     f = make_filters(**filters)
     allowed = set(faiss_index.store.filtered_window_ids(f).tolist())
     for q in _questions(6):
-        qvec = embedder.encode([q])
+        qvec = fake_embedder.encode([q])
         f_scores, f_ids = faiss_index.vectors.search_filtered(qvec, 40, f, faiss_index.store)
         m_scores, m_ids = milvus_index.vectors.search_filtered(qvec, 40, f, milvus_index.store)
         n = f_ids.shape[1]
@@ -232,19 +239,20 @@ def test_filtered_parity_with_faiss(filtered_pair, embedder, filters):
             assert a == b, (q, mode)
 
 
-def test_writer_resyncs_rows_with_their_document_fields(tmp_path, embedder):
+def test_writer_resyncs_rows_with_their_document_fields(tmp_path, fake_embedder):
     """A collection behind the store (a writer killed between the two) is resynced by the next writer, fields too."""
     path = str(tmp_path / "index")
-    build_index([_with_metadata(tmp_path)], path, embedder=embedder, vector_backend="milvus")
+    build_index([_with_metadata(tmp_path)], path, embedder=fake_embedder, vector_backend="milvus")
     manifest = Manifest.load(path)
     data = os.path.join(path, manifest.data_dir)
-    with mb.MilvusIndex(mb.resolve_uri(path, manifest.milvus_uri), manifest.milvus_collection, 384) as live:
+    uri = mb.resolve_uri(path, manifest.milvus_uri)
+    with mb.MilvusIndex(uri, manifest.milvus_collection, fake_embedder.dim) as live:
         ids, _ = live.reconstruct_all()
         live.remove(ids)  # every row lost
         live.save(data, -1)
     assert remove_documents(["Normans"], path).removed == 1
     assert check_index(path) == []
-    index = load_index(path, embedder=embedder)
+    index = load_index(path, embedder=fake_embedder)
     try:
         assert index.vectors.ntotal == index.manifest.counts.windows
         for filters, docs in ((dict(source="REUTERS"), {"Warsaw", "Warsaw_2"}), (dict(doc_id=ODD_ID), {ODD_ID}),
@@ -258,21 +266,21 @@ def test_writer_resyncs_rows_with_their_document_fields(tmp_path, embedder):
 HOLDER = textwrap.dedent("""
     import sys
     from qa.vectors.milvus import MilvusIndex
-    idx = MilvusIndex(sys.argv[1], sys.argv[2], 384)
+    idx = MilvusIndex(sys.argv[1], sys.argv[2], int(sys.argv[3]))
     print("holding", flush=True)
     sys.stdin.read()
 """)
 
 
-def test_cli_add_while_another_process_holds_lite(tmp_path, embedder):
+def test_cli_add_while_another_process_holds_lite(tmp_path, fake_embedder):
     path = str(tmp_path / "index")
     few = _few(2)
-    build_index([_jsonl(tmp_path / "a.jsonl", few[:1])], path, embedder=embedder, vector_backend="milvus")
+    build_index([_jsonl(tmp_path / "a.jsonl", few[:1])], path, embedder=fake_embedder, vector_backend="milvus")
     manifest = Manifest.load(path)
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=ROOT)
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, os.path.join(path, mb.LITE_FILE),
-                               manifest.milvus_collection], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                              text=True, env=env)
+                               manifest.milvus_collection, str(fake_embedder.dim)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env=env)
     try:
         assert holder.stdout.readline().strip() == "holding"
         out = subprocess.run([sys.executable, "-m", "qa.cli", "add", _jsonl(tmp_path / "b.jsonl", few[1:]),
@@ -297,6 +305,7 @@ def _dense_top(path: str, embedder, question: str) -> str:
         index.close()
 
 
+# on the real model: its ranking is checked
 def test_moved_folder_and_a_new_one_at_its_path_share_a_uri(tmp_path, embedder):
     """A folder moved away and a fresh one built at its old path, on one Milvus: neither takes the other's alias."""
     shared = tmp_path / "x" / "shared.db"
@@ -317,25 +326,27 @@ def test_moved_folder_and_a_new_one_at_its_path_share_a_uri(tmp_path, embedder):
         assert _dense_top(p, embedder, "Who were the Normans?") == "Normans"
 
 
-def test_fixed_alias_option(tmp_path, embedder):
+def test_fixed_alias_option(tmp_path, fake_embedder):
     path = str(tmp_path / "index")
     corpus = _jsonl(tmp_path / "a.jsonl", _few(1))
     with pytest.raises(BadRequest, match="Milvus alias"):
-        build_index([corpus], path, embedder=embedder, milvus_alias="1news")
+        build_index([corpus], path, embedder=fake_embedder, milvus_alias="1news")
     with pytest.raises(BadRequest, match="--milvus-alias needs --backend milvus"):
-        build_index([corpus], path, embedder=embedder, vector_backend="faiss", milvus_alias="news")
+        build_index([corpus], path, embedder=fake_embedder, vector_backend="faiss", milvus_alias="news")
     assert not os.path.exists(path)
-    build_index([corpus], path, embedder=embedder, milvus_alias="news_desk")  # implies --backend milvus
-    build_index([corpus], path, embedder=embedder)
+    build_index([corpus], path, embedder=fake_embedder, milvus_alias="news_desk")  # implies --backend milvus
+    build_index([corpus], path, embedder=fake_embedder)
     manifest = Manifest.load(path)
     assert manifest.vector_backend == "milvus" and manifest.milvus_alias == "news_desk"
     assert manifest.milvus_collection.startswith("news_desk_") and check_index(path) == []
 
 
+# on the real model: its ranking is checked
 @pytest.mark.parametrize("kind, index_type", [("auto", "FLAT"), ("flat", "FLAT"), ("hnsw", "HNSW")])
 def test_index_kinds_map_to_milvus_types(tmp_path, embedder, kind, index_type):
     path = str(tmp_path / "index")
-    build_index([_jsonl(tmp_path / "a.jsonl", _few(2))], path, embedder=embedder, vector_backend="milvus", kind=kind)
+    build_index([_jsonl(tmp_path / "a.jsonl", _few(2))], path, embedder=embedder, vector_backend="milvus",
+                kind=kind)
     index = load_index(path, embedder=embedder)
     try:
         assert index.vectors.index_type == index_type
@@ -345,7 +356,7 @@ def test_index_kinds_map_to_milvus_types(tmp_path, embedder, kind, index_type):
     assert check_index(path) == []
 
 
-def test_ivfpq_on_milvus_is_refused_before_any_work(tmp_path, embedder):
+def test_ivfpq_on_milvus_is_refused_before_any_work(tmp_path, fake_embedder):
     from click.testing import CliRunner
 
     from qa.cli import main
@@ -359,21 +370,21 @@ def test_ivfpq_on_milvus_is_refused_before_any_work(tmp_path, embedder):
     assert not (tmp_path / "new").exists()
     live = str(tmp_path / "live")  # the backend taken from the live index: refused as well, nothing touched
     corpus = _jsonl(tmp_path / "a.jsonl", _few(1))
-    build_index([corpus], live, embedder=embedder, vector_backend="milvus")
+    build_index([corpus], live, embedder=fake_embedder, vector_backend="milvus")
     before = sorted(os.listdir(live))
     with pytest.raises(BadRequest, match="ivfpq"):
-        build_index([corpus], live, embedder=embedder, kind="ivfpq")
+        build_index([corpus], live, embedder=fake_embedder, kind="ivfpq")
     assert sorted(os.listdir(live)) == before and check_index(live) == []
 
 
-def test_serve_refuses_workers_on_milvus_lite(tmp_path, embedder, monkeypatch):
+def test_serve_refuses_workers_on_milvus_lite(tmp_path, fake_embedder, monkeypatch):
     from click.testing import CliRunner
 
     from qa import cli, process
     from qa.web import server
 
     path = str(tmp_path / "index")
-    build_index([_jsonl(tmp_path / "a.jsonl", _few(1))], path, embedder=embedder, vector_backend="milvus")
+    build_index([_jsonl(tmp_path / "a.jsonl", _few(1))], path, embedder=fake_embedder, vector_backend="milvus")
     started = []
     monkeypatch.setattr(server, "run_gunicorn", lambda *args: started.append(args))  # never a real server
     monkeypatch.setattr(process, "tune_malloc", lambda: None)

@@ -42,7 +42,8 @@ def recall(got, want):
     return np.mean([len(set(g[g >= 0].tolist()) & set(w.tolist())) / len(w) for g, w in zip(got, want)])
 
 
-@pytest.fixture(scope="module", params=["flat", "hnsw", "ivfpq"])
+@pytest.fixture(scope="module", params=["flat", *(pytest.param(kind, marks=pytest.mark.slow)  # trained: seconds
+                                                  for kind in ("hnsw", "ivfpq"))])
 def built(request, data):
     ids, xb, _ = data
     idx = V.FaissIndex(DIM, request.param)

@@ -9,22 +9,15 @@ import urllib.parse
 
 import pytest
 
-from test_server import serve
-
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 
-pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
-                                reason="needs Debian's chromium at /usr/bin/chromium (make browser-deps)")
+pytestmark = [pytest.mark.browser, pytest.mark.slow,  # the answers on the page are the real model's
+              pytest.mark.skipif(not os.path.exists(CHROMIUM),
+                                 reason="needs Debian's chromium at /usr/bin/chromium (make browser-deps)")]
 
 QUESTION = "what actions has China taken?"
 NO_ANSWER = "What is the boiling point of liquid nitrogen in Kelvin?"
-
-
-@pytest.fixture(scope="module")
-def server(seed_index_dir):
-    with serve(seed_index_dir) as base:
-        yield base
 
 
 @pytest.fixture()
@@ -62,10 +55,10 @@ def ask(driver, base, question):
     return driver
 
 
-def test_question_answer_and_citations(server, browser, tmp_path):
+def test_question_answer_and_citations(seed_server, browser, tmp_path):
     from selenium.webdriver.common.by import By
 
-    ask(browser, server, QUESTION)
+    ask(browser, seed_server, QUESTION)
     assert urllib.parse.parse_qs(urllib.parse.urlparse(browser.current_url).query)["q"] == [QUESTION]
     assert browser.find_element(By.CSS_SELECTOR, "input#q").get_attribute("value") == QUESTION
 
@@ -103,9 +96,9 @@ def test_question_answer_and_citations(server, browser, tmp_path):
     shutil.copyfile(desktop, "/tmp/qa-screenshot.png")
 
 
-def test_phone_width_has_no_horizontal_scroll(server, browser, tmp_path):
+def test_phone_width_has_no_horizontal_scroll(seed_server, browser, tmp_path):
     browser.set_window_size(390, 844)
-    ask(browser, server, QUESTION)
+    ask(browser, seed_server, QUESTION)
     width = browser.execute_script("return window.innerWidth")
     scroll = browser.execute_script("return document.documentElement.scrollWidth")
     assert scroll <= width, f"horizontal scroll at phone width: scrollWidth {scroll} > innerWidth {width}"
@@ -115,12 +108,12 @@ def test_phone_width_has_no_horizontal_scroll(server, browser, tmp_path):
     shutil.copyfile(phone, "/tmp/qa-screenshot-phone.png")
 
 
-def test_script_query_renders_as_text(server, browser):
+def test_script_query_renders_as_text(seed_server, browser):
     from selenium.common.exceptions import NoAlertPresentException
     from selenium.webdriver.common.by import By
 
     payload = "<script>alert(1)</script>"
-    browser.get(server + "/?q=" + urllib.parse.quote(payload))
+    browser.get(seed_server + "/?q=" + urllib.parse.quote(payload))
     with pytest.raises(NoAlertPresentException):
         browser.switch_to.alert.text
     assert browser.find_element(By.CSS_SELECTOR, "input#q").get_attribute("value") == payload
@@ -128,10 +121,10 @@ def test_script_query_renders_as_text(server, browser):
     assert not browser.find_elements(By.TAG_NAME, "script")
 
 
-def test_no_answer_notice(server, browser):
+def test_no_answer_notice(seed_server, browser):
     from selenium.webdriver.common.by import By
 
-    ask(browser, server, NO_ANSWER)
+    ask(browser, seed_server, NO_ANSWER)
     notice = browser.find_element(By.CSS_SELECTOR, "section.answer .notice")
     assert notice.is_displayed() and "No answer" in notice.text
     assert not browser.find_elements(By.ID, "answer-text")
