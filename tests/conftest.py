@@ -243,3 +243,33 @@ def seed_server(seed_index_dir):
     """A `qa serve` of the real-model seed index for the whole session, for tests that only read."""
     with serve(seed_index_dir) as base:
         yield base
+
+
+# --- two small articles, built with the fake embedder ---------------------------------------------------------
+
+ARTS = [
+    {"id": "a1", "title": "Harbour strike", "source": "Wire", "published": "2024-01-05",
+     "paragraphs": ["Dock workers at the harbour walked out over pay on Monday morning.",
+                    "The union leader Marta Quist said talks would resume on Friday."]},
+    {"id": "a2", "title": "Rail fares", "source": "Gazette", "published": "2024-03-01",
+     "paragraphs": ["Rail fares will rise by four percent in March, the operator said.",
+                    "Commuter groups called the increase unfair to workers on low pay."]},
+]
+
+
+@pytest.fixture()
+def corpus(tmp_path):
+    """Two small articles (ARTS) as a JSON Lines file."""
+    path = tmp_path / "arts.jsonl"
+    path.write_text("".join(json.dumps(a) + "\n" for a in ARTS))
+    return str(path)
+
+
+@pytest.fixture()
+def built(tmp_path, corpus, fake_embedder):
+    """ARTS built with the fake embedder in a temporary index folder."""
+    from qa.index import build_index
+
+    idx = str(tmp_path / "index")
+    build_index([corpus], idx, embedder=fake_embedder)
+    return idx

@@ -2,45 +2,16 @@
 import glob
 import json
 import os
-import sqlite3
-import threading
 
-import numpy as np
 import pytest
 
 from qa.errors import IndexUnavailable, NotFound
 from qa.index import add_documents, build_index, check_index, load_index, remove_documents
 from qa.ingest import article_from_dict
 from qa.search import search
-from qa.chunk import split_sentences
-from qa.manifest import Manifest
-from qa.store import Filters, Store
+from qa.store import Filters
 
 from conftest import WOMBAT, ZEBRA, write_jsonl
-
-ARTS = [
-    {"id": "a1", "title": "Harbour strike", "source": "Wire", "published": "2024-01-05",
-     "paragraphs": ["Dock workers at the harbour walked out over pay on Monday morning.",
-                    "The union leader Marta Quist said talks would resume on Friday."]},
-    {"id": "a2", "title": "Rail fares", "source": "Gazette", "published": "2024-03-01",
-     "paragraphs": ["Rail fares will rise by four percent in March, the operator said.",
-                    "Commuter groups called the increase unfair to workers on low pay."]},
-]
-
-
-@pytest.fixture()
-def corpus(tmp_path):
-    path = tmp_path / "arts.jsonl"
-    path.write_text("".join(json.dumps(a) + "\n" for a in ARTS))
-    return str(path)
-
-
-@pytest.fixture()
-def built(tmp_path, corpus, fake_embedder):
-    idx = str(tmp_path / "index")
-    build_index([corpus], idx, embedder=fake_embedder)
-    return idx
-
 
 def _load(idx, emb):
     return load_index(idx, embedder=emb)
@@ -130,30 +101,6 @@ def test_near_duplicates_collapse(tmp_path, fake_embedder):
     assert "duplicates" in hits[0].to_dict(1)
 
 
-def test_missing_or_corrupt_index_names_the_fix(tmp_path, built, fake_embedder):
-    with pytest.raises(IndexUnavailable, match="qa build"):
-        load_index(str(tmp_path / "nothing"))
-    with open(os.path.join(built, "manifest.json"), "w") as f:
-        f.write("{broken")
-    with pytest.raises(IndexUnavailable, match="qa build"):
-        load_index(built)
-
-
-def test_an_older_format_is_refused_in_one_line_naming_the_rebuild(built):
-    m = json.load(open(os.path.join(built, "manifest.json")))
-    json.dump({**m, "format": 1}, open(os.path.join(built, "manifest.json"), "w"))
-    with pytest.raises(IndexUnavailable, match=f"index in {built} has format 1; this version reads format 2: "
-                                               f"rebuild it with qa build SOURCE... --index-dir {built}"):
-        load_index(built)
-
-
-def test_the_manifest_keeps_its_keys(built):
-    m = json.load(open(os.path.join(built, "manifest.json")))
-    assert Manifest.load(built).to_dict() == m
-    assert set(m) == {"format", "package_version", "model", "model_path", "dim", "embed_backend", "vector_backend",
-                      "index_kind", "data_dir", "counts", "generation", "built_at", "updated_at", "chunking"}
-
-
 def test_other_model_is_refused(built):
     from qa.embed import HashEmbedder
 
@@ -198,95 +145,6 @@ def test_a_build_in_small_batches_is_the_same_build(tmp_path, corpus, fake_embed
     finally:
         a.close()
         b.close()
-
-
-def test_store_closes_connections_of_ended_threads_and_its_own(tmp_path):
-    # connections sit in reference cycles (their statement caches): unless closed, a server kept the page caches
-    # of every replaced data folder and every reload thread until a full garbage collection
-    store = Store(str(tmp_path / "s.sqlite"), create=True)
-    held = []
-
-    def use():
-        held.append(store.con)
-
-    for _ in range(2):
-        worker = threading.Thread(target=use)
-        worker.start()
-        worker.join()
-    held[1].execute("SELECT 1")  # the second thread's: its thread has ended, but no connection was made since
-    with pytest.raises(sqlite3.ProgrammingError):
-        held[0].execute("SELECT 1")  # closed when the second thread made its connection
-    mine = store.con
-    del store
-    for con in (held[1], mine):
-        with pytest.raises(sqlite3.ProgrammingError):
-            con.execute("SELECT 1")
-
-
-def test_windows_are_embedded_after_their_title(fake_embedder):
-    from qa.chunk import chunk_article
-    from qa.prepare import embed_passages, prepare_articles, window_prefix
-
-    article = article_from_dict(ARTS[0])
-    seen = []
-    encode_spans = fake_embedder.encode_spans
-
-    def recording(texts, spans, **kw):
-        seen.extend(zip(texts, spans))
-        return encode_spans(texts, spans, **kw)
-
-    fake_embedder.encode_spans = recording
-    prepared, = prepare_articles([article], fake_embedder)
-    passages, titled, titled_sents = prepared.passages, prepared.window_vectors, prepared.sentence_vectors
-    assert window_prefix(article) == "Harbour strike. "
-    assert all(text.startswith("Harbour strike. ") for text, _ in seen)
-    # every sentence span points at that sentence inside the prefixed window text
-    expected = [p.text[s:e] for p in passages for s, e in p.sentences]
-    assert [text[s:e] for text, spans in seen for s, e in spans] == expected
-    plain, plain_sents = embed_passages(fake_embedder, passages)
-    assert not np.allclose(titled[0], plain[0])  # the title's words are in the window vector
-    assert np.allclose(titled_sents[0], plain_sents[0])  # a sentence pools its own tokens only (bag of words here)
-    assert chunk_article(article, fake_embedder.count_tokens, fake_embedder.max_tokens - 2) == passages
-
-
-def test_sentences_are_a_row_per_passage(tmp_path, corpus, fake_embedder):
-    new = str(tmp_path / "new")
-    build_index([corpus], new, embedder=fake_embedder)
-    a = _load(new, fake_embedder)
-    vecs, meta = a.store.sentences([4, 1, 999], fake_embedder.dim)
-    assert meta[:, 0].tolist() == sorted(meta[:, 0].tolist()) and set(meta[:, 0].tolist()) == {1, 4}
-    texts = a.store.passage_texts([1, 4])
-    expected = [(rid, i, s, e) for rid in (1, 4) for i, (s, e) in enumerate(split_sentences(texts[rid]))]
-    assert [tuple(r) for r in meta.tolist()] == expected and vecs.shape == (len(expected), fake_embedder.dim)
-    assert a.store.sentences([], fake_embedder.dim)[1].shape == (0, 4) == a.store.sentences([999], 4)[1].shape
-    assert a.store.counts().sentences == len(
-        [s for art in ARTS for p in art["paragraphs"] for s in split_sentences(p)])
-    a.close()
-    # new articles and removals (which cascade) keep the store and the indexes in agreement
-    art = article_from_dict({"id": "a3", "title": "Ferry", "paragraphs": ["Ferries sail hourly. From May on."]})
-    add_documents(None, new, articles=[art], embedder=fake_embedder)
-    remove_documents(["a1"], new)
-    assert check_index(new) == []
-
-
-def test_windows_leave_room_for_the_title_and_long_titles_are_cut(fake_embedder):
-    from qa.prepare import TITLE_PREFIX_CHARS, prepare_articles, window_prefix
-
-    sentences = [f"Sentence number {i} tells of the harbour dispute and its many long rounds of talks."
-                 for i in range(60)]
-    title = "Harbour strike enters its third week as talks stall " * 4
-    article = article_from_dict({"id": "long", "title": title, "paragraphs": [" ".join(sentences)]})
-    prefix = window_prefix(article)
-    words = " ".join(title.split())
-    assert len(prefix) <= TITLE_PREFIX_CHARS + 2 and prefix.endswith(". ")
-    assert words.startswith(prefix[:-2]) and words[len(prefix) - 2] == " "  # cut between words
-    seen = []
-    encode_spans = fake_embedder.encode_spans
-    fake_embedder.encode_spans = lambda texts, spans, **kw: (seen.extend(texts), encode_spans(texts, spans, **kw))[1]
-    prepared, = prepare_articles([article], fake_embedder)
-    assert len(prepared.passages[0].windows) > 1 and len(seen) == len(prepared.window_vectors[0])
-    assert all(n <= fake_embedder.max_tokens - 2 for n in fake_embedder.count_tokens(seen))  # title and window fit
-    assert all(text.startswith(prefix) for text in seen)
 
 
 # --- writes made during a full build are replayed at the swap -----------------------------------------------

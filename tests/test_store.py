@@ -1,0 +1,55 @@
+"""The SQLite store: connections per thread, a passage's sentences in one row."""
+import sqlite3
+import threading
+
+import pytest
+
+from qa.chunk import split_sentences
+from qa.index import add_documents, build_index, check_index, load_index, remove_documents
+from qa.ingest import article_from_dict
+from qa.store import Store
+
+from conftest import ARTS
+
+
+def test_store_closes_connections_of_ended_threads_and_its_own(tmp_path):
+    # connections sit in reference cycles (their statement caches): unless closed, a server kept the page caches
+    # of every replaced data folder and every reload thread until a full garbage collection
+    store = Store(str(tmp_path / "s.sqlite"), create=True)
+    held = []
+
+    def use():
+        held.append(store.con)
+
+    for _ in range(2):
+        worker = threading.Thread(target=use)
+        worker.start()
+        worker.join()
+    held[1].execute("SELECT 1")  # the second thread's: its thread has ended, but no connection was made since
+    with pytest.raises(sqlite3.ProgrammingError):
+        held[0].execute("SELECT 1")  # closed when the second thread made its connection
+    mine = store.con
+    del store
+    for con in (held[1], mine):
+        with pytest.raises(sqlite3.ProgrammingError):
+            con.execute("SELECT 1")
+
+
+def test_sentences_are_a_row_per_passage(tmp_path, corpus, fake_embedder):
+    new = str(tmp_path / "new")
+    build_index([corpus], new, embedder=fake_embedder)
+    a = load_index(new, embedder=fake_embedder)
+    vecs, meta = a.store.sentences([4, 1, 999], fake_embedder.dim)
+    assert meta[:, 0].tolist() == sorted(meta[:, 0].tolist()) and set(meta[:, 0].tolist()) == {1, 4}
+    texts = a.store.passage_texts([1, 4])
+    expected = [(rid, i, s, e) for rid in (1, 4) for i, (s, e) in enumerate(split_sentences(texts[rid]))]
+    assert [tuple(r) for r in meta.tolist()] == expected and vecs.shape == (len(expected), fake_embedder.dim)
+    assert a.store.sentences([], fake_embedder.dim)[1].shape == (0, 4) == a.store.sentences([999], 4)[1].shape
+    assert a.store.counts().sentences == len(
+        [s for art in ARTS for p in art["paragraphs"] for s in split_sentences(p)])
+    a.close()
+    # new articles and removals (which cascade) keep the store and the indexes in agreement
+    art = article_from_dict({"id": "a3", "title": "Ferry", "paragraphs": ["Ferries sail hourly. From May on."]})
+    add_documents(None, new, articles=[art], embedder=fake_embedder)
+    remove_documents(["a1"], new)
+    assert check_index(new) == []
