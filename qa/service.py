@@ -20,6 +20,7 @@ from .ingest import validate_doc_id
 from .params import SearchParams, parse_int, search_params
 from .process import release_memory
 from .search import search
+from .store import DocumentPage, OutletCount
 from .manifest import Manifest, manifest_path
 
 if TYPE_CHECKING:
@@ -58,6 +59,7 @@ class Engine:
         self._loading = False
         self._last_check = 0.0
         self.reloads = 0
+        self._outlets: tuple[tuple, list[OutletCount]] | None = None
 
     # --- loading and live reload ---
     def _embedder_for(self, manifest: Manifest):
@@ -198,6 +200,20 @@ class Engine:
         if doc is None:
             raise NotFound(f"no such document: {doc_id}")
         return doc
+
+    def documents_newest(self, offset: int, limit: int, source: str | None = None) -> DocumentPage:
+        """A page of the documents newest first, of one outlet when `source` is given (the collection page)."""
+        return self.index().store.documents_newest(offset, limit, source)
+
+    def outlets(self) -> list[OutletCount]:
+        """The collection's outlets with their document counts, largest first; cached until the index changes."""
+        index = self.index()
+        key = (index.store.path, index.store.generation)
+        cached = self._outlets
+        if cached is None or cached[0] != key:
+            # every page shows them: one GROUP BY per index version, not per request
+            cached = self._outlets = (key, index.store.outlet_counts())
+        return cached[1]
 
     # --- admin writes ---
     def add_article(self, obj: object) -> dict:

@@ -188,6 +188,13 @@ class DocumentPage(NamedTuple):
     documents: list[dict]
 
 
+class OutletCount(NamedTuple):
+    """An outlet (a document's `source`; None for documents without one) and how many documents it has."""
+
+    source: str | None
+    documents: int
+
+
 @dataclasses.dataclass
 class Written:
     """What a store write changed: the windows it added (ids and vectors, row for row) and the ids of those it
@@ -538,6 +545,24 @@ class Store:
         keys = ("id", "title", "source", "author", "url", "published", "passages")
         return DocumentPage(total, [dict(zip(keys, r)) for r in rows])
 
+    def documents_newest(self, offset: int = 0, limit: int = 50, source: str | None = None) -> DocumentPage:
+        """A page of documents newest first (undated ones last, ties by id), of one outlet when `source` is given."""
+        where, params = Filters(source=source).sql("documents")
+        total = self.con.execute(f"SELECT COUNT(*) FROM documents WHERE {where}", params).fetchone()[0]
+        rows = self.con.execute(
+            "SELECT doc_id, title, source, author, url, published, n_passages FROM documents "
+            f"WHERE {where} ORDER BY published IS NULL, published DESC, doc_id LIMIT ? OFFSET ?",
+            (*params, limit, offset)).fetchall()
+        keys = ("id", "title", "source", "author", "url", "published", "passages")
+        return DocumentPage(total, [dict(zip(keys, r)) for r in rows])
+
+    def outlet_counts(self) -> list[OutletCount]:
+        """Every outlet with its number of documents, the largest first (those without an outlet counted under
+        None); outlets that differ only in case are one, as the source filter matches them."""
+        rows = self.con.execute("SELECT MIN(source), COUNT(*) AS n FROM documents GROUP BY source COLLATE NOCASE "
+                                "ORDER BY n DESC, MIN(source) COLLATE NOCASE")
+        return [OutletCount(source, n) for source, n in rows]
+
     def document(self, doc_id: str) -> dict | None:
         """A document's metadata and paragraphs, or None."""
         row = self.con.execute("SELECT doc_id, title, source, author, url, published, tags, n_passages "
@@ -555,4 +580,4 @@ class Store:
         return doc
 
 
-__all__ = ["Store", "StoredPassage", "JournalEntry", "Filters", "passage_id", "Span"]
+__all__ = ["Store", "StoredPassage", "DocumentPage", "OutletCount", "JournalEntry", "Filters", "passage_id", "Span"]

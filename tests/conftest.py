@@ -273,3 +273,62 @@ def built(tmp_path, corpus, fake_embedder):
     idx = str(tmp_path / "index")
     build_index([corpus], idx, embedder=fake_embedder)
     return idx
+
+
+COLLECTION_OUTLETS = ("Reuters", "Associated Press", "BBC News")
+
+
+def collection_articles(n: int = 120) -> list[dict]:
+    """`n` small articles over three outlets (and a few without one), dated one a day back from 2024-06-30, plus
+    two hostile ones: markup in the title and author, a `javascript:` URL, an id with a slash, `?` and `#`."""
+    import datetime as dt
+
+    day0 = dt.date(2024, 6, 30)
+    topics = ("harbour bridge", "wheat harvest", "rail strike", "solar farm", "city budget", "flood defences")
+    out = []
+    for i in range(n):
+        topic = topics[i % len(topics)]
+        outlet = COLLECTION_OUTLETS[i % 3] if i % 10 != 9 else None
+        out.append({
+            "id": f"c{i:03d}", "title": f"Report {i:03d} on the {topic}",
+            "paragraphs": [f"The {topic} story number {i} begins with a meeting of the council on a wet morning.",
+                           f"Officials said the {topic} would cost more than planned, and work will resume next "
+                           f"month after talks with the unions. Residents asked for a public hearing.",
+                           f"A spokesperson declined to comment further on report {i}."],
+            **({"source": outlet} if outlet else {}),
+            **({"published": (day0 - dt.timedelta(days=i)).isoformat()} if i % 17 != 16 else {}),
+            "url": f"https://news.example/{i}", "author": f"Writer {i % 7}"})
+    out.append({"id": "odd/id?x=1#frag", "title": "<img src=x onerror=alert(1)> Harbour bridge & the \"tolls\"",
+                "paragraphs": ["The harbour bridge tolls <b>rise</b> in July, the operator said on Monday.",
+                               "Drivers <script>alert(2)</script> complained about the harbour bridge queues."],
+                "source": "BBC News", "author": "<i>Mallory</i>", "published": "2023-01-02",
+                "url": "javascript:alert(3)"})
+    return out
+
+
+@pytest.fixture(scope="session")
+def collection_index_dir(tmp_path_factory):
+    """An index of `collection_articles()` built with the fake embedder (fast): outlets, dates, pages of 50."""
+    import json
+
+    from qa.embed import HashEmbedder
+    from qa.index import build_index
+
+    folder = tmp_path_factory.mktemp("collection")
+    source = folder / "articles.jsonl"
+    source.write_text("".join(json.dumps(a) + "\n" for a in collection_articles()))
+    path = str(folder / "index")
+    build_index([str(source)], path, embedder=HashEmbedder())
+    return path
+
+
+@pytest.fixture(scope="session")
+def collection_app(collection_index_dir):
+    """The app over the collection index, with its own (fake-embedder) engine."""
+    from qa.config import Config
+    from qa.embed import HashEmbedder
+    from qa.service import Engine
+    from qa.web import create_app
+
+    engine = Engine(Config(index_dir=collection_index_dir), embedder=HashEmbedder())
+    return create_app(engine.config, engine=engine)

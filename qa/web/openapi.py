@@ -168,6 +168,37 @@ def _document_paths() -> dict:
     }
 
 
+def _html(description: str) -> dict:
+    return {"description": description, "content": {"text/html": {"schema": {"type": "string"}}}}
+
+
+def _page_paths() -> dict:
+    """The reader's pages: server-rendered HTML, their errors as HTML pages too."""
+    errors = {"400": _html("Invalid parameters: the page with the message"), "503": _html("No usable index")}
+    page_params = [dict(p, required=False) if p["name"] == "q" else p
+                   for p in _query_params(5) if p["name"] != "doc_id"]
+    span = [{"name": "doc_id", "in": "path", "required": True, "schema": {"type": "string"}},
+            {"name": "p", "in": "query", "required": False, "description": "The cited paragraph's index; "
+             "anchored #p<index>.", "schema": {"type": "integer", "minimum": 0}},
+            {"name": "hl", "in": "query", "required": False, "description": "The cited span in that paragraph's "
+             "text, start-end (needs p); marked and anchored #hl.",
+             "schema": {"type": "string", "pattern": "^[0-9]+-[0-9]+$"}}]
+    listing = [{"name": "page", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1}},
+               {"name": "source", "in": "query", "required": False, "description": "Only this outlet's articles.",
+                "schema": {"type": "string", "maxLength": 512}}]
+    return {
+        "/": {"get": {"summary": "The search page: answer and ranked passages, with the filters (HTML)",
+                      "parameters": page_params, "responses": {"200": _html("The search page"), **errors}}},
+        "/documents": {"get": {"summary": "The collection, newest first, 50 a page, counts by outlet (HTML)",
+                               "parameters": listing, "responses": {
+                                   "200": _html("A page of the collection"),
+                                   "404": _html("No such page"), **errors}}},
+        "/documents/{doc_id}": {"get": {"summary": "One article, its cited span marked (HTML)", "parameters": span,
+                                        "responses": {"200": _html("The article view"),
+                                                      "404": _html("Unknown document"), **errors}}},
+    }
+
+
 def openapi_spec() -> dict:
     """The OpenAPI 3.1 document."""
     return {
@@ -183,6 +214,7 @@ def openapi_spec() -> dict:
                                  "responses": {"200": _json("Health", "Serving"), **_errors(400, 503)}}},
             "/openapi.json": {"get": {"summary": "This document",
                                       "responses": {"200": _any_object("OpenAPI document"), **_errors(400)}}},
+            **_page_paths(),
         },
         "components": {"schemas": _schemas(),
                        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
