@@ -371,3 +371,136 @@ def test_at_most_two_requests_per_host_at_once_and_a_delay(origin, tmp_path):
     assert origin.peak == 2 and time.monotonic() - t0 < 1.8  # two at a time: 3 rounds of 0.3 s, not 6
     starts = sorted(r["at"] for r in origin.log if r["path"].startswith("/p"))
     assert all(b - a >= 0.09 for a, b in zip(starts, starts[1:])), starts
+
+
+# --- the command line, the sources file, the cache ----------------------------------------------------------------
+
+def test_sources_file_lists_urls_and_paths(tmp_path):
+    (tmp_path / "lists").mkdir()
+    path = tmp_path / "lists" / "feeds.txt"
+    path.write_text("# outlets\n\nhttps://example.com/feed.xml\n  local.rss  \n# off: https://x.example/\n"
+                    "/abs/articles/\n")
+    assert read_sources_file(str(path)) == ["https://example.com/feed.xml", str(tmp_path / "lists" / "local.rss"),
+                                            "/abs/articles/"]
+
+
+def run_cli(*args: str):
+    from click.testing import CliRunner
+
+    from qa.cli import main
+
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def test_cli_sources_file_json_report_and_strict(origin, tmp_path):
+    origin.routes["/feed.rss"] = Route(rss("Metro", [("A", origin.url("/a"), "Tue, 07 May 2024 8:00 GMT"),
+                                                     ("Gone", origin.url("/gone"), "Tue, 07 May 2024 8:00 GMT")]),
+                                       content_type=RSS_TYPE, etag='"f"')
+    origin.routes["/a"] = Route(article_html("Tram line", "tram line"), etag='"a"')
+    origin.routes["/b"] = Route(article_html("Bus lane", "bus lane"))
+    sources = tmp_path / "feeds.txt"
+    sources.write_text(f"# test feeds\n{origin.url('/feed.rss')}\n")
+    index = str(tmp_path / "index")
+    common = ["--index-dir", index, "--fetch-delay", "0", "--quiet"]
+    result = run_cli("build", "--sources-file", str(sources), "--model", "hash", *common)
+    assert result.exit_code == 0, result.output
+    assert f"warning: {origin.url('/gone')}: HTTP 404 Not Found" in result.output
+    assert "fetched 1, not modified 0, new 1, updated 0, failed 1" in result.output
+    result = run_cli("add", origin.url("/b"), "--sources-file", str(sources), "--json", *common)
+    body = json.loads(result.output)
+    assert result.exit_code == 0 and body["added"] == 1 and body["documents"] == 2
+    assert body["fetch"]["counts"]["not_modified"] == 1 and body["fetch"]["counts"]["failed"] == 1
+    assert {"url": origin.url("/gone"), "kind": "page", "status": "failed", "reason": "HTTP 404 Not Found",
+            "feed": normalize_url(origin.url("/feed.rss"))} in body["fetch"]["sources"]
+    result = run_cli("add", "--sources-file", str(sources), "--strict", *common)
+    assert result.exit_code == 2 and "error: " + origin.url("/gone") + ": HTTP 404" in result.output
+    result = run_cli("add", "--index-dir", index)
+    assert result.exit_code == 2 and "--sources-file" in result.output
+
+
+@pytest.mark.parametrize("command", ["build", "add"])
+def test_help_names_the_fetch_options(command):
+    out = run_cli(command, "--help").output
+    for flag in ("--sources-file", "--ignore-robots", "--fetch-delay", "--json", "--strict", "URLs"):
+        assert flag in out.replace("\n", " "), flag
+
+
+def test_a_broken_cache_costs_a_full_fetch_only(origin, tmp_path, fake_embedder):
+    origin.routes["/a"] = Route(article_html("Tram line", "tram line"), etag='"a"')
+    index = str(tmp_path / "index")
+    build_index([origin.url("/a")], index, embedder=fake_embedder, fetch=FAST)
+    cache = json.loads((tmp_path / "index" / CACHE_FILE).read_text())
+    entry = cache["pages"][normalize_url(origin.url("/a"))]
+    assert entry["etag"] == '"a"' and entry["doc_id"] == doc_id_for_url(origin.url("/a"))
+    (tmp_path / "index" / CACHE_FILE).write_text("{not json")
+    report = add_documents([origin.url("/a")], index, embedder=fake_embedder, fetch=FAST)
+    assert report.fetch.counts()["unchanged"] == 1 and "If-None-Match" not in origin.log[-1]["headers"]
+    assert json.loads((tmp_path / "index" / CACHE_FILE).read_text())["pages"]  # written anew
+
+
+def test_a_removed_document_is_fetched_in_full_again(origin, tmp_path, fake_embedder):
+    from qa.index import remove_documents
+
+    origin.routes["/a"] = Route(article_html("Tram line", "tram line"), etag='"a"')
+    index = str(tmp_path / "index")
+    build_index([origin.url("/a"), str(_seed_file(tmp_path))], index, embedder=fake_embedder, fetch=FAST)
+    remove_documents([doc_id_for_url(origin.url("/a"))], index)
+    report = add_documents([origin.url("/a")], index, embedder=fake_embedder, fetch=FAST)
+    assert report.fetch.counts()["new"] == 1 and "If-None-Match" not in origin.log[-1]["headers"]
+    assert doc_id_for_url(origin.url("/a")) in docs(index)
+
+
+def _seed_file(tmp_path):
+    path = tmp_path / "local.txt"
+    path.write_text("Local notes\n\nThe council approved the new library budget after a long debate on Tuesday.\n")
+    return path
+
+
+# --- the admin API -------------------------------------------------------------------------------------------------
+
+def test_admin_api_fetches_one_url(origin, tmp_path, fake_embedder):
+    from qa.config import Config
+    from qa.service import Engine
+    from qa.web import create_app
+
+    origin.routes["/a"] = Route(article_html("Tram line", "tram line"))
+    origin.routes["/feed.rss"] = Route(rss("Metro", [("A", origin.url("/a"), "Tue, 07 May 2024 8:00 GMT")]),
+                                       content_type=RSS_TYPE)
+    origin.routes["/robots.txt"] = Route(b"User-agent: *\nDisallow: /private\n", content_type="text/plain")
+    index = str(tmp_path / "index")
+    build_index([str(_seed_file(tmp_path))], index, embedder=fake_embedder)
+    config = Config(index_dir=index, admin_token="s3cret")
+    client = create_app(config, engine=Engine(config, embedder=fake_embedder)).test_client()
+    auth = {"Authorization": "Bearer s3cret"}
+    assert client.post("/api/documents", json={"url": origin.url("/a")}).status_code == 401
+    resp = client.post("/api/documents", json={"url": origin.url("/a")}, headers=auth)
+    assert resp.status_code == 201 and resp.json["id"] == doc_id_for_url(origin.url("/a")), resp.json
+    resp = client.post("/api/documents", json={"url": origin.url("/a")}, headers=auth)
+    assert resp.status_code == 200 and resp.json["status"] == "unchanged"
+    assert client.get("/api/documents/" + doc_id_for_url(origin.url("/a"))).json["title"] == "Tram line"
+    for body, message in [({"url": origin.url("/missing")}, "HTTP 404"), ({"url": "ftp://x/y"}, "http"),
+                          ({"url": 7}, "http"), ({"url": origin.url("/a"), "title": "x"}, "alone"),
+                          ({"url": origin.url("/feed.rss")}, "a feed, not a page"),
+                          ({"url": origin.url("/private/x")}, "robots.txt")]:
+        resp = client.post("/api/documents", json=body, headers=auth)
+        assert resp.status_code == 400 and message in resp.json["error"], (body, resp.json)
+
+
+def test_update_script_adds_what_is_new(origin, tmp_path, fake_embedder):
+    import os
+    import subprocess
+    import sys
+
+    origin.routes["/feed.rss"] = Route(rss("Metro", [("A", origin.url("/a"), "Tue, 07 May 2024 8:00 GMT")]),
+                                       content_type=RSS_TYPE)
+    origin.routes["/a"] = Route(article_html("Tram line", "tram line"))
+    index = str(tmp_path / "index")
+    build_index([str(_seed_file(tmp_path))], index, embedder=fake_embedder)
+    (tmp_path / "feeds.txt").write_text(origin.url("/feed.rss") + "\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "QA": os.path.join(os.path.dirname(sys.executable), "qa"), "QA_INDEX_DIR": index,
+           "QA_SOURCES_FILE": str(tmp_path / "feeds.txt")}
+    out = subprocess.run([os.path.join(root, "scripts", "update_from_feeds.sh"), "--fetch-delay", "0"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "new 1" in out.stdout and doc_id_for_url(origin.url("/a")) in docs(index)
