@@ -57,6 +57,54 @@ def main(verbose: bool) -> None:
 
 # --- build / add / remove / check ---
 
+def _fetch_options(fn):
+    """The options of `build` and `add` for sources on the web."""
+    for opt in reversed([
+        click.option("--sources-file", "sources_files", multiple=True, type=click.Path(dir_okay=False),
+                     help="A file listing sources, one URL or path a line (# comments; paths relative to the file); "
+                          "repeatable."),
+        click.option("--ignore-robots", is_flag=True, help="Fetch pages robots.txt disallows (sites you own)."),
+        click.option("--fetch-delay", type=click.FloatRange(0, 600), default=1.0, show_default=True,
+                     help="Seconds between two requests to one host (at most 2 at a time per host)."),
+        click.option("--json", "as_json", is_flag=True,
+                     help="Print the report as one JSON object, each URL and feed with its outcome."),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+def _all_sources(sources: tuple[str, ...], sources_files: tuple[str, ...]) -> list[str]:
+    """The sources given as arguments, then those the sources files list; a usage error when there are none."""
+    from .fetch import read_sources_file
+
+    found = list(sources)
+    for path in sources_files:
+        found += read_sources_file(path)
+    if not found:
+        raise click.UsageError("give SOURCES (files, folders, URLs, feeds) or --sources-file")
+    return found
+
+
+def _fetch_settings(ignore_robots: bool, fetch_delay: float):
+    from .fetch import FetchOptions
+
+    return FetchOptions(ignore_robots=ignore_robots, delay=fetch_delay)
+
+
+def _report_json(report, **extra) -> str:
+    """A build's or update's report as `--json` prints it."""
+    body = {"index_dir": report.index_dir, "documents": report.documents, "passages": report.passages,
+            "added": report.added, "updated": report.updated, "unchanged": report.unchanged,
+            "problems": report.problems, "seconds": round(report.seconds, 3), **extra,
+            "fetch": report.fetch.to_dict() if report.fetch else None}
+    return json.dumps(body, ensure_ascii=False, indent=2)
+
+
+def _echo_problems(report) -> None:
+    """Each problem (an unreadable file, a failed URL with its reason) as one warning line on stderr."""
+    for problem in report.problems:
+        click.echo(f"warning: {problem}", err=True)
+
 def _backend_choices(values: tuple[str, ...]) -> tuple[str | None, str | None]:
     """Split repeated --backend values into (embedding backend, vector backend)."""
     embed, vector = None, None
@@ -69,7 +117,7 @@ def _backend_choices(values: tuple[str, ...]) -> tuple[str | None, str | None]:
 
 
 @main.command()
-@click.argument("sources", nargs=-1, required=True)
+@click.argument("sources", nargs=-1)
 @_index_dir_option
 @click.option("--model", default=None, help="A local sentence-transformers model folder [default: $QA_MODEL or "
                                             "the packaged all-MiniLM-L6-v2].")
@@ -84,41 +132,60 @@ def _backend_choices(values: tuple[str, ...]) -> tuple[str | None, str | None]:
               help="Milvus token (user:password or API key); never written to the index folder.")
 @click.option("--milvus-alias", default=None, help="A fixed Milvus alias for this index [default: the folder's own, "
                                                    "made unique on its first build]; implies --backend milvus.")
-@click.option("--strict", is_flag=True, help="Fail on the first unreadable file or bad JSONL line.")
+@click.option("--strict", is_flag=True, help="Fail on the first unreadable file, bad JSONL line or failed URL or "
+                                            "feed, writing nothing (exit 2).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@_fetch_options
 @_handle_errors
 def build(sources: tuple[str, ...], index_dir: str | None, model: str | None, backends: tuple[str, ...], kind: str,
           milvus_uri: str | None, milvus_token: str | None, milvus_alias: str | None, strict: bool,
-          quiet: bool) -> None:
-    """Full build of the index from files, folders and JSONL (beside the live index, then an atomic swap)."""
+          quiet: bool, sources_files: tuple[str, ...], ignore_robots: bool, fetch_delay: float,
+          as_json: bool) -> None:
+    """Full build of the index from files, folders, JSONL, URLs and RSS/Atom feeds (beside the live index, then an
+    atomic swap). A URL or feed that fails keeps its documents from the live index."""
     from .index import build_index
 
     cfg = _config(index_dir=index_dir, model=model)
     embed_backend, vector_backend = _backend_choices(backends)
-    report = build_index(list(sources), cfg.index_dir, model=cfg.model, kind=kind,
+    report = build_index(_all_sources(sources, sources_files), cfg.index_dir, model=cfg.model, kind=kind,
                          backend=embed_backend or cfg.embed_backend, strict=strict, progress=not quiet,
                          vector_backend=vector_backend, milvus_uri=milvus_uri, milvus_token=milvus_token,
-                         milvus_alias=milvus_alias)
-    for problem in report.problems:
-        click.echo(f"warning: {problem}", err=True)
+                         milvus_alias=milvus_alias, fetch=_fetch_settings(ignore_robots, fetch_delay))
+    if as_json:
+        click.echo(_report_json(report, replayed=report.replayed))
+        return
+    _echo_problems(report)
+    if report.fetch:
+        click.echo(report.fetch.summary())
     replayed = f", {report.replayed} writes made meanwhile replayed" if report.replayed else ""
     click.echo(f"built {cfg.index_dir}: {report.documents} documents, {report.passages} passages "
                f"in {report.seconds:.1f}s ({len(report.problems)} problems{replayed})")
 
 
 @main.command()
-@click.argument("sources", nargs=-1, required=True)
+@click.argument("sources", nargs=-1)
 @_index_dir_option
-@click.option("--strict", is_flag=True, help="Fail on the first unreadable file or bad JSONL line.")
+@click.option("--strict", is_flag=True, help="Fail on the first unreadable file, bad JSONL line or failed URL or "
+                                            "feed, writing nothing (exit 2).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@_fetch_options
 @_handle_errors
-def add(sources: tuple[str, ...], index_dir: str | None, strict: bool) -> None:
-    """Add or update documents without a full rebuild (unchanged documents are skipped)."""
+def add(sources: tuple[str, ...], index_dir: str | None, strict: bool, quiet: bool, sources_files: tuple[str, ...],
+        ignore_robots: bool, fetch_delay: float, as_json: bool) -> None:
+    """Add or update documents from files, folders, URLs and feeds without a full rebuild (unchanged documents are
+    skipped). URLs and feeds are fetched with conditional requests, so only changed pages are indexed again; a
+    source that fails changes nothing."""
     from .index import add_documents
 
     cfg = _config(index_dir=index_dir)
-    report = add_documents(list(sources), cfg.index_dir, strict=strict)
-    for problem in report.problems:
-        click.echo(f"warning: {problem}", err=True)
+    report = add_documents(_all_sources(sources, sources_files), cfg.index_dir, strict=strict, progress=not quiet,
+                           fetch=_fetch_settings(ignore_robots, fetch_delay))
+    if as_json:
+        click.echo(_report_json(report))
+        return
+    _echo_problems(report)
+    if report.fetch:
+        click.echo(report.fetch.summary())
     click.echo(f"added {report.added}, updated {report.updated}, unchanged {report.unchanged}; "
                f"{report.documents} documents, {report.passages} passages ({report.seconds:.1f}s)")
 

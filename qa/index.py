@@ -22,6 +22,7 @@ import numpy as np
 
 from .embed import Embedder, load_embedder, resolve_model
 from .errors import BadRequest, IndexUnavailable, NotFound, QAError
+from .fetch import FetchOptions, FetchReport, WebFetch, split_sources
 from .ingest import Article, Problem, read_sources
 from .lexical import DIRNAME as LEXICAL_DIR, LABEL as LEXICAL_LABEL, LexicalIndex
 from .prepare import PreparedArticle, prepare_articles
@@ -108,6 +109,26 @@ class Report:
     problems: list[str] = dataclasses.field(default_factory=list)
     seconds: float = 0.0
     index_dir: str = ""
+    fetch: FetchReport | None = None  # what happened to each URL and feed, when there were any
+
+
+def _read_all(sources: Sequence[str], index_dir: str, report: Report, *, strict: bool, full: bool,
+              progress: bool = False, fetch: FetchOptions | None = None) -> tuple[list[Article], WebFetch | None]:
+    """The articles of files and folders, then of URLs and feeds (fetched), deduplicated by id; the fetch run, whose
+    cache is saved once the index holds its articles. Failed sources go to `report.problems`, one line each.
+
+    `full` (a build): every page is fetched again and a failed source keeps its documents from the live index; an
+    update sends conditional requests and leaves what failed as it is."""
+    sink = lambda p: report.problems.append(str(p))  # noqa: E731
+    files, web = split_sources(sources)
+    found = list(read_sources(files, strict=strict, on_problem=sink)) if files else []
+    run = None
+    if web:
+        run = WebFetch(index_dir, fetch, conditional=not full, keep_failed=full, strict=strict, progress=progress)
+        found += run.run(web)
+        report.fetch = run.report
+        report.problems += [failure.line() for failure in run.report.failures]
+    return found, run
 
 
 def _chunking(max_tokens: int) -> dict:
@@ -208,11 +229,12 @@ def build_index(sources: Sequence[str], index_dir: str, *, model: str | None = N
                 embedder: Embedder | None = None, kind: str = "auto", backend: str = "auto",
                 strict: bool = False, progress: bool = False, vector_backend: str | None = None,
                 milvus_uri: str | None = None, milvus_token: str | None = None,
-                milvus_alias: str | None = None) -> Report:
+                milvus_alias: str | None = None, fetch: FetchOptions | None = None) -> Report:
     """Full build from sources into a new data folder beside the live one, then an atomic manifest swap.
 
     `vector_backend` None keeps the live index's (FAISS for a new one). On Milvus the vectors go to a new
     collection, and the alias (`milvus_alias`, else the folder's own) is switched to it with the manifest swap.
+    URLs and feeds among the sources are fetched with `fetch`'s limits.
     """
     t0 = time.perf_counter()
     report = Report(index_dir=index_dir)
@@ -220,7 +242,8 @@ def build_index(sources: Sequence[str], index_dir: str, *, model: str | None = N
                               token=milvus_token)  # checked before any work
     sink = lambda p: report.problems.append(str(p))  # noqa: E731
     mark = _journal_mark(index_dir)  # before the sources are read: later writes are replayed at the swap
-    articles = dedupe_articles(read_sources(sources, strict=strict, on_problem=sink), sink)
+    found, run = _read_all(sources, index_dir, report, strict=strict, full=True, progress=progress, fetch=fetch)
+    articles = dedupe_articles(found, sink)
     if not articles:
         raise BadRequest("no articles found in " + ", ".join(sources))
     os.makedirs(index_dir, exist_ok=True)
@@ -241,6 +264,8 @@ def build_index(sources: Sequence[str], index_dir: str, *, model: str | None = N
         raise
     finally:
         build.close()
+    if run is not None:
+        run.save()
     report.documents, report.passages = build.counts.documents, build.counts.passages
     report.added = len(articles)
     report.seconds = time.perf_counter() - t0
@@ -492,12 +517,18 @@ def _apply(index_dir: str, embedder: Embedder | None, articles: Sequence[Article
 
 
 def add_documents(sources: Sequence[str] | None, index_dir: str, *, articles: Sequence[Article] = (),
-                  embedder: Embedder | None = None, strict: bool = False) -> Report:
-    """Add or update documents from sources (and/or given articles); unchanged ones are skipped by content hash."""
+                  embedder: Embedder | None = None, strict: bool = False, progress: bool = False,
+                  fetch: FetchOptions | None = None) -> Report:
+    """Add or update documents from sources (and/or given articles); unchanged ones are skipped by content hash.
+    URLs and feeds are fetched with conditional requests; a source that fails leaves its documents as they are."""
     report = Report(index_dir=index_dir)
     sink = lambda p: report.problems.append(str(p))  # noqa: E731
-    found = list(read_sources(sources, strict=strict, on_problem=sink)) if sources else []
-    return _apply(index_dir, embedder, dedupe_articles([*found, *articles], sink), [], report)
+    found, run = _read_all(sources or [], index_dir, report, strict=strict, full=False, progress=progress,
+                           fetch=fetch)
+    _apply(index_dir, embedder, dedupe_articles([*found, *articles], sink), [], report)
+    if run is not None:
+        run.save()
+    return report
 
 
 def remove_documents(doc_ids: Sequence[str], index_dir: str) -> Report:

@@ -239,12 +239,17 @@ def parse_text(text: str, doc_id: str, *, markdown: bool = False, path: str | No
 
 # --- HTML ----------------------------------------------------------------------------------------------------
 
-def parse_html(html: str, doc_id: str, *, path: str | None = None) -> Article:
-    """Main text and metadata of an HTML page, through trafilatura."""
+def parse_html(html: str, doc_id: str, *, path: str | None = None, url: str | None = None,
+               guess_date: bool = True) -> Article:
+    """Main text and metadata of an HTML page, through trafilatura (`url`: where the page came from, for its host and
+    its canonical URL; `guess_date` False: a date only from the page's markup and URL, never guessed from its text,
+    where a copyright year passes for one)."""
     import trafilatura
+    from trafilatura.settings import set_date_params
 
-    doc = trafilatura.bare_extraction(html, with_metadata=True, include_comments=False, include_tables=False,
-                                      favor_precision=True)
+    doc = trafilatura.bare_extraction(html, url=url, with_metadata=True, include_comments=False,
+                                      include_tables=False, favor_precision=True,
+                                      date_extraction_params=None if guess_date else set_date_params(False))
     if doc is None:
         raise IngestError("no article text found in the HTML page")
     get = (lambda key: doc.get(key)) if isinstance(doc, dict) else (lambda key: getattr(doc, key, None))

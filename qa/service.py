@@ -217,11 +217,12 @@ class Engine:
 
     # --- admin writes ---
     def add_article(self, obj: object) -> dict:
-        """Add or replace one article (JSONL schema); the live index is reloaded before returning."""
+        """Add or replace one article (JSONL schema), or the page `{"url": ...}` names (fetched); the live index is
+        reloaded before returning."""
+        from .fetch import article_from_request
         from .index import add_documents
-        from .ingest import article_from_dict
 
-        article = article_from_dict(obj)
+        article = article_from_request(obj, self.config.index_dir)
         if not article.paragraphs:
             raise BadRequest("the article has no paragraphs left after removing boilerplate")
         index = self.index()

@@ -121,7 +121,10 @@ def _document_schemas() -> dict:
                        "text": {"type": "string"}, "url": {"type": "string"}, "source": {"type": "string"},
                        "author": {"type": "string"}, "published": {"type": "string", "format": "date"},
                        "tags": _array({"type": "string"})})
-    return {"DocumentSummary": summary, "DocumentList": listing, "Document": document, "Article": article}
+    fetch = {**_object(["url"], {"url": {"type": "string", "pattern": "^https?://"}}), "additionalProperties": False,
+             "description": "An http(s) URL: the page is fetched (robots.txt and the fetch limits apply) and added"}
+    return {"DocumentSummary": summary, "DocumentList": listing, "Document": document, "Article": article,
+            "FetchRequest": fetch}
 
 
 def _schemas() -> dict:
@@ -156,8 +159,9 @@ def _document_paths() -> dict:
         "/api/documents": {
             "get": {"summary": "List documents", "parameters": page,
                     "responses": {"200": _json("DocumentList", "A page of documents"), **_errors(400, 503)}},
-            "post": {"summary": "Add or replace one article (admin)", **admin,
-                     "requestBody": {"required": True, "content": _content(_ref("Article"))},
+            "post": {"summary": "Add or replace one article, or fetch one page by URL (admin)", **admin,
+                     "requestBody": {"required": True,
+                                     "content": _content({"oneOf": [_ref("Article"), _ref("FetchRequest")]})},
                      "responses": {"201": _any_object("Created"), "200": _any_object("Updated or unchanged"),
                                    **_errors(400, 401, 403, 413, 503)}}},
         "/api/documents/{doc_id}": {
