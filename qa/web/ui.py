@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from urllib.parse import urlsplit
 
 from flask import Blueprint, current_app, render_template, request
 from markupsafe import Markup, escape
@@ -10,6 +11,26 @@ from ..errors import QAError
 from ..text import query_terms
 
 bp = Blueprint("ui", __name__, template_folder="templates", static_folder="static", static_url_path="/static")
+
+
+# what a browser drops from a URL before reading its scheme: C0 controls and spaces at the ends, tabs and line
+# breaks anywhere (WHATWG URL parsing), so " JaVaScRiPt:" and "java\tscript:" are javascript: URLs to it
+_URL_ENDS = "".join(map(chr, range(0x21)))
+_URL_DROPPED = re.compile("[\t\n\r]")
+
+
+@bp.app_template_filter("safe_url")
+def safe_url(url: str | None) -> str | None:
+    """`url` as a browser would read it when it is an absolute http(s) URL with a host, else None: the one rule
+    for what may become a link."""
+    if not url:
+        return None
+    cleaned = _URL_DROPPED.sub("", url.strip(_URL_ENDS))
+    try:
+        parts = urlsplit(cleaned)
+    except ValueError:  # e.g. an invalid IPv6 host
+        return None
+    return cleaned if parts.scheme.lower() in ("http", "https") and parts.netloc else None
 
 
 def highlight(text: str, spans: list[tuple[int, int]], terms: list[str]) -> Markup:
