@@ -107,8 +107,8 @@ def test_documents_api(client):
     doc_id = docs["documents"][0]["id"]
     doc = client.get(f"/api/documents/{doc_id}").get_json()
     assert len(doc["paragraphs"]) == 15 and doc["author"] == "Antoni Slodkowski"
-    r = client.get("/api/documents/..%2F..%2Fetc%2Fpasswd")
-    assert r.status_code == 404 and r.is_json
+    r = client.get("/api/documents/..%2F..%2Fetc%2Fpasswd")  # a ".." segment: refused by the id rule
+    assert r.status_code == 400 and r.is_json
     assert client.get("/api/documents", query_string={"limit": "0"}).status_code == 400
 
 
@@ -156,3 +156,20 @@ def test_cli_errors_are_one_line(tmp_path):
     assert res.exit_code != 0 and "qa build" in res.output and "Traceback" not in res.output
     res = CliRunner().invoke(main, ["search", "china", "-k", "0", "--index-dir", str(tmp_path / "none")])
     assert res.exit_code != 0 and "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("link,expected", [
+    ("https://example.com/a", "https://example.com/a"), ("HTTP://Example.com", "HTTP://Example.com"),
+    (" https://example.com/a\tb ", "https://example.com/ab"), ("javascript:alert(1)", None),
+    (" JaVaScRiPt:alert(1)", None), ("java\tscript:alert(1)", None), ("\x01javascript:alert(1)", None),
+    ("data:text/html,x", None), ("vbscript:x", None), ("//evil.example/x", None), ("https:no-host", None),
+    ("/relative", None), ("http://[::1", None), ("", None), (None, None)])
+def test_only_http_urls_are_links(link, expected):
+    from qa.web.ui import safe_url
+
+    assert safe_url(link) == expected
+
+
+def test_search_with_invalid_unicode_from_the_command_line_is_one_line(seed_index_dir):
+    res = CliRunner().invoke(main, ["search", "china\udcff", "--index-dir", seed_index_dir])
+    assert res.exit_code == 2 and '"q" holds invalid Unicode' in res.output and "Traceback" not in res.output
