@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
+
+log = logging.getLogger(__name__)
 
 DEFAULT_INDEX_DIR = "index"
 
@@ -10,6 +13,16 @@ DEFAULT_INDEX_DIR = "index"
 def _env(name: str, default: str | None = None) -> str | None:
     value = os.environ.get(name)
     return value if value not in (None, "") else default
+
+
+def _admin_token() -> str | None:
+    """QA_ADMIN_TOKEN without surrounding white space (no header could match it); a blank one leaves the admin API
+    off, with a warning, rather than on with a token nobody can send."""
+    raw = os.environ.get("QA_ADMIN_TOKEN")
+    token = raw.strip() if raw else None
+    if raw and not token:
+        log.warning("QA_ADMIN_TOKEN is blank: the admin API stays off")
+    return token or None
 
 
 @dataclasses.dataclass
@@ -32,7 +45,7 @@ class Config:
             index_dir=_env("QA_INDEX_DIR", DEFAULT_INDEX_DIR),
             model=_env("QA_MODEL"),
             embed_backend=_env("QA_EMBED_BACKEND", "auto"),
-            admin_token=_env("QA_ADMIN_TOKEN"),
+            admin_token=_admin_token(),
             reload_interval=float(_env("QA_RELOAD_INTERVAL", "2.0")),
         )
         for key, value in overrides.items():

@@ -41,3 +41,9 @@ class IngestError(QAError):
     """A source file or JSONL line that cannot be read."""
 
     status = 400
+
+
+class InsufficientStorage(QAError):
+    """The index folder cannot take a write: its disk is full or it is read-only."""
+
+    status = 507

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import errno
 import logging
 import os
 import shutil
@@ -21,7 +22,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .embed import Embedder, load_embedder, resolve_model
-from .errors import BadRequest, IndexUnavailable, NotFound, QAError
+from .errors import BadRequest, IndexUnavailable, InsufficientStorage, NotFound, QAError
 from .fetch import FetchOptions, FetchReport, WebFetch, split_sources
 from .ingest import Article, Problem, read_sources
 from .lexical import DIRNAME as LEXICAL_DIR, LABEL as LEXICAL_LABEL, LexicalIndex
@@ -53,6 +54,47 @@ def write_lock(index_dir: str, timeout: float = LOCK_TIMEOUT):
         yield
     finally:
         lock.release()
+
+
+# the messages of SQLite, tantivy (Rust's io::Error) and FAISS (a C++ runtime_error) for a full or read-only disk
+_FULL_MESSAGES = ("database or disk is full", "no space left on device", "os error 28", "disk quota exceeded",
+                  "os error 122")
+_READONLY_MESSAGES = ("readonly database", "read-only file system", "os error 30")
+
+
+def _storage_problem(e: BaseException) -> str | None:
+    """"full" or "read-only" when `e` says the disk under the index folder cannot take a write, else None."""
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "full"
+    if isinstance(e, OSError) and e.errno == errno.EROFS:
+        return "read-only"
+    text = str(e).lower()
+    if any(m in text for m in _FULL_MESSAGES):
+        return "full"
+    if any(m in text for m in _READONLY_MESSAGES):
+        return "read-only"
+    return None
+
+
+@contextlib.contextmanager
+def storage_errors(index_dir: str):
+    """A write's boundary: a full or read-only disk becomes one `InsufficientStorage` line (HTTP 507).
+
+    Every write commits to the store first, in one transaction, and the store is the truth: a write refused here
+    either never reached it, or reached it and not the vector and lexical files, which readers rebuild from the
+    store in memory and the next write (the same command run again) saves (`_apply`).
+    """
+    try:
+        yield
+    except QAError:
+        raise
+    except Exception as e:
+        kind = _storage_problem(e)
+        if kind is None:
+            raise
+        log.info("write to %s failed: %s", index_dir, e)  # the library's own words (FAISS's run to a C++ trace)
+        raise InsufficientStorage(f"cannot write to the index folder {index_dir}: its disk is {kind}; free space or "
+                                  "make it writable, then run the command again") from None
 
 
 # --- embedding into a new store ---------------------------------------------------------------------------
@@ -255,10 +297,11 @@ def build_index(sources: Sequence[str], index_dir: str, *, model: str | None = N
                       embed_backend=getattr(embedder, "backend", backend), data_dir="",
                       chunking=_chunking(embedder.max_tokens))
     build = _Build(index_dir, os.path.join(index_dir, f".build-{uuid.uuid4().hex[:12]}"))
-    os.makedirs(build.folder)
     try:
-        _fill(build, articles, embedder, kind, settings, progress)
-        report.replayed = _swap(build, mark, embedder, recipe)
+        with storage_errors(index_dir):
+            os.makedirs(build.folder)
+            _fill(build, articles, embedder, kind, settings, progress)
+            report.replayed = _swap(build, mark, embedder, recipe)
     except BaseException:
         build.discard()
         raise
@@ -390,6 +433,11 @@ class Index:
         """Passages holding each term."""
         return self.lexical.doc_freqs(terms)
 
+    @property
+    def degraded(self) -> list[str]:
+        """Why this index serves from files rebuilt in memory (a damaged or stale vector or lexical file)."""
+        return [why for why in (getattr(self.vectors, "rebuilt", None), self.lexical.rebuilt) if why]
+
     def close(self) -> None:
         self.store.close()
         self.vectors.close()
@@ -493,7 +541,7 @@ def _apply(index_dir: str, embedder: Embedder | None, articles: Sequence[Article
            report: Report) -> Report:
     """Under the writer lock: write articles and removals to the store, then the vectors, then the manifest."""
     t0 = time.perf_counter()
-    with write_lock(index_dir):
+    with storage_errors(index_dir), write_lock(index_dir):
         manifest = Manifest.load(index_dir)
         store, vectors = open_data(index_dir, manifest, readonly=False)
         try:
@@ -505,6 +553,10 @@ def _apply(index_dir: str, embedder: Embedder | None, articles: Sequence[Article
                     embedder = embedder_for(manifest)
                 _write(store, vectors, lexical, prepare_articles(changed, embedder) if changed else [], removals)
                 report.removed = len(removals)
+                counts = _record(index_dir, manifest, store, vectors)
+            elif store.generation != manifest.generation:
+                # an earlier write reached the store but not its files (a full disk): finish it, so that running
+                # the command again once there is space leaves the folder whole
                 counts = _record(index_dir, manifest, store, vectors)
             else:
                 counts = store.counts()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import hashlib
 import json
 import logging
@@ -23,7 +24,11 @@ PARAGRAPH_SEP = "\n\n"
 MAX_DOC_ID_CHARS = 512
 # NUL and the other control characters are refused; line breaks pass, so the API answers a looked-up id holding one
 # with "no such document" (tests/test_api.py) rather than a 400
-_DOC_ID_CONTROL = re.compile(r"[\x00-\x09\x0b\x0c\x0e-\x1f\x7f]")
+_DOC_ID_CONTROL = re.compile("[\x00-\x09\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
+# NUL cannot be stored as text and a lone surrogate (JSON "\ud800", an argv byte that is not UTF-8) cannot even be
+# encoded: both are refused in every string a request or an article brings
+_BAD_TEXT = re.compile("[\x00\ud800-\udfff]")
+MAX_FIELD_NAME = 60
 
 
 @dataclasses.dataclass
@@ -148,17 +153,25 @@ _TEXT_DATE = re.compile(r"\b(\d{1,2})?\s*(jan|feb|mar|apr|may|jun|jul|aug|sep|oc
                         r"(\d{1,2})?,?\s*(\d{4})\b", re.I)
 
 
+def calendar_date(year: int, month: int, day: int) -> str | None:
+    """The ISO date (YYYY-MM-DD) of a real calendar day, else None (2024-02-30 and 2024-13-45 are no days)."""
+    try:
+        return dt.date(year, month, day).isoformat()
+    except ValueError:
+        return None
+
+
 def normalize_date(value: str | None) -> str | None:
-    """An ISO date (YYYY-MM-DD) from common date spellings, else None."""
+    """The one date rule: an ISO date (YYYY-MM-DD) from common date spellings of a real calendar day, else None."""
     if not value:
         return None
     m = _ISO_DATE.search(value)
     if m:
-        return m.group(1)
+        year, month, day = (int(x) for x in m.group(1).split("-"))
+        return calendar_date(year, month, day)
     m = _TEXT_DATE.search(value)
     if m:
-        day = m.group(1) or m.group(3) or "1"
-        return f"{int(m.group(4)):04d}-{_MONTHS[m.group(2).lower()[:3]]:02d}-{int(day):02d}"
+        return calendar_date(int(m.group(4)), _MONTHS[m.group(2).lower()[:3]], int(m.group(1) or m.group(3) or 1))
     return None
 
 
@@ -297,6 +310,26 @@ def squash_spaces(text: str) -> str:
     return "".join(out)
 
 
+def check_text(value: object, name: str = "") -> None:
+    """`IngestError` naming the first string of a JSON value (keys included) that holds a NUL or a lone surrogate.
+
+    The one check for text coming in: the API's JSON bodies, query parameters and articles read from files.
+    """
+    stack = [(name, value)]  # iterative: a deeply nested body must not exhaust the recursion limit
+    while stack:
+        where, item = stack.pop()
+        if isinstance(item, dict):
+            for key, v in item.items():
+                check_text(key, f"a field name in {where}" if where else "a field name")
+                stack.append((f"{where}.{key}" if where else key, v))
+        elif isinstance(item, list):
+            stack.extend((f"{where}[{i}]", v) for i, v in enumerate(item))
+        elif isinstance(item, str) and (m := _BAD_TEXT.search(item)):
+            what = "a NUL character" if m.group() == "\x00" else "invalid Unicode (a lone surrogate)"
+            where = where if len(where) <= MAX_FIELD_NAME else where[:MAX_FIELD_NAME] + "..."
+            raise IngestError(f'"{where}" holds {what}' if where else f"the text holds {what}")
+
+
 def _opt_str(obj: dict, key: str) -> str | None:
     value = obj.get(key)
     if value is None:
@@ -310,6 +343,7 @@ def article_from_dict(obj: object, *, path: str | None = None) -> Article:
     """Validate one article in the JSONL schema and clean its paragraphs."""
     if not isinstance(obj, dict):
         raise IngestError("an article must be a JSON object")
+    check_text(obj)
     doc_id = obj.get("id")
     if not isinstance(doc_id, str) or not doc_id.strip():
         raise IngestError('"id" must be a non-empty string')
@@ -347,10 +381,19 @@ def article_from_dict(obj: object, *, path: str | None = None) -> Article:
 
 
 def validate_doc_id(doc_id: str) -> str:
-    """The one rule for a document id, wherever one comes in: 1 to 512 characters, no control characters."""
+    """The one rule for a document id, wherever one comes in (files, JSONL, the admin API, `qa remove`, lookups).
+
+    1 to 512 characters without NUL, other control characters (line breaks pass) or lone surrogates, and an id
+    that round-trips through a URL path: no leading "/", no "//" and no "." or ".." segment, since proxies merge
+    slashes and HTTP clients remove dot segments, which would turn `GET`/`DELETE /api/documents/<id>` into a
+    request for another document.
+    """
     if not doc_id or len(doc_id) > MAX_DOC_ID_CHARS or _DOC_ID_CONTROL.search(doc_id):
         raise IngestError(f"invalid document id: 1 to {MAX_DOC_ID_CHARS} characters, without NUL or control "
-                          "characters other than line breaks")
+                          "characters other than line breaks, and valid Unicode")
+    if doc_id.startswith("/") or "//" in doc_id or {".", ".."} & set(doc_id.split("/")):
+        raise IngestError('invalid document id: it must not start with "/" or hold "//" or a "." or ".." path '
+                          "segment, so that its URL /api/documents/<id> reaches it and no other document")
     return doc_id
 
 
@@ -404,11 +447,15 @@ def read_file(path: str, root: str, on_problem: ProblemSink) -> Iterator[Article
     if not text.strip():
         on_problem(Problem(path, None, "empty file skipped"))
         return
-    doc_id = _doc_id_for(path, root)
-    if ext in HTML_EXTS or (ext not in MARKDOWN_EXTS and re.match(r"\s*(<!doctype html|<html)", text, re.I)):
-        article = parse_html(text, doc_id, path=path)
-    else:
-        article = parse_text(text, doc_id, markdown=ext in MARKDOWN_EXTS, path=path)
+    try:
+        doc_id = _doc_id_for(path, root)
+        if ext in HTML_EXTS or (ext not in MARKDOWN_EXTS and re.match(r"\s*(<!doctype html|<html)", text, re.I)):
+            article = parse_html(text, doc_id, path=path)
+        else:
+            article = parse_text(text, doc_id, markdown=ext in MARKDOWN_EXTS, path=path)
+    except IngestError as e:  # reported with the file's name, also when --strict makes it fatal
+        on_problem(Problem(path, None, str(e)))
+        return
     if not article.paragraphs:
         on_problem(Problem(path, None, "no article paragraphs found"))
         return

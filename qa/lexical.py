@@ -101,6 +101,7 @@ class LexicalIndex:
         index.register_tokenizer(ANALYZER, _analyzer())
         self._analyze = _analyzer().analyze
         self.searcher = index.searcher()
+        self.rebuilt: str | None = None  # why a reader rebuilt it in memory: the server is degraded
 
     # --- opening and writing ---
 
@@ -122,15 +123,19 @@ class LexicalIndex:
 
         directory = os.path.join(data_dir, DIRNAME)
         generation = read_generation(directory)
+        why = f"generation {generation}, the store's is {store.generation}"
         if generation == store.generation:
             try:
                 return cls(tantivy.Index.open(directory), directory, generation)
             except Exception as e:  # a damaged folder: rebuilt below
                 log.warning("lexical index in %s unreadable (%s)", directory, e)
+                why = f"unreadable: {str(e)[:200]}"
         log.warning("lexical index in %s behind the store (generation %s vs %s): rebuilding it %s", directory,
                     generation, store.generation, "in memory" if readonly else "from the store")
         lexical = cls.create(None if readonly else directory)
         lexical.rebuild(store)
+        if readonly:
+            lexical.rebuilt = f"the lexical index is unusable ({why}): serving one rebuilt from the store in memory"
         return lexical
 
     def _commit(self, writer, generation: int) -> None:

@@ -2,16 +2,16 @@
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import re
 from collections.abc import Mapping
 
 from .errors import BadRequest
-from .ingest import validate_doc_id
+from .ingest import check_text, normalize_date, validate_doc_id
 from .search import MODES
 from .store import Filters
 
 MAX_SOURCE_CHARS = 512
+SEARCH_KEYS = ("q", "k", "mode", "source", "doc_id", "published_after", "published_before")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,15 +71,14 @@ def validate_mode(mode: object) -> str:
 
 
 def validate_date(value: object, name: str) -> str | None:
-    """An ISO date (YYYY-MM-DD, a longer ISO timestamp is cut to its date) or None."""
+    """A calendar date by the one date rule (`ingest.normalize_date`: YYYY-MM-DD, a longer ISO timestamp is cut to
+    its date) or None."""
     if value in (None, ""):
         return None
-    if not isinstance(value, str):
-        raise BadRequest(f"{name} must be an ISO date (YYYY-MM-DD)")
-    try:
-        return dt.date.fromisoformat(value.strip()[:10]).isoformat()
-    except ValueError:
-        raise BadRequest(f"{name} must be an ISO date (YYYY-MM-DD)") from None
+    iso = normalize_date(value) if isinstance(value, str) else None
+    if iso is None:
+        raise BadRequest(f"{name} must be an ISO date (YYYY-MM-DD) of a real calendar day")
+    return iso
 
 
 def make_filters(source: object = None, doc_id: object = None, published_after: object = None,
@@ -97,6 +96,7 @@ def make_filters(source: object = None, doc_id: object = None, published_after: 
 
 def search_params(params: Mapping[str, object], default_k: int, max_chars: int, max_k: int) -> SearchParams:
     """A search or ask request's parameters (q, k, mode and the filters), validated."""
+    check_text({key: params.get(key) for key in SEARCH_KEYS})  # the CLI's arguments too: argv may not be UTF-8
     return SearchParams(
         q=validate_query(params.get("q"), max_chars),
         k=validate_k(params.get("k"), default_k, max_k),

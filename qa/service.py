@@ -14,7 +14,7 @@ import time
 from typing import TYPE_CHECKING, NamedTuple
 
 from .config import Config
-from .errors import BadRequest, IndexUnavailable, NotFound, QAError
+from .errors import BadRequest, IndexUnavailable, InsufficientStorage, NotFound, QAError
 from .index import Index, embedder_for, load_index
 from .ingest import validate_doc_id
 from .params import SearchParams, parse_int, search_params
@@ -181,10 +181,12 @@ class Engine:
     def health(self) -> dict:
         """The /healthz object."""
         index = self.index()
+        reasons = index.degraded
         # counted in the store, which writers change first: what search can find right now
-        return {"status": "ok", "passages": index.store.count_passages(),
+        body = {"status": "degraded" if reasons else "ok", "passages": index.store.count_passages(),
                 "documents": int(index.manifest.counts.documents),
                 "generation": index.manifest.generation, "model": index.manifest.model}
+        return {**body, "reasons": reasons} if reasons else body
 
     def documents(self, params: dict) -> dict:
         """The /api/documents object: one page of the documents."""
@@ -216,6 +218,20 @@ class Engine:
         return cached[1]
 
     # --- admin writes ---
+    @contextlib.contextmanager
+    def _reload_after_storage_errors(self):
+        """On a full or read-only disk, load the index again before answering 507: a write that reached the store
+        but not its files is then served (vectors rebuilt from the store in memory), as every other process sees
+        it, rather than half (in the store's rows, not in search)."""
+        try:
+            yield
+        except InsufficientStorage:
+            try:
+                self.reload_now()
+            except QAError as e:
+                log.warning("after a failed write: %s", e)
+            raise
+
     def add_article(self, obj: object) -> dict:
         """Add or replace one article (JSONL schema), or the page `{"url": ...}` names (fetched); the live index is
         reloaded before returning."""
@@ -226,7 +242,8 @@ class Engine:
         if not article.paragraphs:
             raise BadRequest("the article has no paragraphs left after removing boilerplate")
         index = self.index()
-        report = add_documents(None, self.config.index_dir, articles=[article], embedder=index.embedder)
+        with self._reload_after_storage_errors():
+            report = add_documents(None, self.config.index_dir, articles=[article], embedder=index.embedder)
         self.reload_now()
         status = "unchanged" if report.unchanged else ("updated" if report.updated else "created")
         return {"id": article.id, "status": status, "passages": len(article.paragraphs)}
@@ -236,7 +253,8 @@ class Engine:
         from .index import remove_documents
 
         validate_doc_id(doc_id)
-        remove_documents([doc_id], self.config.index_dir)
+        with self._reload_after_storage_errors():
+            remove_documents([doc_id], self.config.index_dir)
         self.reload_now()
         return {"id": doc_id, "status": "deleted"}
 

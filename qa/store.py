@@ -246,6 +246,15 @@ def from_blobs(blobs: Sequence[bytes], dim: int) -> np.ndarray:
     return np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), dim)
 
 
+def _immutable(path: str) -> str:
+    """"&immutable=1" for a store on a read-only file system with its WAL folded in: SQLite cannot create the WAL
+    index a reader needs there (it answers "unable to open database file"), and such a file cannot change."""
+    try:
+        readonly_fs = bool(os.statvfs(os.path.dirname(path) or ".").f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):
+        return ""
+    wal = path + "-wal"
+    return "&immutable=1" if readonly_fs and (not os.path.exists(wal) or os.path.getsize(wal) == 0) else ""
 
 
 class Store:
@@ -269,8 +278,8 @@ class Store:
         con = getattr(self._local, "con", None)
         if con is None:
             if self.readonly:
-                con = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False,
-                                      timeout=30)
+                con = sqlite3.connect(f"file:{self.path}?mode=ro{_immutable(self.path)}", uri=True,
+                                      check_same_thread=False, timeout=30)
             else:
                 con = sqlite3.connect(self.path, check_same_thread=False, timeout=60, isolation_level=None)
                 con.execute("PRAGMA journal_mode=WAL")

@@ -81,14 +81,17 @@ def _stop(p: subprocess.Popen) -> None:
 
 
 @contextlib.contextmanager
-def serve(index_dir: str, env: dict | None = None, *args: str) -> Iterator[str]:
+def serve(index_dir: str, env: dict | None = None, *args: str, logs: list | None = None) -> Iterator[str]:
     """A real `qa serve` of `index_dir` on a free loopback port, up once /healthz answers; yields its base URL.
+    `args` such as ("--workers", "2") for gunicorn; `logs`, a list, receives the server's log when it stops.
 
     Its log goes to a file (a chatty server never blocks on a pipe) and must hold no traceback when it stops."""
     port = free_port()
     log = tempfile.NamedTemporaryFile("w+", prefix="qa-serve-", suffix=".log", delete=False)
-    p = subprocess.Popen([QA, "serve", "--index-dir", index_dir, "--port", str(port), *args],
-                         env={**ENV, **(env or {})}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    # the server appends through its own descriptor: reading `log` here moves no offset it writes at
+    with open(log.name, "ab") as out:
+        p = subprocess.Popen([QA, "serve", "--index-dir", index_dir, "--port", str(port), *args],
+                             env={**ENV, **(env or {})}, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 90
@@ -106,6 +109,8 @@ def serve(index_dir: str, env: dict | None = None, *args: str) -> Iterator[str]:
         text = log.read()
         log.close()
         os.unlink(log.name)
+        if logs is not None:
+            logs.append(text)
     assert "Traceback" not in text, "the server logged an exception:\n" + text[-3000:]
 
 

@@ -35,3 +35,8 @@ def test_cli_errors_are_one_line(tmp_path):
     assert res.exit_code != 0 and "qa build" in res.output and "Traceback" not in res.output
     res = CliRunner().invoke(main, ["search", "china", "-k", "0", "--index-dir", str(tmp_path / "none")])
     assert res.exit_code != 0 and "Traceback" not in res.output
+
+
+def test_search_with_invalid_unicode_from_the_command_line_is_one_line(fake_seed_index_dir):
+    res = CliRunner().invoke(main, ["search", "china\udcff", "--index-dir", fake_seed_index_dir])
+    assert res.exit_code == 2 and '"q" holds invalid Unicode' in res.output and "Traceback" not in res.output

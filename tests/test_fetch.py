@@ -272,6 +272,7 @@ def bad_routes(origin) -> dict[str, str]:
             "/bad.rss": "malformed feed", "/menu": "no article text found"}
 
 
+@pytest.mark.slow
 def test_bad_sources_are_reported_and_the_rest_indexed(origin, tmp_path, fake_embedder):
     expected = bad_routes(origin)
     origin.routes["/good"] = Route(article_html("Bridge", "bridge repairs"))
@@ -360,6 +361,7 @@ def test_robots_rules_for_this_agent_and_an_unavailable_robots_txt(origin, tmp_p
     assert not origin.requests_to("/public")
 
 
+@pytest.mark.slow
 def test_at_most_two_requests_per_host_at_once_and_a_delay(origin, tmp_path):
     from qa.fetch import WebFetch
 
@@ -458,6 +460,7 @@ def _seed_file(tmp_path):
 
 # --- the admin API -------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_admin_api_fetches_one_url(origin, tmp_path, fake_embedder):
     from qa.config import Config
     from qa.service import Engine
@@ -486,6 +489,7 @@ def test_admin_api_fetches_one_url(origin, tmp_path, fake_embedder):
         assert resp.status_code == 400 and message in resp.json["error"], (body, resp.json)
 
 
+@pytest.mark.slow
 def test_update_script_adds_what_is_new(origin, tmp_path, fake_embedder):
     import os
     import subprocess

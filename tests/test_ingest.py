@@ -313,3 +313,60 @@ def test_a_50_mb_paragraph_is_kept_and_windowed_whole(tmp_path, big_paragraphs):
     assert all(i < j <= k + 1 for (i, k), (j, _) in zip(bounds, bounds[1:]))
     assert all(prefix[k + 1] - prefix[i] <= 254 or i == k for i, k in bounds)
     assert len(p.windows) > len(spans) // 20  # windows of ~250 words, not one window for the lot
+
+
+# --- one date rule, one id rule, one text rule ---------------------------------------------------------------
+
+@pytest.mark.parametrize("value,iso", [
+    ("2024-02-29", "2024-02-29"), ("2024-03-01T10:00:00Z", "2024-03-01"), ("March 3, 2024", "2024-03-03"),
+    ("2024-02-30", None), ("2024-13-45", None), ("2023-02-29", None), ("0000-01-01", None), ("Feb 30, 2024", None),
+    ("31 April 2024", None), ("soon", None)])
+def test_dates_are_calendar_days_on_every_path(value, iso):
+    from qa.errors import BadRequest
+    from qa.params import validate_date
+
+    assert qa.ingest.normalize_date(value) == iso
+    if iso is None:
+        with pytest.raises(IngestError, match="published"):
+            article_from_dict({"id": "d", "title": "T", "text": "A paragraph of news.", "published": value})
+        with pytest.raises(BadRequest, match="published_after"):
+            validate_date(value, "published_after")
+        assert parse_text(f"Title\n\nPublished: {value}\n\nA paragraph of news here.", "d").published is None
+    else:
+        assert validate_date(value, "published_after") == iso
+
+
+@pytest.mark.parametrize("doc_id,ok", [
+    ("a/b/c", True), ("victim/", True), ("sp ace?#%", True), ("...", True), ("a\nb", True),
+    ("/victim", False), ("a//b", False), ("./a", False), ("a/../b", False), ("..", False), (".", False),
+    ("a\x00b", False), ("a\ud800", False), ("", False), ("x" * 513, False)])
+def test_one_id_rule_for_every_path(doc_id, ok):
+    if ok:
+        assert qa.ingest.validate_doc_id(doc_id) == doc_id
+        return
+    with pytest.raises(IngestError, match="invalid document id"):
+        qa.ingest.validate_doc_id(doc_id)
+    with pytest.raises(IngestError):
+        article_from_dict({"id": doc_id, "title": "T", "text": "A paragraph of news."})
+
+
+def test_invalid_text_in_a_jsonl_file_is_a_problem_naming_the_field(tmp_path):
+    path = tmp_path / "a.jsonl"
+    path.write_text('{"id": "a", "title": "T", "paragraphs": ["fine text here.", "bad \\ud800"]}\n'
+                    '{"id": "b", "title": "T\\u0000", "paragraphs": ["fine text here."]}\n'
+                    '{"id": "c", "title": "T", "paragraphs": ["fine text here."]}\n', encoding="utf-8")
+    problems = []
+    assert [a.id for a in read_sources([str(path)], on_problem=problems.append)] == ["c"]
+    assert ['"paragraphs[1]" holds invalid Unicode' in str(problems[0]), '"title" holds a NUL' in str(problems[1])] \
+        == [True, True]
+
+
+def test_strict_build_names_the_html_file_without_text(tmp_path):
+    from click.testing import CliRunner
+    from qa.cli import main
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "empty-page.html").write_text("<html><head><title>x</title></head><body></body></html>")
+    res = CliRunner().invoke(main, ["build", str(tmp_path / "src"), "--strict", "--model", "hash", "--quiet",
+                                    "--index-dir", str(tmp_path / "index")])
+    assert res.exit_code == 2 and "empty-page.html" in res.output and "Traceback" not in res.output, res.output

@@ -11,7 +11,7 @@ from qa.lexical import DIRNAME, LexicalIndex, date_number, read_generation
 from qa.search import search
 from qa.store import Filters
 from qa.text import query_pairs, query_terms
-from test_index import ARTS as INDEX_ARTS
+from conftest import ARTS as INDEX_ARTS
 
 ARTS = [
     *INDEX_ARTS,  # two dated articles from different sources

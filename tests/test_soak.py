@@ -20,3 +20,10 @@ def test_short_soak_passes():
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert "| **all** |" in p.stdout and "PASS: 0 errors" in p.stdout
+
+
+def test_fuzz_passes():
+    """scripts/fuzz: issue 25's hostile inputs and random mutations on waitress and gunicorn, no 5xx (about 30 s)."""
+    p = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "fuzz"), "--random", "100"],
+                       capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert p.returncode == 0 and "PASS: 0 failures" in p.stdout, p.stdout[-3000:] + p.stderr[-3000:]

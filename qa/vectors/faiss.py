@@ -91,6 +91,7 @@ class FaissIndex:
         self.dim = dim
         self.kind = kind
         self.mapped = mapped
+        self.rebuilt: str | None = None  # why a reader rebuilt it in memory: the server is degraded
         self.deleted: set[int] = deleted or set()
         self._deleted_sel = None  # cached IDSelectorNot over the tombstones
         if index is None:
@@ -354,14 +355,16 @@ class FaissBackend:
         store's vectors."""
         try:
             vectors, generation = self.open(index_dir, manifest, data_dir, mmap=readonly)
-        except IndexUnavailable:
-            vectors, generation = None, -1
+            why = f"generation {generation}, the store's is {store.generation}"
+        except IndexUnavailable as e:
+            vectors, generation, why = None, -1, str(e)
         if vectors is not None and generation == store.generation:
             return vectors
         log.warning("vector index in %s behind the store (generation %s vs %s): %s", data_dir, generation,
                     store.generation, "rebuilding it from stored vectors")
         vectors = FaissIndex(int(manifest.dim), manifest.index_kind)
         fill(vectors, store, int(manifest.dim))
+        vectors.rebuilt = f"the vector file is unusable ({why}): serving vectors rebuilt from the store in memory"
         return vectors
 
     def check(self, manifest: Manifest, vectors: FaissIndex) -> list[str]:

@@ -1,12 +1,14 @@
 """The Flask app: `create_app(config=None)` with the JSON API and the web search box."""
 from __future__ import annotations
 
+from urllib.parse import unquote_to_bytes
+
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import PathConverter
 
 from ..config import Config
-from ..errors import QAError
+from ..errors import BadRequest, QAError
 from ..service import Engine
 
 SECURITY_HEADERS = {
@@ -22,9 +24,11 @@ CSP = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' d
 class DocIdConverter(PathConverter):
     """A document id in a URL: any characters, slashes and line breaks included (werkzeug's `path` stops at a line
     break, so such an id would not reach the API's own answers). Routing only: the engine checks the id with the one
-    rule, `ingest.validate_doc_id`, so a bad id gets the API's JSON 400 rather than a routing 404."""
+    rule, `ingest.validate_doc_id`, so a bad id (one starting with "/", say) gets the API's JSON 400 rather than a
+    routing 404 or a redirect."""
 
-    regex = "(?s:[^/].*?)"
+    # any first character, "/" included (werkzeug's matcher does not match a plain `.+?` across path parts)
+    regex = "(?s:(?:/|[^/]).*?)"
 
 
 def create_app(config: Config | dict | None = None, engine: Engine | None = None) -> Flask:
@@ -43,17 +47,31 @@ def create_app(config: Config | dict | None = None, engine: Engine | None = None
     from . import api, ui
 
     app.url_map.converters["doc_id"] = DocIdConverter
+    # werkzeug's default answers "//" in a path with a 308 to the merged path: a client following it would DELETE
+    # /api/documents/victim when it asked for /api/documents//victim
+    app.url_map.merge_slashes = False
     app.register_blueprint(api.bp)
     app.register_blueprint(ui.bp)
 
+    @app.before_request
+    def reject_invalid_utf8() -> None:
+        """A 400 for a URL that is not UTF-8, on the API and the page alike (werkzeug would pass "%ff" on as the
+        text "%FF", or as U+FFFD)."""
+        try:
+            request.environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8")
+            unquote_to_bytes(request.query_string).decode("utf-8")
+        except UnicodeError:
+            raise BadRequest("the URL is not valid UTF-8") from None
+
     @app.errorhandler(QAError)
     def qa_error(e: QAError):
-        return _error_response(str(e), e.status)
+        if _wants_json():
+            return _error_response(str(e), e.status)
+        return ui.error_page(str(e), e.status)
 
     @app.errorhandler(HTTPException)
     def http_error(e: HTTPException):
-        if request.path.startswith("/api/") or request.path in ("/healthz", "/openapi.json") \
-                or request.accept_mimetypes.best == "application/json" or e.code == 413:
+        if _wants_json() or e.code == 413:
             return _error_response(e.description or e.name, e.code or 500)
         return ui.error_page(e.description or e.name, e.code or 500)
 
@@ -71,6 +89,14 @@ def create_app(config: Config | dict | None = None, engine: Engine | None = None
         return response
 
     return app
+
+
+def _wants_json() -> bool:
+    """Whether an error answers in JSON: the API's paths (also written with extra leading slashes), or a client
+    that asks for JSON."""
+    path = "/" + request.path.lstrip("/")
+    return path.startswith("/api/") or path in ("/api", "/healthz", "/openapi.json") \
+        or request.accept_mimetypes.best == "application/json"
 
 
 def _error_response(message: str, status: int) -> Response:

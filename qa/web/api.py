@@ -2,28 +2,17 @@
 from __future__ import annotations
 
 import hmac
-from urllib.parse import unquote_to_bytes
 
 from flask import Blueprint, Response, current_app, jsonify, request
+from werkzeug.exceptions import HTTPException
 
 from ..errors import BadRequest, Forbidden, Unauthorized
+from ..ingest import check_text
+from ..params import SEARCH_KEYS
 from ..service import Engine
 from .openapi import openapi_spec
 
 bp = Blueprint("api", __name__)
-
-QUERY_KEYS = ("q", "k", "mode", "source", "doc_id", "published_after", "published_before")
-
-
-@bp.before_request
-def _reject_invalid_utf8() -> None:
-    """A 400 for a URL that is not UTF-8 (werkzeug would pass "%ff" on as the text "%FF", or as U+FFFD)."""
-    try:
-        request.environ.get("PATH_INFO", "").encode("latin-1").decode("utf-8")
-        unquote_to_bytes(request.query_string).decode("utf-8")
-    except UnicodeError:
-        raise BadRequest("the URL is not valid UTF-8") from None
-
 
 def engine() -> Engine:
     """The app's engine."""
@@ -31,8 +20,13 @@ def engine() -> Engine:
 
 
 def _json_body() -> dict:
-    """The request's JSON object; a clear 400 for anything else."""
-    data = request.get_data(cache=True)
+    """The request's JSON object, its text checked (`check_text`) once for every endpoint; a clear 400 otherwise."""
+    try:
+        data = request.get_data(cache=True)
+    except HTTPException:  # 413 and a client gone away: werkzeug's own answers
+        raise
+    except Exception:  # the server's parse error on a malformed chunked body (gunicorn's InvalidChunkSize...)
+        raise BadRequest("the request body could not be read (malformed chunked encoding?)") from None
     if not data:
         raise BadRequest("the request body must be a JSON object")
     try:
@@ -41,6 +35,7 @@ def _json_body() -> dict:
         raise BadRequest("the request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")
+    check_text(body)
     return body
 
 
@@ -48,14 +43,14 @@ def _query_params() -> dict:
     """The search parameters of a GET's query string or a POST's JSON body; a 400 for unknown or repeated ones."""
     if request.method == "POST":
         body = _json_body()
-        unknown = set(body) - set(QUERY_KEYS)
+        unknown = set(body) - set(SEARCH_KEYS)
         if unknown:
             raise BadRequest("unknown fields: " + ", ".join(sorted(unknown)[:5]))
         return body
-    for key in QUERY_KEYS:
+    for key in SEARCH_KEYS:
         if len(request.args.getlist(key)) > 1:
             raise BadRequest(f"{key} given more than once")
-    return {key: request.args.get(key) for key in QUERY_KEYS}
+    return {key: request.args.get(key) for key in SEARCH_KEYS}
 
 
 @bp.route("/api/search", methods=["GET", "POST"])
@@ -96,7 +91,7 @@ def document(doc_id: str) -> Response:
 
 def _require_admin() -> None:
     """401 for a wrong or missing bearer token, 403 while QA_ADMIN_TOKEN is unset; compared in constant time."""
-    token = current_app.extensions["qa_config"].admin_token
+    token = (current_app.extensions["qa_config"].admin_token or "").strip()
     if not token:
         raise Forbidden("the admin API is off: set QA_ADMIN_TOKEN to enable it")
     header = request.headers.get("Authorization", "")

@@ -136,7 +136,9 @@ def _schemas() -> dict:
                       "timings": timings, "took_ms": {"type": "number"}})
     return {"Error": _object(["error"], {"error": {"type": "string"}}), **_result_schemas(),
             "SearchResponse": search, "AskResponse": _ask_schema(timings), **_document_schemas(),
-            "Health": _object(["status", "passages"], {"status": {"type": "string"}, "passages": {"type": "integer"}})}
+            "Health": _object(["status", "passages"], {"status": {"type": "string", "enum": ["ok", "degraded"]},
+                                                       "passages": {"type": "integer"},
+                                                       "reasons": {"type": "array", "items": {"type": "string"}}})}
 
 
 def _search_op(summary: str, ref: str, k: int) -> dict:
@@ -163,12 +165,12 @@ def _document_paths() -> dict:
                      "requestBody": {"required": True,
                                      "content": _content({"oneOf": [_ref("Article"), _ref("FetchRequest")]})},
                      "responses": {"201": _any_object("Created"), "200": _any_object("Updated or unchanged"),
-                                   **_errors(400, 401, 403, 413, 503)}}},
+                                   **_errors(400, 401, 403, 413, 503, 507)}}},
         "/api/documents/{doc_id}": {
             "get": {"summary": "One document with its paragraphs", "parameters": [doc_id_param],
                     "responses": {"200": _json("Document", "The document"), **_errors(400, 404, 503)}},
             "delete": {"summary": "Delete a document (admin)", **admin, "parameters": [doc_id_param],
-                       "responses": {"200": _any_object("Deleted"), **_errors(400, 401, 403, 404, 503)}}},
+                       "responses": {"200": _any_object("Deleted"), **_errors(400, 401, 403, 404, 503, 507)}}},
     }
 
 

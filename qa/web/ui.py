@@ -25,19 +25,26 @@ FILTER_KEYS = ("source", "published_after", "published_before", "mode")
 _SPAN = re.compile(r"(\d{1,9})-(\d{1,9})")
 
 
+# what a browser drops from a URL before reading its scheme: C0 controls and spaces at the ends, tabs and line
+# breaks anywhere (WHATWG URL parsing), so " JaVaScRiPt:" and "java\tscript:" are javascript: URLs to it
+_URL_ENDS = "".join(map(chr, range(0x21)))
+_URL_DROPPED = re.compile("[\t\n\r]")
+
+
+@bp.app_template_filter("safe_url")
 def safe_url(url: object) -> str | None:
-    """`url` when it may become a link (an absolute http(s) URL with a host), else None: a `javascript:`, `data:`
-    or relative URL from a document is shown as text, never followed."""
+    """`url` as a browser would read it when it is an absolute http(s) URL with a host, else None: the one rule
+    for what may become a link (a `javascript:`, `data:` or relative URL from a document is shown as text)."""
     if not isinstance(url, str):
         return None
-    url = url.strip()
+    cleaned = _URL_DROPPED.sub("", url.strip(_URL_ENDS))
+    if any(c in _URL_ENDS for c in cleaned):  # a space or control character left inside: no valid URL holds one
+        return None
     try:
-        parts = urlsplit(url)
-    except ValueError:
+        parts = urlsplit(cleaned)
+    except ValueError:  # e.g. an invalid IPv6 host
         return None
-    if parts.scheme.lower() not in ("http", "https") or not parts.netloc or any(c in url for c in "\r\n\t\x00 "):
-        return None
-    return url
+    return cleaned if parts.scheme.lower() in ("http", "https") and parts.netloc else None
 
 
 def highlight(text: str, spans: list[tuple[int, int]], terms: list[str]) -> Markup:

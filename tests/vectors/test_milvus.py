@@ -23,6 +23,8 @@ from qa.vectors import DocFields  # noqa: E402
 
 from conftest import ROOT  # noqa: E402
 
+pytestmark = pytest.mark.slow  # Milvus Lite: about a second a test
+
 DIM = 16
 
 

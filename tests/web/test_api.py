@@ -109,8 +109,8 @@ def test_documents_api(fake_client):
     doc_id = docs["documents"][0]["id"]
     doc = fake_client.get(f"/api/documents/{doc_id}").get_json()
     assert len(doc["paragraphs"]) == 15 and doc["author"] == "Antoni Slodkowski"
-    r = fake_client.get("/api/documents/..%2F..%2Fetc%2Fpasswd")
-    assert r.status_code == 404 and r.is_json
+    r = fake_client.get("/api/documents/..%2F..%2Fetc%2Fpasswd")  # a ".." segment: refused by the id rule
+    assert r.status_code == 400 and r.is_json
     assert fake_client.get("/api/documents", query_string={"limit": "0"}).status_code == 400
 
 

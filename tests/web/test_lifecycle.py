@@ -6,7 +6,9 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -14,7 +16,7 @@ import urllib.parse
 
 import pytest
 
-from conftest import ENV, QA, SEEDS, SQUAD, WOMBAT, ZEBRA, copy_index, http, make_app, write_jsonl
+from conftest import ENV, QA, SEEDS, SQUAD, WOMBAT, ZEBRA, copy_index, http, make_app, serve, write_jsonl
 
 HASH = ("--model", "hash")  # builds with the hash embedder, as the served indexes were built
 CHINA = "what actions has China taken?"
@@ -297,12 +299,13 @@ def _hostile_cases():
     for qs in ("offset=%ff", "offset=-1", "limit=0", "limit=1001", "limit=abc", "offset=1e9", "limit=%ff",
                "offset=%00"):
         cases.append(("GET", "/api/documents?" + qs, None, {}, 400))
-    for doc_id in ("..%2F..%2Fetc%2Fpasswd", "../../etc/passwd", "%2e%2e%2f%2e%2e%2fetc%2fpasswd",
-                   "..%5C..%5Cwindows", "no-such-doc", "a" * 400):
+    for doc_id in ("..%5C..%5Cwindows", "no-such-doc", "a" * 400):
         cases.append(("GET", "/api/documents/" + doc_id, None, {}, 404))
         cases.append(("DELETE", "/api/documents/" + doc_id, None, _auth(), 404))
         cases.append(("DELETE", "/api/documents/" + doc_id, None, {}, 401))
-    for doc_id in ("a%00b", "a" * 600, "%ff%fe", "a%c3"):
+    # ids a URL cannot carry (a client removes dot segments, a proxy merges slashes) are refused by the id rule
+    for doc_id in ("a%00b", "a" * 600, "%ff%fe", "a%c3", "..%2F..%2Fetc%2Fpasswd", "../../etc/passwd",
+                   "%2e%2e%2f%2e%2e%2fetc%2fpasswd", "%2Fvictim", "/victim", "a//b", "a/./b", "."):
         cases.append(("GET", "/api/documents/" + doc_id, None, {}, 400))
         cases.append(("DELETE", "/api/documents/" + doc_id, None, _auth(), 400))
     for body in (b"", b"{not json", b"\xff\xfe", b"[]", b'{"id": 5, "title": "t", "paragraphs": ["p"]}',
@@ -311,8 +314,19 @@ def _hostile_cases():
                  b'{"id": "a\\u0000b", "title": "t", "paragraphs": ["p"]}',
                  b'{"id": "' + b"i" * 600 + b'", "title": "t", "paragraphs": ["p"]}',
                  b'{"id": "x", "title": "t", "paragraphs": ["p"], "published": "yesterday-ish"}',
-                 b'{"id": "x", "title": "t", "paragraphs": ["p"], "tags": [1]}'):
+                 b'{"id": "x", "title": "t", "paragraphs": ["p"], "tags": [1]}',
+                 # NUL refused in every field, as in queries; dates must be calendar days (one rule everywhere)
+                 b'{"id": "x", "title": "t\\u0000", "paragraphs": ["A paragraph about the harbour council."]}',
+                 b'{"id": "x", "title": "t", "paragraphs": ["A paragraph about the harbour\\u0000 council."]}',
+                 b'{"id": "x", "title": "t", "paragraphs": ["A paragraph about the harbour council."], '
+                 b'"published": "2024-02-30"}',
+                 b'{"id": "x", "title": "t", "paragraphs": ["A paragraph about the harbour council."], '
+                 b'"published": "2024-13-45"}'):
         cases.append(("POST", "/api/documents", body, _auth(), 400))
+    for ep in ("/api/search", "/api/ask"):
+        for date in ("2024-02-30", "2024-13-45", "2023-02-29"):
+            cases.append(("GET", f"{ep}?q=china&published_after={date}", None, {}, 400))
+            cases.append(("POST", ep, b'{"q": "china", "published_before": "%s"}' % date.encode(), JSON, 400))
     cases.append(("POST", "/api/documents", BIG, _auth(), 413))
     cases.append(("POST", "/api/documents", BIG, JSON, 401))
     cases.append(("POST", "/api/documents", b"{}", JSON, 401))
@@ -341,6 +355,238 @@ def test_hostile_input_is_a_json_4xx(admin_server, method, path, body, headers, 
 def test_hostile_input_left_the_index_alone(admin_server):
     assert_serves_seed(admin_server)
     assert get_json(admin_server + "/api/documents")[1]["total"] == 1
+
+
+# --- 4b. hostile input on both server kinds: waitress, and gunicorn with two workers ---------------------------
+
+@pytest.fixture(scope="module", params=["waitress", "gunicorn"])
+def any_server(request, tmp_path_factory, fake_seed_index_dir):
+    dst = copy_index(fake_seed_index_dir, str(tmp_path_factory.mktemp("hostile") / "index"))
+    args = ("--workers", "2", "--threads", "2") if request.param == "gunicorn" else ()
+    with serve(dst, {"QA_ADMIN_TOKEN": TOKEN, "QA_RELOAD_INTERVAL": "0.5"}, *args) as base:
+        yield request.param, base
+
+
+def _doc(doc_id="hx", **fields):
+    return json.dumps({"id": doc_id, "title": "Harbour", "paragraphs": ["The harbour council met on Monday.",
+                                                                       "It voted for a new ferry pier."], **fields})
+
+
+# (endpoint, JSON body with a lone surrogate or NUL somewhere, the field the 400 must name)
+INVALID_TEXT = [
+    ("/api/search", '{"q": "\\ud800x"}', '"q"'),
+    ("/api/search", '{"q": "\\ud800x", "mode": "lexical"}', '"q"'),
+    ("/api/ask", '{"q": "\\udfffx"}', '"q"'),
+    ("/api/search", '{"q": "china", "source": "\\ud800"}', '"source"'),
+    ("/api/ask", '{"q": "china", "doc_id": "a\\ud800"}', '"doc_id"'),
+    ("/api/search", '{"q": "china", "published_after": "\\ud800"}', '"published_after"'),
+    ("/api/search", '{"q": "china", "\\ud800": 1}', "field name"),
+    ("/api/documents", _doc("\ud800"), '"id"'),
+    ("/api/documents", _doc(title="T\ud800"), '"title"'),
+    ("/api/documents", _doc(paragraphs=["ok paragraph here.", "bad \udc80 paragraph"]), '"paragraphs[1]"'),
+    ("/api/documents", _doc(source="\ud800"), '"source"'),
+    ("/api/documents", _doc(author="\ud800"), '"author"'),
+    ("/api/documents", _doc(tags=["ok", "\ud800"]), '"tags[1]"'),
+    ("/api/documents", _doc(published="\ud800"), '"published"'),
+    ("/api/documents", _doc(title="T\u0000"), '"title"'),
+    ("/api/documents", _doc(paragraphs=["a harbour \u0000 paragraph"]), '"paragraphs[0]"'),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path,body,field", INVALID_TEXT, ids=[f"{p} {f}" for p, _, f in INVALID_TEXT])
+def test_invalid_text_is_a_400_naming_the_field(any_server, path, body, field):
+    _, base = any_server
+    status, ctype, raw = request(base + path, body.encode(), _auth(), "POST")
+    assert status == 400 and "application/json" in ctype, (status, raw[:300])
+    assert field in json.loads(raw)["error"], raw[:300]
+
+
+def test_ids_round_trip_and_no_request_reaches_another_document(any_server):
+    _, base = any_server
+    assert request(base + "/api/documents", _doc("victim").encode(), _auth(), "POST")[0] in (200, 201)
+    for doc_id in ("/victim", "victim/", "a//victim", "./victim", "x/../victim"):
+        if doc_id != "victim/":
+            _assert_json_error(*request(base + "/api/documents", _doc(doc_id).encode(), _auth(), "POST"), 400)
+    for path in ("/api/documents/%2Fvictim", "/api/documents//victim", "/api/documents/x/../victim",
+                 "/api/documents/.%2Fvictim"):
+        for method in ("GET", "DELETE"):
+            status, ctype, raw = request(base + path, None, _auth(), method)
+            assert status == 400 and "json" in ctype, (method, path, status, raw[:200])  # never a redirect
+    assert get_json(base + "/api/documents/victim")[0] == 200  # untouched
+    # an accepted id with slashes, a trailing slash and odd characters round-trips by GET and DELETE
+    for doc_id in ("victim/", "a/b/c", "sp ace?#%&x"):
+        assert request(base + "/api/documents", _doc(doc_id).encode(), _auth(), "POST")[0] == 201
+        quoted = urllib.parse.quote(doc_id, safe="")
+        assert get_json(base + "/api/documents/" + quoted)[1]["id"] == doc_id
+        assert request(base + "/api/documents/" + quoted, None, _auth(), "DELETE")[0] == 200
+    assert request(base + "/api/documents/victim", None, _auth(), "DELETE")[0] == 200
+
+
+def _raw_http(base, data: bytes) -> tuple[int, str, bytes]:
+    """(status, content type, body) of a hand-written request, for what urllib will not send."""
+    host, port = base.split("//")[1].split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(data)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    ctype = next((line.split(":", 1)[1].strip() for line in lines if line.lower().startswith("content-type:")), "")
+    return int(lines[0].split()[1]), ctype, body
+
+
+def test_malformed_chunked_body_is_a_400(any_server):
+    kind, base = any_server
+    data = (b"POST /api/search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\nzz\r\nxx\r\n0\r\n\r\n")
+    status, ctype, body = _raw_http(base, data)
+    assert status == 400, (status, body[:300])
+    if kind == "gunicorn":  # gunicorn lets the app read the body: the app's JSON; waitress parses it itself
+        assert "json" in ctype and json.loads(body)["error"], body[:300]
+
+
+def test_page_and_paths_answer_like_the_api(any_server):
+    _, base = any_server
+    status, ctype, body = request(base + "/?q=%ff")
+    assert status == 400 and "text/html" in ctype and b"not valid UTF-8" in body  # as the API's 400
+    for path in ("//api/search?q=china", "/api//search?q=china"):
+        # never a redirect to another path (werkzeug's merge_slashes); waitress itself reads "//api/" as "/api/"
+        status, ctype, body = request(base + path)
+        assert status in (200, 404) and "json" in ctype, (path, status, body[:200])
+
+
+@pytest.mark.parametrize("link", [" JaVaScRiPt:alert(1)", "java\tscript:alert(1)", "data:text/html,x",
+                                  "//evil.example/x", "https:no-host"])
+@pytest.mark.slow
+def test_only_http_urls_become_links(any_server, link):
+    _, base = any_server
+    doc = json.dumps({"id": "linky", "title": "Quokka ferry timetable", "url": link,
+                      "paragraphs": ["The quokka ferry timetable changes on Monday for the winter."]})
+    assert request(base + "/api/documents", doc.encode(), _auth(), "POST")[0] in (200, 201)
+    try:
+        def page():  # every worker has reloaded the index holding it (gunicorn: one worker took the write)
+            return request(url(base, "/", q="quokka ferry timetable"))[2].decode()
+
+        assert wait_for(lambda: all("Quokka ferry timetable" in page() for _ in range(4)))
+        hrefs = re.findall(r'href="([^"]*)"', page())  # every link of the page: its own paths, or http(s)
+        assert hrefs and all(h.startswith(("/", "#", "http://", "https://")) for h in hrefs), hrefs
+        assert not any("evil.example" in h or "no-host" in h for h in hrefs), hrefs
+    finally:
+        request(base + "/api/documents/linky", None, _auth(), "DELETE")
+
+
+# --- 4c. a full or read-only disk, a damaged index, a blank token (hash-model indexes) --------------------------
+
+@pytest.fixture()
+def small_disk(tmp_path):
+    """An 8 MiB tmpfs mounted for the test (root only: skipped where mounting is not permitted)."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if p.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here: " + p.stderr.strip())
+    try:
+        yield str(mnt)
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def _fill_disk(folder: str, leave_kib: int) -> str:
+    """A file that leaves about `leave_kib` KiB free on `folder`'s file system."""
+    st = os.statvfs(folder)
+    path = os.path.join(folder, "filler")
+    with open(path, "wb") as f:
+        f.write(b"\0" * max(0, st.f_bavail * st.f_frsize - leave_kib * 1024))
+    return path
+
+
+def _big_article(doc_id="big", n=3000):
+    return {"id": doc_id, "title": "Harbour minutes",
+            "paragraphs": [f"Minute {i}: the harbour council discussed crossing {i} near the ferry." for i in range(n)]}
+
+
+def _one_line_error(p) -> str:
+    """The command's one error line (log warnings may come before it)."""
+    lines = [line for line in p.stderr.strip().splitlines() if not line.startswith("WARNING ")]
+    assert p.returncode == 3 and len(lines) == 1 and lines[0].startswith("error: "), p.stderr[-2000:]
+    return lines[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("leave_kib,n", [(300, 3000), (150, 3)], ids=["store-full", "vectors-full"])
+def test_full_disk_is_a_507_and_the_index_stays_whole(small_disk, tmp_path, leave_kib, n):
+    """store-full: the store's transaction fails and rolls back; vectors-full: the store commits, the vector file
+    (rewritten whole) does not fit: readers rebuild it from the store, and the write run again finishes it."""
+    index_dir = os.path.join(small_disk, "index")
+    qa("build", SEEDS, write_jsonl(tmp_path, _big_article("base", 1500)), "--model", "hash", "--index-dir",
+       index_dir, "--quiet")
+    filler = _fill_disk(small_disk, leave_kib)
+    article = json.dumps(_big_article("big", n)).encode()
+    with serve(index_dir, {"QA_ADMIN_TOKEN": TOKEN}) as base:
+        n0 = passages(base)
+        status, ctype, body = request(base + "/api/documents", article, _auth(), "POST")
+        assert status == 507 and "json" in ctype and "disk is full" in json.loads(body)["error"], body[:300]
+        status, body = get_json(url(base, "/api/search", q="harbour council", k=3))
+        assert status == 200 and body["results"]  # still serving
+        assert passages(base) in (n0, n0 + n)  # all of the write or none of it
+        line = _one_line_error(qa("add", write_jsonl(tmp_path, _big_article("big2", 3000)), "--index-dir",
+                                  index_dir, check=False))
+        assert "disk is full" in line and index_dir in line
+        line = _one_line_error(qa("build", SEEDS, write_jsonl(tmp_path, _big_article("big3", 3000)), "--model",
+                                  "hash", "--index-dir", index_dir, "--quiet", check=False))
+        assert "disk is full" in line
+        os.unlink(filler)
+        # the same write again once there is space completes it and leaves the folder whole
+        assert request(base + "/api/documents", article, _auth(), "POST")[0] in (200, 201)
+        assert qa("check", "--index-dir", index_dir).returncode == 0
+        assert passages(base) == n0 + n and finds(base, f"harbour council crossing {n - 1}", f"crossing {n - 1}")
+
+
+@pytest.mark.slow
+def test_read_only_disk_is_a_507_and_still_serves(small_disk, tmp_path):
+    index_dir = os.path.join(small_disk, "index")
+    qa("build", SEEDS, "--model", "hash", "--index-dir", index_dir, "--quiet")
+    subprocess.run(["mount", "-o", "remount,ro", small_disk], check=True)
+    with serve(index_dir, {"QA_ADMIN_TOKEN": TOKEN}) as base:
+        assert_serves_seed(base)
+        status, ctype, body = request(base + "/api/documents", json.dumps(_big_article(n=3)).encode(), _auth(), "POST")
+        assert status == 507 and "read-only" in json.loads(body)["error"], body[:300]
+        status, ctype, body = request(base + "/api/documents/000_17ba8289838f2219", None, _auth(), "DELETE")
+        assert status == 507 and "read-only" in json.loads(body)["error"], body[:300]
+        assert_serves_seed(base)
+    for args in (("add", write_jsonl(tmp_path, _big_article(n=3))), ("remove", "000_17ba8289838f2219"),
+                 ("build", SEEDS, "--model", "hash", "--quiet")):
+        assert "read-only" in _one_line_error(qa(*args, "--index-dir", index_dir, check=False))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["vectors.faiss", os.path.join("lexical", "meta.json")])
+def test_damaged_files_make_health_degraded(tmp_path, damage):
+    index_dir = str(tmp_path / "index")
+    qa("build", SEEDS, "--model", "hash", "--index-dir", index_dir, "--quiet")
+    with serve(index_dir) as base:
+        assert get_json(base + "/healthz")[1]["status"] == "ok"
+    (data,) = glob.glob(os.path.join(index_dir, "data-*"))
+    with open(os.path.join(data, damage), "wb") as f:
+        f.write(b"garbage")
+    with serve(index_dir) as base:
+        status, body = get_json(base + "/healthz")
+        assert status == 200 and body["status"] == "degraded", body
+        assert body["reasons"] and ("vector" if damage == "vectors.faiss" else "lexical") in body["reasons"][0]
+        assert_serves_seed(base)  # from what it rebuilt out of the store
+
+
+@pytest.mark.slow
+def test_blank_admin_token_leaves_the_admin_api_off(tmp_path):
+    index_dir = str(tmp_path / "index")
+    qa("build", SEEDS, "--model", "hash", "--index-dir", index_dir, "--quiet")
+    logs = []
+    with serve(index_dir, {"QA_ADMIN_TOKEN": " \t"}, logs=logs) as base:
+        for headers in (_auth(" "), _auth(""), {"Authorization": "Bearer  \t", **JSON}):
+            _assert_json_error(*request(base + "/api/documents", _doc().encode(), headers, "POST"), 403)
+    assert "QA_ADMIN_TOKEN is blank" in logs[0]
 
 
 # --- 5. concurrent writers are serialised --------------------------------------------------------------------
@@ -389,6 +635,7 @@ def api_schema(tmp_path_factory, fake_seed_index_dir):
 
 # schemathesis' own pytest plugin (`from_fixture(...).parametrize()`) does not run under pytest 9, so each
 # operation's hypothesis strategy is driven here directly, valid and invalid data alike.
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE], ids=["positive", "negative"])
 @pytest.mark.parametrize("label", OPERATIONS)
 def test_api_matches_its_openapi_document(api_schema, label, mode):

@@ -86,7 +86,9 @@ def test_hostile_values_are_escaped_and_only_http_urls_become_links(web):
     ("https://news.example/a?b=1#c", "https://news.example/a?b=1#c"), ("HTTP://news.example", "HTTP://news.example"),
     ("javascript:alert(1)", None), (" JavaScript:alert(1)", None), ("data:text/html,x", None),
     ("//news.example/a", None), ("/documents/x", None), ("http:///nohost", None), ("https://a b.example", None),
-    ("vbscript:x", None), (None, None), ("", None)])
+    ("vbscript:x", None), (None, None), ("", None), (5, None),
+    (" https://example.com/a\tb ", "https://example.com/ab"), ("java\tscript:alert(1)", None),
+    ("\x01javascript:alert(1)", None), ("https:no-host", None), ("http://[::1", None)])
 def test_safe_url(url, expected):
     from qa.web.ui import safe_url
 
