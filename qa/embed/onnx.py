@@ -245,9 +245,8 @@ class OnnxEmbedder(TransformerEmbedder):
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # no memory arena: it grows to the largest batch run (a build's, an admin write's) and keeps it, so a server
-        # held ~100 MB more after one large admin write; freed tensors go back to malloc (tuned and trimmed by
-        # qa.process), at no measurable cost to a query (docs/operations.md)
+        # no memory arena: it grows to the largest batch run (a build's, an admin write's) and keeps it for the
+        # server's life; freed tensors go back to malloc, tuned and trimmed by qa.process (docs/operations.md)
         options.enable_cpu_mem_arena = False
         self.session = ort.InferenceSession(self.onnx_path, options, providers=["CPUExecutionProvider"])
         self._inputs = {i.name for i in self.session.get_inputs()}
