@@ -81,11 +81,17 @@ def validate_date(value: object, name: str) -> str | None:
     return iso
 
 
+def validate_source(source: object) -> str | None:
+    """An outlet name to filter on (None when absent), else `BadRequest`."""
+    if source is not None and (not isinstance(source, str) or len(source) > MAX_SOURCE_CHARS or "\x00" in source):
+        raise BadRequest(f"source must be a string of at most {MAX_SOURCE_CHARS} characters")
+    return source
+
+
 def make_filters(source: object = None, doc_id: object = None, published_after: object = None,
                  published_before: object = None) -> Filters:
     """Validated filters; a document id follows the rule every document id follows (`validate_doc_id`)."""
-    if source is not None and (not isinstance(source, str) or len(source) > MAX_SOURCE_CHARS or "\x00" in source):
-        raise BadRequest(f"source must be a string of at most {MAX_SOURCE_CHARS} characters")
+    validate_source(source)
     if doc_id is not None and not isinstance(doc_id, str):
         raise BadRequest("doc_id must be a string")
     if doc_id:

@@ -11,7 +11,7 @@ from flask import Blueprint, current_app, render_template, request, url_for
 from markupsafe import Markup, escape
 
 from ..errors import BadRequest, NotFound, QAError
-from ..params import parse_int
+from ..params import parse_int, validate_source
 from ..service import Engine
 from ..search import MODES
 from ..store import OutletCount, StoredPassage
@@ -185,9 +185,7 @@ def collection() -> str | tuple[str, int]:
     form = search_form()
     try:
         page = parse_int(request.args.get("page"), "page", 1, 1, 10**7)
-        source = request.args.get("source") or None
-        if source is not None and (len(source) > 512 or "\x00" in source):
-            raise BadRequest("source must be a string of at most 512 characters")
+        source = validate_source(request.args.get("source") or None)
         listing = engine().documents_newest((page - 1) * PAGE_SIZE, PAGE_SIZE, source)
         pages = max(1, -(-listing.total // PAGE_SIZE))
         if page > pages:
