@@ -87,13 +87,29 @@ def chromium(profile, javascript: bool = True):
     return driver
 
 
-@pytest.fixture()
-def browser(tmp_path):
-    driver = chromium(tmp_path / "chromium-profile")
+@pytest.fixture(scope="module")
+def _chromium(tmp_path_factory):
+    """One Chromium for the module's tests (starting one costs about a second); `browser` resets it per test."""
+    driver = chromium(tmp_path_factory.mktemp("chromium-profile"))
     try:
         yield driver
     finally:
         driver.quit()
+
+
+def _fresh(driver):
+    """The driver as a new one starts: a blank page at desktop width, no cookies, no granted permissions (the
+    pages keep nothing in storage)."""
+    driver.get("about:blank")
+    driver.delete_all_cookies()
+    driver.execute_cdp_cmd("Browser.resetPermissions", {})
+    driver.set_window_size(1280, 1000)
+    return driver
+
+
+@pytest.fixture()
+def browser(_chromium):
+    return _fresh(_chromium)
 
 
 @pytest.fixture()
