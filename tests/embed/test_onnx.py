@@ -79,9 +79,22 @@ def onnx_embedder(onnx_cache: Path) -> OnnxEmbedder:
 
 
 @pytest.fixture(scope="session")
-def torch_embedder() -> TorchEmbedder:
-    """The PyTorch reference."""
-    return TorchEmbedder(packaged_model_path(), PACKAGED_MODEL)
+def torch_embedder(embedder) -> TorchEmbedder:
+    """The PyTorch reference: the session's real model, loaded once for every test that needs it."""
+    assert isinstance(embedder, TorchEmbedder) and embedder.model_name == PACKAGED_MODEL
+    return embedder
+
+
+@pytest.fixture(scope="session")
+def expected(torch_embedder: TorchEmbedder, texts: list[str]) -> np.ndarray:
+    """The reference vectors of `texts`, encoded once for the tests that compare against them."""
+    return torch_embedder.encode(texts, batch_size=8)
+
+
+@pytest.fixture(scope="session")
+def fp32_embedder(onnx_embedder: OnnxEmbedder) -> OnnxEmbedder:
+    """The float32 variant, from the session's export (exported before the int8 file is quantised from it)."""
+    return OnnxEmbedder(packaged_model_path(), PACKAGED_MODEL, quantize=False)
 
 
 def test_export_lands_in_the_cache_dir(onnx_embedder: OnnxEmbedder, onnx_cache: Path) -> None:
@@ -101,11 +114,9 @@ def test_shape_and_settings_match_torch(onnx_embedder: OnnxEmbedder, torch_embed
     assert onnx_embedder.encode([]).shape == (0, 384)
 
 
-def test_encode_matches_torch(onnx_embedder: OnnxEmbedder, torch_embedder: TorchEmbedder,
-                              texts: list[str]) -> None:
+def test_encode_matches_torch(onnx_embedder: OnnxEmbedder, expected: np.ndarray, texts: list[str]) -> None:
     assert len(texts) >= 45
     assert max(onnx_embedder.count_tokens(texts)) > 256  # one text is split into pieces
-    expected = torch_embedder.encode(texts, batch_size=8)
     # int8 activations are quantised per batch, so check batched encodes and one-text encodes (the query path)
     for batch_size in (8, 32, 1):
         got = onnx_embedder.encode(texts, batch_size=batch_size)
@@ -171,19 +182,20 @@ def test_cached_load_in_a_fresh_process_needs_no_torch(onnx_embedder: OnnxEmbedd
     assert seconds < 5.0  # the service must answer within 5 s of starting
 
 
-def test_fp32_variant_matches_torch_closely(onnx_embedder: OnnxEmbedder, torch_embedder: TorchEmbedder,
-                                            texts: list[str]) -> None:
-    fp32 = OnnxEmbedder(packaged_model_path(), PACKAGED_MODEL, quantize=False)  # reuses the session's export
+def test_fp32_variant_matches_torch_closely(onnx_embedder: OnnxEmbedder, fp32_embedder: OnnxEmbedder,
+                                            expected: np.ndarray, texts: list[str]) -> None:
+    fp32 = fp32_embedder
     assert fp32.onnx_path != onnx_embedder.onnx_path
     assert Path(fp32.onnx_path).stat().st_size > 2 * Path(onnx_embedder.onnx_path).stat().st_size
-    cosines = (fp32.encode(texts[:25]) * torch_embedder.encode(texts[:25])).sum(axis=1)
+    cosines = (fp32.encode(texts[:25], batch_size=8) * expected[:25]).sum(axis=1)
     assert cosines.min() >= 0.9999
 
 
-def test_the_graph_runs_on_fused_transformer_operators(onnx_embedder: OnnxEmbedder) -> None:
+def test_the_graph_runs_on_fused_transformer_operators(onnx_embedder: OnnxEmbedder,
+                                                       fp32_embedder: OnnxEmbedder) -> None:
     import onnx
 
-    fp32 = OnnxEmbedder(packaged_model_path(), PACKAGED_MODEL, quantize=False)
+    fp32 = fp32_embedder
     kinds = {}
     for path in (fp32.onnx_path, onnx_embedder.onnx_path):
         ops = [node.op_type for node in onnx.load(path).graph.node]
