@@ -515,12 +515,14 @@ def _one_line_error(p) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("leave_kib,n", [(300, 3000), (150, 3)], ids=["store-full", "vectors-full"])
+@pytest.mark.parametrize("leave_kib,n", [(300, 1000), (150, 3)], ids=["store-full", "vectors-full"])
 def test_full_disk_is_a_507_and_the_index_stays_whole(small_disk, tmp_path, leave_kib, n):
     """store-full: the store's transaction fails and rolls back; vectors-full: the store commits, the vector file
-    (rewritten whole) does not fit: readers rebuild it from the store, and the write run again finishes it."""
+    (rewritten whole) does not fit: readers rebuild it from the store, and the write run again finishes it.
+    Sizes: 1000 paragraphs take over 1.5 MB in the store and 500 over 750 KB of vectors, several times the space
+    left."""
     index_dir = os.path.join(small_disk, "index")
-    qa("build", SEEDS, write_jsonl(tmp_path, _big_article("base", 1500)), "--model", "hash", "--index-dir",
+    qa("build", SEEDS, write_jsonl(tmp_path, _big_article("base", 500)), "--model", "hash", "--index-dir",
        index_dir, "--quiet")
     filler = _fill_disk(small_disk, leave_kib)
     article = json.dumps(_big_article("big", n)).encode()
@@ -531,10 +533,10 @@ def test_full_disk_is_a_507_and_the_index_stays_whole(small_disk, tmp_path, leav
         status, body = get_json(url(base, "/api/search", q="harbour council", k=3))
         assert status == 200 and body["results"]  # still serving
         assert passages(base) in (n0, n0 + n)  # all of the write or none of it
-        line = _one_line_error(qa("add", write_jsonl(tmp_path, _big_article("big2", 3000)), "--index-dir",
+        line = _one_line_error(qa("add", write_jsonl(tmp_path, _big_article("big2", 1000)), "--index-dir",
                                   index_dir, check=False))
         assert "disk is full" in line and index_dir in line
-        line = _one_line_error(qa("build", SEEDS, write_jsonl(tmp_path, _big_article("big3", 3000)), "--model",
+        line = _one_line_error(qa("build", SEEDS, write_jsonl(tmp_path, _big_article("big3", 1000)), "--model",
                                   "hash", "--index-dir", index_dir, "--quiet", check=False))
         assert "disk is full" in line
         os.unlink(filler)
