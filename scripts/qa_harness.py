@@ -156,7 +156,7 @@ class Server:
             with contextlib.suppress(OSError):
                 if http(self.base + "/healthz", timeout=5)[0] == 200:
                     return self
-            time.sleep(0.3)
+            time.sleep(0.1)
         self.__exit__()
         raise RuntimeError(f"qa serve did not become healthy in {self.start_timeout:.0f}s: {self.log_tail()}")
 
