@@ -1,7 +1,7 @@
 """Smoke test of scripts/soak: a short soak on a small corpus passes (no errors, bounded memory growth).
 
-About 15 s on an idle 2-core machine (two index builds with the real model plus 5 s of traffic); longer when
-the machine is busy, since the run always waits for its mid-run full build to finish.
+Two index builds with the real model plus 5 s of traffic; longer when the machine is busy, since the run always
+waits for its mid-run full build to finish.
 """
 import os
 import subprocess
@@ -23,8 +23,8 @@ def test_short_soak_passes():
 
 
 def test_fuzz_passes():
-    """scripts/fuzz: issue 25's hostile inputs and 30 random mutations on waitress and on gunicorn, no 5xx (about
-    8 s; test_lifecycle covers hostile input on both servers in detail, `scripts/fuzz` alone runs 300)."""
+    """scripts/fuzz: issue 25's hostile inputs and 30 random mutations on waitress and on gunicorn, no 5xx
+    (test_lifecycle covers hostile input on both servers in detail; `scripts/fuzz` alone runs 300)."""
     p = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "fuzz"), "--random", "30"],
                        capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert p.returncode == 0 and "PASS: 0 failures" in p.stdout, p.stdout[-3000:] + p.stderr[-3000:]
