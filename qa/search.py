@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
+from .embed.base import TextTokens
 from .store import Filters, StoredPassage
 from .text import TermMatcher, query_pairs, query_terms
 
@@ -81,6 +82,8 @@ class SearchResult:
     timings: dict
     query_vector: np.ndarray | None = None
     sentence_rows: SentenceRows = SentenceRows()
+    query_tokens: TextTokens | None = None  # the query's word pieces, from the forward pass of its vector
+    passage_tokens: Mapping[int, TextTokens] = dataclasses.field(default_factory=dict)  # by rowid, for answers
 
     @functools.cached_property
     def sentence_scores(self) -> dict[int, list[SentenceScore]]:
@@ -149,13 +152,13 @@ def _search(index: Index, query: str, k: int, mode: str, filters: Filters | None
     signals for the shortlist, fusion, then duplicate collapse."""
     timings = {"embed_ms": 0.0, "dense_ms": 0.0, "lexical_ms": 0.0, "fuse_ms": 0.0}
     depth = max(depth, k)
-    qvec = None
+    qvec = qtokens = None
     dense: Ranked = []
     lexical: Ranked = []
     terms, pairs = query_terms(query), query_pairs(query)
     if mode in ("hybrid", "dense"):
         t = time.perf_counter()
-        qvec = index.embedder.encode([query])[0]
+        qvec, qtokens = index.embedder.encode_query(query)
         timings["embed_ms"] = _ms(t)
         t = time.perf_counter()
         dense = dense_candidates(index, qvec, depth, filters)
@@ -179,7 +182,7 @@ def _search(index: Index, query: str, k: int, mode: str, filters: Filters | None
     hits = _hits(index, ranked, found, mode, k * 3)
     if collapse and len(hits) > 1:
         hits = collapse_duplicates(index, hits)
-    return SearchResult(query, mode, hits[:k], timings, qvec, found.rows)
+    return SearchResult(query, mode, hits[:k], timings, qvec, found.rows, qtokens)
 
 
 def _rescore_lexical(index: Index, found: Candidates, terms: list[str], pairs: list[tuple[str, str, int]]) -> None:
