@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import re
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
@@ -150,18 +151,25 @@ _token_vectors = TokenVectors()
 
 
 class KnownTokens(NamedTuple):
-    """Word pieces' vectors already at hand for one question: its own, from the forward pass of its search, and its
-    passages', as the build stored them (by text)."""
+    """Word pieces' vectors at hand for one question without a forward pass: its own, from the forward pass of its
+    search, and a reader of its passages' stored ones (by text; those it lacks are left out)."""
 
     query: TextTokens | None = None
-    passages: Mapping[str, TextTokens] = {}
+    passages: Callable[[Sequence[str]], Mapping[str, TextTokens]] = lambda texts: {}
 
 
 def known_tokens(result: SearchResult) -> KnownTokens:
-    """The word pieces a search result holds for its answer."""
-    by_rowid = result.passage_tokens
-    return KnownTokens(result.query_tokens, {h.passage.text: by_rowid[h.passage.rowid] for h in result.hits
-                                             if h.passage.rowid in by_rowid})
+    """The word pieces a search result gives its answer: the question's, and its hits' as the build stored them."""
+    read = result.stored_tokens
+    if read is None:
+        return KnownTokens(result.query_tokens)
+    rowids = {h.passage.text: h.passage.rowid for h in result.hits}
+
+    def passages(texts: Sequence[str]) -> dict[str, TextTokens]:
+        found = read([rowids[t] for t in texts if t in rowids])
+        return {t: found[rowids[t]] for t in texts if rowids.get(t) in found}
+
+    return KnownTokens(result.query_tokens, passages)
 
 
 def token_alignments(embedder: Embedder, question: str, sentences: Sequence[tuple[str, int, int]],
@@ -175,8 +183,9 @@ def token_alignments(embedder: Embedder, question: str, sentences: Sequence[tupl
     out = np.zeros((len(sentences), len(qvecs)))
     if not sentences or not len(qvecs):
         return out
-    states = {t: known.passages[t] for t in dict.fromkeys(text for text, _, _ in sentences) if t in known.passages}
-    missing = [t for t in dict.fromkeys(text for text, _, _ in sentences) if t not in states]
+    texts = list(dict.fromkeys(text for text, _, _ in sentences))
+    states = dict(known.passages(texts))
+    missing = [t for t in texts if t not in states]
     states.update(zip(missing, _token_vectors.get(embedder, missing)))
     for i, (text, start, end) in enumerate(sentences):
         vecs, offsets = states[text]
@@ -308,9 +317,8 @@ def answer_search(index: Index, question: str, k: int, mode: str, filters: Filte
     if mode == "lexical":
         result = dataclasses.replace(result, hits=search(index, question, reach, mode="lexical",
                                                          filters=filters).hits, mode="lexical")
-    # the hits' word pieces as the build stored them: aligning them then takes no forward pass
-    tokens = index.store.passage_tokens([h.passage.rowid for h in result.hits], index.dim)
-    return dataclasses.replace(result, passage_tokens=tokens)
+    # the hits' word pieces as the build stored them, read when aligned: alignment then takes no forward pass
+    return dataclasses.replace(result, stored_tokens=functools.partial(index.store.passage_tokens, dim=index.dim))
 
 
 def choose_sentences(result: SearchResult, embedder: Embedder,

@@ -12,7 +12,7 @@ import dataclasses
 import functools
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
@@ -83,7 +83,8 @@ class SearchResult:
     query_vector: np.ndarray | None = None
     sentence_rows: SentenceRows = SentenceRows()
     query_tokens: TextTokens | None = None  # the query's word pieces, from the forward pass of its vector
-    passage_tokens: Mapping[int, TextTokens] = dataclasses.field(default_factory=dict)  # by rowid, for answers
+    # for answers: the stored word pieces of some passages, by rowid (`Store.passage_tokens`), read when asked for
+    stored_tokens: Callable[[Sequence[int]], Mapping[int, TextTokens]] | None = None
 
     @functools.cached_property
     def sentence_scores(self) -> dict[int, list[SentenceScore]]:
