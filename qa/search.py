@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from .index import Index
 
 MODES = ("hybrid", "dense", "lexical")
-DEPTH = 100  # candidates from each side
+DEPTH = 50  # candidates from each side: a cost knob, measured against quality in docs/ranking.md
 RERANK = DEPTH  # of the union, the best by whole-passage evidence get the sentence-level signals (at least 3k)
 DUPLICATE_COSINE = 0.97  # passages this close are copies of one story (syndicated wire text)
 
