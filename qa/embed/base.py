@@ -24,7 +24,7 @@ SORT_CHUNK = 2048  # texts embedded (length-sorted, token states held) at a time
 class TextTokens(NamedTuple):
     """One text's word pieces (special tokens left out): contextual vectors and character offsets."""
 
-    vectors: np.ndarray  # normalised float32 [n, dim]
+    vectors: np.ndarray  # normalised [n, dim], float32 (float16 from `encode_spans`)
     offsets: np.ndarray  # int64 [n, 2]
 
 
@@ -238,7 +238,8 @@ class TransformerEmbedder:
     def encode_query(self, text: str) -> EncodedQuery:
         """One text's vector (as `encode` gives it) and its word pieces' vectors, from one forward pass."""
         (states,) = self._token_states([text], 32)  # as `encode` batches it, so the vector is the same
-        return EncodedQuery(normalise(states.mean()[None, :])[0], TextTokens(normalise(states.tokens), states.offsets))
+        vector = normalise(states.mean()[None, :])[0]
+        return EncodedQuery(vector, TextTokens(normalise(states.tokens), states.offsets))
 
     def encode_spans(self, texts: Sequence[str], spans: Sequence[Sequence[Span]], *, batch_size: int = 32,
                      progress: bool = False, tokens: bool = False) -> EncodedSpans:
@@ -251,8 +252,8 @@ class TransformerEmbedder:
             text_vecs.append(normalise(np.stack([s.mean() for s in chunk.states])))
             for states, text_spans in zip(chunk.states, spans[chunk.first:chunk.first + len(chunk.states)]):
                 span_vecs.append(self._pool_spans(states, text_spans))
-                if tokens:
-                    token_vecs.append(TextTokens(normalise(states.tokens), states.offsets))
+                if tokens:  # float16: a build holds a batch's pieces until they are stored (as int8)
+                    token_vecs.append(TextTokens(normalise(states.tokens).astype(np.float16), states.offsets))
         return EncodedSpans(np.concatenate(text_vecs), span_vecs, token_vecs)
 
     def _pool_spans(self, states: TokenStates, spans: Sequence[Span]) -> np.ndarray:
