@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
@@ -24,6 +25,7 @@ from .store import Filters, StoredPassage
 
 if TYPE_CHECKING:
     from .embed import Embedder
+    from .embed.base import TextTokens
     from .index import Index
 
 # No answer unless the best sentence aligns with the question (raw token alignment, read with the sentence before it)
@@ -148,18 +150,43 @@ class TokenVectors:
 _token_vectors = TokenVectors()
 
 
-def token_alignments(embedder: Embedder, question: str, sentences: Sequence[tuple[str, int, int]]) -> np.ndarray:
+class KnownTokens(NamedTuple):
+    """Word pieces' vectors at hand for one question without a forward pass: its own, from the forward pass of its
+    search, and a reader of its passages' stored ones (by text; those it lacks are left out)."""
+
+    query: TextTokens | None = None
+    passages: Callable[[Sequence[str]], Mapping[str, TextTokens]] = lambda texts: {}
+
+
+def known_tokens(result: SearchResult) -> KnownTokens:
+    """The word pieces a search result gives its answer: the question's, and its hits' as the build stored them."""
+    read = result.stored_tokens
+    if read is None:
+        return KnownTokens(result.query_tokens)
+    rowids = {h.passage.text: h.passage.rowid for h in result.hits}
+
+    def passages(texts: Sequence[str]) -> dict[str, TextTokens]:
+        found = read([rowids[t] for t in texts if t in rowids])
+        return {t: found[rowids[t]] for t in texts if rowids.get(t) in found}
+
+    return KnownTokens(result.query_tokens, passages)
+
+
+def token_alignments(embedder: Embedder, question: str, sentences: Sequence[tuple[str, int, int]],
+                     known: KnownTokens = KnownTokens()) -> np.ndarray:
     """How well each sentence (passage text, start, end) aligns with each of the question's word pieces: the
     piece's best cosine with a word piece of the sentence (sentences x question pieces; 0 for a sentence without
     pieces). Token vectors are contextual: the question's from its own pass, the sentence's from its whole
     passage's, so a sentence is read in its context, and "illness" can find "cholera" where term coverage needs the
-    word itself."""
-    (qvecs, _), = embedder.token_vectors([question])
+    word itself. Those in `known` are used as they are; the others are computed (and cached)."""
+    (qvecs, _) = known.query if known.query is not None else embedder.token_vectors([question])[0]
     out = np.zeros((len(sentences), len(qvecs)))
     if not sentences or not len(qvecs):
         return out
     texts = list(dict.fromkeys(text for text, _, _ in sentences))
-    states = dict(zip(texts, _token_vectors.get(embedder, texts)))
+    states = dict(known.passages(texts))
+    missing = [t for t in texts if t not in states]
+    states.update(zip(missing, _token_vectors.get(embedder, missing)))
     for i, (text, start, end) in enumerate(sentences):
         vecs, offsets = states[text]
         inside = (offsets[:, 0] < end) & (offsets[:, 1] > start) if len(offsets) else np.zeros(0, bool)
@@ -168,12 +195,13 @@ def token_alignments(embedder: Embedder, question: str, sentences: Sequence[tupl
     return out
 
 
-def alignments(embedder: Embedder, question: str, sentences: Sequence[tuple[str, int, int]]) -> np.ndarray:
+def alignments(embedder: Embedder, question: str, sentences: Sequence[tuple[str, int, int]],
+               known: KnownTokens = KnownTokens()) -> np.ndarray:
     """How well each sentence (passage text, start, end) aligns with the question word piece by word piece: the
     mean, over the question's word pieces, of each one's best cosine with a word piece of the sentence
     (`token_alignments`). This is the recall of BERTScore (Zhang et al., 2020), with unweighted tokens as its
     default."""
-    return recall(token_alignments(embedder, question, sentences))
+    return recall(token_alignments(embedder, question, sentences, known))
 
 
 def recall(pieces: np.ndarray) -> np.ndarray:
@@ -230,7 +258,7 @@ def score_sentences(result: SearchResult, embedder: Embedder | None = None) -> l
         # and the ground water level fell." for "What happened with the ground water level with the Rhine
         # straightening program?")
         spans = [with_previous(result, rows[i]) for i in aligned]
-        pieces = token_alignments(embedder, result.query, spans)
+        pieces = token_alignments(embedder, result.query, spans, known_tokens(result))
         raw = dict(zip(aligned, recall(pieces).tolist()))
         # ranked by the question's word pieces weighted as local coverage weighs its words: a piece that every
         # candidate matches well (the topic) counts less than one that few match
@@ -269,7 +297,7 @@ def sentence_alignment(result: SearchResult, embedder: Embedder, sentence: Candi
     """The raw token alignment of a candidate sentence, computed now if it was not aligned in `score_sentences`."""
     if sentence.alignment is not None:
         return sentence.alignment
-    return float(alignments(embedder, result.query, [with_previous(result, sentence)])[0])
+    return float(alignments(embedder, result.query, [with_previous(result, sentence)], known_tokens(result))[0])
 
 
 def answer_question(index: Index, question: str, k: int = 5, *, mode: str = "hybrid",
@@ -289,7 +317,8 @@ def answer_search(index: Index, question: str, k: int, mode: str, filters: Filte
     if mode == "lexical":
         result = dataclasses.replace(result, hits=search(index, question, reach, mode="lexical",
                                                          filters=filters).hits, mode="lexical")
-    return result
+    # the hits' word pieces as the build stored them, read when aligned: alignment then takes no forward pass
+    return dataclasses.replace(result, stored_tokens=functools.partial(index.store.passage_tokens, dim=index.dim))
 
 
 def choose_sentences(result: SearchResult, embedder: Embedder,
@@ -375,7 +404,8 @@ def with_continuations(result: SearchResult, embedder: Embedder,
         text = result.hits[following.pos].passage.text
         if not _CONTINUES.match(text, following.start, following.end):
             continue
-        alignment = float(alignments(embedder, result.query, [(text, following.start, following.end)])[0])
+        alignment = float(alignments(embedder, result.query, [(text, following.start, following.end)],
+                                     known_tokens(result))[0])
         if is_answerable(alignment, following.coverage):
             out.append(following._replace(alignment=alignment))
             taken.add(following.place)

@@ -624,6 +624,8 @@ def check_index(index_dir: str) -> list[str]:
             problems.append(f"store integrity check: {integrity}")
         window_ids = store.window_passages().ids
         problems += _check_lexical(data, store, counts.passages)
+        if untokened := store.count_passages_without_tokens():
+            problems.append(f"{untokened} passages have no stored word-piece vectors")
     except Exception as e:  # a corrupt or missing store
         return [f"store unreadable: {e}"]
     for key in ("documents", "passages"):

@@ -15,7 +15,7 @@ from .errors import IndexUnavailable
 from .files import write_json_atomic
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 MILVUS_KEYS = ("milvus_uri", "milvus_alias", "milvus_collection")  # written only for a Milvus index
 
 

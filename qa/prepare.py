@@ -10,6 +10,7 @@ import numpy as np
 
 from .chunk import Passage, Span, chunk_article
 from .embed import Embedder
+from .embed.base import TextTokens
 from .ingest import Article
 
 TITLE_PREFIX_CHARS = 120  # a headline's length; a longer title is cut (its words still count in BM25)
@@ -17,12 +18,14 @@ TITLE_PREFIX_CHARS = 120  # a headline's length; a longer title is cut (its word
 
 @dataclasses.dataclass
 class PreparedArticle:
-    """An article with its passages, one window-vector matrix and one sentence-vector matrix per passage."""
+    """An article with its passages, one window-vector matrix, one sentence-vector matrix and the word pieces'
+    vectors per passage."""
 
     article: Article
     passages: list[Passage]
     window_vectors: list[np.ndarray]
     sentence_vectors: list[np.ndarray]
+    token_vectors: list[TextTokens]
 
     @property
     def window_count(self) -> int:
@@ -31,10 +34,12 @@ class PreparedArticle:
 
 
 class PassageVectors(NamedTuple):
-    """Per passage: its window vectors and its sentence vectors (`embed_passages`)."""
+    """Per passage: its window vectors, its sentence vectors and its word pieces' vectors with offsets into its
+    text (`embed_passages`)."""
 
     windows: list[np.ndarray]
     sentences: list[np.ndarray]
+    tokens: list[TextTokens]
 
 
 def _sentences_inside(sentences: Sequence[Span], starts: Sequence[int], start: int, end: int) -> range:
@@ -59,9 +64,10 @@ def window_prefix(article: Article) -> str:
 
 def embed_passages(embedder: Embedder, passages: Sequence[Passage], *, progress: bool = False,
                    batch_size: int = 32, prefixes: Sequence[str] | None = None) -> PassageVectors:
-    """Per passage: its window vectors and its sentence vectors, from one forward pass per window, each window
-    read after its passage's prefix (`prefixes`, none by default); a sentence vector pools its own tokens only."""
-    texts, spans, owners, inside = [], [], [], []
+    """Per passage: its window vectors, its sentence vectors and its word pieces' vectors, from one forward pass
+    per window, each window read after its passage's prefix (`prefixes`, none by default); a sentence vector pools
+    its own tokens only."""
+    texts, spans, owners, inside, places = [], [], [], [], []
     for pi, passage in enumerate(passages):
         starts = [s for s, _ in passage.sentences]
         prefix = prefixes[pi] if prefixes else ""
@@ -72,19 +78,44 @@ def embed_passages(embedder: Embedder, passages: Sequence[Passage], *, progress:
             spans.append([(passage.sentences[i][0] + shift, passage.sentences[i][1] + shift) for i in held])
             owners.append(pi)
             inside.append(held)
-    unit_vecs, unit_span_vecs = embedder.encode_spans(texts, spans, progress=progress, batch_size=batch_size)
+            places.append((shift, (start, end)))
+    encoded = embedder.encode_spans(texts, spans, progress=progress, batch_size=batch_size, tokens=True)
     window_vecs: list[list[np.ndarray]] = [[] for _ in passages]
     sentence_vecs: list[dict[int, np.ndarray]] = [{} for _ in passages]
+    token_parts: list[list[TextTokens]] = [[] for _ in passages]
     for u, (pi, held) in enumerate(zip(owners, inside)):
-        window_vecs[pi].append(unit_vecs[u])
+        window_vecs[pi].append(encoded.text_vectors[u])
         for k, si in enumerate(held):
-            sentence_vecs[pi].setdefault(si, unit_span_vecs[u][k])  # first window that holds it
+            sentence_vecs[pi].setdefault(si, encoded.span_vectors[u][k])  # first window that holds it
+        token_parts[pi].append(_in_passage(encoded.tokens[u], *places[u]))
     out_s = []
     for pi, passage in enumerate(passages):
         fallback = np.mean(window_vecs[pi], axis=0)
         out_s.append(np.stack([sentence_vecs[pi].get(si, fallback) for si in range(len(passage.sentences))])
                      if passage.sentences else np.zeros((0, embedder.dim), np.float32))
-    return PassageVectors([np.stack(w) for w in window_vecs], out_s)
+    return PassageVectors([np.stack(w) for w in window_vecs], out_s,
+                          [_join_windows(parts, embedder.dim) for parts in token_parts])
+
+
+def _in_passage(tokens: TextTokens, shift: int, window: Span) -> TextTokens:
+    """A window's word pieces with offsets into its passage's text, the prefix's pieces left out."""
+    offsets = tokens.offsets - shift
+    keep = offsets[:, 0] >= window[0] if len(offsets) else np.zeros(0, bool)
+    return TextTokens(tokens.vectors[keep], offsets[keep])
+
+
+def _join_windows(parts: Sequence[TextTokens], dim: int) -> TextTokens:
+    """A passage's word pieces from its windows in order: where windows overlap, the earlier window's pieces."""
+    vectors, offsets, covered = [], [], -1
+    for part in parts:
+        keep = part.offsets[:, 0] >= covered if len(part.offsets) else np.zeros(0, bool)
+        vectors.append(part.vectors[keep])
+        offsets.append(part.offsets[keep])
+        if len(part.offsets):
+            covered = max(covered, int(part.offsets[:, 1].max()))
+    if not vectors:
+        return TextTokens(np.zeros((0, dim), np.float32), np.zeros((0, 2), np.int64))
+    return TextTokens(np.concatenate(vectors), np.concatenate(offsets))
 
 
 def prepare_articles(articles: Iterable[Article], embedder: Embedder, *,
@@ -102,6 +133,7 @@ def prepare_articles(articles: Iterable[Article], embedder: Embedder, *,
     out, i = [], 0
     for article, passages in zip(articles, chunked):
         n = len(passages)
-        out.append(PreparedArticle(article, passages, vectors.windows[i:i + n], vectors.sentences[i:i + n]))
+        out.append(PreparedArticle(article, passages, vectors.windows[i:i + n], vectors.sentences[i:i + n],
+                                   vectors.tokens[i:i + n]))
         i += n
     return out

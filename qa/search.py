@@ -12,11 +12,12 @@ import dataclasses
 import functools
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
+from .embed.base import TextTokens
 from .store import Filters, StoredPassage
 from .text import TermMatcher, query_pairs, query_terms
 
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     from .index import Index
 
 MODES = ("hybrid", "dense", "lexical")
-DEPTH = 100  # candidates from each side
+DEPTH = 50  # candidates from each side: a cost knob, measured against quality in docs/ranking.md
 RERANK = DEPTH  # of the union, the best by whole-passage evidence get the sentence-level signals (at least 3k)
 DUPLICATE_COSINE = 0.97  # passages this close are copies of one story (syndicated wire text)
 
@@ -81,6 +82,9 @@ class SearchResult:
     timings: dict
     query_vector: np.ndarray | None = None
     sentence_rows: SentenceRows = SentenceRows()
+    query_tokens: TextTokens | None = None  # the query's word pieces, from the forward pass of its vector
+    # for answers: the stored word pieces of some passages, by rowid (`Store.passage_tokens`), read when asked for
+    stored_tokens: Callable[[Sequence[int]], Mapping[int, TextTokens]] | None = None
 
     @functools.cached_property
     def sentence_scores(self) -> dict[int, list[SentenceScore]]:
@@ -149,13 +153,13 @@ def _search(index: Index, query: str, k: int, mode: str, filters: Filters | None
     signals for the shortlist, fusion, then duplicate collapse."""
     timings = {"embed_ms": 0.0, "dense_ms": 0.0, "lexical_ms": 0.0, "fuse_ms": 0.0}
     depth = max(depth, k)
-    qvec = None
+    qvec = qtokens = None
     dense: Ranked = []
     lexical: Ranked = []
     terms, pairs = query_terms(query), query_pairs(query)
     if mode in ("hybrid", "dense"):
         t = time.perf_counter()
-        qvec = index.embedder.encode([query])[0]
+        qvec, qtokens = index.embedder.encode_query(query)
         timings["embed_ms"] = _ms(t)
         t = time.perf_counter()
         dense = dense_candidates(index, qvec, depth, filters)
@@ -179,7 +183,7 @@ def _search(index: Index, query: str, k: int, mode: str, filters: Filters | None
     hits = _hits(index, ranked, found, mode, k * 3)
     if collapse and len(hits) > 1:
         hits = collapse_duplicates(index, hits)
-    return SearchResult(query, mode, hits[:k], timings, qvec, found.rows)
+    return SearchResult(query, mode, hits[:k], timings, qvec, found.rows, qtokens)
 
 
 def _rescore_lexical(index: Index, found: Candidates, terms: list[str], pairs: list[tuple[str, str, int]]) -> None:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 
 from .chunk import Passage, Span, passage_id
+from .embed.base import TextTokens
 from .errors import IndexUnavailable
 from .ingest import Article, Paragraph
 from .manifest import Counts
@@ -63,11 +64,16 @@ CREATE TABLE IF NOT EXISTS windows (
 CREATE INDEX IF NOT EXISTS windows_passage ON windows(passage);
 CREATE TABLE IF NOT EXISTS passage_sentences (
     passage INTEGER PRIMARY KEY REFERENCES passages(id) ON DELETE CASCADE, spans BLOB NOT NULL, vecs BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS passage_tokens (
+    passage INTEGER PRIMARY KEY REFERENCES passages(id) ON DELETE CASCADE, offsets BLOB NOT NULL,
+    scales BLOB NOT NULL, vecs BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS journal (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, op TEXT NOT NULL, doc_id TEXT NOT NULL, article TEXT);
 """
 # passage_sentences: a passage's sentences in one row, their (start, end) as int32 pairs and their vectors as
 # float16, in order, so a query's shortlist reads one row per passage (see docs/performance.md).
+# passage_tokens: a passage's word pieces as the build read them (contextual, after the title), so an answer aligns
+# them without a forward pass: (start, end) as int32 pairs, vectors as int8 with one float32 scale each.
 # journal: every incremental write, in commit order: 'upsert' with the article as JSON, or 'remove'.
 
 
@@ -239,6 +245,22 @@ def to_half_blob(vec: np.ndarray) -> bytes:
     return np.asarray(vec, dtype=np.float16).tobytes()
 
 
+def token_blobs(tokens: TextTokens) -> tuple[bytes, bytes, bytes]:
+    """A passage's word pieces as stored: offsets as int32 pairs, vectors as int8 with one float32 scale each
+    (cosines move by about 1e-3)."""
+    vecs = np.asarray(tokens.vectors, np.float32)
+    scales = np.maximum(np.abs(vecs).max(axis=1, initial=0.0), 1e-12) / 127.0
+    codes = np.rint(vecs / scales[:, None]).astype(np.int8)
+    return (np.asarray(tokens.offsets, np.int32).tobytes(), scales.astype(np.float32).tobytes(), codes.tobytes())
+
+
+def from_token_blobs(offsets: bytes, scales: bytes, vecs: bytes, dim: int) -> TextTokens:
+    """`token_blobs` read back: float32 vectors and int64 offsets."""
+    scale = np.frombuffer(scales, np.float32)
+    codes = np.frombuffer(vecs, np.int8).reshape(len(scale), dim)
+    return TextTokens(codes * scale[:, None], np.frombuffer(offsets, np.int32).reshape(-1, 2).astype(np.int64))
+
+
 def from_blobs(blobs: Sequence[bytes], dim: int) -> np.ndarray:
     """A float32 matrix from float32 vector blobs (`to_blob`)."""
     if not blobs:
@@ -393,7 +415,8 @@ class Store:
         con.execute("INSERT INTO documents VALUES (?,?,?,?,?,?,?,?,?,?)",
                     (article.id, article.title, article.source, article.author, article.url, article.published,
                      json.dumps(article.tags), article.path, article.content_hash(), len(prepared.passages)))
-        for passage, wvecs, svecs in zip(prepared.passages, prepared.window_vectors, prepared.sentence_vectors):
+        for passage, wvecs, svecs, tokens in zip(prepared.passages, prepared.window_vectors, prepared.sentence_vectors,
+                                                 prepared.token_vectors):
             pvec = wvecs.mean(axis=0)
             pvec = pvec / max(float(np.linalg.norm(pvec)), 1e-12)
             cur = con.execute(
@@ -408,6 +431,7 @@ class Store:
                 written.added_ids.append(cur.lastrowid)
                 written.added_vectors.append(vec)
             self._insert_sentences(con, rowid, passage, svecs)
+            con.execute("INSERT INTO passage_tokens VALUES (?,?,?,?)", (rowid, *token_blobs(tokens)))
 
     def _insert_sentences(self, con: sqlite3.Connection, rowid: int, passage: Passage, svecs: np.ndarray) -> None:
         """A passage's sentence spans and vectors, one row per passage."""
@@ -440,6 +464,11 @@ class Store:
 
     def count_passages(self) -> int:
         return self.con.execute("SELECT COUNT(*) FROM passages").fetchone()[0]
+
+    def count_passages_without_tokens(self) -> int:
+        """Passages whose word pieces' vectors are missing (a damaged store)."""
+        return self.con.execute("SELECT COUNT(*) FROM passages WHERE id NOT IN "
+                                "(SELECT passage FROM passage_tokens)").fetchone()[0]
 
     def passage_rows(self, doc_ids: Sequence[str] | None = None, batch: int = 500) -> Iterator[PassageRow]:
         """Every passage with its document's fields, or some documents' passages."""
@@ -507,6 +536,14 @@ class Store:
         rows = dict(self.con.execute(f"SELECT id, vec FROM passages WHERE id {IN_IDS}", (ids_param(rowids),)))
         zero = bytes(4 * dim)  # a passage deleted meanwhile: a zero vector matches nothing
         return from_blobs([rows.get(r, zero) for r in rowids], dim)
+
+    def passage_tokens(self, rowids: Sequence[int], dim: int) -> dict[int, TextTokens]:
+        """The word pieces' vectors and offsets of some passages, by row id (`token_blobs`)."""
+        if not rowids:
+            return {}
+        rows = self.con.execute(f"SELECT passage, offsets, scales, vecs FROM passage_tokens WHERE passage {IN_IDS}",
+                                (ids_param(rowids),))
+        return {r[0]: from_token_blobs(r[1], r[2], r[3], dim) for r in rows}
 
     def window_vectors(self, rowids: Sequence[int], dim: int) -> PassageWindows:
         """The windows of some passages."""

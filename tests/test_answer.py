@@ -85,8 +85,8 @@ def test_only_the_passages_of_the_best_sentences_are_aligned(seed_index_dir, emb
         aligned = score_sentences(result, Counting())
     finally:
         index.close()
-    question, passages = calls
-    assert question == ["what actions has China taken?"]
+    (passages,) = calls  # the question's word pieces come from its search's forward pass
+    assert result.query_tokens is not None and len(result.query_tokens.offsets) == 6
     assert 1 <= len(passages) <= ALIGN_SENTENCES < len(plain)
     assert result.hits[plain[0].pos].passage.text in passages  # the best sentence by the other signals is aligned
     unscored = lambda rows: sorted(r._replace(score=0.0, alignment=None) for r in rows)  # noqa: E731
@@ -103,9 +103,9 @@ def test_a_sentence_is_aligned_together_with_the_one_before_it(seed_index_dir, e
     spans = []
     real = A.token_alignments
 
-    def recording(e, question, sentences):
+    def recording(e, question, sentences, known=A.KnownTokens()):
         spans.extend(sentences)
-        return real(e, question, sentences)
+        return real(e, question, sentences, known)
 
     monkeypatch.setattr(A, "token_alignments", recording)
     index = load_index(seed_index_dir, embedder=embedder)
@@ -144,6 +144,44 @@ def test_the_raw_alignment_is_kept_and_computed_for_a_sentence_left_unaligned(se
         everything = {r.place: r.alignment for r in A.score_sentences(result, embedder)}
         for row in unaligned:  # computed on demand as scoring would have computed it
             assert A.sentence_alignment(result, embedder, row) == pytest.approx(everything[row.place], abs=1e-6)
+    finally:
+        index.close()
+
+
+def test_answers_align_the_stored_word_pieces_without_a_forward_pass(built):
+    from qa.answer import KnownTokens, alignments, answer_question, known_tokens
+    from qa.embed import HashEmbedder
+    from qa.index import load_index
+    from qa.prepare import window_prefix
+    from qa.ingest import article_from_dict
+
+    from conftest import ARTS
+
+    class Counting(HashEmbedder):
+        calls: list = []
+
+        def token_vectors(self, texts):
+            self.calls.append(list(texts))
+            return super().token_vectors(texts)
+
+    embedder = Counting()
+    index = load_index(built, embedder=embedder)
+    try:
+        answer = answer_question(index, "When would talks resume, the union leader said?")
+        assert not answer.no_answer and embedder.calls == []
+        result = answer.search
+        hit = result.hits[0].passage
+        stored = known_tokens(result).passages([hit.text])[hit.text]
+        # the word pieces as the build read them: after the article's title, offsets into the passage
+        head = window_prefix(article_from_dict(next(a for a in ARTS if a["id"] == hit.doc_id)))
+        (vecs, offsets), = embedder.token_vectors([head + hit.text])
+        keep = offsets[:, 0] >= len(head)
+        assert np.array_equal(stored.offsets, offsets[keep] - len(head))
+        assert np.abs(stored.vectors - vecs[keep]).max() < 0.01  # int8 with a scale a piece
+        span = [(hit.text, 0, len(hit.text))]
+        exact = KnownTokens(result.query_tokens, lambda texts: {hit.text: (vecs[keep], offsets[keep] - len(head))})
+        assert alignments(embedder, result.query, span, known_tokens(result)) == pytest.approx(
+            alignments(embedder, result.query, span, exact), abs=0.01)
     finally:
         index.close()
 

@@ -414,7 +414,7 @@ def test_cli_sources_file_json_report_and_strict(origin, tmp_path):
     assert f"warning: {origin.url('/gone')}: HTTP 404 Not Found" in result.output
     assert "fetched 1, not modified 0, new 1, updated 0, failed 1" in result.output
     result = run_cli("add", origin.url("/b"), "--sources-file", str(sources), "--json", *common)
-    body = json.loads(result.output)
+    body = json.loads(result.stdout)  # warnings go to stderr, which `output` interleaves
     assert result.exit_code == 0 and body["added"] == 1 and body["documents"] == 2
     assert body["fetch"]["counts"]["not_modified"] == 1 and body["fetch"]["counts"]["failed"] == 1
     assert {"url": origin.url("/gone"), "kind": "page", "status": "failed", "reason": "HTTP 404 Not Found",

@@ -117,6 +117,16 @@ def test_check_reports_disagreement(built):
     assert any("passages" in p for p in check_index(built))
 
 
+def test_check_reports_passages_without_word_piece_vectors(built):
+    import sqlite3
+
+    assert check_index(built) == []
+    m = json.load(open(os.path.join(built, "manifest.json")))
+    with sqlite3.connect(os.path.join(built, m["data_dir"], "store.sqlite")) as con:
+        con.execute("DELETE FROM passage_tokens WHERE passage = (SELECT MIN(id) FROM passages)")
+    assert check_index(built) == ["1 passages have no stored word-piece vectors"]
+
+
 def test_stale_vectors_are_rebuilt_from_the_store(built, fake_embedder):
     m = json.load(open(os.path.join(built, "manifest.json")))
     os.remove(os.path.join(built, m["data_dir"], "vectors.faiss"))

@@ -20,8 +20,8 @@ def test_missing_or_corrupt_index_names_the_fix(tmp_path, built, fake_embedder):
 
 def test_an_older_format_is_refused_in_one_line_naming_the_rebuild(built):
     m = json.load(open(os.path.join(built, "manifest.json")))
-    json.dump({**m, "format": 1}, open(os.path.join(built, "manifest.json"), "w"))
-    with pytest.raises(IndexUnavailable, match=f"index in {built} has format 1; this version reads format 2: "
+    json.dump({**m, "format": 2}, open(os.path.join(built, "manifest.json"), "w"))
+    with pytest.raises(IndexUnavailable, match=f"index in {built} has format 2; this version reads format 3: "
                                                f"rebuild it with qa build SOURCE... --index-dir {built}"):
         load_index(built)
 

@@ -2,6 +2,7 @@
 import sqlite3
 import threading
 
+import numpy as np
 import pytest
 
 from qa.chunk import split_sentences
@@ -33,6 +34,24 @@ def test_store_closes_connections_of_ended_threads_and_its_own(tmp_path):
     for con in (held[1], mine):
         with pytest.raises(sqlite3.ProgrammingError):
             con.execute("SELECT 1")
+
+
+def test_word_pieces_are_stored_per_passage_and_go_with_it(tmp_path, corpus, fake_embedder):
+    new = str(tmp_path / "new")
+    build_index([corpus], new, embedder=fake_embedder)
+    a = load_index(new, embedder=fake_embedder)
+    texts = a.store.passage_texts([1, 2, 3, 4])
+    tokens = a.store.passage_tokens([2, 999, 1], fake_embedder.dim)
+    assert set(tokens) == {1, 2} and a.store.passage_tokens([], fake_embedder.dim) == {}
+    for rid, (vecs, offsets) in tokens.items():
+        assert [texts[rid][s:e] for s, e in offsets.tolist()] == texts[rid].replace(".", "").replace(",", "").split()
+        assert vecs.dtype == np.float32 and np.allclose(np.linalg.norm(vecs, axis=1), 1, atol=0.01)
+    a.close()
+    remove_documents(["a1"], new)
+    b = load_index(new, embedder=fake_embedder)
+    assert set(b.store.passage_tokens([1, 2, 3, 4], fake_embedder.dim)) == {3, 4}  # removed with their passages
+    assert b.store.count_passages_without_tokens() == 0
+    b.close()
 
 
 def test_sentences_are_a_row_per_passage(tmp_path, corpus, fake_embedder):

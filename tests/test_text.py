@@ -77,3 +77,9 @@ def test_coverage_counts_words_that_start_with_a_stem():
     text = ["élan _lan x_lan", "a lan"]
     assert matcher.coverages(text, [(0, 0, 4), (0, 5, 9), (0, 10, 15), (1, 0, 5)]).tolist() == [0, 0, 0, 0.5]
     assert TermMatcher({}).coverages(text, [(0, 0, 4)]).tolist() == [0.0]
+    # stems that start one another each match where they start a word
+    nested = TermMatcher({"lan": 1.0, "lant": 1.0, "lantern": 2.0, "lance": 1.0})
+    assert nested.coverages(COVERAGE_TEXTS, spans).tolist() == pytest.approx(
+        _coverage_reference(nested, COVERAGE_TEXTS, spans))
+    assert nested.held(["LANTERNS", "a lance"], [(0, 0, 8), (1, 0, 7)]).tolist() == [[True, True, True, False],
+                                                                                    [True, False, False, True]]

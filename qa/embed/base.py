@@ -21,18 +21,27 @@ if TYPE_CHECKING:
 SORT_CHUNK = 2048  # texts embedded (length-sorted, token states held) at a time
 
 
-class EncodedSpans(NamedTuple):
-    """What `encode_spans` returns: one vector per text, and per text one vector per span."""
-
-    text_vectors: np.ndarray  # float32 [texts, dim]
-    span_vectors: list[np.ndarray]  # per text: float32 [spans, dim]
-
-
 class TextTokens(NamedTuple):
     """One text's word pieces (special tokens left out): contextual vectors and character offsets."""
 
-    vectors: np.ndarray  # normalised float32 [n, dim]
+    vectors: np.ndarray  # normalised [n, dim], float32 (float16 from `encode_spans`)
     offsets: np.ndarray  # int64 [n, 2]
+
+
+class EncodedSpans(NamedTuple):
+    """What `encode_spans` returns: one vector per text, and per text one vector per span and, when asked for, its
+    word pieces' vectors."""
+
+    text_vectors: np.ndarray  # float32 [texts, dim]
+    span_vectors: list[np.ndarray]  # per text: float32 [spans, dim]
+    tokens: list[TextTokens] = []  # per text, with `tokens=True`
+
+
+class EncodedQuery(NamedTuple):
+    """One text's vector and its word pieces' vectors, from one forward pass (`encode_query`)."""
+
+    vector: np.ndarray  # normalised float32 [dim]
+    tokens: TextTokens
 
 
 class Embedder(Protocol):
@@ -47,8 +56,12 @@ class Embedder(Protocol):
         """Normalised float32 vectors, one row per text; long texts are covered whole, never truncated."""
 
     def encode_spans(self, texts: Sequence[str], spans: Sequence[Sequence[Span]], *, batch_size: int = 32,
-                     progress: bool = False) -> EncodedSpans:
-        """Text vectors and, per text, one vector per span (char offsets), from the same forward pass."""
+                     progress: bool = False, tokens: bool = False) -> EncodedSpans:
+        """Text vectors and, per text, one vector per span (char offsets) and with `tokens` its word pieces'
+        vectors, from the same forward pass."""
+
+    def encode_query(self, text: str) -> EncodedQuery:
+        """One text's vector (as `encode` gives it) and its word pieces' vectors, from one forward pass."""
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Word pieces per text, without special tokens."""
@@ -222,17 +235,26 @@ class TransformerEmbedder:
         return [TextTokens(normalise(s.tokens), s.offsets) for chunk in self._states_by_chunk(texts, 32, False)
                 for s in chunk.states]
 
+    def encode_query(self, text: str) -> EncodedQuery:
+        """One text's vector (as `encode` gives it) and its word pieces' vectors, from one forward pass."""
+        (states,) = self._token_states([text], 32)  # as `encode` batches it, so the vector is the same
+        vector = normalise(states.mean()[None, :])[0]
+        return EncodedQuery(vector, TextTokens(normalise(states.tokens), states.offsets))
+
     def encode_spans(self, texts: Sequence[str], spans: Sequence[Sequence[Span]], *, batch_size: int = 32,
-                     progress: bool = False) -> EncodedSpans:
-        """Text vectors and, per text, one vector per span (char offsets), from the same forward pass."""
+                     progress: bool = False, tokens: bool = False) -> EncodedSpans:
+        """Text vectors and, per text, one vector per span (char offsets) and with `tokens` its word pieces'
+        vectors, from the same forward pass."""
         if not texts:
             return EncodedSpans(np.zeros((0, self.dim), np.float32), [])
-        text_vecs, span_vecs = [], []
+        text_vecs, span_vecs, token_vecs = [], [], []
         for chunk in self._states_by_chunk(texts, batch_size, progress):
             text_vecs.append(normalise(np.stack([s.mean() for s in chunk.states])))
             for states, text_spans in zip(chunk.states, spans[chunk.first:chunk.first + len(chunk.states)]):
                 span_vecs.append(self._pool_spans(states, text_spans))
-        return EncodedSpans(np.concatenate(text_vecs), span_vecs)
+                if tokens:  # float16: a build holds a batch's pieces until they are stored (as int8)
+                    token_vecs.append(TextTokens(normalise(states.tokens).astype(np.float16), states.offsets))
+        return EncodedSpans(np.concatenate(text_vecs), span_vecs, token_vecs)
 
     def _pool_spans(self, states: TokenStates, spans: Sequence[Span]) -> np.ndarray:
         """One normalised vector per span: the mean of the tokens it overlaps, else the whole text's mean."""

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..chunk import Span
-from .base import EncodedSpans, TextTokens, normalise
+from .base import EncodedQuery, EncodedSpans, TextTokens, normalise
 
 WORD = re.compile(r"\w+")
 
@@ -47,17 +47,23 @@ class HashEmbedder:
 
     def token_vectors(self, texts: Sequence[str]) -> list[TextTokens]:
         """Per text: its words' vectors and character offsets."""
-        out = []
-        for text in texts:
-            words = list(WORD.finditer(text))
-            vecs = [self._word_vec(m.group()) for m in words]
-            out.append(TextTokens(normalise(np.stack(vecs)) if vecs else np.zeros((0, self.dim), np.float32),
-                                  np.array([m.span() for m in words], np.int64).reshape(-1, 2)))
-        return out
+        return [self._tokens(text) for text in texts]
+
+    def _tokens(self, text: str) -> TextTokens:
+        """A text's words' vectors and character offsets."""
+        words = list(WORD.finditer(text))
+        vecs = [self._word_vec(m.group()) for m in words]
+        return TextTokens(normalise(np.stack(vecs)) if vecs else np.zeros((0, self.dim), np.float32),
+                          np.array([m.span() for m in words], np.int64).reshape(-1, 2))
+
+    def encode_query(self, text: str) -> EncodedQuery:
+        """A text's vector and its words' vectors."""
+        return EncodedQuery(self.encode([text])[0], self._tokens(text))
 
     def encode_spans(self, texts: Sequence[str], spans: Sequence[Sequence[Span]], *, batch_size: int = 32,
-                     progress: bool = False) -> EncodedSpans:
-        """Text vectors and, per text, one vector per span (each span embedded as its own text)."""
+                     progress: bool = False, tokens: bool = False) -> EncodedSpans:
+        """Text vectors and, per text, one vector per span (each span embedded as its own text) and with `tokens`
+        its words' vectors."""
         span_vecs = [self.encode([t[s:e] for s, e in sp]) if sp else np.zeros((0, self.dim), np.float32)
                      for t, sp in zip(texts, spans)]
-        return EncodedSpans(self.encode(texts), span_vecs)
+        return EncodedSpans(self.encode(texts), span_vecs, self.token_vectors(texts) if tokens else [])
