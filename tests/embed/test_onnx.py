@@ -138,8 +138,8 @@ def test_encode_spans_matches_torch(onnx_embedder: OnnxEmbedder, torch_embedder:
     docs = [t for t in texts if len(t) > 200]
     spans = [split_sentences(t) for t in docs]
     assert sum(len(s) for s in spans) > 3 * len(docs)
-    got_texts, got_spans = onnx_embedder.encode_spans(docs, spans, batch_size=8)
-    exp_texts, exp_spans = torch_embedder.encode_spans(docs, spans, batch_size=8)
+    got_texts, got_spans, _ = onnx_embedder.encode_spans(docs, spans, batch_size=8)
+    exp_texts, exp_spans, _ = torch_embedder.encode_spans(docs, spans, batch_size=8)
     assert (got_texts * exp_texts).sum(axis=1).min() >= MIN_COSINE
     for doc, g, e in zip(docs, got_spans, exp_spans):
         assert g.shape == e.shape

@@ -12,10 +12,10 @@ def test_embedding_in_chunks_changes_nothing(embedder, monkeypatch):
     texts = ["Short one.", "A longer text about the harbour strike. Talks resume on Friday.", "x " * 400,
              "Rail fares rise. Commuters object.", "", "Dock workers walked out over pay."]
     spans = [[(0, 10)], [(0, 39), (40, 63)], [(0, 100), (100, 800)], [(0, 16), (17, 34)], [], [(0, 4)]]
-    whole_vecs, whole_spans = embedder.encode_spans(texts, spans)
+    whole_vecs, whole_spans, _ = embedder.encode_spans(texts, spans)
     whole = embedder.encode(texts)
     monkeypatch.setattr(qa.embed.base, "SORT_CHUNK", 2)
-    vecs, span_vecs = embedder.encode_spans(texts, spans)
+    vecs, span_vecs, _ = embedder.encode_spans(texts, spans)
     assert np.allclose(vecs, whole_vecs, atol=1e-5) and np.allclose(embedder.encode(texts), whole, atol=1e-5)
     assert [s.shape for s in span_vecs] == [s.shape for s in whole_spans]
     assert all(np.allclose(a, b, atol=1e-5) for a, b in zip(span_vecs, whole_spans))
