@@ -19,9 +19,9 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from ..errors import IndexUnavailable
-from ..vectors.milvus import PK, VEC, MilvusBuild, _SUFFIX, drop_collection, quote
+from ..vectors.milvus import PK, SUFFIX, VEC, MilvusBuild, drop_collection, quote
 from .collections import (DOCUMENTS, LIVE, PASSAGES, PAD, SENTENCES, create_build, create_meta, doc_filter,
-                          drop_build, get_meta, meta_name, put_meta)
+                          drop_build, meta_name, put_meta)
 from .index import live_build
 from .store import JOURNAL, QUERY_LIMIT, ROW_FIELDS, ClusterStore, Delta
 
@@ -72,7 +72,7 @@ class ClusterBuild:
         listed = time.time_ns()
         replayed = self._replay(_mark(self.started), _mark(listed))
         self.store.client.flush(self.build)
-        self.store.state = {"generation": 1, "token": uuid.uuid4().hex, "passages": self.delta.passages,
+        self.store.state = {"generation": 1, "token": uuid.uuid4().hex, "passages": self.store._count("passages"),
                             "tokens": self.delta.tokens}
         put_meta(client, self.alias, {self.build: self.store.state})
 
@@ -98,7 +98,7 @@ class ClusterBuild:
         except IndexUnavailable:  # no live build yet: nothing to copy from
             return 0
         if live == self.build:
-            live = self.vectors._before or live
+            live = self.vectors.previous or live
         source = ClusterStore(self.vectors.index, self.alias, live, self.store.dim, state)
         last = {}
         for row in sorted(rows, key=lambda r: r["key"]):
@@ -116,7 +116,9 @@ class ClusterBuild:
         return len(rows)
 
     def discard(self) -> None:
-        """Never made live: the window alias back, every collection of the build dropped."""
+        """Never made live: the window alias back, every collection of the build dropped (nothing once live)."""
+        if self.vectors.published:
+            return
         self.vectors.discard()
         try:
             drop_build(self.store.client, self.build)
@@ -153,7 +155,7 @@ def copy_document(source: ClusterStore, target: ClusterStore, doc_id: str) -> No
 def drop_orphans(client, alias: str) -> list[str]:
     """Drop the documents, passages and sentences collections whose build's window collection is gone, and the
     meta rows of builds that no longer exist; the collections dropped."""
-    pattern = re.compile(re.escape(alias) + f"({_SUFFIX})({DOCUMENTS}|{PASSAGES}|{SENTENCES})")
+    pattern = re.compile(re.escape(alias) + f"({SUFFIX})({DOCUMENTS}|{PASSAGES}|{SENTENCES})")
     existing = set(client.list_collections())
     dropped = []
     for name in sorted(existing):
@@ -161,7 +163,7 @@ def drop_orphans(client, alias: str) -> list[str]:
         if found and alias + found.group(1) not in existing:
             drop_collection(client, name, force=True)
             dropped.append(name)
-    builds = [c for c in existing - set(dropped) if re.fullmatch(re.escape(alias) + _SUFFIX, c)]
+    builds = [c for c in existing - set(dropped) if re.fullmatch(re.escape(alias) + SUFFIX, c)]
     rows = client.query(meta_name(alias), filter=f'key < "{JOURNAL}" or key >= "j;"', output_fields=["key"],
                         consistency_level="Strong", limit=QUERY_LIMIT)
     gone = [r["key"] for r in rows if r["key"] not in builds and r["key"] != LIVE]

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import BadRequest
 from ..vectors.base import DocFields
-from ..vectors.milvus import VARCHAR_MAX, _quiet_iterator, drop_collection, field_value, quote, source_key
+from ..vectors.milvus import VARCHAR_MAX, drop_collection, field_value, quiet_iterator, quote, source_key
 from .terms import analyze, body_of
 
 if TYPE_CHECKING:
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from ..prepare import PreparedArticle
 
 log = logging.getLogger(__name__)
-logging.getLogger("pymilvus.client.iterator.query_iterator").addFilter(_quiet_iterator)
+logging.getLogger("pymilvus.client.iterator.query_iterator").addFilter(quiet_iterator)
 
 DOCUMENTS, PASSAGES, SENTENCES = "_d", "_p", "_s"  # suffixes of a build's collections after its window collection
 META = "_meta"

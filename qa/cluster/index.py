@@ -16,6 +16,7 @@ import dataclasses
 import logging
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
     from ..store import Filters
 
 log = logging.getLogger(__name__)
+
+COUNT_THREADS = 8  # document-frequency counts asked of Milvus at once
 
 
 def _milvus_errors():
@@ -59,7 +62,7 @@ def open_store(index_dir: str, manifest: Manifest, reuse: ClusterStore | None = 
     """The live build's store, on `reuse`'s connection when it is of the same build."""
     uri = resolve_uri(index_dir, manifest.milvus_uri or "")
     alias = str(manifest.milvus_alias)
-    if reuse is not None and not reuse.windows._closed:
+    if reuse is not None and not reuse.windows.closed:
         build, state = live_build(reuse.client, alias)
         if build == reuse.build:
             return ClusterStore(reuse.windows, alias, build, int(manifest.dim), state)
@@ -126,21 +129,28 @@ class ClusterIndex:
         live_build(self.store.client, self.store.alias)
 
     # --- lexical ---
-    def _count(self, field: str, token: str) -> int:
-        key = (field, token)
-        found = self._doc_freqs.get(key)
-        if found is None:
-            rows = self.store.client.query(self.store.names["passages"], filter=f"TEXT_MATCH({field}, {quote(token)})",
-                                           output_fields=["count(*)"], consistency_level="Strong")
-            found = int(rows[0]["count(*)"]) if rows else 0
+    def _counts(self, field: str, tokens: Sequence[str]) -> dict[str, int]:
+        """Passages whose `field` holds each token, counted by Milvus (the counts missing from the cache at once:
+        one request each, in parallel)."""
+        missing = [t for t in dict.fromkeys(tokens) if (field, t) not in self._doc_freqs]
+        if missing:
+            names = self.store.names["passages"]
+
+            def count(token: str) -> int:
+                rows = self.store.client.query(names, filter=f"TEXT_MATCH({field}, {quote(token)})",
+                                               output_fields=["count(*)"], consistency_level="Strong")
+                return int(rows[0]["count(*)"]) if rows else 0
+
+            with ThreadPoolExecutor(max_workers=min(len(missing), COUNT_THREADS)) as pool:
+                found = dict(zip(missing, pool.map(count, missing)))
             with self._lock:
-                self._doc_freqs[key] = found
-        return found
+                self._doc_freqs.update(((field, t), n) for t, n in found.items())
+        return {t: self._doc_freqs[(field, t)] for t in tokens}
 
     def _bm25(self, tokens: Sequence[str]) -> Bm25:
         state = self.store.state
         passages = max(int(state.get("passages", 0)), 1)
-        return Bm25(passages, int(state.get("tokens", 0)) / passages, {t: self._count("body", t) for t in tokens})
+        return Bm25(passages, int(state.get("tokens", 0)) / passages, self._counts("body", tokens))
 
     def lexical_search(self, terms: Sequence[str], limit: int,
                        filters: Filters | None = None) -> list[tuple[int, float]]:
@@ -172,11 +182,9 @@ class ClusterIndex:
 
     def doc_freqs(self, terms: Sequence[str]) -> dict[str, int]:
         """Passages whose text holds each term (its first token; 0 for none)."""
-        out = {}
-        for term in terms:
-            tokens = analyze(term)
-            out[term] = self._count("words", tokens[0]) if tokens else 0
-        return out
+        first = {term: analyze(term)[:1] for term in terms}
+        found = self._counts("words", [t for tokens in first.values() for t in tokens])
+        return {term: found[tokens[0]] if tokens else 0 for term, tokens in first.items()}
 
     def close(self) -> None:
         self.vectors.close()

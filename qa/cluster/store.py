@@ -272,7 +272,8 @@ class ClusterStore:
         """Remove documents and insert or replace articles, idempotently, journaled, then bump the generation."""
         ids = list(removals) + [p.article.id for p in prepared]
         self.journal([("remove", d) for d in removals] + [("upsert", p.article.id) for p in prepared])
-        old = self._old_stats(ids)
+        old = self._old_stats([d for d in ids if self.content_hash(d) is not None])  # rows of a half-done write
+        # never entered the statistics
         for doc_id in removals:
             self.delete_document(doc_id)
         for p in prepared:
@@ -302,10 +303,11 @@ class ClusterStore:
 
     def bump(self, delta: Delta) -> None:
         """Add a write's change to the build's statistics and move its generation on (a new token too, so two
-        writers that bump at once still change what replicas compare)."""
+        writers that bump at once still change what replicas compare). Passages are counted; the tokens follow
+        the writes' changes (an average length: writers racing can leave it a little off, not wrong)."""
         state = get_meta(self.client, self.alias, [self.build]).get(self.build, dict(self.state))
         state = {**state, "generation": int(state.get("generation", 0)) + 1, "token": uuid.uuid4().hex,
-                 "passages": int(state.get("passages", 0)) + delta.passages,
+                 "passages": self._count("passages"),
                  "tokens": int(state.get("tokens", 0)) + delta.tokens}
         put_meta(self.client, self.alias, {self.build: state})
         self.state = state

@@ -9,6 +9,7 @@ lexical signal as on a local index.
 """
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import math
 import re
@@ -22,6 +23,23 @@ MAX_TOKEN_BYTES = 40  # tantivy's remove_long(40)
 K1, B = 1.2, 0.75  # tantivy's BM25 constants
 ORDERED_WEIGHT, WINDOW_WEIGHT = 0.10 / 0.85, 0.05 / 0.85  # as `qa.lexical`: phrases and windows against words
 WINDOW_AFTER, WINDOW_BEFORE = 8, 6  # `qa.lexical`'s slop 7: the second word up to 8 after, or 6 before (a swap costs 2)
+
+
+def _decode_norm(code: int) -> int:
+    """The length a one-byte field norm stands for (Lucene's SmallFloat.byte4ToInt, as tantivy's table)."""
+    if code < 24:
+        return code
+    i = code - 24
+    bits, shift = i & 0x07, (i >> 3) - 1
+    return 24 + (bits if shift == -1 else (bits | 0x08) << shift)
+
+
+NORMS = [_decode_norm(code) for code in range(256)]  # tantivy keeps a passage's length as one byte: these lengths
+
+
+def norm_length(tokens: int) -> int:
+    """A passage's length as tantivy's BM25 sees it: the largest of `NORMS` not above it."""
+    return NORMS[bisect.bisect_right(NORMS, tokens) - 1]
 
 
 def _fold(word: str) -> str:
@@ -74,7 +92,7 @@ class Bm25:
                 counts[t] = counts.get(t, 0) + 1
         if not counts:
             return 0.0
-        dl = len(body)
+        dl = norm_length(len(body))
         total = sum(self._idf((t,)) * self._weight(c, dl) for t, c in counts.items())
         for first, second, gap in pairs:
             if first in counts and second in counts:
