@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING
 
 from ..errors import IndexUnavailable
 from ..vectors.milvus import PK, SUFFIX, VEC, MilvusBuild, drop_collection, quote
-from .collections import (DOCUMENTS, LIVE, PASSAGES, PAD, SENTENCES, create_build, create_meta, doc_filter,
+from .collections import (DOCUMENTS, LIVE, PASSAGES, PAD, SENTENCES, TERMS, create_build, create_meta, doc_filter,
                           drop_build, meta_name, put_meta)
 from .index import live_build
-from .store import JOURNAL, QUERY_LIMIT, ROW_FIELDS, ClusterStore, Delta
+from .store import JOURNAL, QUERY_LIMIT, ROW_FIELDS, ClusterStore, Stats
 
 if TYPE_CHECKING:
     from ..prepare import PreparedArticle
@@ -53,7 +53,7 @@ class ClusterBuild:
         create_meta(client, self.alias)
         create_build(client, self.build, dim)
         self.store = ClusterStore(self.vectors.index, self.alias, self.build, dim, {})
-        self.delta = Delta(0, 0)
+        self.stats = Stats()
         self.started = started_ns
 
     @property
@@ -62,18 +62,18 @@ class ClusterBuild:
 
     def insert(self, prepared: Sequence[PreparedArticle]) -> None:
         """Write a batch of new documents."""
-        added = self.store.insert(prepared)
-        self.delta = Delta(self.delta.passages + added.passages, self.delta.tokens + added.tokens)
+        self.stats.add(self.store.insert(prepared))
 
     def swap(self, save_manifest: Callable[[], None]) -> int:
         """Under the writer lock: replay, switch to this build, save the manifest, replay again; the writes
         replayed."""
         client = self.store.client
+        self.store.put_terms(self.stats)
         listed = time.time_ns()
         replayed = self._replay(_mark(self.started), _mark(listed))
-        self.store.client.flush(self.build)
-        self.store.state = {"generation": 1, "token": uuid.uuid4().hex, "passages": self.store._count("passages"),
-                            "tokens": self.delta.tokens}
+        self.store.flush()
+        self.store.state = {"generation": 1, "token": uuid.uuid4().hex, "passages": self.store.count("passages"),
+                            "documents": self.store.count("documents"), "tokens": self.stats.tokens}
         put_meta(client, self.alias, {self.build: self.store.state})
 
         def switch() -> None:
@@ -104,15 +104,12 @@ class ClusterBuild:
         for row in sorted(rows, key=lambda r: r["key"]):
             entry = json.loads(row["value"])
             last[entry["doc_id"]] = entry["op"]
-        before_stats = self.store._old_stats(list(last))
+        before = self.store.stats_of(list(last))
         for doc_id in last:
             copy_document(source, self.store, doc_id)
-        after_stats = self.store._old_stats(list(last))
-        self.delta = Delta(self.delta.passages + after_stats.passages - before_stats.passages,
-                           self.delta.tokens + after_stats.tokens - before_stats.tokens)
-        if self.store.state:
-            self.store.bump(Delta(after_stats.passages - before_stats.passages,
-                                  after_stats.tokens - before_stats.tokens))
+        delta = self.store.stats_of(list(last)).add(before, -1)
+        self.stats.tokens += delta.tokens
+        self.store.apply(delta, bump=bool(self.store.state))  # once live, a write like any other
         return len(rows)
 
     def discard(self) -> None:
@@ -139,7 +136,7 @@ def copy_document(source: ClusterStore, target: ClusterStore, doc_id: str) -> No
     if not document:
         target.delete_document(doc_id)
         return
-    held = target._held([doc_id])
+    held = target.held_ids([doc_id])
     copied = {"passages": _rows(source, "passages", doc_id, PASSAGE_FIELDS),
               "sentences": _rows(source, "sentences", doc_id, SENTENCE_FIELDS),
               "windows": _rows(source, "windows", doc_id, WINDOW_FIELDS)}
@@ -153,9 +150,9 @@ def copy_document(source: ClusterStore, target: ClusterStore, doc_id: str) -> No
 
 
 def drop_orphans(client, alias: str) -> list[str]:
-    """Drop the documents, passages and sentences collections whose build's window collection is gone, and the
+    """Drop the documents, passages, sentences and terms collections whose build's window collection is gone, and the
     meta rows of builds that no longer exist; the collections dropped."""
-    pattern = re.compile(re.escape(alias) + f"({SUFFIX})({DOCUMENTS}|{PASSAGES}|{SENTENCES})")
+    pattern = re.compile(re.escape(alias) + f"({SUFFIX})({DOCUMENTS}|{PASSAGES}|{SENTENCES}|{TERMS})")
     existing = set(client.list_collections())
     dropped = []
     for name in sorted(existing):

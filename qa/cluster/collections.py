@@ -1,9 +1,11 @@
 """The collections of a cluster index on Milvus: their names, schemas, row ids and rows, and the meta collection.
 
-A full build `B` (named by `qa.vectors.milvus.new_collection_name`, `<alias>_<time>_<random>`) has four
+A full build `B` (named by `qa.vectors.milvus.new_collection_name`, `<alias>_<time>_<random>`) has five
 collections: `B` (window vectors, the `MilvusIndex` of the vector backend), `B_d` (documents), `B_p` (passages:
-text, citation fields, analysed words with a BM25 function, the whole-passage vector) and `B_s` (sentences: span and
-vector). The index's meta collection `<alias>_meta` outlives builds: its row `live` names the live build, and a row
+text, citation fields, analysed words with a BM25 function, the whole-passage vector), `B_s` (sentences: span and
+vector) and `B_t` (terms: per analysed token, the passages whose body, and whose text alone, hold it: BM25's and
+answers' document frequencies, one request per query; Milvus Lite's `TEXT_MATCH` scans rows, 0.1 s a term). The
+index's meta collection `<alias>_meta` outlives builds: its row `live` names the live build, and a row
 per build holds that build's generation and statistics. Replicas poll those two rows (`qa.cluster.index`).
 
 Row ids are derived from the passage id (`passage_rowid`), so writing a document twice writes the same rows:
@@ -32,7 +34,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 logging.getLogger("pymilvus.client.iterator.query_iterator").addFilter(quiet_iterator)
 
-DOCUMENTS, PASSAGES, SENTENCES = "_d", "_p", "_s"  # suffixes of a build's collections after its window collection
+DOCUMENTS, PASSAGES, SENTENCES, TERMS = "_d", "_p", "_s", "_t"  # suffixes of a build's collections after its
+# window collection
 META = "_meta"
 LIVE = "live"
 SLOT_BITS = 12  # a passage's windows and sentences are numbered within it: at most 4,096 of each
@@ -62,7 +65,7 @@ def passages_of(ids: np.ndarray) -> np.ndarray:
 def names(build: str) -> dict[str, str]:
     """A build's collections by kind."""
     return {"windows": build, "documents": build + DOCUMENTS, "passages": build + PASSAGES,
-            "sentences": build + SENTENCES}
+            "sentences": build + SENTENCES, "terms": build + TERMS}
 
 
 def meta_name(alias: str) -> str:
@@ -109,18 +112,20 @@ def _create(client: "MilvusClient", name: str, schema, vectors: Sequence[str], b
 def create_build(client: "MilvusClient", build: str, dim: int) -> None:
     """A build's documents, passages and sentences collections (its windows collection is the vector backend's)."""
     n = names(build)
-    words = {"enable_analyzer": True, "analyzer_params": ANALYZER, "enable_match": True}
+    analysed = {"enable_analyzer": True, "analyzer_params": ANALYZER}
     _create(client, n["documents"], _schema(
         [("doc", "str"), ("source_key", "str"), ("published", "str"), ("meta", "str"), ("content_hash", "str"),
          ("n_passages", "int"), (PAD, "vec", 2)], ("doc_id", "str")), [PAD])
     _create(client, n["passages"], _schema(
         [("passage_id", "str"), ("doc_id", "str"), ("source_key", "str"), ("published", "str"),
          ("paragraph_index", "int"), ("char_start", "int"), ("char_end", "int"), ("text", "str"), ("doc", "str"),
-         ("body", "str", words), ("words", "str", words), ("n_tokens", "int"), ("sparse", "sparse"),
+         ("body", "str", analysed), ("words", "str"), ("n_tokens", "int"), ("sparse", "sparse"),
          ("vec", "vec", dim)], ("id", "int")), ["vec"], bm25=True)
     _create(client, n["sentences"], _schema(
         [("passage", "int"), ("doc_id", "str"), ("span_start", "int"), ("span_end", "int"), ("vec", "vec", dim)],
         ("id", "int")), ["vec"])
+    _create(client, n["terms"], _schema([("body", "int"), ("words", "int"), (PAD, "vec", 2)], ("token", "str")),
+            [PAD])
     for name in list(n.values())[1:]:
         client.load_collection(name)
 

@@ -3,8 +3,8 @@
 `ClusterIndex` offers what `qa.search` and `qa.service` use of `qa.index.Index`: the store, the window vectors,
 lexical candidates and exact lexical scores, document frequencies. BM25 candidates come from Milvus's BM25 over the
 passages' analysed words; their exact scores, with term proximity, are computed here from the candidates' words
-(`qa.cluster.terms.Bm25`) with the build's statistics and document frequencies counted by Milvus (`TEXT_MATCH`),
-cached for the loaded generation.
+(`qa.cluster.terms.Bm25`) with the build's statistics and document frequencies from its terms collection, cached
+for the loaded generation.
 
 Replicas share nothing but Milvus: the meta row `live` names the live build, and the build's own row its
 generation and a token every write changes. `stale` compares them with what was loaded: a serving engine polls it
@@ -16,7 +16,6 @@ import dataclasses
 import logging
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -24,7 +23,7 @@ import numpy as np
 
 from ..errors import IndexUnavailable
 from ..manifest import Counts, Manifest
-from ..vectors.milvus import TOKEN_ENV, MilvusIndex, alias_target, filter_expression, quote, resolve_uri
+from ..vectors.milvus import TOKEN_ENV, MilvusIndex, alias_target, filter_expression, resolve_uri
 from .collections import LIVE, get_meta, meta_name, names, passages_of
 from .store import ROW_FIELDS, ClusterStore
 from .terms import Bm25, analyze, query_tokens, token_pairs
@@ -34,8 +33,6 @@ if TYPE_CHECKING:
     from ..store import Filters
 
 log = logging.getLogger(__name__)
-
-COUNT_THREADS = 8  # document-frequency counts asked of Milvus at once
 
 
 def _milvus_errors():
@@ -101,7 +98,8 @@ class ClusterIndex:
         self.embedder = embedder
         self.dim = int(manifest.dim)
         state = store.state
-        counts = dataclasses.replace(manifest.counts, passages=int(state.get("passages", 0)))
+        counts = dataclasses.replace(manifest.counts, passages=int(state.get("passages", 0)),
+                                     documents=int(state.get("documents", manifest.counts.documents)))
         self.manifest = dataclasses.replace(manifest, milvus_collection=store.build, data_dir=store.build,
                                             counts=counts, generation=store.generation)
         self._doc_freqs: dict[tuple[str, str], int] = {}
@@ -130,21 +128,14 @@ class ClusterIndex:
 
     # --- lexical ---
     def _counts(self, field: str, tokens: Sequence[str]) -> dict[str, int]:
-        """Passages whose `field` holds each token, counted by Milvus (the counts missing from the cache at once:
-        one request each, in parallel)."""
-        missing = [t for t in dict.fromkeys(tokens) if (field, t) not in self._doc_freqs]
+        """Passages whose body (`field` "body") or text ("words") holds each token: from the build's terms
+        collection, in one query for those missing from this generation's cache."""
+        missing = [t for t in dict.fromkeys(tokens) if ("body", t) not in self._doc_freqs]
         if missing:
-            names = self.store.names["passages"]
-
-            def count(token: str) -> int:
-                rows = self.store.client.query(names, filter=f"TEXT_MATCH({field}, {quote(token)})",
-                                               output_fields=["count(*)"], consistency_level="Strong")
-                return int(rows[0]["count(*)"]) if rows else 0
-
-            with ThreadPoolExecutor(max_workers=min(len(missing), COUNT_THREADS)) as pool:
-                found = dict(zip(missing, pool.map(count, missing)))
+            found = self.store.term_counts(missing)
             with self._lock:
-                self._doc_freqs.update(((field, t), n) for t, n in found.items())
+                for token, (body, words) in found.items():
+                    self._doc_freqs[("body", token)], self._doc_freqs[("words", token)] = body, words
         return {t: self._doc_freqs[(field, t)] for t in tokens}
 
     def _bm25(self, tokens: Sequence[str]) -> Bm25:

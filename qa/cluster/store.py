@@ -14,20 +14,22 @@ replicas poll.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, NamedTuple
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..manifest import Counts
 from ..store import DocumentPage, OutletCount, PassageWindows, SentenceRows, StoredPassage
-from ..vectors.milvus import field_value, quote, source_key
-from .collections import SLOT_BITS, Rows, doc_filter, get_meta, names, passages_of, put_meta, rows_of
+from ..vectors.milvus import field_value, is_lite, quote, source_key
+from .collections import PAD, SLOT_BITS, Rows, doc_filter, get_meta, names, passages_of, put_meta, rows_of
 
 if TYPE_CHECKING:
     from pymilvus import MilvusClient
@@ -44,11 +46,32 @@ QUERY_LIMIT = 16_384  # Milvus' largest query result
 JOURNAL = "j:"
 
 
-class Delta(NamedTuple):
-    """What a write changed in the build's statistics: passages and analysed body tokens."""
+@dataclasses.dataclass
+class Stats:
+    """BM25's statistics of some passages: their analysed body tokens, and per token how many of them hold it in
+    their body and in their text alone. Added and subtracted as writes change passages."""
 
-    passages: int
-    tokens: int
+    tokens: int = 0
+    body: Counter = dataclasses.field(default_factory=Counter)
+    words: Counter = dataclasses.field(default_factory=Counter)
+
+    @classmethod
+    def of(cls, rows: Iterable[dict]) -> Stats:
+        """The statistics of passage rows (with their `body`, `words` and `n_tokens`)."""
+        stats = cls()
+        for row in rows:
+            stats.tokens += int(row["n_tokens"])
+            stats.body.update(set(row["body"].split()))
+            stats.words.update(set(row["words"].split()))
+        return stats
+
+    def add(self, other: Stats, sign: int = 1) -> Stats:
+        """Add (or with `sign` -1 subtract) another's counts, in place; returns itself."""
+        self.tokens += sign * other.tokens
+        for mine, theirs in ((self.body, other.body), (self.words, other.words)):
+            for token, n in theirs.items():
+                mine[token] += sign * n
+        return self
 
 
 def _ids_expr(field: str, ids: Sequence[int]) -> str:
@@ -161,13 +184,14 @@ class ClusterStore:
         return SentenceRows(np.array([r["vec"] for r in rows], np.float32), meta)
 
     # --- counts and documents ---
-    def _count(self, kind: str) -> int:
+    def count(self, kind: str) -> int:
+        """Rows of one of the build's collections (documents, passages, windows, sentences)."""
         rows = self.client.query(self.names[kind], filter="", output_fields=["count(*)"], consistency_level="Strong")
         return int(rows[0]["count(*)"]) if rows else 0
 
     def counts(self) -> Counts:
         """Documents, passages, windows and sentences held (count queries)."""
-        return Counts(*(self._count(k) for k in ("documents", "passages", "windows", "sentences")))
+        return Counts(*(self.count(k) for k in ("documents", "passages", "windows", "sentences")))
 
     def count_passages(self) -> int:
         """Passages as the build's statistics count them (no query per health check)."""
@@ -236,7 +260,7 @@ class ClusterStore:
         return doc
 
     # --- writes ---
-    def _put_content(self, rows: Rows) -> None:
+    def put_content(self, rows: Rows) -> None:
         """Upsert passages, sentences and windows."""
         for chunk in _batches(rows.passages):
             self.client.upsert(self.names["passages"], chunk)
@@ -245,50 +269,88 @@ class ClusterStore:
         if rows.window_ids:
             self.windows.add(np.array(rows.window_ids, np.int64), np.stack(rows.window_vectors), rows.window_docs)
 
-    def _put_documents(self, rows: Rows) -> None:
+    def put_documents(self, rows: Rows) -> None:
+        """Upsert document rows: each write's commit mark."""
         for chunk in _batches(rows.documents):
             self.client.upsert(self.names["documents"], chunk)
 
-    def insert(self, prepared: Sequence[PreparedArticle]) -> Delta:
-        """Rows of new documents, as a full build writes them (no earlier rows to replace); the document rows last."""
+    def insert(self, prepared: Sequence[PreparedArticle]) -> Stats:
+        """Rows of new documents, as a full build writes them (no earlier rows to replace), the document rows last;
+        their statistics (for the build's terms collection)."""
         rows = rows_of(prepared)
-        self._put_content(rows)
-        self._put_documents(rows)
-        return Delta(len(rows.passages), sum(r["n_tokens"] for r in rows.passages))
+        self.put_content(rows)
+        self.put_documents(rows)
+        return Stats.of(rows.passages)
 
-    def _held(self, doc_ids: Sequence[str]) -> dict[str, set[int]]:
-        """The ids of the rows some documents have now, by collection, and their passages' statistics."""
+    def held_ids(self, doc_ids: Sequence[str]) -> dict[str, set[int]]:
+        """The ids of the rows some documents have now, by collection."""
         found: dict[str, set[int]] = {}
         expr = doc_filter(doc_ids)
         for kind in ("passages", "sentences", "windows"):
             found[kind] = {int(r["id"]) for r in self._query(kind, expr, ["id"], QUERY_LIMIT)}
         return found
 
-    def _old_stats(self, doc_ids: Sequence[str]) -> Delta:
-        rows = self._query("passages", doc_filter(doc_ids), ["n_tokens"], QUERY_LIMIT) if doc_ids else []
-        return Delta(len(rows), sum(int(r["n_tokens"]) for r in rows))
+    def stats_of(self, doc_ids: Sequence[str]) -> Stats:
+        """The statistics of some documents' passages, as held now."""
+        return Stats.of(self._query("passages", doc_filter(doc_ids), ["body", "words", "n_tokens"], QUERY_LIMIT)
+                        if doc_ids else [])
 
     def write(self, prepared: Sequence[PreparedArticle], removals: Sequence[str] = ()) -> None:
         """Remove documents and insert or replace articles, idempotently, journaled, then bump the generation."""
         ids = list(removals) + [p.article.id for p in prepared]
         self.journal([("remove", d) for d in removals] + [("upsert", p.article.id) for p in prepared])
-        old = self._old_stats([d for d in ids if self.content_hash(d) is not None])  # rows of a half-done write
-        # never entered the statistics
+        # the rows of a half-done write never entered the statistics
+        old = self.stats_of([d for d in ids if self.content_hash(d) is not None])
         for doc_id in removals:
             self.delete_document(doc_id)
         for p in prepared:
-            held = self._held([p.article.id])
+            held = self.held_ids([p.article.id])
             rows = rows_of([p])
-            self._put_content(rows)
+            self.put_content(rows)
             new = {"passages": {r["id"] for r in rows.passages}, "sentences": {r["id"] for r in rows.sentences},
                    "windows": set(rows.window_ids)}
             for kind in ("passages", "sentences", "windows"):
                 stale = sorted(held[kind] - new[kind])
                 for chunk in _batches(stale, 2_000):
                     self.client.delete(self.names[kind], ids=chunk)
-            self._put_documents(rows)  # the commit mark: its content hash
-        now = self._old_stats([p.article.id for p in prepared])
-        self.bump(Delta(now.passages - old.passages, now.tokens - old.tokens))
+            self.put_documents(rows)  # the commit mark: its content hash
+        if is_lite(self.windows.uri):
+            self.flush()
+        self.apply(self.stats_of([p.article.id for p in prepared]).add(old, -1))
+
+    def flush(self) -> None:
+        """Seal the build's pending writes into indexed segments: Milvus Lite searches unflushed rows one by one
+        in Python (a server flushes by itself, and rate-limits explicit flushes)."""
+        for name in self.names.values():
+            self.client.flush(name)
+
+    # --- statistics ---
+    def term_counts(self, tokens: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """Per token, the passages whose body and whose text hold it ((0, 0) for one none holds), one query."""
+        found = {t: (0, 0) for t in tokens}
+        for chunk in _batches(list(dict.fromkeys(tokens)), 1_000):
+            rows = self._query("terms", f"token in [{', '.join(quote(t) for t in chunk)}]", ["token", "body", "words"])
+            found.update((r["token"], (int(r["body"]), int(r["words"]))) for r in rows)
+        return found
+
+    def put_terms(self, stats: Stats, base: dict[str, tuple[int, int]] | None = None) -> None:
+        """Write the terms rows of `stats`' tokens: their counts, added to `base` when given."""
+        base = base or {}
+        tokens = sorted(set(stats.body) | set(stats.words))
+        rows = [{"token": t, "body": base.get(t, (0, 0))[0] + stats.body.get(t, 0),
+                 "words": base.get(t, (0, 0))[1] + stats.words.get(t, 0), PAD: [0.0, 0.0]} for t in tokens]
+        for chunk in _batches(rows, 2_000):
+            self.client.upsert(self.names["terms"], chunk)
+
+    def apply(self, delta: Stats, *, bump: bool = True) -> None:
+        """Add a write's change to the terms rows (read, added, written: writers racing on one token can lose a
+        count, a statistic a little off, never a wrong row), then `bump`."""
+        delta.body = Counter({t: n for t, n in delta.body.items() if n})
+        delta.words = Counter({t: n for t, n in delta.words.items() if n})
+        if delta.body or delta.words:
+            self.put_terms(delta, self.term_counts(sorted(set(delta.body) | set(delta.words))))
+        if bump:
+            self.bump(delta.tokens)
 
     def delete_document(self, doc_id: str) -> None:
         """A document's rows, its document row last."""
@@ -301,14 +363,14 @@ class ClusterStore:
             put_meta(self.client, self.alias, {f"{JOURNAL}{time.time_ns():020d}:{uuid.uuid4().hex[:8]}:{i}":
                                                {"op": op, "doc_id": d} for i, (op, d) in enumerate(entries)})
 
-    def bump(self, delta: Delta) -> None:
+    def bump(self, tokens: int) -> None:
         """Add a write's change to the build's statistics and move its generation on (a new token too, so two
         writers that bump at once still change what replicas compare). Passages are counted; the tokens follow
         the writes' changes (an average length: writers racing can leave it a little off, not wrong)."""
         state = get_meta(self.client, self.alias, [self.build]).get(self.build, dict(self.state))
         state = {**state, "generation": int(state.get("generation", 0)) + 1, "token": uuid.uuid4().hex,
-                 "passages": self._count("passages"),
-                 "tokens": int(state.get("tokens", 0)) + delta.tokens}
+                 "passages": self.count("passages"), "documents": self.count("documents"),
+                 "tokens": int(state.get("tokens", 0)) + tokens}
         put_meta(self.client, self.alias, {self.build: state})
         self.state = state
 
@@ -323,4 +385,4 @@ def _summary(doc: dict) -> dict:
             "url": doc["url"], "published": doc["published"], "passages": doc["passages"]}
 
 
-__all__ = ["ClusterStore", "Delta"]
+__all__ = ["ClusterStore", "Stats"]

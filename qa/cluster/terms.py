@@ -1,11 +1,11 @@
 """The words of a passage as the cluster's BM25 sees them, and exact BM25 with term proximity computed in the service.
 
 Milvus receives text already analysed here (`analyze`: the tokens of the local tantivy analyzer, joined by spaces),
-so its BM25 function and `TEXT_MATCH` see the same stems on Milvus Lite (which ignores an analyzer's filters) and on
-a server. Milvus's BM25 finds the candidates; their exact scores (`Bm25.scores`) are computed here from their texts
-with tantivy's formula and the collection's statistics (passages, average length, document frequencies from
-Milvus), plus the sequential-dependence proximity clauses of `qa.lexical`, so the fused ranking sees the same
-lexical signal as on a local index.
+so its BM25 function sees the same stems on Milvus Lite (which ignores an analyzer's filters) and on a server.
+Milvus's BM25 finds the candidates; their exact scores (`Bm25.score`) are computed here from their words with
+tantivy's formula (field norms included) and the collection's statistics (passages, average length, and document
+frequencies kept in a terms collection), plus the sequential-dependence proximity clauses of `qa.lexical`, so the
+fused ranking sees the same lexical signal as on a local index.
 """
 from __future__ import annotations
 

@@ -126,7 +126,8 @@ def test_a_write_through_one_replica_is_seen_by_the_other(replicas):
     assert res.status_code == 201, res.get_json()
     assert wait_for(lambda: "quokka-news" in _search_ids(b, "quokka census Rottnest"))
     assert b.get("/api/documents/quokka-news").get_json()["paragraphs"][0]["text"].startswith("Rangers")
-    assert b.get("/healthz").get_json()["generation"] > before[1]["generation"]
+    health = b.get("/healthz").get_json()
+    assert health["generation"] > before[1]["generation"] and health["documents"] == before[1]["documents"] + 1
     outlets = b.get("/documents").get_data(as_text=True)
     assert "Island Post" in outlets
     assert b.delete("/api/documents/quokka-news", headers=AUTH).status_code == 200
@@ -141,7 +142,7 @@ def test_a_write_that_stopped_half_way_is_finished_by_running_it_again(cluster_d
     prepared = prepare_articles([article], HashEmbedder())
     store = open_store(cluster_dir, Manifest.load(cluster_dir))
     try:
-        store._put_content(rows_of(prepared))  # a writer killed before its document row, the commit mark
+        store.put_content(rows_of(prepared))  # a writer killed before its document row, the commit mark
         assert store.content_hash("half-done") is None
     finally:
         store.windows.close()
