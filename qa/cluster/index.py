@@ -25,7 +25,7 @@ from ..errors import IndexUnavailable
 from ..manifest import Counts, Manifest
 from ..vectors.milvus import TOKEN_ENV, MilvusIndex, alias_target, filter_expression, resolve_uri
 from .collections import LIVE, get_meta, meta_name, names, passages_of
-from .store import ROW_FIELDS, ClusterStore
+from .store import ROW_FIELDS, ClusterStore, Stats
 from .terms import Bm25, analyze, query_tokens, token_pairs
 
 if TYPE_CHECKING:
@@ -229,25 +229,42 @@ def _problems(store: ClusterStore, manifest: Manifest) -> list[str]:
     if store.count_passages() != counts.passages:
         problems.append(f"the build's statistics count {store.count_passages()} passages, the collection "
                         f"{counts.passages}")
-    passages = set(_all_ids(store, "passages").tolist())
+    passages = set(_all_rows(store, "passages", ["id"]).keys())
     for kind in ("windows", "sentences"):
-        owners = set(passages_of(_all_ids(store, kind)).tolist())
+        owners = set(passages_of(np.array(list(_all_rows(store, kind, ["id"])), np.int64)).tolist())
         if not owners <= passages:
             problems.append(f"{len(owners - passages)} passages have {kind} but no passage row")
     if Counts() == counts:
         problems.append("the index is empty")
+    return problems + _stats_problems(store)
+
+
+def _stats_problems(store: ClusterStore) -> list[str]:
+    """The terms rows and the build's token total against the passages' words, recounted."""
+    found = Stats.of(_all_rows(store, "passages", ["body", "words", "n_tokens"]).values())
+    problems = []
+    if found.tokens != int(store.state.get("tokens", 0)):
+        problems.append(f"the build's statistics count {store.state.get('tokens')} analysed tokens, the passages "
+                        f"{found.tokens}")
+    terms = _all_rows(store, "terms", ["token", "body", "words"], key="token")
+    wrong = [t for t in set(terms) | set(found.body) | set(found.words)
+             if (terms.get(t, {}).get("body", 0), terms.get(t, {}).get("words", 0)) != (found.body[t], found.words[t])]
+    if wrong:
+        problems.append(f"{len(wrong)} document frequencies in the terms collection differ from the passages' "
+                        f"(e.g. {sorted(wrong)[:3]})")
     return problems
 
 
-def _all_ids(store: ClusterStore, kind: str) -> np.ndarray:
-    it = store.client.query_iterator(store.names[kind], batch_size=8_000, filter="", output_fields=["id"])
-    ids: list[int] = []
+def _all_rows(store: ClusterStore, kind: str, fields: list[str], key: str = "id") -> dict:
+    """Every row of one of the build's collections, by its key."""
+    it = store.client.query_iterator(store.names[kind], batch_size=4_000, filter="", output_fields=fields)
+    rows: dict = {}
     try:
         while batch := it.next():
-            ids += [int(r["id"]) for r in batch]
+            rows.update((r[key], dict(r)) for r in batch)
     finally:
         it.close()
-    return np.array(ids, np.int64)
+    return rows
 
 
 __all__ = ["ClusterIndex", "check_cluster", "live_build", "live_manifest", "load_cluster", "open_store"]
