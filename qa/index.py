@@ -547,13 +547,18 @@ def load_index(index_dir: str, *, embedder: Embedder | None = None, model: str |
 
 
 def describe_index(index_dir: str) -> Manifest:
-    """The manifest as `qa stats` shows it: a cluster index's with the live build's counts and generation."""
+    """The manifest as `qa stats` shows it: a cluster index's with the live build's counts and generation (as
+    recorded when Milvus cannot be read now, e.g. a Milvus Lite database another process holds)."""
     manifest = Manifest.load(index_dir)
     if manifest.store != "milvus":
         return manifest
     from .cluster.index import live_manifest
 
-    return live_manifest(index_dir, manifest)
+    try:
+        return live_manifest(index_dir, manifest)
+    except QAError as e:
+        log.warning("%s; showing the manifest as recorded", e)
+        return manifest
 
 
 def embedder_for(manifest: Manifest, backend: str | None = None) -> Embedder:

@@ -179,6 +179,7 @@ def write_cluster(store: ClusterStore, prepared: Sequence[PreparedArticle], remo
         if live == store.build:
             return store
         log.info("a build went live during this write: writing again into %s", live)
+        store.windows.close()
         store = reopen()
         store.write(prepared, [d for d in removals if store.content_hash(d) is not None])
     return store

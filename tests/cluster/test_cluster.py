@@ -98,6 +98,18 @@ def test_rankings_and_answers_equal_the_local_engine(cluster_dir, local_dir):
         cluster.close()
 
 
+def test_cli_commands_work_unchanged(cluster_dir):
+    runner = CliRunner()
+    res = runner.invoke(main, ["search", "Super Bowl", "-k", "3", "--json", "--index-dir", cluster_dir])
+    assert res.exit_code == 0 and len(json.loads(res.output)["results"]) == 3
+    res = runner.invoke(main, ["ask", "Where did Super Bowl 50 take place?", "--json", "--index-dir", cluster_dir])
+    assert res.exit_code == 0 and json.loads(res.output)["citations"]
+    res = runner.invoke(main, ["stats", "--json", "--index-dir", cluster_dir])
+    stats = json.loads(res.output)
+    assert stats["store"] == "milvus" and stats["counts"]["passages"] == describe_index(cluster_dir).counts.passages
+    assert runner.invoke(main, ["check", "--index-dir", cluster_dir]).exit_code == 0
+
+
 def test_store_milvus_needs_milvus_vectors(tmp_path, corpus):
     with pytest.raises(BadRequest, match="--backend milvus"):
         build_index([corpus], str(tmp_path / "x"), embedder=HashEmbedder(), store="milvus")
@@ -200,14 +212,17 @@ def test_a_rebuild_under_queries_switches_every_replica_without_a_failed_request
     assert Manifest.load(cluster_dir).store == "milvus" and check_index(cluster_dir) == []
 
 
-def test_milvus_away_at_start_answers_503_then_recovers(tmp_path, corpus):
+def test_milvus_away_at_start_answers_503_then_recovers(tmp_path):
+    """A Milvus Lite gRPC server in this process, reached over http:// as a server would be, stopped and started."""
     from milvus_lite.adapter.grpc.server import start_server_in_thread
 
     port = free_port()
     server, db, _ = start_server_in_thread(str(tmp_path / "milvus"), port=port)
     index_dir = str(tmp_path / "index")
+    small = tmp_path / "small.jsonl"
+    small.write_text(json.dumps(_articles(2)[0]) + "\n")
     try:
-        build_index([corpus], index_dir, embedder=HashEmbedder(), vector_backend="milvus", store="milvus",
+        build_index([str(small)], index_dir, embedder=HashEmbedder(), vector_backend="milvus", store="milvus",
                     milvus_uri=f"http://127.0.0.1:{port}")
     finally:
         server.stop(grace=0)
