@@ -206,10 +206,11 @@ def rows_of(prepared: Sequence[PreparedArticle]) -> Rows:
                 "body": _text(" ".join(body), f"passage {passage.passage_id[:80]!r}"),
                 "words": " ".join(analyze(passage.text)), "n_tokens": len(body),
                 "vec": (pvec / max(float(np.linalg.norm(pvec)), 1e-12)).astype(np.float32).tolist()})
+            # sentence vectors at float16's precision, as the local store keeps them (the same cosines)
             for i, ((start, end), vec) in enumerate(zip(passage.sentences, svecs)):
                 rows.sentences.append({"id": slot_id(rowid, i), "passage": rowid, "doc_id": common["doc_id"],
                                        "span_start": start, "span_end": end,
-                                       "vec": np.asarray(vec, np.float32).tolist()})
+                                       "vec": np.asarray(vec, np.float16).astype(np.float32).tolist()})
             for i, vec in enumerate(wvecs):
                 rows.window_ids.append(slot_id(rowid, i))
                 rows.window_vectors.append(np.asarray(vec, np.float32))
