@@ -42,6 +42,17 @@ def _milvus_errors():
     return (MilvusException, ConnectionError, OSError)
 
 
+class _Unreachable(logging.Filter):
+    """Drops pymilvus's own error record (a traceback each time) for a server it cannot connect to: the engine
+    reports the same reason once per attempt, in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Fail connecting to server" not in record.getMessage()
+
+
+logging.getLogger("pymilvus.decorators").addFilter(_Unreachable())
+
+
 def live_build(client, alias: str) -> tuple[str, dict]:
     """(the live build's name, its meta row); `IndexUnavailable` when the index has none."""
     try:

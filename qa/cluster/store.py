@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import threading
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..errors import IndexUnavailable, QAError
 from ..manifest import Counts
 from ..store import DocumentPage, OutletCount, PassageWindows, SentenceRows, StoredPassage
 from ..vectors.milvus import field_value, is_lite, quote, source_key
@@ -72,6 +74,31 @@ class Stats:
             for token, n in theirs.items():
                 mine[token] += sign * n
         return self
+
+
+def unavailable(e: Exception) -> Exception:
+    """`IndexUnavailable` (HTTP 503) for an error of Milvus itself, so a server that loses Milvus answers 503 with
+    its reason rather than 500; any other error as it is."""
+    from pymilvus.exceptions import MilvusException
+
+    if isinstance(e, MilvusException):
+        return IndexUnavailable(f"Milvus cannot answer: {e}")
+    return e
+
+
+def _answers_503(fn):
+    """Methods that ask Milvus: its errors become `IndexUnavailable`."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except QAError:
+            raise
+        except Exception as e:
+            raise unavailable(e) from None
+
+    return wrapper
 
 
 def _ids_expr(field: str, ids: Sequence[int]) -> str:
@@ -124,6 +151,10 @@ class ClusterStore:
         self._local.rows = {}
         try:
             yield
+        except QAError:
+            raise
+        except Exception as e:
+            raise unavailable(e) from None
         finally:
             self._local.rows = None
 
@@ -197,6 +228,7 @@ class ClusterStore:
         """Passages as the build's statistics count them (no query per health check)."""
         return int(self.state.get("passages", 0))
 
+    @_answers_503
     def listing(self) -> list[dict]:
         """Every document's metadata with its passage count, read once per generation."""
         cached = self._listing
@@ -218,15 +250,18 @@ class ClusterStore:
     def document_ids(self) -> list[str]:
         return [d["id"] for d in self.listing()]
 
+    @_answers_503
     def content_hash(self, doc_id: str) -> str | None:
         rows = self._query("documents", f"doc_id == {quote(field_value(doc_id))}", ["content_hash"])
         return rows[0]["content_hash"] if rows else None
 
+    @_answers_503
     def documents(self, offset: int = 0, limit: int = 50) -> DocumentPage:
         """A page of documents in id order."""
         docs = self.listing()
         return DocumentPage(len(docs), [_summary(d) for d in docs[offset:offset + limit]])
 
+    @_answers_503
     def documents_newest(self, offset: int = 0, limit: int = 50, source: str | None = None) -> DocumentPage:
         """A page of documents newest first (undated ones last, ties by id), of one outlet when `source` is given."""
         docs = self.listing()  # in id order: the stable sort below keeps it among equal dates
@@ -236,6 +271,7 @@ class ClusterStore:
         ordered += [d for d in docs if not d["published"]]
         return DocumentPage(len(docs), [_summary(d) for d in ordered[offset:offset + limit]])
 
+    @_answers_503
     def outlet_counts(self) -> list[OutletCount]:
         """Every outlet with its number of documents, the largest first; outlets differing only in case are one."""
         groups: dict[str | None, list[str | None]] = {}
@@ -244,6 +280,7 @@ class ClusterStore:
         found = [OutletCount(None if key is None else min(v), len(v)) for key, v in groups.items()]
         return sorted(found, key=lambda o: (-o.documents, o.source is not None, source_key(o.source)))
 
+    @_answers_503
     def document(self, doc_id: str) -> dict | None:
         """A document's metadata and paragraphs, or None."""
         found = self._query("documents", f"doc_id == {quote(field_value(doc_id))}", ["meta", "n_passages"])

@@ -238,3 +238,6 @@ def test_milvus_away_at_start_answers_503_then_recovers(tmp_path):
     finally:
         server.stop(grace=0)
         db.close()
+    for path in ("/api/search?q=Super+Bowl", "/healthz", "/api/documents"):  # lost while serving: 503, not 500
+        res = client.get(path)
+        assert res.status_code == 503 and "Milvus" in res.get_json()["error"], path
