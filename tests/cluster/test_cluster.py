@@ -98,7 +98,12 @@ def test_rankings_and_answers_equal_the_local_engine(cluster_dir, local_dir):
         cluster.close()
 
 
-def test_cli_commands_work_unchanged(cluster_dir):
+NEW = {"id": "quokka-news", "title": "Quokka census", "source": "Island Post", "published": "2026-11-30",
+       "paragraphs": ["Rangers counted twelve thousand quokkas on Rottnest Island this spring.",
+                      "The quokka census runs every five years."]}
+
+
+def test_cli_commands_work_unchanged(cluster_dir, replicas, tmp_path):
     runner = CliRunner()
     res = runner.invoke(main, ["search", "Super Bowl", "-k", "3", "--json", "--index-dir", cluster_dir])
     assert res.exit_code == 0 and len(json.loads(res.output)["results"]) == 3
@@ -108,6 +113,13 @@ def test_cli_commands_work_unchanged(cluster_dir):
     stats = json.loads(res.output)
     assert stats["store"] == "milvus" and stats["counts"]["passages"] == describe_index(cluster_dir).counts.passages
     assert runner.invoke(main, ["check", "--index-dir", cluster_dir]).exit_code == 0
+    a, b = replicas  # a CLI write is seen by every replica
+    source = tmp_path / "cli.jsonl"
+    source.write_text(json.dumps({**NEW, "id": "cli-quokka"}) + "\n")
+    assert runner.invoke(main, ["add", str(source), "--quiet", "--index-dir", cluster_dir]).exit_code == 0
+    assert all(wait_for(lambda c=c: "cli-quokka" in _search_ids(c, "quokka census Rottnest")) for c in (a, b))
+    assert runner.invoke(main, ["remove", "cli-quokka", "--index-dir", cluster_dir]).exit_code == 0
+    assert all(wait_for(lambda c=c: "cli-quokka" not in _search_ids(c, "quokka census Rottnest")) for c in (a, b))
 
 
 def test_store_milvus_needs_milvus_vectors(tmp_path, corpus):
@@ -123,11 +135,6 @@ def _search_ids(client, q: str) -> list[str]:
     res = client.get("/api/search", query_string={"q": q, "k": 5})
     assert res.status_code == 200, res.get_json()
     return [r["doc_id"] for r in res.get_json()["results"]]
-
-
-NEW = {"id": "quokka-news", "title": "Quokka census", "source": "Island Post", "published": "2026-11-30",
-       "paragraphs": ["Rangers counted twelve thousand quokkas on Rottnest Island this spring.",
-                      "The quokka census runs every five years."]}
 
 
 def test_a_write_through_one_replica_is_seen_by_the_other(replicas):
