@@ -106,13 +106,22 @@ class Bm25:
 
 
 def pair_counts(body: Sequence[str], first: str, second: str, gap: int) -> tuple[int, int]:
-    """How often `second` comes exactly `gap` tokens after `first` (a phrase), and how many `first`s have a `second`
-    within the window around them (`WINDOW_AFTER` after, `WINDOW_BEFORE` before)."""
+    """How often `second` comes exactly `gap` tokens after `first` (a phrase), and how many window matches there are:
+    each `second`, in order, paired with the earliest `first` not paired yet within `WINDOW_AFTER` before it or
+    `WINDOW_BEFORE` after it (no token counts twice, as tantivy counts a sloppy phrase: "a b b" holds one match,
+    "a b a b" two)."""
     at_first = [i for i, t in enumerate(body) if t == first]
-    at_second = {i for i, t in enumerate(body) if t == second}
-    ordered = sum(1 for i in at_first if i + gap in at_second)
-    window = sum(1 for i in at_first
-                 if any(j in at_second for j in range(i - WINDOW_BEFORE, i + WINDOW_AFTER + 1) if j != i))
+    at_second = [i for i, t in enumerate(body) if t == second]
+    seconds = set(at_second)
+    ordered = sum(1 for i in at_first if i + gap in seconds)
+    used: set[int] = set()
+    window = 0
+    for j in at_second:
+        match = next((i for i in at_first if i not in used and -WINDOW_BEFORE <= j - i <= WINDOW_AFTER and i != j),
+                     None)
+        if match is not None:
+            used.add(match)
+            window += 1
     return ordered, window
 
 
