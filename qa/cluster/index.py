@@ -25,7 +25,7 @@ from ..errors import IndexUnavailable
 from ..manifest import Counts, Manifest
 from ..vectors.milvus import TOKEN_ENV, MilvusIndex, alias_target, filter_expression, resolve_uri
 from .collections import LIVE, get_meta, meta_name, names, passages_of
-from .store import ROW_FIELDS, ClusterStore, Stats
+from .store import ClusterStore, Stats
 from .terms import Bm25, analyze, query_tokens, token_pairs
 
 if TYPE_CHECKING:
@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     from ..store import Filters
 
 log = logging.getLogger(__name__)
+
+LEXICAL_WIDEN = 2  # Milvus BM25 candidates asked for, per candidate kept
 
 
 def _milvus_errors():
@@ -156,18 +158,20 @@ class ClusterIndex:
 
     def lexical_search(self, terms: Sequence[str], limit: int,
                        filters: Filters | None = None) -> list[tuple[int, float]]:
-        """Milvus BM25's top `limit` passages, with their exact BM25 computed here, best first."""
+        """The best `limit` passages by exact BM25 (computed here) among Milvus BM25's best `LEXICAL_WIDEN` times
+        as many, best first: Milvus ranks with its own statistics, so the edge of its list differs from tantivy's;
+        a wider list re-ranked here gives the local engine's candidates."""
         tokens = query_tokens(terms)
         if not tokens or limit <= 0:
             return []
         hits = self.store.client.search(self.store.names["passages"], data=[" ".join(tokens)], anns_field="sparse",
-                                        limit=min(limit, 16_384), filter=filter_expression(filters) if filters else "",
-                                        output_fields=ROW_FIELDS,
-                                        search_params={"metric_type": "BM25"}, consistency_level="Strong")
-        rows = {int(h["id"]): {**dict(h["entity"]), "id": int(h["id"])} for h in hits[0]}
-        self.store.remember(rows.values())
-        scores = self.lexical_scores(terms, list(rows))
-        return sorted(scores.items(), key=lambda x: (-x[1], x[0]))
+                                        limit=min(limit * LEXICAL_WIDEN, 16_384),
+                                        filter=filter_expression(filters) if filters else "",
+                                        output_fields=["body"], search_params={"metric_type": "BM25"},
+                                        consistency_level="Strong")
+        bm25 = self._bm25(tokens)
+        scores = {int(h["id"]): bm25.score(tokens, h["entity"]["body"].split()) for h in hits[0]}
+        return sorted(scores.items(), key=lambda x: (-x[1], x[0]))[:limit]
 
     def lexical_scores(self, terms: Sequence[str], rowids: Sequence[int],
                        pairs: Sequence[tuple[str, str, int]] = ()) -> dict[int, float]:

@@ -169,12 +169,6 @@ class ClusterStore:
                 cache[int(row["id"])] = row
         return {int(r): cache[int(r)] for r in rowids if int(r) in cache}
 
-    def remember(self, rows) -> None:
-        """Passage rows a search already has (from the BM25 search), kept for its later reads."""
-        cache = getattr(self._local, "rows", None)
-        if cache is not None:
-            cache.update((int(r["id"]), r) for r in rows)
-
     def passages(self, rowids: Sequence[int]) -> dict[int, StoredPassage]:
         """Stored passages by row id (unknown ids are left out)."""
         out = {}
