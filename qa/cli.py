@@ -132,14 +132,18 @@ def _backend_choices(values: tuple[str, ...]) -> tuple[str | None, str | None]:
               help="Milvus token (user:password or API key); never written to the index folder.")
 @click.option("--milvus-alias", default=None, help="A fixed Milvus alias for this index [default: the folder's own, "
                                                    "made unique on its first build]; implies --backend milvus.")
+@click.option("--store", type=click.Choice(["sqlite", "milvus"]), default=None,
+              help="Where documents, passages and sentences live: the index folder's SQLite, or Milvus with the "
+                   "vectors (a cluster index shared by replicas; needs --backend milvus) [default: the live "
+                   "index's, else sqlite].")
 @click.option("--strict", is_flag=True, help="Fail on the first unreadable file, bad JSONL line or failed URL or "
                                             "feed, writing nothing (exit 2).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_fetch_options
 @_handle_errors
 def build(sources: tuple[str, ...], index_dir: str | None, model: str | None, backends: tuple[str, ...], kind: str,
-          milvus_uri: str | None, milvus_token: str | None, milvus_alias: str | None, strict: bool,
-          quiet: bool, sources_files: tuple[str, ...], ignore_robots: bool, fetch_delay: float,
+          milvus_uri: str | None, milvus_token: str | None, milvus_alias: str | None, store: str | None,
+          strict: bool, quiet: bool, sources_files: tuple[str, ...], ignore_robots: bool, fetch_delay: float,
           as_json: bool) -> None:
     """Full build of the index from files, folders, JSONL, URLs and RSS/Atom feeds (beside the live index, then an
     atomic swap). A URL or feed that fails keeps its documents from the live index."""
@@ -150,7 +154,7 @@ def build(sources: tuple[str, ...], index_dir: str | None, model: str | None, ba
     report = build_index(_all_sources(sources, sources_files), cfg.index_dir, model=cfg.model, kind=kind,
                          backend=embed_backend or cfg.embed_backend, strict=strict, progress=not quiet,
                          vector_backend=vector_backend, milvus_uri=milvus_uri, milvus_token=milvus_token,
-                         milvus_alias=milvus_alias, fetch=_fetch_settings(ignore_robots, fetch_delay))
+                         milvus_alias=milvus_alias, fetch=_fetch_settings(ignore_robots, fetch_delay), store=store)
     if as_json:
         click.echo(_report_json(report, replayed=report.replayed))
         return
@@ -228,10 +232,10 @@ def check(index_dir: str | None) -> None:
 @_handle_errors
 def stats(index_dir: str | None, as_json: bool) -> None:
     """Counts, model and settings of an index."""
-    from .manifest import Manifest
+    from .index import describe_index
 
     cfg = _config(index_dir=index_dir)
-    m = Manifest.load(cfg.index_dir)
+    m = describe_index(cfg.index_dir)
     if as_json:
         click.echo(json.dumps(m.to_dict(), indent=2, sort_keys=True))
         return

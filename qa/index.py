@@ -26,8 +26,8 @@ from .errors import BadRequest, IndexUnavailable, InsufficientStorage, NotFound,
 from .fetch import FetchOptions, FetchReport, WebFetch, split_sources
 from .ingest import Article, Problem, read_sources
 from .lexical import DIRNAME as LEXICAL_DIR, LABEL as LEXICAL_LABEL, LexicalIndex
-from .prepare import PreparedArticle, prepare_articles
-from .manifest import Counts, Manifest, now
+from .prepare import PreparedArticle, prepare_articles, prepare_in_batches
+from .manifest import STORES, Counts, Manifest, now
 from .store import JOURNAL_KEEP, STORE_FILE, Filters, Store
 from .vectors import (DocFields, VectorBuild, VectorIndex, VectorSettings, begin_build, build_settings,
                       check_available, check_vectors, choose_kind, fill, open_synced, open_vectors)
@@ -100,29 +100,9 @@ def storage_errors(index_dir: str):
 # --- embedding into a new store ---------------------------------------------------------------------------
 
 def _embed_into(store: Store, articles: Sequence[Article], embedder: Embedder, progress: bool) -> None:
-    """Embed articles and write them to a new store BUILD_BATCH paragraphs at a time, so a build's memory stays
-    bounded whatever the collection's size."""
-    batch = BUILD_BATCH
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=sum(len(a.paragraphs) for a in articles), desc="embedding", unit="paragraph",
-                   mininterval=1.0)
-    try:
-        start = 0
-        while start < len(articles):
-            end, size = start, 0
-            while end < len(articles) and (size < batch or end == start):
-                size += len(articles[end].paragraphs)
-                end += 1
-            store.write(prepare_articles(articles[start:end], embedder), journal=False)
-            if bar is not None:
-                bar.update(size)
-            start = end
-    finally:
-        if bar is not None:
-            bar.close()
+    """Embed articles and write them to a new store BUILD_BATCH paragraphs at a time."""
+    for prepared in prepare_in_batches(articles, embedder, BUILD_BATCH, progress):
+        store.write(prepared, journal=False)
 
 
 def dedupe_articles(articles: Iterable[Article], on_problem=None) -> list[Article]:
@@ -271,19 +251,24 @@ def build_index(sources: Sequence[str], index_dir: str, *, model: str | None = N
                 embedder: Embedder | None = None, kind: str = "auto", backend: str = "auto",
                 strict: bool = False, progress: bool = False, vector_backend: str | None = None,
                 milvus_uri: str | None = None, milvus_token: str | None = None,
-                milvus_alias: str | None = None, fetch: FetchOptions | None = None) -> Report:
+                milvus_alias: str | None = None, fetch: FetchOptions | None = None,
+                store: str | None = None) -> Report:
     """Full build from sources into a new data folder beside the live one, then an atomic manifest swap.
 
     `vector_backend` None keeps the live index's (FAISS for a new one). On Milvus the vectors go to a new
     collection, and the alias (`milvus_alias`, else the folder's own) is switched to it with the manifest swap.
-    URLs and feeds among the sources are fetched with `fetch`'s limits.
+    `store` (sqlite or milvus; None keeps the live index's) says where the text side lives: `milvus` makes a
+    cluster index (`qa.cluster`), whose folder holds only the manifest. URLs and feeds among the sources are
+    fetched with `fetch`'s limits.
     """
     t0 = time.perf_counter()
     report = Report(index_dir=index_dir)
     settings = build_settings(index_dir, vector_backend, kind, uri=milvus_uri, alias=milvus_alias,
                               token=milvus_token)  # checked before any work
+    store = _store_choice(index_dir, store, settings)
     sink = lambda p: report.problems.append(str(p))  # noqa: E731
     mark = _journal_mark(index_dir)  # before the sources are read: later writes are replayed at the swap
+    started = time.time_ns()  # ... and a cluster index's journal marks are times
     found, run = _read_all(sources, index_dir, report, strict=strict, full=True, progress=progress, fetch=fetch)
     articles = dedupe_articles(found, sink)
     if not articles:
@@ -296,23 +281,84 @@ def build_index(sources: Sequence[str], index_dir: str, *, model: str | None = N
     recipe = Manifest(model=embedder.model_name, model_path=model_path if model else None, dim=embedder.dim,
                       embed_backend=getattr(embedder, "backend", backend), data_dir="",
                       chunking=_chunking(embedder.max_tokens))
+    if store == "milvus":
+        counts, report.replayed = _build_cluster(index_dir, articles, embedder, kind, settings, recipe, started,
+                                                 progress)
+    else:
+        counts, report.replayed = _build_local(index_dir, articles, embedder, kind, settings, recipe, mark,
+                                               progress)
+    if run is not None:
+        run.save()
+    report.documents, report.passages = counts.documents, counts.passages
+    report.added = len(articles)
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _store_choice(index_dir: str, store: str | None, settings: VectorSettings) -> str:
+    """Where a build puts the text side: as asked, else as the live index has it, else SQLite; `BadRequest` for an
+    unknown store or a Milvus store without Milvus vectors."""
+    if store is None:
+        try:
+            store = Manifest.load(index_dir).store
+        except QAError:
+            store = "sqlite"
+        if store == "milvus" and settings.backend != "milvus":
+            store = "sqlite"  # a rebuild asked for FAISS vectors: the text side comes home too
+    if store not in STORES:
+        raise BadRequest(f"unknown store {store!r}; choose one of {', '.join(STORES)}")
+    if store == "milvus" and settings.backend != "milvus":
+        raise BadRequest("--store milvus needs the vectors in Milvus too: add --backend milvus (and --milvus-uri)")
+    return store
+
+
+def _build_local(index_dir: str, articles: Sequence[Article], embedder: Embedder, kind: str,
+                 settings: VectorSettings, recipe: Manifest, mark: JournalMark | None,
+                 progress: bool) -> tuple[Counts, int]:
+    """A build into a new data folder (SQLite, tantivy, vectors), swapped in; its counts and the writes replayed."""
     build = _Build(index_dir, os.path.join(index_dir, f".build-{uuid.uuid4().hex[:12]}"))
     try:
         with storage_errors(index_dir):
             os.makedirs(build.folder)
             _fill(build, articles, embedder, kind, settings, progress)
-            report.replayed = _swap(build, mark, embedder, recipe)
+            replayed = _swap(build, mark, embedder, recipe)
     except BaseException:
         build.discard()
         raise
     finally:
         build.close()
-    if run is not None:
-        run.save()
-    report.documents, report.passages = build.counts.documents, build.counts.passages
-    report.added = len(articles)
-    report.seconds = time.perf_counter() - t0
-    return report
+    return build.counts, replayed
+
+
+def _build_cluster(index_dir: str, articles: Sequence[Article], embedder: Embedder, kind: str,
+                   settings: VectorSettings, recipe: Manifest, started: int, progress: bool) -> tuple[Counts, int]:
+    """A build into new Milvus collections, switched to under the writer lock; its counts and the writes
+    replayed. The index kind follows the number of paragraphs (windows are not counted before they are written)."""
+    from .cluster.build import ClusterBuild
+
+    resolved = choose_kind(kind, sum(len(a.paragraphs) for a in articles))
+    build = ClusterBuild(index_dir, settings, embedder.dim, resolved, started)
+    try:
+        for prepared in prepare_in_batches(articles, embedder, BUILD_BATCH, progress):
+            build.insert(prepared)
+        with write_lock(index_dir):
+            previous = None
+            with contextlib.suppress(QAError):
+                previous = Manifest.load(index_dir).data_dir
+            stamp = now()
+            manifest = dataclasses.replace(recipe, **build.settings.manifest_fields(), store="milvus",
+                                           index_kind=resolved, data_dir=build.build, counts=build.store.counts(),
+                                           generation=1, built_at=stamp, updated_at=stamp)
+            replayed = build.swap(lambda: manifest.save(index_dir))
+            manifest.counts, manifest.generation = build.store.counts(), build.store.generation
+            manifest.save(index_dir)
+            _prune_data_dirs(index_dir, keep=[previous] if previous else [])
+    except BaseException:
+        build.discard()
+        raise
+    finally:
+        build.close()
+    return manifest.counts, replayed
 
 
 @dataclasses.dataclass
@@ -478,6 +524,13 @@ def load_index(index_dir: str, *, embedder: Embedder | None = None, model: str |
     if embedder is not None and embedder.dim != manifest.dim:
         raise IndexUnavailable(f"index dim {manifest.dim} differs from the model's {embedder.dim}; rebuild: "
                                f"qa build SOURCE... --index-dir {index_dir}")
+    if manifest.store not in STORES:
+        raise IndexUnavailable(f"unknown store {manifest.store!r} in the manifest of {index_dir}; choose one of "
+                               f"{', '.join(STORES)} and rebuild")
+    if manifest.store == "milvus":
+        from .cluster.index import load_cluster
+
+        return load_cluster(index_dir, manifest, embedder, store)
     try:
         store, vectors = open_data(index_dir, manifest, store=store)
         lexical = LexicalIndex.open(os.path.join(index_dir, manifest.data_dir), store)
@@ -491,6 +544,21 @@ def load_index(index_dir: str, *, embedder: Embedder | None = None, model: str |
         raise IndexUnavailable(f"index in {index_dir} is corrupt ({type(e).__name__}: {e}); rebuild: "
                                f"qa build SOURCE... --index-dir {index_dir}") from None
     return Index(index_dir, manifest, store, vectors, windows.ids, windows.passages, embedder, lexical)
+
+
+def describe_index(index_dir: str) -> Manifest:
+    """The manifest as `qa stats` shows it: a cluster index's with the live build's counts and generation (as
+    recorded when Milvus cannot be read now, e.g. a Milvus Lite database another process holds)."""
+    manifest = Manifest.load(index_dir)
+    if manifest.store != "milvus":
+        return manifest
+    from .cluster.index import live_manifest
+
+    try:
+        return live_manifest(index_dir, manifest)
+    except QAError as e:
+        log.warning("%s; showing the manifest as recorded", e)
+        return manifest
 
 
 def embedder_for(manifest: Manifest, backend: str | None = None) -> Embedder:
@@ -520,8 +588,7 @@ def _changed(store: Store, articles: Sequence[Article], report: Report) -> list[
 
 def _check_stored(store: Store, doc_ids: Sequence[str]) -> None:
     """`NotFound` naming the first ids the store does not hold."""
-    existing = set(store.document_ids()) if doc_ids else set()
-    missing = [d for d in doc_ids if d not in existing]
+    missing = [d for d in doc_ids if store.content_hash(d) is None]
     if missing:
         raise NotFound("no such document: " + ", ".join(missing[:5]))
 
@@ -543,29 +610,61 @@ def _apply(index_dir: str, embedder: Embedder | None, articles: Sequence[Article
     t0 = time.perf_counter()
     with storage_errors(index_dir), write_lock(index_dir):
         manifest = Manifest.load(index_dir)
-        store, vectors = open_data(index_dir, manifest, readonly=False)
-        try:
-            lexical = LexicalIndex.open(os.path.join(index_dir, manifest.data_dir), store, readonly=False)
-            changed = _changed(store, articles, report)
-            _check_stored(store, removals)
-            if changed or removals:
-                if changed and embedder is None:
-                    embedder = embedder_for(manifest)
-                _write(store, vectors, lexical, prepare_articles(changed, embedder) if changed else [], removals)
-                report.removed = len(removals)
-                counts = _record(index_dir, manifest, store, vectors)
-            elif store.generation != manifest.generation:
-                # an earlier write reached the store but not its files (a full disk): finish it, so that running
-                # the command again once there is space leaves the folder whole
-                counts = _record(index_dir, manifest, store, vectors)
-            else:
-                counts = store.counts()
-            report.documents, report.passages = counts.documents, counts.passages
-        finally:
-            store.close()
-            vectors.close()
+        write = _apply_cluster if manifest.store == "milvus" else _apply_local
+        counts = write(index_dir, manifest, embedder, articles, removals, report)
+        report.documents, report.passages = counts.documents, counts.passages
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def _apply_local(index_dir: str, manifest: Manifest, embedder: Embedder | None, articles: Sequence[Article],
+                 removals: Sequence[str], report: Report) -> Counts:
+    """`_apply` on the index folder's store, vectors and lexical index; the counts after."""
+    store, vectors = open_data(index_dir, manifest, readonly=False)
+    try:
+        lexical = LexicalIndex.open(os.path.join(index_dir, manifest.data_dir), store, readonly=False)
+        changed = _changed(store, articles, report)
+        _check_stored(store, removals)
+        if changed or removals:
+            if changed and embedder is None:
+                embedder = embedder_for(manifest)
+            _write(store, vectors, lexical, prepare_articles(changed, embedder) if changed else [], removals)
+            report.removed = len(removals)
+            return _record(index_dir, manifest, store, vectors)
+        if store.generation != manifest.generation:
+            # an earlier write reached the store but not its files (a full disk): finish it, so that running the
+            # command again once there is space leaves the folder whole
+            return _record(index_dir, manifest, store, vectors)
+        return store.counts()
+    finally:
+        store.close()
+        vectors.close()
+
+
+def _apply_cluster(index_dir: str, manifest: Manifest, embedder: Embedder | None, articles: Sequence[Article],
+                   removals: Sequence[str], report: Report) -> Counts:
+    """`_apply` on a cluster index: idempotent writes to the live build in Milvus (`qa.cluster.build.write_cluster`),
+    then the manifest; the counts after."""
+    from .cluster.build import write_cluster
+    from .cluster.index import open_store
+
+    store = open_store(index_dir, manifest)
+    try:
+        changed = _changed(store, articles, report)
+        _check_stored(store, removals)
+        if changed or removals:
+            if changed and embedder is None:
+                embedder = embedder_for(manifest)
+            prepared = prepare_articles(changed, embedder) if changed else []
+            store = write_cluster(store, prepared, removals, lambda: open_store(index_dir, manifest))
+            report.removed = len(removals)
+        manifest.counts = store.counts()
+        manifest.generation, manifest.updated_at = store.generation, now()
+        manifest.milvus_collection = manifest.data_dir = store.build
+        manifest.save(index_dir)
+        return manifest.counts
+    finally:
+        store.windows.close()
 
 
 def add_documents(sources: Sequence[str] | None, index_dir: str, *, articles: Sequence[Article] = (),
@@ -615,6 +714,10 @@ def check_index(index_dir: str) -> list[str]:
         manifest = Manifest.load(index_dir)
     except QAError as e:
         return [str(e)]
+    if manifest.store == "milvus":
+        from .cluster.index import check_cluster
+
+        return check_cluster(index_dir, manifest)
     data = os.path.join(index_dir, manifest.data_dir)
     try:
         store = Store(os.path.join(data, STORE_FILE), readonly=True)

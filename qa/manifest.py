@@ -17,6 +17,7 @@ from .files import write_json_atomic
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 3
 MILVUS_KEYS = ("milvus_uri", "milvus_alias", "milvus_collection")  # written only for a Milvus index
+STORES = ("sqlite", "milvus")
 
 
 def manifest_path(index_dir: str) -> str:
@@ -49,6 +50,7 @@ class Manifest:
     model_path: str | None = None
     embed_backend: str = "torch"
     vector_backend: str = "faiss"
+    store: str = "sqlite"  # where the text side lives: the index folder's SQLite, or Milvus (a cluster index)
     milvus_uri: str | None = None
     milvus_alias: str | None = None
     milvus_collection: str | None = None
@@ -94,11 +96,14 @@ class Manifest:
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON object of the manifest: the Milvus keys only for a Milvus index."""
+        """The JSON object of the manifest: the Milvus keys only for a Milvus index, `store` only for a cluster
+        index (an index without it is on SQLite)."""
         obj = dataclasses.asdict(self)
         if self.vector_backend != "milvus":
             for key in MILVUS_KEYS:
                 del obj[key]
+        if self.store == "sqlite":
+            del obj["store"]
         return obj
 
     def save(self, index_dir: str) -> None:

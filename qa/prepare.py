@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -137,3 +137,29 @@ def prepare_articles(articles: Iterable[Article], embedder: Embedder, *,
                                    vectors.tokens[i:i + n]))
         i += n
     return out
+
+
+def prepare_in_batches(articles: Sequence[Article], embedder: Embedder, batch: int,
+                       progress: bool = False) -> Iterator[list[PreparedArticle]]:
+    """Articles prepared about `batch` paragraphs at a time (whole articles), so a build's memory stays bounded
+    whatever the collection's size; a progress bar of paragraphs when `progress`."""
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=sum(len(a.paragraphs) for a in articles), desc="embedding", unit="paragraph",
+                   mininterval=1.0)
+    try:
+        start = 0
+        while start < len(articles):
+            end, size = start, 0
+            while end < len(articles) and (size < batch or end == start):
+                size += len(articles[end].paragraphs)
+                end += 1
+            yield prepare_articles(articles[start:end], embedder)
+            if bar is not None:
+                bar.update(size)
+            start = end
+    finally:
+        if bar is not None:
+            bar.close()

@@ -98,13 +98,19 @@ class Engine:
         if now - self._last_check >= self.config.reload_interval:
             self._last_check = now
             stamp = _stamp(self.config.index_dir)
-            if stamp is not None and stamp != self._stamp and not self._loading:
+            changed = stamp is not None and stamp != self._stamp
+            # a cluster index changes in Milvus, written from any host: ask it (`ClusterIndex.stale`) too
+            polled = hasattr(self._index, "stale")
+            if (changed or polled) and not self._loading:
                 self._loading = True
-                threading.Thread(target=self._reload, name="qa-reload", daemon=True).start()
+                threading.Thread(target=self._reload, args=(not changed,), name="qa-reload", daemon=True).start()
         return self._index
 
-    def _reload(self) -> None:
+    def _reload(self, poll: bool = False) -> None:
+        """Load the index again beside the live one, then swap; `poll`: only if Milvus says it moved on."""
         try:
+            if poll and not self._index.stale():
+                return
             index = self._load()
             old, self._index = self._index, index
             del old
@@ -181,6 +187,8 @@ class Engine:
     def health(self) -> dict:
         """The /healthz object."""
         index = self.index()
+        if hasattr(index, "check_reachable"):
+            index.check_reachable()  # a cluster index: 503 with Milvus's reason while it cannot answer
         reasons = index.degraded
         # counted in the store, which writers change first: what search can find right now
         body = {"status": "degraded" if reasons else "ok", "passages": index.store.count_passages(),

@@ -63,6 +63,16 @@ def http(url: str, data: bytes | None = None, headers: dict | None = None, metho
         return Response(e.code, e.headers, e.read())
 
 
+def wait_for(cond, secs: float = 15.0) -> bool:
+    """Whether `cond()` comes true within `secs` seconds (asked every 50 ms)."""
+    deadline = time.time() + secs
+    while time.time() < deadline:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def free_port() -> int:
     """A loopback port nobody listens on."""
     with socket.socket() as s:

@@ -57,7 +57,7 @@ WRITE_BATCH = 2_000  # rows per upsert/delete request, far below the 64 MB gRPC 
 MISSING_SCORE = float(np.finfo(np.float32).min)  # what FAISS reports for empty slots
 TOKEN_ENV = "QA_MILVUS_TOKEN"
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
-_SUFFIX = r"_\d{14}_[0-9a-f]{6}"  # what `new_collection_name` appends to an alias
+SUFFIX = r"_\d{14}_[0-9a-f]{6}"  # what `new_collection_name` appends to an alias
 ALIAS_MAX = 255 - len("_20240101000000_abcdef")  # an alias leaves room for its collections' suffix
 _INDEX_PARAMS: dict[str, dict[str, Any]] = {
     "FLAT": {},
@@ -197,7 +197,7 @@ def switch_alias(client: "MilvusClient", alias: str, collection: str) -> str | N
 def collections_behind(client: "MilvusClient", base: str) -> list[str]:
     """Collections named `<base>_<suffix>` by `new_collection_name`, oldest first (its suffixes sort by time); not
     those of a longer alias that starts with `<base>_` (a folder's unique alias, see `new_alias`)."""
-    pattern = re.compile(re.escape(check_name(base)) + _SUFFIX)
+    pattern = re.compile(re.escape(check_name(base)) + SUFFIX)
     return sorted(c for c in client.list_collections() if pattern.fullmatch(c))
 
 
@@ -298,7 +298,7 @@ class _DropNotImplemented(logging.Filter):
         return not (record.exc_info and record.exc_info[0] is NotImplementedError)
 
 
-_quiet_iterator = _DropMessage("failed to get mvccTs")  # Milvus Lite has no MVCC timestamps; harmless
+quiet_iterator = _DropMessage("failed to get mvccTs")  # Milvus Lite has no MVCC timestamps; harmless
 _quiet_lite_server = _DropNotImplemented()  # ... and its in-process gRPC server logs AllocTimestamp as unimplemented
 logging.getLogger("grpc._server").addFilter(_quiet_lite_server)
 
@@ -472,7 +472,7 @@ class MilvusIndex:
     def reconstruct_all(self, batch_size: int = 4_000) -> tuple[np.ndarray, np.ndarray]:
         """(ids, vectors) of every live vector, in id order."""
         iter_log = logging.getLogger("pymilvus.client.iterator.query_iterator")
-        iter_log.addFilter(_quiet_iterator)
+        iter_log.addFilter(quiet_iterator)
         ids: list[int] = []
         vecs: list[np.ndarray] = []
         it = self.client.query_iterator(self.collection, batch_size=batch_size, output_fields=[VEC],
@@ -519,6 +519,10 @@ class MilvusIndex:
         index = cls(uri, collection, dim, token=token or os.environ.get(TOKEN_ENV),
                     index_type=meta.get("index_type", "FLAT"))
         return index, generation
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def close(self) -> None:
         """Close the client; the last user of a Milvus Lite folder in this process releases its lock."""
@@ -649,6 +653,16 @@ class MilvusBuild:
                                  token=settings.token, create=True, index_type=index_type_of(kind))
         self._before: str | None = None  # the collection the alias pointed to
         self._published = False
+
+    @property
+    def published(self) -> bool:
+        """Whether `publish` made this collection live."""
+        return self._published
+
+    @property
+    def previous(self) -> str | None:
+        """The collection the alias pointed to before `publish` (None before it, or for a first build)."""
+        return self._before
 
     def publish(self, swap: Callable[[], None]) -> None:
         """Switch the alias to the new collection, `swap` the manifest, then drop the collections older than the

@@ -21,7 +21,7 @@ from qa.errors import BadRequest  # noqa: E402
 from qa.index import add_documents, build_index, check_index, load_index, remove_documents  # noqa: E402
 from qa.manifest import Manifest  # noqa: E402
 from qa.params import make_filters  # noqa: E402
-from qa.search import search  # noqa: E402
+from qa.search import MODES, search  # noqa: E402
 
 from conftest import ROOT, SQUAD_SMALL  # noqa: E402
 
@@ -204,12 +204,13 @@ def _with_metadata(tmp_path) -> str:
 
 @pytest.fixture(scope="module")
 def filtered_pair(tmp_path_factory):
-    """The same corpus with metadata built on FAISS and on Milvus, loaded."""
+    """The same corpus with metadata built on FAISS, on Milvus, and as a cluster index (all on Milvus), loaded."""
     tmp = tmp_path_factory.mktemp("filtered")
     corpus = _with_metadata(tmp)
     build_index([corpus], str(tmp / "faiss"), embedder=HashEmbedder())
     build_index([corpus], str(tmp / "milvus"), embedder=HashEmbedder(), vector_backend="milvus")
-    pair = tuple(load_index(str(tmp / name), embedder=HashEmbedder()) for name in ("faiss", "milvus"))
+    build_index([corpus], str(tmp / "cluster"), embedder=HashEmbedder(), vector_backend="milvus", store="milvus")
+    pair = tuple(load_index(str(tmp / name), embedder=HashEmbedder()) for name in ("faiss", "milvus", "cluster"))
     yield pair
     for index in pair:
         index.close()
@@ -222,7 +223,7 @@ def _questions(n: int) -> list[str]:
 
 @pytest.mark.parametrize("filters", FILTERS, ids=lambda f: ",".join(f"{k}={v}" for k, v in f.items()))
 def test_filtered_parity_with_faiss(filtered_pair, fake_embedder, filters):
-    faiss_index, milvus_index = filtered_pair
+    faiss_index, milvus_index, _ = filtered_pair
     assert milvus_index.vectors.needs_docs  # pushed down, not id lists
     f = make_filters(**filters)
     allowed = set(faiss_index.store.filtered_window_ids(f).tolist())
@@ -235,6 +236,18 @@ def test_filtered_parity_with_faiss(filtered_pair, fake_embedder, filters):
         assert set(m_ids[0].tolist()) - {-1} == {i for i in f_ids[0].tolist() if i >= 0} <= allowed
         for mode in ("dense", "hybrid"):
             a = [h.passage.passage_id for h in search(milvus_index, q, 10, mode=mode, filters=f).hits]
+            b = [h.passage.passage_id for h in search(faiss_index, q, 10, mode=mode, filters=f).hits]
+            assert a == b, (q, mode)
+
+
+@pytest.mark.parametrize("filters", FILTERS, ids=lambda f: ",".join(f"{k}={v}" for k, v in f.items()))
+def test_filtered_parity_of_the_cluster_index(filtered_pair, filters):
+    """Filters on a cluster index: pushed down to Milvus's window and BM25 searches, the same hits as locally."""
+    faiss_index, _, cluster = filtered_pair
+    f = make_filters(**filters)
+    for q in _questions(2):
+        for mode in MODES:
+            a = [h.passage.passage_id for h in search(cluster, q, 10, mode=mode, filters=f).hits]
             b = [h.passage.passage_id for h in search(faiss_index, q, 10, mode=mode, filters=f).hits]
             assert a == b, (q, mode)
 

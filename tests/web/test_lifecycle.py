@@ -16,7 +16,7 @@ import urllib.parse
 
 import pytest
 
-from conftest import ENV, QA, SEEDS, SQUAD, WOMBAT, ZEBRA, copy_index, http, make_app, serve, write_jsonl
+from conftest import ENV, QA, SEEDS, SQUAD, WOMBAT, ZEBRA, copy_index, http, make_app, serve, wait_for, write_jsonl
 
 HASH = ("--model", "hash")  # builds with the hash embedder, as the served indexes were built
 CHINA = "what actions has China taken?"
@@ -62,15 +62,6 @@ def finds(base, question, needle) -> bool:
 
 def finds_zebra(base) -> bool:
     return finds(base, "how many zebra crossings were painted in Quokka Town?", "zebra crossings")
-
-
-def wait_for(cond, secs=15.0) -> bool:
-    deadline = time.time() + secs
-    while time.time() < deadline:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def assert_serves_seed(base):

@@ -1,0 +1,62 @@
+"""The cluster index's BM25 in the service against tantivy's, the local engine's: tokens, field norms, phrase and
+window counts, whole scores (in memory, no Milvus)."""
+from __future__ import annotations
+
+import pytest
+
+from qa.cluster.terms import NORMS, Bm25, analyze, norm_length, pair_counts, query_tokens, token_pairs
+from qa.lexical import LexicalIndex
+from qa.store import PassageRow
+from qa.text import query_pairs, query_terms
+
+TEXTS = ["apple b", "apple b b", "b apple b", "apple apple b", "apple x b x apple", "b b apple", "apple b apple b",
+         "apple x x x x x x b", "apple x x x x x x x b", "apple x x x x x x x x b", "b x x x x x apple",
+         "b x x x x x x apple", "Café owners in Zürich said the cafés' apple pies sold out, 3.5 times faster",
+         "The Broncos beat the Panthers; the Panthers' defense couldn't stop Denver's late drive at Levi's Stadium"]
+
+
+class _Rows:
+    """A store of passages (title "", text) for `LexicalIndex.rebuild`."""
+
+    generation = 1
+
+    def passage_rows(self, doc_ids=None):
+        return [PassageRow(i, str(i), None, None, "", t) for i, t in enumerate(TEXTS, 1)]
+
+
+@pytest.fixture(scope="module")
+def tantivy_index() -> LexicalIndex:
+    index = LexicalIndex.create(None)
+    index.rebuild(_Rows())
+    return index
+
+
+def test_tokens_are_tantivys(tantivy_index):
+    for text in TEXTS:
+        assert analyze(text) == [t for t in tantivy_index._analyze(text)]
+
+
+def test_field_norms_are_lucenes_byte4():
+    assert NORMS[:42] == list(range(41)) + [42] and NORMS[48:52] == [56, 60, 64, 68]
+    assert [norm_length(n) for n in (40, 41, 43, 57, 100)] == [40, 40, 42, 56, 96]
+
+
+def test_window_counts_pair_each_token_once():
+    counts = [pair_counts(t.split(), "apple", "b", 1)[1] for t in TEXTS[:12]]
+    assert counts == [1, 1, 1, 1, 1, 1, 2, 1, 1, 0, 1, 0]
+
+
+@pytest.mark.parametrize("query", ["apple b", "b apple pie", "apple x", "Panthers defense Denver",
+                                   "cafe owners Zurich apple"])
+def test_scores_equal_tantivys(tantivy_index, query):
+    terms, pairs = query_terms(query), query_pairs(query)
+    ids = list(range(1, len(TEXTS) + 1))
+    expected = tantivy_index.scores(terms, ids, pairs)
+    bodies = {i: analyze(f"\n{t}") for i, t in enumerate(TEXTS, 1)}
+    tokens = query_tokens(terms)
+    bm25 = Bm25(len(TEXTS), sum(map(len, bodies.values())) / len(TEXTS),
+                {t: sum(t in b for b in bodies.values()) for t in tokens})
+    found = {i: bm25.score(tokens, bodies[i], token_pairs(pairs)) for i in ids}
+    assert {i for i, s in found.items() if s} == set(expected)
+    for i, score in expected.items():
+        assert found[i] == pytest.approx(score, rel=1e-4), (i, TEXTS[i - 1])
