@@ -36,6 +36,7 @@ from .collections import PAD, SLOT_BITS, Rows, doc_filter, get_meta, names, pass
 if TYPE_CHECKING:
     from pymilvus import MilvusClient
 
+    from ..embed.base import TextTokens
     from ..prepare import PreparedArticle
     from ..vectors.milvus import MilvusIndex
 
@@ -207,6 +208,11 @@ class ClusterStore:
         meta = np.array([(r["passage"], r["id"] & ((1 << SLOT_BITS) - 1), r["span_start"], r["span_end"])
                          for r in rows], np.int64)
         return SentenceRows(np.array([r["vec"] for r in rows], np.float32), meta)
+
+    def passage_tokens(self, rowids: Sequence[int], dim: int) -> dict[int, TextTokens]:
+        """None: the cluster keeps no word pieces, so answers run their passages through the model (and cache
+        them); see docs/scaling.md."""
+        return {}
 
     # --- counts and documents ---
     def count(self, kind: str) -> int:
