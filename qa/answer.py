@@ -318,7 +318,23 @@ def answer_search(index: Index, question: str, k: int, mode: str, filters: Filte
         result = dataclasses.replace(result, hits=search(index, question, reach, mode="lexical",
                                                          filters=filters).hits, mode="lexical")
     # the hits' word pieces as the build stored them, read when aligned: alignment then takes no forward pass
-    return dataclasses.replace(result, stored_tokens=functools.partial(index.store.passage_tokens, dim=index.dim))
+    return dataclasses.replace(result, stored_tokens=_read_once(functools.partial(index.store.passage_tokens,
+                                                                                  dim=index.dim)))
+
+
+def _read_once(read: Callable[[Sequence[int]], Mapping[int, TextTokens]]) -> Callable[[Sequence[int]],
+                                                                                         dict[int, TextTokens]]:
+    """`read` with its answers kept: one answer aligns a passage while scoring, for the no-answer rule and for a
+    continuation, and reads its word pieces from the store once."""
+    kept: dict[int, TextTokens] = {}
+
+    def cached(rowids: Sequence[int]) -> dict[int, TextTokens]:
+        missing = [r for r in rowids if r not in kept]
+        if missing:
+            kept.update(read(missing))
+        return {r: kept[r] for r in rowids if r in kept}
+
+    return cached
 
 
 def choose_sentences(result: SearchResult, embedder: Embedder,
