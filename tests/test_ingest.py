@@ -272,7 +272,9 @@ def test_a_50_mb_jsonl_file_is_streamed(tmp_path, big_paragraphs):
     assert (seen, seen_chars) == (articles, chars)
     assert [p.line for p in problems] == [bad_line]
     assert seconds < STEP_SECONDS
-    assert peak is None or peak < size / 10, f"{peak / 1e6:.0f} MB resident for a {size / 1e6:.0f} MB file"
+    # reading whole would hold the file and its parse (several times its size); a stream holds one article
+    # plus allocator slack, which varies by a few MB from run to run
+    assert peak is None or peak < size / 4, f"{peak / 1e6:.0f} MB resident for a {size / 1e6:.0f} MB file"
 
 
 @pytest.mark.slow  # 50 MB of text
