@@ -57,7 +57,8 @@ WRITE_BATCH = 2_000  # rows per upsert/delete request, far below the 64 MB gRPC 
 MISSING_SCORE = float(np.finfo(np.float32).min)  # what FAISS reports for empty slots
 TOKEN_ENV = "QA_MILVUS_TOKEN"
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
-SUFFIX = r"_\d{14}_[0-9a-f]{6}"  # what `new_collection_name` appends to an alias
+# what `new_collection_name` appends to an alias (indexes built before it kept microseconds have 14 digits)
+SUFFIX = r"_\d{14}(?:\d{6})?_[0-9a-f]{6}"
 ALIAS_MAX = 255 - len("_20240101000000_abcdef")  # an alias leaves room for its collections' suffix
 _INDEX_PARAMS: dict[str, dict[str, Any]] = {
     "FLAT": {},
@@ -169,9 +170,10 @@ def _lite_locked(path: str) -> bool:
 
 
 def new_collection_name(base: str) -> str:
-    """A fresh, time-ordered collection name behind `base`: `<base>_<UTC time>_<random>`."""
+    """A fresh, time-ordered collection name behind `base`: `<base>_<UTC time to the microsecond>_<random>` (two
+    builds in one second still sort in the order they started)."""
     check_name(base)
-    return f"{base}_{dt.datetime.now(dt.timezone.utc).strftime('%Y%m%d%H%M%S')}_{uuid.uuid4().hex[:6]}"
+    return f"{base}_{dt.datetime.now(dt.timezone.utc).strftime('%Y%m%d%H%M%S%f')}_{uuid.uuid4().hex[:6]}"
 
 
 def alias_target(client: "MilvusClient", alias: str) -> str | None:

@@ -136,25 +136,25 @@ def test_add_remove(tmp_path, embedder):
         index.close()
 
 
-# on the real model: its builds take over a second, and collection names sort by the second a build started
-def test_rebuild_switches_alias_and_drops_old(tmp_path, embedder, monkeypatch):
+# collection names sort by the microsecond a build started, so three quick builds keep their order
+def test_rebuild_switches_alias_and_drops_old(tmp_path, fake_embedder, monkeypatch):
     path = str(tmp_path / "index")
     corpus = _jsonl(tmp_path / "a.jsonl", _few(2))
-    build_index([corpus], path, embedder=embedder, vector_backend="milvus")
+    build_index([corpus], path, embedder=fake_embedder, vector_backend="milvus")
     names = [Manifest.load(path).milvus_collection]
-    build_index([corpus], path, embedder=embedder)  # no backend given: the live index's
+    build_index([corpus], path, embedder=fake_embedder)  # no backend given: the live index's
     names.append(Manifest.load(path).milvus_collection)
     manifest = Manifest.load(path)
     with mb.MilvusIndex(mb.resolve_uri(path, manifest.milvus_uri), manifest.milvus_alias,
-                        embedder.dim) as live:
+                        fake_embedder.dim) as live:
         assert live.live_collection == names[1]
         assert mb.collections_behind(live.client, manifest.milvus_alias) == names  # previous kept
-    build_index([corpus], path, embedder=embedder)
+    build_index([corpus], path, embedder=fake_embedder)
     names.append(Manifest.load(path).milvus_collection)
     manifest = Manifest.load(path)
     assert len(set(names)) == 3 and manifest.vector_backend == "milvus"
     with mb.MilvusIndex(mb.resolve_uri(path, manifest.milvus_uri), manifest.milvus_alias,
-                        embedder.dim) as live:
+                        fake_embedder.dim) as live:
         assert live.live_collection == names[-1]
         assert mb.collections_behind(live.client, manifest.milvus_alias) == names[-2:]  # previous kept
     assert check_index(path) == []
@@ -164,11 +164,11 @@ def test_rebuild_switches_alias_and_drops_old(tmp_path, embedder, monkeypatch):
 
     monkeypatch.setattr(mb.MilvusIndex, "save", killed)  # dies after inserting into its new collection
     with pytest.raises(KeyboardInterrupt):
-        build_index([corpus], path, embedder=embedder)
+        build_index([corpus], path, embedder=fake_embedder)
     monkeypatch.undo()
     assert Manifest.load(path) == manifest
     with mb.MilvusIndex(mb.resolve_uri(path, manifest.milvus_uri), manifest.milvus_alias,
-                        embedder.dim) as live:
+                        fake_embedder.dim) as live:
         assert live.live_collection == names[-1]
         assert mb.collections_behind(live.client, manifest.milvus_alias) == names[-2:]
     assert check_index(path) == []
