@@ -364,9 +364,10 @@ def serve(index_dir: str | None, host: str, port: int, threads: int, workers: in
     cfg = _config(index_dir=index_dir)
     _check_workers(cfg.index_dir, workers)
     process.tune_malloc()
+    # one thread per query encode: concurrent requests use the cores, and a query is too short to share out
+    # (docs/performance.md#threads)
+    os.environ.setdefault("QA_EMBED_THREADS", "1")
     if workers > 1:
-        # each worker's model runs on its share of the cores, so workers do not fight over them
-        os.environ.setdefault("QA_EMBED_THREADS", str(max(1, process.cpu_count() // workers)))
         click.echo(f"serving {os.path.abspath(cfg.index_dir)} on http://{host}:{port} ({workers} workers)", err=True)
         server.run_gunicorn(functools.partial(server.load_app, cfg), host, port, workers, threads)
         return

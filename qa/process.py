@@ -1,11 +1,10 @@
-"""Process tuning for a long-running server: glibc's allocator settings and trims, and the cores it may use."""
+"""Process tuning for a long-running server: glibc's allocator settings and trims, and its compute threads."""
 from __future__ import annotations
 
 import contextlib
 import ctypes
 import ctypes.util
 import functools
-import os
 import sys
 
 # mallopt's option numbers, from glibc's <malloc.h>
@@ -51,9 +50,9 @@ def release_memory() -> None:
             lib.malloc_trim(0)
 
 
-def cpu_count() -> int:
-    """The cores this process may run on (its affinity where the system tells it)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
+def one_thread_per_request() -> None:
+    """Run numpy's BLAS on one thread in a serving process: requests are the parallelism (request threads, workers),
+    and a pool of its own per matrix product spins on the cores other requests need (see docs/performance.md)."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)  # kept for the process's life, not restored

@@ -55,20 +55,6 @@ def stem(word: str) -> str:
     return _stemmer().stemWord(word.lower())
 
 
-_ASCII_WORD = np.array([chr(c).isalnum() or chr(c) == "_" for c in range(128)])
-
-
-def _is_word_char(codes: np.ndarray) -> np.ndarray:
-    """Per code point: is it a word character (alphanumeric or _, as regex \\w)? ASCII by table, the rest by
-    `str.isalnum`, once per distinct code point."""
-    out = _ASCII_WORD[np.minimum(codes, 127)]
-    other = codes >= 128
-    if other.any():
-        kinds, inverse = np.unique(codes[other], return_inverse=True)
-        out[other] = np.array([chr(c).isalnum() for c in kinds.tolist()])[inverse]
-    return out
-
-
 class DocFrequencies(Protocol):
     """What `TermMatcher.for_query` needs of an index: how many passages hold each term."""
 
@@ -114,17 +100,17 @@ class TermMatcher:
         flags = 0
         if len(low) != len(big):  # should not happen; match case-insensitively rather than at shifted offsets
             low, flags = big, re.I
-        codes = np.frombuffer(low.encode("utf-32-le"), np.uint32)
         bases = np.cumsum([0] + [len(t) + 1 for t in texts[:-1]])
         sp = np.asarray(spans, np.int64).reshape(n, 3)
         starts, ends = bases[sp[:, 0]] + sp[:, 1], bases[sp[:, 0]] + sp[:, 2]
         held = np.zeros((n, len(self.stems)), bool)
         for j, s in enumerate(self.stems):
-            # a plain literal scan (fast in C); then only matches at the start of a word count, which takes
-            # classifying just the character before each match, not the whole text
-            found = np.array([m.start() for m in re.finditer(re.escape(s), low, flags)], np.int64)
-            if found.size:
-                found = found[(found == 0) | ~_is_word_char(codes[np.maximum(found - 1, 0)])]
+            # a plain literal scan (fast in C); a match counts only at the start of a word, which takes looking at
+            # just the character before it (a word character is one regex \w matches: alphanumeric or _)
+            found = [at for m in re.finditer(re.escape(s), low, flags)
+                     if (at := m.start()) == 0 or not ((c := low[at - 1]).isalnum() or c == "_")]
+            if found:
+                found = np.array(found, np.int64)
                 i = np.searchsorted(starts, found, side="right") - 1
                 inside = (i >= 0) & (found < ends[np.maximum(i, 0)])
                 held[i[inside], j] = True

@@ -6,11 +6,13 @@ from collections.abc import Callable
 from flask import Flask
 
 from ..config import Config
+from ..process import one_thread_per_request
 from . import create_app
 
 
 def load_app(config: Config) -> Flask:
     """The app with its index and model loaded, one query run, and the background reload check started."""
+    one_thread_per_request()  # here, not before a fork: each gunicorn worker loads its app after it
     app = create_app(config)
     engine = app.extensions["qa_engine"]
     engine.warm_up()
