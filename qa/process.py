@@ -5,6 +5,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import functools
+import os
 import sys
 
 # mallopt's option numbers, from glibc's <malloc.h>
@@ -56,3 +57,11 @@ def one_thread_per_request() -> None:
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)  # kept for the process's life, not restored
+
+
+def cpu_count() -> int:
+    """The cores this process may run on (its affinity where the system tells it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
