@@ -309,7 +309,7 @@ def collapse_duplicates(index: Index, hits: list[Hit]) -> list[Hit]:
     """Fold near-identical passages (cosine ≥ DUPLICATE_COSINE, or the same text) into the best-ranked copy."""
     vecs = index.store.passage_vectors([h.passage.rowid for h in hits], index.dim)
     sims = vecs @ vecs.T
-    norm = [" ".join(h.passage.text.split()).lower() for h in hits]
+    norm = [tuple(h.passage.text.lower().split()) for h in hits]  # the words, whatever the spacing
     kept: list[int] = []
     for i, hit in enumerate(hits):
         for j in kept:
