@@ -188,6 +188,38 @@ def test_collections_behind_an_alias_not_a_longer_one(uri):
         assert prune_collections(a.client, "desk", keep=0) == [mine] and a.client.has_collection(theirs)
 
 
+class IndexStates:
+    """A client whose indexes report the given states, one per look, then Finished."""
+
+    def __init__(self, states: dict[str, list[str]]):
+        self.states, self.calls = states, []
+
+    def create_collection(self, name, **kw):
+        self.calls.append(("create_collection", name, kw.get("consistency_level")))
+
+    def create_index(self, name, params, **kw):
+        self.calls.append(("create_index", name, kw.get("sync")))
+
+    def describe_index(self, name, index_name):
+        left = self.states[index_name]
+        return {"index_name": index_name, "state": left.pop(0) if left else "Finished"}
+
+
+def test_create_collection_waits_for_every_index_without_pymilvus_s_wait(monkeypatch):
+    from types import SimpleNamespace
+
+    from qa.vectors import milvus
+
+    monkeypatch.setattr(milvus, "INDEX_POLL", 0)
+    params = [SimpleNamespace(index_name="", field_name="vec"), SimpleNamespace(index_name="by_doc", field_name="doc")]
+    client = IndexStates({"vec": ["InProgress", "InProgress"], "by_doc": ["Unissued"]})
+    create_collection(client, "c", object(), params)
+    assert client.calls == [("create_collection", "c", "Strong"), ("create_index", "c", False)]
+    assert client.states == {"vec": [], "by_doc": []}  # each index asked until it finished
+    with pytest.raises(IndexUnavailable, match="index vec of collection c"):
+        create_collection(IndexStates({"vec": ["InProgress", "Failed"], "by_doc": []}), "c", object(), params)
+
+
 @pytest.mark.parametrize("index_type", ["HNSW", "IVF_FLAT", "AUTOINDEX"])
 def test_other_index_types(uri, index_type):
     rng = np.random.default_rng(7)
