@@ -23,7 +23,8 @@ import numpy as np
 
 from ..errors import BadRequest
 from ..vectors.base import DocFields
-from ..vectors.milvus import VARCHAR_MAX, drop_collection, field_value, quiet_iterator, quote, source_key
+from ..vectors.milvus import (VARCHAR_MAX, create_collection, drop_collection, field_value, quiet_iterator, quote,
+                              source_key)
 from .terms import analyze, body_of
 
 if TYPE_CHECKING:
@@ -106,7 +107,7 @@ def _create(client: "MilvusClient", name: str, schema, vectors: Sequence[str], b
         schema.add_function(Function(name="bm25", function_type=FunctionType.BM25, input_field_names=["body"],
                                      output_field_names=["sparse"]))
         index.add_index("sparse", index_type="SPARSE_INVERTED_INDEX", metric_type="BM25")
-    client.create_collection(name, schema=schema, index_params=index, consistency_level="Strong")
+    create_collection(client, name, schema, index)
 
 
 def create_build(client: "MilvusClient", build: str, dim: int) -> None:

@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -15,9 +16,9 @@ pytest.importorskip("pymilvus")
 pytest.importorskip("milvus_lite")
 
 from qa.errors import BadRequest, IndexUnavailable, QAError  # noqa: E402
-from qa.vectors.milvus import (VARCHAR_MAX, MilvusIndex, collections_behind, drop_collection,  # noqa: E402
-                               field_value, filter_expression, new_collection_name, prune_collections, quote,
-                               source_key, switch_alias)
+from qa.vectors.milvus import (VARCHAR_MAX, MilvusIndex, collections_behind, create_collection,  # noqa: E402
+                               drop_collection, field_value, filter_expression, new_collection_name,
+                               prune_collections, quote, source_key, switch_alias)
 from qa.store import Filters  # noqa: E402
 from qa.vectors import DocFields  # noqa: E402
 
@@ -38,14 +39,25 @@ def docs_for(ids: np.ndarray) -> list[DocFields]:
     return [DocFields(f"doc{i % 7}", "Wire", "2020-01-01") for i in np.asarray(ids).tolist()]
 
 
+@pytest.fixture(scope="module")
+def uri(tmp_path_factory) -> Iterator[str]:
+    """One Milvus Lite database for the module, held open throughout: each test opens it again without starting
+    Lite (half a second), on collections and aliases of its own."""
+    path = str(tmp_path_factory.mktemp("milvus") / "milvus.db")
+    with MilvusIndex(path, "keeper", DIM, create=True):
+        yield path
+
+
 @pytest.fixture
-def uri(tmp_path) -> str:
+def own_uri(tmp_path) -> str:
+    """A database of the test's own, for a test that needs it closed in this process."""
     return str(tmp_path / "milvus.db")
 
 
 @pytest.fixture
-def index(uri):
-    with MilvusIndex(uri, "vectors_a", DIM, create=True) as idx:
+def index(uri, request):
+    name = "vectors_" + request.node.name.removeprefix("test_")
+    with MilvusIndex(uri, name, DIM, create=True) as idx:
         yield idx
 
 
@@ -108,13 +120,13 @@ def test_reconstruct_all(index):
 def test_reload_from_vectors_json(tmp_path, uri):
     rng = np.random.default_rng(3)
     vecs = unit(rng, 50)
-    with MilvusIndex(uri, "vectors_a", DIM, create=True) as idx:
+    with MilvusIndex(uri, "reloaded", DIM, create=True) as idx:
         idx.add(np.arange(50), vecs, docs_for(np.arange(50)))
         idx.remove(np.array([0], np.int64))
         before = idx.search(vecs[:5], 5)
         idx.save(str(tmp_path), 7)
     meta = json.loads((tmp_path / "vectors.json").read_text())
-    assert meta == {"generation": 7, "kind": "milvus", "uri": uri, "collection": "vectors_a", "dim": DIM,
+    assert meta == {"generation": 7, "kind": "milvus", "uri": uri, "collection": "reloaded", "dim": DIM,
                     "index_type": "FLAT"}
     loaded, generation = MilvusIndex.load(str(tmp_path), DIM)
     with loaded:
@@ -124,7 +136,7 @@ def test_reload_from_vectors_json(tmp_path, uri):
     with pytest.raises(IndexUnavailable):
         MilvusIndex.load(str(tmp_path), DIM + 1)
     with pytest.raises(IndexUnavailable):
-        MilvusIndex(uri, "vectors_a", DIM + 1)
+        MilvusIndex(uri, "reloaded", DIM + 1)
     with pytest.raises(IndexUnavailable):
         MilvusIndex(uri, "no_such_collection", DIM)
 
@@ -168,24 +180,57 @@ def test_alias_switch(uri):
 
 
 def test_collections_behind_an_alias_not_a_longer_one(uri):
-    """`news` and `news_1a2b3c4d` (a folder's unique alias) share a prefix, never their collections."""
-    mine, theirs = new_collection_name("news"), new_collection_name("news_1a2b3c4d")
+    """`desk` and `desk_1a2b3c4d` (a folder's unique alias) share a prefix, never their collections."""
+    mine, theirs = new_collection_name("desk"), new_collection_name("desk_1a2b3c4d")
     with MilvusIndex(uri, mine, DIM, create=True) as a, MilvusIndex(uri, theirs, DIM, create=True):
-        assert collections_behind(a.client, "news") == [mine]
-        assert collections_behind(a.client, "news_1a2b3c4d") == [theirs]
-        assert prune_collections(a.client, "news", keep=0) == [mine] and a.client.has_collection(theirs)
+        assert collections_behind(a.client, "desk") == [mine]
+        assert collections_behind(a.client, "desk_1a2b3c4d") == [theirs]
+        assert prune_collections(a.client, "desk", keep=0) == [mine] and a.client.has_collection(theirs)
+
+
+class IndexStates:
+    """A client whose indexes report the given states, one per look, then Finished."""
+
+    def __init__(self, states: dict[str, list[str]]):
+        self.states, self.calls = states, []
+
+    def create_collection(self, name, **kw):
+        self.calls.append(("create_collection", name, kw.get("consistency_level")))
+
+    def create_index(self, name, params, **kw):
+        self.calls.append(("create_index", name, kw.get("sync")))
+
+    def describe_index(self, name, index_name):
+        left = self.states[index_name]
+        return {"index_name": index_name, "state": left.pop(0) if left else "Finished"}
+
+
+def test_create_collection_waits_for_every_index_without_pymilvus_s_wait(monkeypatch):
+    from types import SimpleNamespace
+
+    from qa.vectors import milvus
+
+    monkeypatch.setattr(milvus, "INDEX_POLL", 0)
+    params = [SimpleNamespace(index_name="", field_name="vec"), SimpleNamespace(index_name="by_doc", field_name="doc")]
+    client = IndexStates({"vec": ["InProgress", "InProgress"], "by_doc": ["Unissued"]})
+    create_collection(client, "c", object(), params)
+    assert client.calls == [("create_collection", "c", "Strong"), ("create_index", "c", False)]
+    assert client.states == {"vec": [], "by_doc": []}  # each index asked until it finished
+    with pytest.raises(IndexUnavailable, match="index vec of collection c"):
+        create_collection(IndexStates({"vec": ["InProgress", "Failed"], "by_doc": []}), "c", object(), params)
 
 
 @pytest.mark.parametrize("index_type", ["HNSW", "IVF_FLAT", "AUTOINDEX"])
 def test_other_index_types(uri, index_type):
     rng = np.random.default_rng(7)
     vecs = unit(rng, 400)
-    with MilvusIndex(uri, "typed", DIM, create=True, index_type=index_type) as idx:
+    name = "typed_" + index_type.lower()
+    with MilvusIndex(uri, name, DIM, create=True, index_type=index_type) as idx:
         idx.add(np.arange(400), vecs, docs_for(np.arange(400)))
         idx.flush()
         _, found = idx.search(vecs[:20], 1)
         assert np.mean(found[:, 0] == np.arange(20)) >= 0.9
-    with MilvusIndex(uri, "typed", DIM) as again:
+    with MilvusIndex(uri, name, DIM) as again:
         assert again.index_type == index_type
 
 
@@ -202,15 +247,15 @@ LOCK_PROBE = textwrap.dedent("""
 
 
 @pytest.mark.slow  # a second Python process
-def test_second_process_is_locked_out(uri):
+def test_second_process_is_locked_out(own_uri):
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=ROOT)
 
     def probe() -> str:
-        out = subprocess.run([sys.executable, "-c", LOCK_PROBE, uri], capture_output=True, text=True, env=env,
+        out = subprocess.run([sys.executable, "-c", LOCK_PROBE, own_uri], capture_output=True, text=True, env=env,
                              timeout=120)
         return out.stdout.strip()
 
-    idx = MilvusIndex(uri, "vectors_a", DIM, create=True)
+    idx = MilvusIndex(own_uri, "vectors_a", DIM, create=True)
     idx.add(np.arange(3), unit(np.random.default_rng(6), 3), docs_for(np.arange(3)))
     try:
         assert probe().startswith("unavailable Milvus Lite database")
@@ -322,7 +367,7 @@ def test_a_collection_without_document_fields_is_refused(uri):
         schema.add_field("vec", DataType.FLOAT_VECTOR, dim=DIM)
         params = idx.client.prepare_index_params()
         params.add_index("vec", index_type="FLAT", metric_type="IP")
-        idx.client.create_collection("bare", schema=schema, index_params=params)
+        create_collection(idx.client, "bare", schema, params)
         with pytest.raises(IndexUnavailable, match="lacks the document fields .* rebuild"):
             MilvusIndex(uri, "bare", DIM)
 

@@ -21,6 +21,7 @@ from conftest import ENV, QA, SEEDS, SQUAD, WOMBAT, ZEBRA, copy_index, http, mak
 HASH = ("--model", "hash")  # builds with the hash embedder, as the served indexes were built
 CHINA = "what actions has China taken?"
 TOKEN = "lifecycle-secret-token"
+RELOAD = 0.2  # QA_RELOAD_INTERVAL of the servers whose reloads a test waits out
 
 
 # --- helpers -----------------------------------------------------------------------------------------------
@@ -125,14 +126,15 @@ def _kill_build(index_dir, when, tmp_path):
                          env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.time() + 300
-        # mid-embedding: a second after the build folder appeared (batches of embedded paragraphs go to the build's
-        # store as they come, the vector and lexical indexes after the last); writing: the moment the store appears
+        # mid-embedding: half a second after the build folder appeared (batches of embedded paragraphs go to the
+        # build's store as they come, the vector and lexical indexes after the last; the hash embedder takes seconds
+        # over this source's first batch); writing: the moment the store appears
         target = ".build-*" if when == "embedding" else os.path.join(".build-*", "store.sqlite")
         while not glob.glob(os.path.join(index_dir, target)):
             assert p.poll() is None and time.time() < deadline, f"the build never made {target}"
             time.sleep(0.01)
         if when == "embedding":
-            time.sleep(1.0)
+            time.sleep(0.5)
             done = [glob.glob(os.path.join(index_dir, ".build-*", name)) for name in ("vectors.faiss", "lexical")]
             assert not any(done), "embedding already done"
         assert p.poll() is None, "the build finished before it could be killed; use a bigger source"
@@ -144,11 +146,11 @@ def _kill_build(index_dir, when, tmp_path):
 @pytest.mark.slow  # servers and `qa` processes, seconds each
 @pytest.mark.parametrize("when", ["embedding", "writing"])
 def test_killed_rebuild_leaves_the_index_intact(live_server, fake_seed_copy, when, tmp_path):
-    with live_server(fake_seed_copy, {"QA_RELOAD_INTERVAL": "0.5"}) as base:
+    with live_server(fake_seed_copy, {"QA_RELOAD_INTERVAL": str(RELOAD)}) as base:
         assert_serves_seed(base)
         with QueryLoad(base, threads=2, max_seconds=300):
             _kill_build(fake_seed_copy, when, tmp_path)
-        time.sleep(1.2)  # more than a reload interval
+        time.sleep(2.5 * RELOAD)  # more than two reload intervals
         assert_serves_seed(base)
     assert glob.glob(os.path.join(fake_seed_copy, ".build-*")), "expected the killed build's leftovers"
     assert qa("check", "--index-dir", fake_seed_copy).returncode == 0
@@ -168,14 +170,14 @@ def test_killed_rebuild_leaves_the_index_intact(live_server, fake_seed_copy, whe
 @pytest.mark.slow  # servers and `qa` processes, seconds each
 def test_live_reload_while_queries_run(live_server, fake_seed_copy, tmp_path):
     zebra = write_jsonl(tmp_path, ZEBRA)
-    with live_server(fake_seed_copy, {"QA_RELOAD_INTERVAL": "0.5"}) as base:
+    with live_server(fake_seed_copy, {"QA_RELOAD_INTERVAL": str(RELOAD)}) as base:
         n0 = passages(base)
         with QueryLoad(base, threads=4, max_seconds=240):
             qa("add", zebra, "--index-dir", fake_seed_copy)
             assert wait_for(lambda: finds_zebra(base), 10), "the server did not see `qa add`"
             assert passages(base) == n0 + 2
             qa("add", zebra, "--index-dir", fake_seed_copy)  # the same article again: unchanged
-            time.sleep(1.5)
+            time.sleep(3 * RELOAD)  # three reload intervals
             assert passages(base) == n0 + 2
             qa("remove", ZEBRA["id"], "--index-dir", fake_seed_copy)
             assert wait_for(lambda: not finds_zebra(base), 10), "the server still finds a removed article"
