@@ -364,10 +364,9 @@ def serve(index_dir: str | None, host: str, port: int, threads: int, workers: in
     cfg = _config(index_dir=index_dir)
     _check_workers(cfg.index_dir, workers)
     process.tune_malloc()
-    # a query encode on one thread while others are in flight (they use the cores), on the process's share of the
-    # cores when alone (docs/performance.md#threads)
+    # one thread per query encode: concurrent requests use the cores (docs/performance.md#threads; a lone query on
+    # more threads, QA_EMBED_LONE_THREADS, is opt-in: it did not pay end to end)
     os.environ.setdefault("QA_EMBED_THREADS", "1")
-    os.environ.setdefault("QA_EMBED_LONE_THREADS", str(max(1, process.cpu_count() // workers)))
     if workers > 1:
         click.echo(f"serving {os.path.abspath(cfg.index_dir)} on http://{host}:{port} ({workers} workers)", err=True)
         server.run_gunicorn(functools.partial(server.load_app, cfg), host, port, workers, threads)
