@@ -364,8 +364,7 @@ def serve(index_dir: str | None, host: str, port: int, threads: int, workers: in
     cfg = _config(index_dir=index_dir)
     _check_workers(cfg.index_dir, workers)
     process.tune_malloc()
-    # one thread per query encode: concurrent requests use the cores (docs/performance.md#threads; a lone query on
-    # more threads, QA_EMBED_LONE_THREADS, is opt-in: it did not pay end to end)
+    # one thread per query encode: concurrent requests use the cores (docs/performance.md#threads)
     os.environ.setdefault("QA_EMBED_THREADS", "1")
     if workers > 1:
         click.echo(f"serving {os.path.abspath(cfg.index_dir)} on http://{host}:{port} ({workers} workers)", err=True)

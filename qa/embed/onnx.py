@@ -10,7 +10,6 @@ import json
 import logging
 import os
 import re
-import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -216,62 +215,38 @@ def ensure_onnx_model(model_path: str, quantize: bool = True, keep_float: bool =
     return target
 
 
-def _env_int(name: str) -> int:
-    """A positive integer from the environment, else 0."""
-    return int(os.environ.get(name) or 0)
-
-
 class OnnxEmbedder(TransformerEmbedder):
     """The model's transformer run by ONNX Runtime on the CPU, int8 quantised unless `quantize=False`.
 
     `keep_float=False` quantises every layer: faster, further from PyTorch (see docs/performance.md).
-    `threads` defaults to $QA_EMBED_THREADS, else the cores this process may use. `lone_threads` (default
-    $QA_EMBED_LONE_THREADS, else `threads`) is for a model call while no other is in flight: a serving process runs
-    each of many concurrent queries on one thread, and a query on its own on more (docs/performance.md#threads).
+    `threads` defaults to $QA_EMBED_THREADS, else the cores this process may use.
     """
 
     backend = "onnx"
 
     def __init__(self, model_path: str, model_name: str, max_tokens: int | None = None, *, quantize: bool = True,
-                 keep_float: bool = True, threads: int | None = None, lone_threads: int | None = None):
+                 keep_float: bool = True, threads: int | None = None):
+        import onnxruntime as ort
+
         config = _read_config(model_path)
         limit = max_tokens or model_max_tokens(model_path, int(config.get("max_position_embeddings", 512)))
         super().__init__(model_path, model_name, limit)
         self.dim = int(config["hidden_size"])
         self.onnx_path = ensure_onnx_model(model_path, quantize, keep_float)
-        threads = threads or _env_int("QA_EMBED_THREADS") or cpu_count()
-        lone_threads = lone_threads or _env_int("QA_EMBED_LONE_THREADS") or threads
-        self.session = self._session(threads)
-        self._lone_session = self._session(lone_threads) if lone_threads > threads else None
-        self._inputs = {i.name for i in self.session.get_inputs()}
-        self._in_flight = 0
-        self._flight_lock = threading.Lock()
-
-    def _session(self, threads: int):
-        import onnxruntime as ort
-
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
+        options.intra_op_num_threads = threads or int(os.environ.get("QA_EMBED_THREADS") or 0) or cpu_count()
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # no memory arena: it grows to the largest batch run (a build's, an admin write's) and keeps it for the
         # server's life; freed tensors go back to malloc, tuned and trimmed by qa.process (docs/operations.md)
         options.enable_cpu_mem_arena = False
-        return ort.InferenceSession(self.onnx_path, options, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(self.onnx_path, options, providers=["CPUExecutionProvider"])
+        self._inputs = {i.name for i in self.session.get_inputs()}
 
     def _forward(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        """Token embeddings [batch, seq, dim] from the ONNX session (the lone one when no other call is in flight)."""
+        """Token embeddings [batch, seq, dim] from the ONNX session."""
         feed = {"input_ids": input_ids, "attention_mask": attention_mask}
         if "token_type_ids" in self._inputs:
             feed["token_type_ids"] = np.zeros_like(input_ids)
-        if self._lone_session is None:
-            return self.session.run([OUTPUT_NAME], feed)[0]
-        with self._flight_lock:
-            self._in_flight += 1
-            session = self._lone_session if self._in_flight == 1 else self.session
-        try:
-            return session.run([OUTPUT_NAME], feed)[0]
-        finally:
-            with self._flight_lock:
-                self._in_flight -= 1
+        return self.session.run([OUTPUT_NAME], feed)[0]

@@ -5,8 +5,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -158,41 +156,6 @@ def test_second_construction_reuses_the_cached_file(onnx_embedder: OnnxEmbedder,
     after = {p.name: p.stat().st_mtime_ns for p in Path(again.onnx_path).parent.iterdir()}
     assert after == before  # nothing exported or written again
     np.testing.assert_array_equal(again.encode(QUERIES[:3]), onnx_embedder.encode(QUERIES[:3]))
-
-
-class RecordingSession:
-    """An ONNX session that records its name on each run, and holds a run until released when `hold` is given."""
-
-    def __init__(self, name: str, session, used: list[str], hold: threading.Event | None = None):
-        self.name, self.session, self.used, self.hold = name, session, used, hold
-
-    def run(self, *args):
-        self.used.append(self.name)
-        if self.hold is not None:
-            assert self.hold.wait(30)
-        return self.session.run(*args)
-
-
-def test_a_lone_call_uses_the_lone_session_and_concurrent_calls_the_other(onnx_embedder: OnnxEmbedder) -> None:
-    embedder = OnnxEmbedder(packaged_model_path(), PACKAGED_MODEL, threads=1, lone_threads=2)
-    used: list[str] = []
-    release = threading.Event()
-    embedder._lone_session = RecordingSession("lone", embedder._lone_session, used, release)
-    embedder.session = RecordingSession("shared", embedder.session, used)
-    first: list = []
-    worker = threading.Thread(target=lambda: first.append(embedder.encode_query(QUERIES[0])))
-    worker.start()
-    deadline = time.monotonic() + 30
-    while not used and time.monotonic() < deadline:
-        time.sleep(0.01)
-    second = embedder.encode_query(QUERIES[1])  # while the first is still in flight
-    release.set()
-    worker.join(30)
-    third = embedder.encode_query(QUERIES[2])  # alone again
-    assert used == ["lone", "shared", "lone"]
-    # the same vectors whichever session ran them (ONNX Runtime's threads do not change its sums here)
-    for query, got in zip(QUERIES, [first[0], second, third]):
-        np.testing.assert_array_equal(got.vector, onnx_embedder.encode_query(query).vector)
 
 
 def test_load_embedder_picks_the_onnx_backend(onnx_embedder: OnnxEmbedder) -> None:
