@@ -31,14 +31,16 @@ OPSET = 17
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 OUTPUT_NAME = "last_hidden_state"
 FP32_FILE = "model.fp32-fused-v2.onnx"
-INT8_FILES = {True: "model.int8-mixed-v2.onnx", False: "model.int8-v2.onnx"}  # by keep_float; bump on recipe change
-RETIRED_FILES = ("model.fp32.onnx", "model.int8-mixed-v1.onnx", "model.int8-v1.onnx")  # earlier recipes' files
+INT8_FILES = {True: "model.int8-blocks-v3.onnx", False: "model.int8-v2.onnx"}  # by outlier_blocks; bump on recipe change
+RETIRED_FILES = ("model.fp32.onnx", "model.int8-mixed-v1.onnx", "model.int8-v1.onnx",  # earlier recipes' files
+                 "model.int8-mixed-v2.onnx")
 LOCK_FILE = "export.lock"
 LOCK_TIMEOUT = 1800.0
 EXPORT_TOLERANCE = 1e-3  # max abs difference to PyTorch accepted for the fp32 export
 FIRST_LAYER = re.compile(r"/layers?\.0/")
 ATTENTION_OUTPUT = re.compile(r"/attention/output/")
 TEMP_SUFFIX = ".tmp.onnx"
+BLOCK = 128  # weights and activations per scale in the outlier-sensitive layers (see docs/performance.md)
 
 
 def cache_dir(model_path: str) -> str:
@@ -128,34 +130,59 @@ def _check_export(onnx_path: str, model: PreTrainedModel, names: tuple[str, ...]
         raise RuntimeError(f"ONNX export of {model.config.name_or_path} differs from PyTorch by {diff:.2g}")
 
 
-def _float_nodes(onnx_path: str, intermediate_size: int | None) -> list[str]:
-    """Nodes kept float32: the first layer (its fused attention too), feed-forward down-projections, attention
-    output projections; their inputs have outliers that per-tensor int8 activations lose (see docs/performance.md)."""
+def _outlier_nodes(onnx_path: str, intermediate_size: int | None) -> list[str]:
+    """The outlier-sensitive MatMuls: the first layer's, the feed-forward down-projections and the attention output
+    projections; their inputs have outliers that one int8 scale per tensor loses (see docs/performance.md)."""
     import onnx
 
     model = onnx.load(onnx_path)
     shapes = {init.name: tuple(init.dims) for init in model.graph.initializer}
-    attention = [node.name for node in model.graph.node if node.op_type == "Attention"]  # fused, in layer order
-    keep = attention[:1]
+    outliers = []
     for node in model.graph.node:
         weights = [shapes[i] for i in node.input if i in shapes]
         if node.op_type != "MatMul" or not weights:
             continue
         down_projection = bool(intermediate_size) and weights[0][:1] == (intermediate_size,)
         if down_projection or FIRST_LAYER.search(node.name) or ATTENTION_OUTPUT.search(node.name):
-            keep.append(node.name)
-    return keep
+            outliers.append(node.name)
+    return outliers
 
 
-def _quantize(source: str, target: str, keep: list[str]) -> None:
-    """Dynamic int8 quantisation of a float32 ONNX file: weights per output channel, activations per tensor."""
+def _quantize(source: str, target: str, outliers: list[str]) -> None:
+    """int8 quantisation of a float32 ONNX file: weights per output channel and activations per tensor (dynamic),
+    except the `outliers` MatMuls, quantised in blocks instead (`_block_quantize`)."""
     from onnx import TensorProto
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with atomic_path(target, suffix=TEMP_SUFFIX) as tmp, _quiet_root_logger():
         # shape inference does not type the fused operators' outputs: they are float
-        quantize_dynamic(source, tmp, per_channel=True, weight_type=QuantType.QInt8, nodes_to_exclude=keep,
+        quantize_dynamic(source, tmp, per_channel=True, weight_type=QuantType.QInt8, nodes_to_exclude=outliers,
                          extra_options={"DefaultTensorType": TensorProto.FLOAT})
+        if outliers:
+            _block_quantize(tmp, outliers)
+
+
+def _block_quantize(onnx_path: str, nodes: list[str]) -> None:
+    """Turn `nodes` (float MatMuls) into 8-bit MatMulNBits, in place: a scale per BLOCK weights, and at accuracy
+    level 4 int8 activations with a scale per BLOCK too, which keeps the outliers and runs at int8 speed."""
+    import onnx
+
+    # the quantiser's module calls logging.basicConfig(level=INFO) on import: with a handler on the root logger
+    # that call does nothing, and the process's logging stays as it was
+    root = logging.getLogger()
+    guard = logging.NullHandler()
+    root.addHandler(guard)
+    try:
+        from onnxruntime.quantization.matmul_nbits_quantizer import (DefaultWeightOnlyQuantConfig,
+                                                                     MatMulNBitsQuantizer)
+    finally:
+        root.removeHandler(guard)
+    logging.getLogger(MatMulNBitsQuantizer.__module__).setLevel(logging.WARNING)  # one INFO line per node
+    settings = {"bits": 8, "block_size": BLOCK, "is_symmetric": False, "accuracy_level": 4}
+    quantizer = MatMulNBitsQuantizer(onnx.load(onnx_path), nodes_to_include=nodes,
+                                     algo_config=DefaultWeightOnlyQuantConfig(**settings), **settings)
+    quantizer.process()
+    quantizer.model.save_model_to_file(onnx_path, use_external_data_format=False)
 
 
 @contextlib.contextmanager
@@ -184,10 +211,10 @@ def _remove_stale_files(folder: str) -> None:
             os.remove(os.path.join(folder, name))
 
 
-def ensure_onnx_model(model_path: str, quantize: bool = True, keep_float: bool = True) -> str:
+def ensure_onnx_model(model_path: str, quantize: bool = True, outlier_blocks: bool = True) -> str:
     """Path of the model's cached ONNX file, exported (and quantised) first if missing; safe across processes."""
     folder = cache_dir(model_path)
-    target = os.path.join(folder, INT8_FILES[keep_float] if quantize else FP32_FILE)
+    target = os.path.join(folder, INT8_FILES[outlier_blocks] if quantize else FP32_FILE)
     if os.path.exists(target):  # files appear only by rename, so an existing one is complete
         return target
     from filelock import FileLock, Timeout
@@ -206,10 +233,11 @@ def ensure_onnx_model(model_path: str, quantize: bool = True, keep_float: bool =
                 log.info("exported %s in %.1fs", FP32_FILE, time.perf_counter() - started)
             if quantize:
                 started = time.perf_counter()
-                keep = _float_nodes(fp32, _read_config(model_path).get("intermediate_size")) if keep_float else []
-                _quantize(fp32, target, keep)
-                log.info("quantised %s in %.1fs (%d nodes kept float32)", os.path.basename(target),
-                         time.perf_counter() - started, len(keep))
+                outliers = (_outlier_nodes(fp32, _read_config(model_path).get("intermediate_size")) if outlier_blocks
+                            else [])
+                _quantize(fp32, target, outliers)
+                log.info("quantised %s in %.1fs (%d nodes in blocks)", os.path.basename(target),
+                         time.perf_counter() - started, len(outliers))
     except Timeout:
         raise RuntimeError(f"another process holds {folder}/{LOCK_FILE} (waited {LOCK_TIMEOUT:.0f}s)") from None
     return target
@@ -218,21 +246,22 @@ def ensure_onnx_model(model_path: str, quantize: bool = True, keep_float: bool =
 class OnnxEmbedder(TransformerEmbedder):
     """The model's transformer run by ONNX Runtime on the CPU, int8 quantised unless `quantize=False`.
 
-    `keep_float=False` quantises every layer: faster, further from PyTorch (see docs/performance.md).
+    `outlier_blocks=False` quantises every layer per tensor, the outlier-sensitive ones too: further from PyTorch
+    (see docs/performance.md).
     `threads` defaults to $QA_EMBED_THREADS, else the cores this process may use.
     """
 
     backend = "onnx"
 
     def __init__(self, model_path: str, model_name: str, max_tokens: int | None = None, *, quantize: bool = True,
-                 keep_float: bool = True, threads: int | None = None):
+                 outlier_blocks: bool = True, threads: int | None = None):
         import onnxruntime as ort
 
         config = _read_config(model_path)
         limit = max_tokens or model_max_tokens(model_path, int(config.get("max_position_embeddings", 512)))
         super().__init__(model_path, model_name, limit)
         self.dim = int(config["hidden_size"])
-        self.onnx_path = ensure_onnx_model(model_path, quantize, keep_float)
+        self.onnx_path = ensure_onnx_model(model_path, quantize, outlier_blocks)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or int(os.environ.get("QA_EMBED_THREADS") or 0) or cpu_count()
         options.inter_op_num_threads = 1

@@ -1,0 +1,67 @@
+"""The block quantisation of the outlier-sensitive MatMuls, on a small graph (fast; the real model's recipe is
+checked against PyTorch in test_onnx.py)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from conftest import ROOT
+
+
+def _matmul_model(path: Path, weights: np.ndarray) -> None:
+    """A graph of one MatMul by a constant: x [n, K] @ W [K, N]."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    k, n = weights.shape
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="/layer.1/attention/output/dense/MatMul")],
+        "one-matmul", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", n])],
+        [numpy_helper.from_array(weights.astype(np.float32), "w")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+def test_block_quantised_matmul_keeps_activation_outliers(tmp_path: Path) -> None:
+    import onnx
+    import onnxruntime as ort
+
+    from qa.embed.onnx import BLOCK, _block_quantize
+
+    rng = np.random.default_rng(0)
+    weights = rng.normal(0, 0.05, (3 * BLOCK, 64))
+    path = tmp_path / "m.onnx"
+    _matmul_model(path, weights)
+    _block_quantize(str(path), ["/layer.1/attention/output/dense/MatMul"])
+    assert [n.op_type for n in onnx.load(str(path)).graph.node] == ["MatMulNBits"]
+
+    # activations with one outlier channel, as transformer layers have: a per-tensor int8 scale would flatten the
+    # other channels to a few levels; a scale per block of BLOCK keeps them
+    x = rng.normal(0, 1, (15, 3 * BLOCK)).astype(np.float32)
+    x[:, 7] *= 60
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    expected = x @ weights.astype(np.float32)
+    cosines = (got * expected).sum(axis=1) / np.linalg.norm(got, axis=1) / np.linalg.norm(expected, axis=1)
+    assert cosines.min() > 0.999
+
+
+def test_block_quantising_leaves_the_process_logging_alone(tmp_path: Path) -> None:
+    # onnxruntime's quantiser calls logging.basicConfig(level=INFO) when imported, which would print every later
+    # log line of a process whose logging was not configured yet
+    path = tmp_path / "m.onnx"
+    _matmul_model(path, np.ones((256, 8)))
+    code = ("import logging, sys\n"
+            "from qa.embed.onnx import _block_quantize\n"
+            f"_block_quantize({str(path)!r}, ['/layer.1/attention/output/dense/MatMul'])\n"
+            "root = logging.getLogger()\n"
+            "print(len(root.handlers), root.level)\n")
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT,
+                         capture_output=True, text=True, timeout=120, check=True)
+    import logging
+
+    assert out.stdout.split() == ["0", str(logging.WARNING)]
+    assert out.stderr == ""
