@@ -309,11 +309,12 @@ def collapse_duplicates(index: Index, hits: list[Hit]) -> list[Hit]:
     """Fold near-identical passages (cosine ≥ DUPLICATE_COSINE, or the same text) into the best-ranked copy."""
     vecs = index.store.passage_vectors([h.passage.rowid for h in hits], index.dim)
     sims = vecs @ vecs.T
-    norm = [tuple(h.passage.text.lower().split()) for h in hits]  # the words, whatever the spacing
+    words = [h.passage.words_hash for h in hits]  # the same words, whatever the spacing and case
     kept: list[int] = []
     for i, hit in enumerate(hits):
         for j in kept:
-            same = norm[i] == norm[j] or sims[i, j] >= DUPLICATE_COSINE
+            same = sims[i, j] >= DUPLICATE_COSINE or (
+                words[i] == words[j] and hit.passage.words() == hits[j].passage.words())
             if same and hit.passage.doc_id != hits[j].passage.doc_id:
                 hits[j].duplicates.append(hit.passage)
                 break

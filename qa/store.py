@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
@@ -25,6 +26,7 @@ from .embed.base import TextTokens
 from .errors import IndexUnavailable
 from .ingest import Article, Paragraph
 from .manifest import Counts
+from .rowcache import RowCache
 
 if TYPE_CHECKING:
     from .prepare import PreparedArticle
@@ -104,6 +106,15 @@ class StoredPassage:
     def citation(self, fields: Sequence[str] = CITATION_FIELDS) -> dict:
         """A citation object of the API: these fields of the passage, in this order (a hit's citation by default)."""
         return {name: getattr(self, name) for name in fields}
+
+    def words(self) -> tuple[str, ...]:
+        """The text's words, lower-cased: the same for copies that differ only in spacing and case."""
+        return tuple(self.text.lower().split())
+
+    @functools.cached_property
+    def words_hash(self) -> int:
+        """The hash of `words()`, kept with the passage: a cached passage is compared again by later searches."""
+        return hash(self.words())
 
 
 @dataclasses.dataclass
@@ -185,6 +196,13 @@ class SentenceRows(NamedTuple):
     def spans(self) -> np.ndarray:
         """Each sentence's (start, end) in its passage's text."""
         return self.meta[:, 2:]
+
+
+class PassageSentences(NamedTuple):
+    """One passage's sentences as stored: their (start, end) spans (int32) and vectors (float16), row for row."""
+
+    spans: np.ndarray
+    vectors: np.ndarray
 
 
 class DocumentPage(NamedTuple):
@@ -290,6 +308,7 @@ class Store:
         self._local = threading.local()
         self._connections: list[tuple[threading.Thread, sqlite3.Connection]] = []  # each thread's, see __del__
         self._connections_lock = threading.Lock()
+        self._rows: RowCache | None = None  # decoded rows of one generation, shared by reading threads
         if create:
             self.con.executescript(SCHEMA)  # executescript manages its own transaction
             self.con.execute("INSERT OR IGNORE INTO meta VALUES ('generation', '0')")
@@ -352,10 +371,30 @@ class Store:
             yield con
             return
         con.execute("BEGIN")
+        self._local.generation = -1  # the snapshot's, read when its rows are first asked for (`_snapshot_rows`)
         try:
             yield con
         finally:
+            self._local.generation = None
             con.execute("COMMIT")  # nothing to commit: ends the read snapshot
+
+    def _snapshot_rows(self) -> RowCache | None:
+        """The row cache of this thread's read snapshot's generation; None outside a snapshot (a writer's
+        transaction sees its own uncommitted rows) and in a snapshot older than the cache."""
+        generation = getattr(self._local, "generation", None)
+        if generation is None:
+            return None
+        if generation < 0:
+            generation = self._local.generation = self.generation
+        rows = self._rows
+        if rows is None or rows.generation < generation:
+            rows = self._rows = RowCache(generation)
+        return rows if rows.generation == generation else None
+
+    def _cached(self, kind: str, rowids: Sequence[int], load: Callable[[list[int]], dict]) -> dict:
+        """`load(rowids)` by row id, through the snapshot's row cache when there is one."""
+        rows = self._snapshot_rows()
+        return load(list(rowids)) if rows is None else rows.get_many(kind, rowids, load)
 
     @contextlib.contextmanager
     def transaction(self):
@@ -518,24 +557,30 @@ class Store:
 
     def passages(self, rowids: Sequence[int]) -> dict[int, StoredPassage]:
         """Stored passages by row id (unknown ids are left out)."""
-        if not rowids:
-            return {}
+        return self._cached("passage", rowids, self._read_passages) if rowids else {}
+
+    def _read_passages(self, rowids: Sequence[int]) -> dict[int, StoredPassage]:
         q = f"SELECT {self._PASSAGE_COLS} FROM passages p JOIN documents d ON d.doc_id = p.doc_id WHERE p.id {IN_IDS}"
         return {row[0]: StoredPassage(*row) for row in self.con.execute(q, (ids_param(rowids),))}
 
     def passage_texts(self, rowids: Sequence[int]) -> dict[int, str]:
         """Passage texts by row id."""
-        if not rowids:
-            return {}
+        return self._cached("text", rowids, self._read_texts) if rowids else {}
+
+    def _read_texts(self, rowids: Sequence[int]) -> dict[int, str]:
         return dict(self.con.execute(f"SELECT id, text FROM passages WHERE id {IN_IDS}", (ids_param(rowids),)))
 
     def passage_vectors(self, rowids: Sequence[int], dim: int) -> np.ndarray:
         """Whole-passage vectors in the order of `rowids`."""
         if not rowids:
             return np.zeros((0, dim), np.float32)
-        rows = dict(self.con.execute(f"SELECT id, vec FROM passages WHERE id {IN_IDS}", (ids_param(rowids),)))
-        zero = bytes(4 * dim)  # a passage deleted meanwhile: a zero vector matches nothing
-        return from_blobs([rows.get(r, zero) for r in rowids], dim)
+        vecs = self._cached("vector", rowids, self._read_passage_vectors)
+        zero = np.zeros(dim, np.float32)  # a passage deleted meanwhile: a zero vector matches nothing
+        return np.stack([vecs.get(r, zero) for r in rowids])
+
+    def _read_passage_vectors(self, rowids: Sequence[int]) -> dict[int, np.ndarray]:
+        rows = self.con.execute(f"SELECT id, vec FROM passages WHERE id {IN_IDS}", (ids_param(rowids),))
+        return {rowid: np.frombuffer(blob, np.float32) for rowid, blob in rows}
 
     def passage_tokens(self, rowids: Sequence[int], dim: int) -> dict[int, TextTokens]:
         """The word pieces' vectors and offsets of some passages, by row id (`token_blobs`)."""
@@ -546,30 +591,46 @@ class Store:
         return {r[0]: from_token_blobs(r[1], r[2], r[3], dim) for r in rows}
 
     def window_vectors(self, rowids: Sequence[int], dim: int) -> PassageWindows:
-        """The windows of some passages."""
-        if not rowids:
+        """The windows of some passages, passage by passage."""
+        windows = self._cached("windows", rowids, functools.partial(self._read_windows, dim=dim)) if rowids else {}
+        if not windows:
             return PassageWindows(np.zeros(0, np.int64), np.zeros((0, dim), np.float32))
-        rows = self.con.execute(f"SELECT passage, vec FROM windows WHERE passage {IN_IDS}",
-                                (ids_param(rowids),)).fetchall()
-        return PassageWindows(np.array([r[0] for r in rows], np.int64), from_blobs([r[1] for r in rows], dim))
+        return PassageWindows(np.repeat(np.fromiter(windows, np.int64, len(windows)),
+                                        [len(v) for v in windows.values()]), np.concatenate(list(windows.values())))
+
+    def _read_windows(self, rowids: Sequence[int], dim: int) -> dict[int, np.ndarray]:
+        """Each passage's window vectors, float32 (windows x dim)."""
+        blobs: dict[int, list[bytes]] = {}
+        for rowid, blob in self.con.execute(f"SELECT passage, vec FROM windows WHERE passage {IN_IDS}",
+                                            (ids_param(rowids),)):
+            blobs.setdefault(rowid, []).append(blob)
+        return {rowid: from_blobs(b, dim) for rowid, b in blobs.items()}
 
     def sentences(self, rowids: Sequence[int], dim: int) -> SentenceRows:
         """The sentences of some passages, ordered by passage, then idx."""
-        if not rowids:
+        found = self._cached("sentences", rowids, functools.partial(self._read_sentences, dim=dim)) if rowids else {}
+        if not found:
             return SentenceRows(np.zeros((0, dim), np.float32), np.zeros((0, 4), np.int64))
-        rows = self.con.execute(f"SELECT passage, spans, vecs FROM passage_sentences WHERE passage {IN_IDS} "
-                                "ORDER BY passage", (ids_param(rowids),)).fetchall()
-        if not rows:
-            return SentenceRows(np.zeros((0, dim), np.float32), np.zeros((0, 4), np.int64))
-        spans = np.frombuffer(b"".join(r[1] for r in rows), np.int32).reshape(-1, 2)
-        vecs = np.frombuffer(b"".join(r[2] for r in rows), np.float16)
-        if vecs.size != spans.shape[0] * dim:
-            raise IndexUnavailable(f"{self.path}: sentence vectors do not match their spans (damaged store?)")
-        counts = np.array([len(r[1]) // 8 for r in rows])
+        order = sorted(found)
+        spans = np.concatenate([found[r].spans for r in order])
+        counts = np.array([len(found[r].spans) for r in order])
         first = np.cumsum(counts) - counts  # each passage's first sentence
         idx = np.arange(len(spans)) - np.repeat(first, counts)
-        meta = np.column_stack((np.repeat(np.array([r[0] for r in rows], np.int64), counts), idx, spans))
-        return SentenceRows(vecs.reshape(-1, dim).astype(np.float32), meta.astype(np.int64, copy=False))
+        meta = np.column_stack((np.repeat(np.array(order, np.int64), counts), idx, spans))
+        vecs = np.concatenate([found[r].vectors for r in order])
+        return SentenceRows(vecs.astype(np.float32), meta.astype(np.int64, copy=False))
+
+    def _read_sentences(self, rowids: Sequence[int], dim: int) -> dict[int, PassageSentences]:
+        """Each passage's sentence spans and float16 vectors, as stored."""
+        out = {}
+        for rowid, spans, vecs in self.con.execute(f"SELECT passage, spans, vecs FROM passage_sentences "
+                                                   f"WHERE passage {IN_IDS}", (ids_param(rowids),)):
+            spans = np.frombuffer(spans, np.int32).reshape(-1, 2)
+            vecs = np.frombuffer(vecs, np.float16)
+            if vecs.size != spans.shape[0] * dim:
+                raise IndexUnavailable(f"{self.path}: sentence vectors do not match their spans (damaged store?)")
+            out[rowid] = PassageSentences(spans, vecs.reshape(-1, dim))
+        return out
 
     def filtered_window_ids(self, filters: Filters) -> np.ndarray:
         """Ids of the windows whose documents pass the filters."""

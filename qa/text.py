@@ -55,6 +55,24 @@ def stem(word: str) -> str:
     return _stemmer().stemWord(word.lower())
 
 
+def _word_start(text: str, at: int) -> bool:
+    """Whether `at` starts a word of `text`: the character before it is not one regex \\w matches (alphanumeric
+    or _)."""
+    return at == 0 or not ((c := text[at - 1]).isalnum() or c == "_")
+
+
+def _word_starts(text: str, literal: str) -> list[int]:
+    """Where `literal` occurs in `text` at the start of a word: a plain substring scan, with no regex to compile for
+    each of a query's stems (compiling dominated when the stems outnumber re's cache)."""
+    found = []
+    at = text.find(literal)
+    while at >= 0:
+        if _word_start(text, at):
+            found.append(at)
+        at = text.find(literal, at + 1)
+    return found
+
+
 class DocFrequencies(Protocol):
     """What `TermMatcher.for_query` needs of an index: how many passages hold each term."""
 
@@ -105,10 +123,8 @@ class TermMatcher:
         starts, ends = bases[sp[:, 0]] + sp[:, 1], bases[sp[:, 0]] + sp[:, 2]
         held = np.zeros((n, len(self.stems)), bool)
         for j, s in enumerate(self.stems):
-            # a plain literal scan (fast in C); a match counts only at the start of a word, which takes looking at
-            # just the character before it (a word character is one regex \w matches: alphanumeric or _)
-            found = [at for m in re.finditer(re.escape(s), low, flags)
-                     if (at := m.start()) == 0 or not ((c := low[at - 1]).isalnum() or c == "_")]
+            found = _word_starts(low, s) if flags == 0 else [m.start() for m in re.finditer(re.escape(s), low, flags)
+                                                              if _word_start(low, m.start())]
             if found:
                 found = np.array(found, np.int64)
                 i = np.searchsorted(starts, found, side="right") - 1

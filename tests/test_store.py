@@ -72,3 +72,66 @@ def test_sentences_are_a_row_per_passage(tmp_path, corpus, fake_embedder):
     add_documents(None, new, articles=[art], embedder=fake_embedder)
     remove_documents(["a1"], new)
     assert check_index(new) == []
+
+
+def test_a_row_cache_keeps_the_most_recently_used_rows_within_its_budget():
+    from qa.rowcache import RowCache, size_of
+
+    row = np.zeros(100)
+    cache = RowCache(generation=7, budget=2 * size_of(row) + 10)
+    loads = []
+
+    def load(ids):
+        loads.append(list(ids))
+        return {i: np.full(100, float(i)) for i in ids if i != 99}  # 99: no such row
+
+    assert sorted(cache.get_many("v", [1, 2, 99], load)) == [1, 2] and loads == [[1, 2, 99]]
+    assert cache.get_many("v", [1], load)[1][0] == 1.0 and loads[-1] == [1, 2, 99]  # cached: not loaded again
+    cache.get_many("v", [3], load)  # over budget: 2, the least recently used, goes
+    assert cache.get_many("v", [1, 2, 3], load) and loads[-1] == [2]
+    assert len(cache) == 2 and cache.used <= cache.budget
+    assert cache.get_many("other", [1], load) and loads[-1] == [1]  # each kind of row apart
+
+
+def _last_passage(store):
+    """The highest passage rowid and its text: the row id a rewrite of its document reuses."""
+    rowid, text = store.con.execute("SELECT id, text FROM passages ORDER BY id DESC LIMIT 1").fetchone()
+    return rowid, text
+
+
+def test_snapshots_read_rows_of_their_own_generation(tmp_path, corpus, fake_embedder):
+    new = str(tmp_path / "new")
+    build_index([corpus], new, embedder=fake_embedder)
+    index = load_index(new, embedder=fake_embedder)
+    store = index.store
+    rowid, old_text = _last_passage(store)
+    with store.snapshot():
+        first = store.passages([rowid])[rowid]
+    with store.snapshot():
+        assert store.passages([rowid])[rowid] is first  # decoded once, then from the cache
+    assert store.passages([rowid])[rowid] is not first  # outside a snapshot (a writer's view): read afresh
+
+    started, written, seen = threading.Event(), threading.Event(), []
+
+    def older_reader():  # a search that began before the write below
+        with store.snapshot():
+            seen.append(store.passage_texts([rowid])[rowid])
+            started.set()
+            written.wait(10)
+            seen.append(store.passage_texts([rowid])[rowid])  # the cache is a newer generation's by now
+            seen.append(store.sentences([rowid], fake_embedder.dim).meta.tolist())
+
+    reader = threading.Thread(target=older_reader)
+    reader.start()
+    assert started.wait(10)
+    old_sentences = store.sentences([rowid], fake_embedder.dim).meta.tolist()
+    last = dict(ARTS[-1], paragraphs=[*ARTS[-1]["paragraphs"][:-1], "Fares rise. Again. And again."])
+    add_documents(None, new, articles=[article_from_dict(last)], embedder=fake_embedder)
+    assert _last_passage(store) == (rowid, "Fares rise. Again. And again.")  # the same row id, a new passage
+    with store.snapshot():
+        assert store.passages([rowid])[rowid].text == "Fares rise. Again. And again."
+        assert len(store.sentences([rowid], fake_embedder.dim).meta) == 3
+    written.set()
+    reader.join(10)
+    assert seen == [old_text, old_text, old_sentences]
+    index.close()

@@ -1,0 +1,79 @@
+"""Decoded store rows kept between searches, for one store generation.
+
+A search reads the same kinds of rows for every query (its shortlist's texts and sentence rows, its hits' passages
+and vectors), and on a collection people query again and again the same passages come back. Decoding them from
+SQLite was about a sixth of a search's CPU after the query embedding (docs/performance.md#row-cache). Rows are
+immutable within a generation (every committed write bumps it), so the cache holds one generation's rows and a
+reader of a newer generation starts a fresh one; a reader of an older snapshot reads around it.
+"""
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any
+
+import numpy as np
+
+ROW_CACHE_BYTES = 32 << 20  # a squad-sized collection fits; a bigger one keeps its most recently used rows
+
+
+def size_of(value: Any) -> int:
+    """Approximate bytes held by a cached value: arrays and strings by their length, containers by their items."""
+    if isinstance(value, np.ndarray):
+        return value.nbytes + 112
+    if isinstance(value, (str, bytes)):
+        return len(value) + 56
+    if isinstance(value, (tuple, list)):
+        return 56 + 8 * len(value) + sum(size_of(v) for v in value)
+    if hasattr(value, "__dict__"):
+        return 56 + sum(size_of(v) for v in vars(value).values())
+    return 32
+
+
+class RowCache:
+    """A least-recently-used map of (kind, rowid) to decoded values, bounded in bytes, for one generation."""
+
+    def __init__(self, generation: int, budget: int = ROW_CACHE_BYTES):
+        self.generation = generation
+        self.budget = budget
+        self.used = 0
+        self._rows: OrderedDict[tuple[Hashable, int], tuple[Any, int]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def get_many(self, kind: Hashable, rowids: Sequence[int], load: Callable[[list[int]], dict[int, Any]]
+                 ) -> dict[int, Any]:
+        """The values of `rowids` (those `load` does not find are left out): cached ones, and the rest from
+        `load(missing)`, cached for the next reader."""
+        found: dict[int, Any] = {}
+        missing = []
+        with self._lock:
+            for rowid in rowids:
+                hit = self._rows.get((kind, rowid))
+                if hit is None:
+                    missing.append(rowid)
+                else:
+                    self._rows.move_to_end((kind, rowid))
+                    found[rowid] = hit[0]
+        if not missing:
+            return found
+        loaded = load(missing)
+        found.update(loaded)
+        with self._lock:
+            for rowid, value in loaded.items():
+                key = (kind, rowid)
+                if key in self._rows:
+                    continue  # another thread loaded it meanwhile
+                size = size_of(value)
+                self._rows[key] = (value, size)
+                self.used += size
+            while self.used > self.budget and self._rows:
+                _, (_, size) = self._rows.popitem(last=False)
+                self.used -= size
+        return found
+
+
+__all__ = ["RowCache", "ROW_CACHE_BYTES", "size_of"]
