@@ -115,6 +115,7 @@ def connect(uri: str, token: str | None = None) -> "MilvusClient":
     from pymilvus import MilvusClient
     from pymilvus.exceptions import MilvusException
 
+    mine = False  # a Lite folder this process has open already
     if is_lite(uri):
         uri = os.path.abspath(uri)
         if not os.path.isdir(os.path.dirname(uri)):
@@ -126,8 +127,14 @@ def connect(uri: str, token: str | None = None) -> "MilvusClient":
     try:
         return MilvusClient(uri=uri, token=token or "")
     except MilvusException as e:
-        if is_lite(uri) and _lite_locked(uri):
-            raise IndexUnavailable(lite_locked_message(uri)) from None
+        if is_lite(uri) and not mine:
+            # pymilvus started Lite's server in this process before the connection failed: stop it, or its lock
+            # would read as another process's and keep the database closed to every later open
+            from milvus_lite.server_manager import server_manager_instance
+
+            server_manager_instance.release_server(uri)
+            if _lite_locked(uri):
+                raise IndexUnavailable(lite_locked_message(uri)) from None
         raise IndexUnavailable(f"cannot open Milvus at {uri}: {e}") from None
 
 

@@ -264,6 +264,31 @@ def test_second_process_is_locked_out(own_uri):
     assert probe() == "opened 3"
 
 
+def test_a_failed_connection_releases_the_lite_server_it_started(own_uri, monkeypatch):
+    # pymilvus starts Lite's server in this process, then its connection can fail ("Connection recovery failed",
+    # seen once in five test runs): that server's lock then read as another process's, and every later open failed
+    import pymilvus
+    from milvus_lite.server_manager import server_manager_instance
+    from pymilvus.exceptions import MilvusException
+
+    from qa.vectors.milvus import _lite_locked
+
+    real = pymilvus.MilvusClient
+
+    def failing(uri: str, **kwargs):
+        server_manager_instance.start_and_get_uri(uri)  # the real server, started as pymilvus starts it
+        raise MilvusException(message="Connection recovery failed")
+
+    monkeypatch.setattr(pymilvus, "MilvusClient", failing)
+    with pytest.raises(IndexUnavailable, match="^cannot open Milvus at .*Connection recovery failed"):
+        MilvusIndex(own_uri, "vectors_a", DIM, create=True)
+    assert not _lite_locked(own_uri)
+    monkeypatch.setattr(pymilvus, "MilvusClient", real)
+    with MilvusIndex(own_uri, "vectors_a", DIM, create=True) as idx:
+        idx.add(np.arange(2), unit(np.random.default_rng(7), 2), docs_for(np.arange(2)))
+        assert idx.ntotal == 2
+
+
 # --- filter pushdown -----------------------------------------------------------------------------------------------
 
 class SqliteDocs:
