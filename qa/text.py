@@ -62,8 +62,8 @@ def _word_start(text: str, at: int) -> bool:
 
 
 def _word_starts(text: str, literal: str) -> list[int]:
-    """Where `literal` occurs in `text` at the start of a word: a plain substring scan, with no regex to compile for
-    each of a query's stems (compiling dominated when the stems outnumber re's cache)."""
+    """Where `literal` occurs in `text` at the start of a word: a plain substring scan, with no regex compiled for
+    each of a query's stems (a query's stems soon outnumber re's cache of compiled patterns)."""
     found = []
     at = text.find(literal)
     while at >= 0:
