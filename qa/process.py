@@ -52,8 +52,13 @@ def release_memory() -> None:
 
 
 def one_thread_per_request() -> None:
-    """Run numpy's BLAS on one thread in a serving process: requests are the parallelism (request threads, workers),
-    and a pool of its own per matrix product spins on the cores other requests need (see docs/performance.md)."""
+    """Run numpy's BLAS and FAISS's OpenMP on one thread in a serving process: requests are the parallelism (request
+    threads, workers), and a pool of its own per call spins on the cores other requests need (docs/performance.md).
+
+    Call it before FAISS is first imported. OpenMP reads OMP_NUM_THREADS once, when it loads, and gives that count to
+    every thread started later (the request threads); `omp_set_num_threads` only sets the calling thread's.
+    """
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)  # kept for the process's life, not restored

@@ -73,10 +73,6 @@ class Engine:
         return self._embedder
 
     def _load(self) -> Index:
-        import faiss
-
-        # one query at a time per request thread: FAISS's OpenMP threads only add overhead (see docs/performance.md)
-        faiss.omp_set_num_threads(1)
         stamp = _stamp(self.config.index_dir)
         manifest = Manifest.load(self.config.index_dir)
         embedder = self._embedder_for(manifest)

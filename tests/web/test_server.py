@@ -1,10 +1,13 @@
 """A real `qa serve` (waitress) on a loopback port, driven over HTTP."""
 import json
+import os
+import subprocess
+import sys
 import time
 
 import pytest
 
-from conftest import http as get
+from conftest import ENV, http as get
 
 
 @pytest.mark.slow
@@ -55,3 +58,17 @@ def test_gunicorn_workers_serve_and_reload(live_server, fake_seed_copy):
                 break
             time.sleep(0.1)
         assert all(r and r[0]["doc_id"] == "ferry-1" for r in seen)
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="OpenMP's default is one thread on one core")
+def test_request_threads_run_faiss_on_one_thread():
+    # a request thread is started after FAISS loads, so it takes OpenMP's default team, not the loader's setting
+    code = ("from qa.web.server import one_thread_per_request; one_thread_per_request()\n"
+            "import faiss, threading\n"
+            "faiss.omp_set_num_threads(3)  # the loading thread's own setting must not matter\n"
+            "seen = []\n"
+            "t = threading.Thread(target=lambda: seen.append(faiss.omp_get_max_threads())); t.start(); t.join()\n"
+            "print(seen[0])")
+    env = {k: v for k, v in ENV.items() if k != "OMP_NUM_THREADS"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "1"
