@@ -1,8 +1,8 @@
 """Decoded store rows kept between searches, for one store generation.
 
-A search reads the same kinds of rows for every query (its shortlist's texts and sentence rows, its hits' passages
-and vectors), and on a collection people query again and again the same passages come back. Decoding them from
-SQLite was about a sixth of a search's CPU after the query embedding (docs/performance.md#row-cache). Rows are
+A search reads the same kinds of rows for every query (its shortlist's lower-cased texts and sentence rows, its
+hits' passages and vectors), and on a collection people query again and again the same passages come back. Decoding
+them from SQLite was about a sixth of a search's CPU after the query embedding (docs/performance.md#row-cache). Rows are
 immutable within a generation (every committed write bumps it), so the cache holds one generation's rows and a
 reader of a newer generation starts a fresh one; a reader of an older snapshot reads around it.
 """

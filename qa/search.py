@@ -207,7 +207,7 @@ def _complete_dense(index: Index, found: Candidates, qvec: np.ndarray) -> None:
 def _add_sentence_signals(index: Index, found: Candidates, qvec: np.ndarray, terms: list[str]) -> None:
     """The shortlist's sentence-level signals: each passage's best sentence cosine, its best sentence by meaning and
     term coverage (`sentence_evidence`), and every sentence's scores for answers."""
-    texts = index.store.passage_texts(found.ids)
+    folded = index.store.folded_texts(found.ids)
     matcher = TermMatcher.for_query(index, terms, index.passage_count)
     svecs, meta = index.store.sentences(found.ids, index.dim)  # (passage rowid, idx, start, end) rows
     if not len(meta):
@@ -216,7 +216,7 @@ def _add_sentence_signals(index: Index, found: Candidates, qvec: np.ndarray, ter
     owners = meta[first, 0].tolist()
     pos = np.cumsum(first) - 1  # each sentence's passage number
     cosines = svecs @ qvec
-    held = matcher.held([texts.get(rid, "") for rid in owners], np.column_stack((pos, meta[:, 2:])))
+    held = matcher.held([folded.get(rid, "") for rid in owners], np.column_stack((pos, meta[:, 2:])))
     covs = matcher.coverage(held)
     found.sentence = dict(zip(owners, np.maximum.reduceat(cosines, np.flatnonzero(first)).tolist()))
     found.evidence = dict(zip(owners, sentence_evidence(pos, cosines, covs, len(owners)).tolist()))

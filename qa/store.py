@@ -27,6 +27,7 @@ from .errors import IndexUnavailable
 from .ingest import Article, Paragraph
 from .manifest import Counts
 from .rowcache import RowCache
+from .text import fold_case
 
 if TYPE_CHECKING:
     from .prepare import PreparedArticle
@@ -199,7 +200,8 @@ class SentenceRows(NamedTuple):
 
 
 class PassageSentences(NamedTuple):
-    """One passage's sentences as stored: their (start, end) spans (int32) and vectors (float16), row for row."""
+    """One passage's sentences: their (start, end) spans (int32) and vectors, row for row (float16 as stored, read as
+    float32: a search multiplies them by the query's vector, and numpy casts float16 one number at a time)."""
 
     spans: np.ndarray
     vectors: np.ndarray
@@ -570,6 +572,13 @@ class Store:
     def _read_texts(self, rowids: Sequence[int]) -> dict[int, str]:
         return dict(self.con.execute(f"SELECT id, text FROM passages WHERE id {IN_IDS}", (ids_param(rowids),)))
 
+    def folded_texts(self, rowids: Sequence[int]) -> dict[int, str]:
+        """Passage texts as `fold_case` leaves them, by row id: what term coverage scans, folded once per row."""
+        return self._cached("folded", rowids, self._read_folded) if rowids else {}
+
+    def _read_folded(self, rowids: Sequence[int]) -> dict[int, str]:
+        return {rowid: fold_case(text) for rowid, text in self._read_texts(rowids).items()}
+
     def passage_vectors(self, rowids: Sequence[int], dim: int) -> np.ndarray:
         """Whole-passage vectors in the order of `rowids`."""
         if not rowids:
@@ -618,10 +627,10 @@ class Store:
         idx = np.arange(len(spans)) - np.repeat(first, counts)
         meta = np.column_stack((np.repeat(np.array(order, np.int64), counts), idx, spans))
         vecs = np.concatenate([found[r].vectors for r in order])
-        return SentenceRows(vecs.astype(np.float32), meta.astype(np.int64, copy=False))
+        return SentenceRows(vecs, meta.astype(np.int64, copy=False))
 
     def _read_sentences(self, rowids: Sequence[int], dim: int) -> dict[int, PassageSentences]:
-        """Each passage's sentence spans and float16 vectors, as stored."""
+        """Each passage's sentence spans and vectors."""
         out = {}
         for rowid, spans, vecs in self.con.execute(f"SELECT passage, spans, vecs FROM passage_sentences "
                                                    f"WHERE passage {IN_IDS}", (ids_param(rowids),)):
@@ -629,7 +638,7 @@ class Store:
             vecs = np.frombuffer(vecs, np.float16)
             if vecs.size != spans.shape[0] * dim:
                 raise IndexUnavailable(f"{self.path}: sentence vectors do not match their spans (damaged store?)")
-            out[rowid] = PassageSentences(spans, vecs.reshape(-1, dim))
+            out[rowid] = PassageSentences(spans, vecs.reshape(-1, dim).astype(np.float32))
         return out
 
     def filtered_window_ids(self, filters: Filters) -> np.ndarray:

@@ -55,6 +55,15 @@ def stem(word: str) -> str:
     return _stemmer().stemWord(word.lower())
 
 
+def fold_case(text: str) -> str:
+    """`text` lower-cased letter for letter, so offsets into it are offsets into `text`: a letter whose lower case is
+    longer than one character (İ alone, in today's Unicode) stays as it is; İ becomes I."""
+    low = text.replace("\u0130", "I").lower()
+    if len(low) == len(text):
+        return low
+    return "".join(low if len(low := c.lower()) == 1 else c for c in text)
+
+
 def _word_start(text: str, at: int) -> bool:
     """Whether `at` starts a word of `text`: the character before it is not one regex \\w matches (alphanumeric
     or _)."""
@@ -101,30 +110,26 @@ class TermMatcher:
 
     def coverages(self, texts: Sequence[str], spans: np.ndarray | Sequence[tuple[int, int, int]]) -> np.ndarray:
         """Coverage of each span, given as rows (text number, start, end) in text order then start order."""
-        return self.coverage(self.held(texts, spans))
+        return self.coverage(self.held([fold_case(t) for t in texts], spans))
 
     def coverage(self, held: np.ndarray) -> np.ndarray:
         """The share of the query's IDF weight held, from `held`'s rows."""
         return held @ self.weights / self.total if self.total > 0 else np.zeros(len(held))
 
-    def held(self, texts: Sequence[str], spans: np.ndarray | Sequence[tuple[int, int, int]]) -> np.ndarray:
-        """Which of the query's stems each span holds (spans x stems, bool), spans as for `coverages`: a word
-        counts where it starts with the stem. All texts are scanned at once, one pass per stem."""
+    def held(self, folded: Sequence[str], spans: np.ndarray | Sequence[tuple[int, int, int]]) -> np.ndarray:
+        """Which of the query's stems each span holds (spans x stems, bool), spans as for `coverages` over texts
+        given as `fold_case` left them (a store keeps them so): a word counts where it starts with the stem. All
+        texts are scanned at once, one pass per stem."""
         n = len(spans)
         if not self.stems or not n:
             return np.zeros((n, len(self.stems)), bool)
-        big = "\n".join(texts)
-        low = big.replace("\u0130", "I").lower()  # İ is the one letter whose lower case is two characters
-        flags = 0
-        if len(low) != len(big):  # should not happen; match case-insensitively rather than at shifted offsets
-            low, flags = big, re.I
-        bases = np.cumsum([0] + [len(t) + 1 for t in texts[:-1]])
+        low = "\n".join(folded)
+        bases = np.cumsum([0] + [len(t) + 1 for t in folded[:-1]])
         sp = np.asarray(spans, np.int64).reshape(n, 3)
         starts, ends = bases[sp[:, 0]] + sp[:, 1], bases[sp[:, 0]] + sp[:, 2]
         held = np.zeros((n, len(self.stems)), bool)
         for j, s in enumerate(self.stems):
-            found = _word_starts(low, s) if flags == 0 else [m.start() for m in re.finditer(re.escape(s), low, flags)
-                                                              if _word_start(low, m.start())]
+            found = _word_starts(low, s)
             if found:
                 found = np.array(found, np.int64)
                 i = np.searchsorted(starts, found, side="right") - 1

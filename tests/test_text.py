@@ -6,7 +6,7 @@ import threading
 import pytest
 import snowballstemmer
 
-from qa.text import TermMatcher, query_pairs, stem
+from qa.text import TermMatcher, fold_case, query_pairs, stem
 
 
 def test_query_pairs_keep_the_query_s_order_and_spacing():
@@ -74,5 +74,11 @@ def test_coverage_counts_words_that_start_with_a_stem():
     nested = TermMatcher({"lan": 1.0, "lant": 1.0, "lantern": 2.0, "lance": 1.0})
     assert nested.coverages(COVERAGE_TEXTS, spans).tolist() == pytest.approx(
         _coverage_reference(nested, COVERAGE_TEXTS, spans))
-    assert nested.held(["LANTERNS", "a lance"], [(0, 0, 8), (1, 0, 7)]).tolist() == [[True, True, True, False],
-                                                                                    [True, False, False, True]]
+    held = nested.held([fold_case("LANTERNS"), "a lance"], [(0, 0, 8), (1, 0, 7)])
+    assert held.tolist() == [[True, True, True, False], [True, False, False, True]]
+
+
+def test_fold_case_keeps_every_offset():
+    for text in COVERAGE_TEXTS + ["İSTANBUL and İzmir", "ΣΊΣΥΦΟΣ Straße"]:
+        folded = fold_case(text)
+        assert len(folded) == len(text) and folded == text.replace("\u0130", "I").lower()
