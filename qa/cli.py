@@ -352,7 +352,9 @@ def eval_(questions: str, index_dir: str | None, mode: str, k: int, limit: int |
 @_index_dir_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default).")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
-@click.option("--threads", default=8, show_default=True, type=click.IntRange(1, 64), help="Threads per process.")
+@click.option("--threads", default=2, show_default=True, type=click.IntRange(1, 64),
+              help="Threads per process: one runs Python while another is in the model or FAISS; more only queue "
+                   "for Python's lock (docs/performance.md#threads).")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
               help="Processes: 1 runs waitress; more run gunicorn, each worker with its own model and index "
                    "(Python runs one thread at a time per process, so this is how queries use several cores).")

@@ -267,7 +267,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--connections", type=int, default=8, help="concurrent connections of the load phase")
     ap.add_argument("--wrk-threads", type=int, default=2, help="wrk threads")
     ap.add_argument("--load-duration", type=float, default=30, help="seconds of the load phase")
-    ap.add_argument("--server-threads", type=int, default=8, help="threads per process of `qa serve`")
+    ap.add_argument("--server-threads", type=int, help="threads per process of `qa serve` [default: its own]")
     ap.add_argument("--server-workers", type=int, default=1,
                     help="processes of `qa serve` (`--workers`; more than 1 runs gunicorn)")
     ap.add_argument("--no-wrk", action="store_true", help="use the Python load generator even if wrk is installed")
@@ -372,7 +372,8 @@ def report(args, corpus: str, counts: dict, build_seconds, seq: dict, load: dict
         ["… latency p50 / p90 / p99 / max",
          f"{fmt(load['p50'])} / {fmt(load['p90'])} / {fmt(load['p99'])} / {fmt(load['max'])} ms"],
         ["… non-2xx / socket errors", f"{load['non2xx']} / {load['socket_errors']}"],
-        ["server", f"`qa serve --workers {args.server_workers} --threads {args.server_threads}`"],
+        ["server", f"`qa serve --workers {args.server_workers}"
+                   + (f" --threads {args.server_threads}`" if args.server_threads else "` (its default threads)")],
         ["machine", machine_note()],
     ]
     if ref and c:

@@ -133,7 +133,7 @@ def rss_kib(pid: int) -> int | None:
 class Server:
     """`qa [-v] serve` on a free loopback port; stdout and stderr go to a log file. Use as a context manager."""
 
-    def __init__(self, index_dir: str, log_path: str, env: dict | None = None, threads: int = 8,
+    def __init__(self, index_dir: str, log_path: str, env: dict | None = None, threads: int | None = None,
                  verbose: bool = False, start_timeout: float = 180, workers: int = 1):
         self.index_dir, self.log_path, self.env = index_dir, log_path, env or {}
         self.threads, self.verbose, self.start_timeout, self.workers = threads, verbose, start_timeout, workers
@@ -143,8 +143,8 @@ class Server:
 
     def __enter__(self) -> "Server":
         cmd = [QA, *(["-v"] if self.verbose else []), "serve", "--index-dir", self.index_dir,
-               "--host", "127.0.0.1", "--port", str(self.port), "--threads", str(self.threads),
-               "--workers", str(self.workers)]
+               "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self.workers),
+               *(["--threads", str(self.threads)] if self.threads else [])]  # else serve's default
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(cmd, env=qa_env(**self.env), stdout=self._log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
