@@ -130,12 +130,17 @@ def connect(uri: str, token: str | None = None) -> "MilvusClient":
         if is_lite(uri) and not mine:
             # pymilvus started Lite's server in this process before the connection failed: stop it, or its lock
             # would read as another process's and keep the database closed to every later open
-            from milvus_lite.server_manager import server_manager_instance
-
-            server_manager_instance.release_server(uri)
+            _release_lite_server(uri)
             if _lite_locked(uri):
                 raise IndexUnavailable(lite_locked_message(uri)) from None
         raise IndexUnavailable(f"cannot open Milvus at {uri}: {e}") from None
+
+
+def _release_lite_server(uri: str) -> None:
+    """Stop the Milvus Lite server pymilvus started in this process for `uri`, releasing the database's lock."""
+    from milvus_lite.server_manager import server_manager_instance
+
+    server_manager_instance.release_server(uri)
 
 
 def lite_locked_message(uri: str) -> str:
@@ -564,9 +569,7 @@ class MilvusIndex:
                 _lite_users[self.uri] = users
                 return
             _lite_users.pop(self.uri, None)
-        from milvus_lite.server_manager import server_manager_instance
-
-        server_manager_instance.release_server(self.uri)
+        _release_lite_server(self.uri)
 
     def __enter__(self) -> "MilvusIndex":
         return self
