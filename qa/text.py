@@ -56,12 +56,12 @@ def stem(word: str) -> str:
 
 
 def fold_case(text: str) -> str:
-    """`text` lower-cased letter for letter, so offsets into it are offsets into `text`: a letter whose lower case is
-    longer than one character (İ alone, in today's Unicode) stays as it is; İ becomes I."""
+    """`text` lower-cased letter for letter, so that offsets into it are offsets into `text`: İ, whose lower case is
+    two characters, becomes i, and any other letter whose lower case is longer (none in today's Unicode) stays."""
     low = text.replace("\u0130", "I").lower()
     if len(low) == len(text):
         return low
-    return "".join(low if len(low := c.lower()) == 1 else c for c in text)
+    return "".join(lc if len(lc := c.lower()) == 1 else c for c in text)
 
 
 def _word_start(text: str, at: int) -> bool:
