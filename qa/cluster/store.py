@@ -30,6 +30,7 @@ import numpy as np
 from ..errors import IndexUnavailable, QAError
 from ..manifest import Counts
 from ..store import DocumentPage, OutletCount, PassageWindows, SentenceRows, StoredPassage
+from ..text import fold_case
 from ..vectors.milvus import field_value, is_lite, quote, source_key
 from .collections import PAD, SLOT_BITS, Rows, doc_filter, get_meta, names, passages_of, put_meta, rows_of
 
@@ -182,6 +183,10 @@ class ClusterStore:
 
     def passage_texts(self, rowids: Sequence[int]) -> dict[int, str]:
         return {rid: row["text"] for rid, row in self.rows(rowids).items()}
+
+    def folded_texts(self, rowids: Sequence[int]) -> dict[int, str]:
+        """Passage texts as `fold_case` leaves them, by row id (what term coverage scans)."""
+        return {rid: fold_case(text) for rid, text in self.passage_texts(rowids).items()}
 
     def passage_vectors(self, rowids: Sequence[int], dim: int) -> np.ndarray:
         """Whole-passage vectors in the order of `rowids` (zeros for a passage gone)."""
