@@ -63,7 +63,7 @@ def test_gunicorn_workers_serve_and_reload(live_server, fake_seed_copy):
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="OpenMP's default is one thread on one core")
 def test_request_threads_run_faiss_on_one_thread():
     # a request thread is started after FAISS loads, so it takes OpenMP's default team, not the loader's setting
-    code = ("from qa.web.server import one_thread_per_request; one_thread_per_request()\n"
+    code = ("from qa.process import one_thread_per_request; one_thread_per_request()\n"
             "import faiss, threading\n"
             "faiss.omp_set_num_threads(3)  # the loading thread's own setting must not matter\n"
             "seen = []\n"
