@@ -368,6 +368,8 @@ def serve(index_dir: str | None, host: str, port: int, threads: int, workers: in
     process.tune_malloc()
     # one thread per query encode: concurrent requests use the cores (docs/performance.md#threads)
     os.environ.setdefault("QA_EMBED_THREADS", "1")
+    # ...and all the cores a worker has to itself for a request that runs alone
+    os.environ.setdefault("QA_EMBED_IDLE_THREADS", str(process.cpu_count() // workers))
     if workers > 1:
         click.echo(f"serving {os.path.abspath(cfg.index_dir)} on http://{host}:{port} ({workers} workers)", err=True)
         server.run_gunicorn(functools.partial(server.load_app, cfg), host, port, workers, threads)

@@ -7,6 +7,8 @@ import ctypes.util
 import functools
 import os
 import sys
+import threading
+from collections.abc import Callable, Iterable
 
 # mallopt's option numbers, from glibc's <malloc.h>
 M_TRIM_THRESHOLD = -1
@@ -70,3 +72,33 @@ def cpu_count() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:
         return os.cpu_count() or 1
+
+
+class InFlight:
+    """The requests a serving process is answering now, counted around its WSGI app: one that runs alone may use the
+    cores that concurrent ones would otherwise take (the query encode's idle session, docs/performance.md#threads)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.count = 0
+
+    def wrap(self, app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterable[bytes]]:
+        """`app` (a WSGI callable) with its calls counted."""
+
+        def counted(environ: dict, start_response: Callable) -> Iterable[bytes]:
+            with self._lock:
+                self.count += 1
+            try:
+                return app(environ, start_response)
+            finally:
+                with self._lock:
+                    self.count -= 1
+
+        return counted
+
+    def alone(self) -> bool:
+        """Whether no other request is in flight beside the caller's (true outside a server, too)."""
+        return self.count <= 1
+
+
+REQUESTS = InFlight()

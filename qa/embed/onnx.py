@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..files import atomic_path
-from ..process import cpu_count
+from ..process import REQUESTS, cpu_count
 from .base import TransformerEmbedder, model_fingerprint, model_max_tokens
 
 if TYPE_CHECKING:
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CACHE_ENV = "QA_CACHE_DIR"
+IDLE_THREADS_ENV = "QA_EMBED_IDLE_THREADS"
 OPSET = 17
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 OUTPUT_NAME = "last_hidden_state"
@@ -248,34 +249,50 @@ class OnnxEmbedder(TransformerEmbedder):
 
     `outlier_blocks=False` quantises every layer per tensor, the outlier-sensitive ones too: further from PyTorch
     (see docs/performance.md).
-    `threads` defaults to $QA_EMBED_THREADS, else the cores this process may use.
+    `threads` defaults to $QA_EMBED_THREADS, else the cores this process may use. `idle_threads` (default
+    $QA_EMBED_IDLE_THREADS), when more than `threads`, is what a forward pass may use while its request is the only
+    one its process serves (`qa.process.REQUESTS`): a second session, whose threads spin only while it runs.
     """
 
     backend = "onnx"
 
     def __init__(self, model_path: str, model_name: str, max_tokens: int | None = None, *, quantize: bool = True,
-                 outlier_blocks: bool = True, threads: int | None = None):
-        import onnxruntime as ort
-
+                 outlier_blocks: bool = True, threads: int | None = None, idle_threads: int | None = None):
         config = _read_config(model_path)
         limit = max_tokens or model_max_tokens(model_path, int(config.get("max_position_embeddings", 512)))
         super().__init__(model_path, model_name, limit)
         self.dim = int(config["hidden_size"])
         self.onnx_path = ensure_onnx_model(model_path, quantize, outlier_blocks)
+        threads = threads or int(os.environ.get("QA_EMBED_THREADS") or 0) or cpu_count()
+        idle_threads = idle_threads or int(os.environ.get(IDLE_THREADS_ENV) or 0)
+        self.session = self._session(threads)
+        self.idle_session = self._session(idle_threads, stop_spinning=True) if idle_threads > threads else None
+        self._inputs = {i.name for i in self.session.get_inputs()}
+
+    def _session(self, threads: int, stop_spinning: bool = False):
+        """An ONNX Runtime session of the model on `threads` threads."""
+        import onnxruntime as ort
+
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or int(os.environ.get("QA_EMBED_THREADS") or 0) or cpu_count()
+        options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # no memory arena: it grows to the largest batch run (a build's, an admin write's) and keeps it for the
         # server's life; freed tensors go back to malloc, tuned and trimmed by qa.process (docs/operations.md)
         options.enable_cpu_mem_arena = False
-        self.session = ort.InferenceSession(self.onnx_path, options, providers=["CPUExecutionProvider"])
-        self._inputs = {i.name for i in self.session.get_inputs()}
+        if stop_spinning:
+            # the pool's threads otherwise spin on for milliseconds after a run, on the core the next request needs
+            options.add_session_config_entry("session.force_spinning_stop", "1")
+        return ort.InferenceSession(self.onnx_path, options, providers=["CPUExecutionProvider"])
 
     def _forward(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         """Token embeddings [batch, seq, dim] from the ONNX session."""
         feed = {"input_ids": input_ids, "attention_mask": attention_mask}
         if "token_type_ids" in self._inputs:
             feed["token_type_ids"] = np.zeros_like(input_ids)
-        return self.session.run([OUTPUT_NAME], feed)[0]
+        return self.running_session().run([OUTPUT_NAME], feed)[0]
+
+    def running_session(self):
+        """The session for a forward pass now: the idle one while the caller's request is its process's only one."""
+        return self.idle_session if self.idle_session is not None and REQUESTS.alone() else self.session

@@ -210,6 +210,34 @@ def test_the_graph_runs_on_fused_transformer_operators(onnx_embedder: OnnxEmbedd
     assert quantised.count("MatMulNBits") == 3 + 2 * 5 and "MatMul" not in quantised
 
 
+def test_a_request_alone_runs_on_the_idle_session_with_the_same_vectors(onnx_embedder: OnnxEmbedder,
+                                                                       texts: list[str]) -> None:
+    from qa.process import REQUESTS
+
+    narrow = OnnxEmbedder(packaged_model_path(), PACKAGED_MODEL, threads=1)
+    wide = OnnxEmbedder(packaged_model_path(), PACKAGED_MODEL, threads=1, idle_threads=2)
+    assert narrow.idle_session is None and wide.idle_session is not None
+    assert OnnxEmbedder(packaged_model_path(), PACKAGED_MODEL, threads=2, idle_threads=2).idle_session is None
+    seen = []
+
+    def request(environ: dict, start_response) -> list[bytes]:
+        seen.append(wide.running_session())
+        return [b""]
+
+    def request_beside_another(environ: dict, start_response) -> list[bytes]:
+        return REQUESTS.wrap(request)(environ, start_response)
+
+    assert wide.running_session() is wide.idle_session  # no server: nothing else runs
+    REQUESTS.wrap(request)({}, None)
+    REQUESTS.wrap(request_beside_another)({}, None)
+    assert seen == [wide.idle_session, wide.session]
+    assert REQUESTS.count == 0
+    # the thread count changes how the work is split, not the arithmetic: rankings cannot depend on the load
+    assert np.array_equal(wide.encode(texts, batch_size=8), narrow.encode(texts, batch_size=8))
+    for q in QUERIES:
+        assert np.array_equal(wide.encode_query(q).vector, narrow.encode_query(q).vector)
+
+
 def test_stale_files_go_but_current_ones_stay(tmp_path: Path) -> None:
     from qa.embed.onnx import FP32_FILE, RETIRED_FILES, TEMP_SUFFIX, _remove_stale_files
 
