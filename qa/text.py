@@ -20,8 +20,9 @@ which while who whom whose why will with would you your yours yourself yourselve
 
 
 def query_terms(text: str) -> list[str]:
-    """Distinct content words of a query (stop words dropped unless nothing else is left)."""
-    words = [w.lower() for w in WORD.findall(text)]
+    """Distinct content words of a query, lower-cased as passages are (`fold_case`), stop words dropped unless
+    nothing else is left."""
+    words = [fold_case(w) for w in WORD.findall(text)]
     content = [w for w in words if w not in STOPWORDS] or words
     return list(dict.fromkeys(content))
 
@@ -30,7 +31,7 @@ def query_pairs(text: str) -> list[tuple[str, str, int]]:
     """Each content word of a query with the next one and how many words on it comes ("Notre Dame" gives
     ("notre", "dame", 1), "University of Notre" ("university", "notre", 2)): the query's sequential term
     dependencies, for BM25 with term proximity (see `qa.lexical`)."""
-    words = [w.lower() for w in WORD.findall(text)]
+    words = [fold_case(w) for w in WORD.findall(text)]
     content = set(query_terms(text))
     at = [i for i, w in enumerate(words) if w in content]
     return list(dict.fromkeys((words[a], words[b], b - a) for a, b in zip(at, at[1:]) if words[a] != words[b]))

@@ -6,7 +6,7 @@ import threading
 import pytest
 import snowballstemmer
 
-from qa.text import TermMatcher, fold_case, query_pairs, stem
+from qa.text import TermMatcher, fold_case, query_pairs, query_terms, stem
 
 
 def test_query_pairs_keep_the_query_s_order_and_spacing():
@@ -82,3 +82,11 @@ def test_fold_case_keeps_every_offset():
     for text in COVERAGE_TEXTS + ["İSTANBUL and İzmir", "ΣΊΣΥΦΟΣ Straße"]:
         folded = fold_case(text)
         assert len(folded) == len(text) and folded == text.replace("\u0130", "I").lower()
+
+
+def test_query_words_are_folded_as_passages_are():
+    # str.lower gives "i̇zmir" (i and a combining dot), which no folded passage holds
+    assert query_terms("Where is İzmir?") == ["izmir"]
+    assert query_pairs("İSTANBUL İzmir") == [("istanbul", "izmir", 1)]
+    matcher = TermMatcher({stem(t): 1.0 for t in query_terms("İzmir port")})
+    assert matcher.coverages(["The port of İzmir."], [(0, 0, 18)]).tolist() == [1.0]
