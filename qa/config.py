@@ -5,6 +5,8 @@ import dataclasses
 import logging
 import os
 
+from .errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 DEFAULT_INDEX_DIR = "index"
@@ -13,6 +15,21 @@ DEFAULT_INDEX_DIR = "index"
 def _env(name: str, default: str | None = None) -> str | None:
     value = os.environ.get(name)
     return value if value not in (None, "") else default
+
+
+def env_number(name: str, default: float | None = None, *, whole: bool = False) -> float | None:
+    """A numeric QA_* setting (`whole`: an integer, such as a thread count), at least 0; `default` when unset."""
+    value = _env(name)
+    if value is None:
+        return default
+    try:
+        number = int(value) if whole else float(value)
+    except ValueError:
+        number = -1
+    if not number >= 0:  # also NaN
+        kind = "a whole number" if whole else "a number"
+        raise ConfigError(f"{name} must be {kind} of 0 or more, not {value!r}")
+    return number
 
 
 def _admin_token() -> str | None:
@@ -46,7 +63,7 @@ class Config:
             model=_env("QA_MODEL"),
             embed_backend=_env("QA_EMBED_BACKEND", "auto"),
             admin_token=_admin_token(),
-            reload_interval=float(_env("QA_RELOAD_INTERVAL", "2.0")),
+            reload_interval=env_number("QA_RELOAD_INTERVAL", 2.0),
         )
         for key, value in overrides.items():
             if value is not None:

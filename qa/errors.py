@@ -47,3 +47,9 @@ class InsufficientStorage(QAError):
     """The index folder cannot take a write: its disk is full or it is read-only."""
 
     status = 507
+
+
+class ConfigError(QAError):
+    """A QA_* setting in the environment is not a value it can take."""
+
+    status = 500

@@ -1,4 +1,5 @@
-"""Process tuning: the count of requests in flight that lets a request alone use the idle cores."""
+"""Process tuning (the count of requests in flight that lets a request alone use the idle cores) and the numeric
+settings that size it."""
 from __future__ import annotations
 
 import threading
@@ -44,3 +45,25 @@ def test_concurrent_requests_are_not_alone():
     for t in threads:
         t.join(5)
     assert seen.count(False) >= 1 and flight.count == 0
+
+
+@pytest.mark.parametrize("value, whole, expected", [(None, True, None), ("", True, None), ("3", True, 3),
+                                                    ("0", True, 0), ("2.5", False, 2.5)])
+def test_numeric_settings_are_read(monkeypatch, value, whole, expected):
+    from qa.config import env_number
+
+    if value is None:
+        monkeypatch.delenv("QA_TEST_NUMBER", raising=False)
+    else:
+        monkeypatch.setenv("QA_TEST_NUMBER", value)
+    assert env_number("QA_TEST_NUMBER", whole=whole) == expected
+
+
+@pytest.mark.parametrize("value, whole", [("abc", True), ("2.5", True), ("-1", True), ("nan", False), ("-3", False)])
+def test_a_bad_numeric_setting_is_one_clear_error(monkeypatch, value, whole):
+    from qa.config import env_number
+    from qa.errors import ConfigError
+
+    monkeypatch.setenv("QA_TEST_NUMBER", value)
+    with pytest.raises(ConfigError, match=f"QA_TEST_NUMBER must be .* not '{value}'"):
+        env_number("QA_TEST_NUMBER", whole=whole)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..config import env_number
 from ..files import atomic_path
 from ..process import REQUESTS, cpu_count
 from .base import TransformerEmbedder, model_fingerprint, model_max_tokens
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CACHE_ENV = "QA_CACHE_DIR"
+THREADS_ENV = "QA_EMBED_THREADS"
 IDLE_THREADS_ENV = "QA_EMBED_IDLE_THREADS"
 OPSET = 17
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
@@ -263,8 +265,8 @@ class OnnxEmbedder(TransformerEmbedder):
         super().__init__(model_path, model_name, limit)
         self.dim = int(config["hidden_size"])
         self.onnx_path = ensure_onnx_model(model_path, quantize, outlier_blocks)
-        threads = threads or int(os.environ.get("QA_EMBED_THREADS") or 0) or cpu_count()
-        idle_threads = idle_threads or int(os.environ.get(IDLE_THREADS_ENV) or 0)
+        threads = threads or env_number(THREADS_ENV, whole=True) or cpu_count()
+        idle_threads = idle_threads or env_number(IDLE_THREADS_ENV, 0, whole=True)
         self.session = self._session(threads)
         self.idle_session = self._session(idle_threads, stop_spinning=True) if idle_threads > threads else None
         self._inputs = {i.name for i in self.session.get_inputs()}

@@ -1,10 +1,9 @@
 """The model's transformer run by PyTorch: the reference the ONNX backend is checked against."""
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
+from ..config import env_number
 from .base import TransformerEmbedder, model_max_tokens
 
 
@@ -20,8 +19,8 @@ class TorchEmbedder(TransformerEmbedder):
 
         hf_logging.disable_progress_bar()  # no "Loading weights" bar in CLI output
         torch.set_grad_enabled(False)
-        if os.environ.get("QA_EMBED_THREADS"):
-            torch.set_num_threads(int(os.environ["QA_EMBED_THREADS"]))
+        if threads := env_number("QA_EMBED_THREADS", whole=True):
+            torch.set_num_threads(threads)
         self.model = AutoModel.from_pretrained(model_path, local_files_only=True)
         self.model.eval()
         limit = max_tokens or model_max_tokens(model_path, self.model.config.max_position_embeddings)
