@@ -20,6 +20,11 @@ ROW_CACHE_BYTES = 32 << 20  # a squad-sized collection fits; a bigger one keeps 
 
 def size_of(value: Any) -> int:
     """Approximate bytes held by a cached value: arrays and strings by their length, containers by their items."""
+    kind = type(value)  # the common leaves first: every value a search caches is sized when it is loaded
+    if kind is str:
+        return len(value) + 56
+    if value is None or kind is int or kind is float:
+        return 32
     if isinstance(value, np.ndarray):
         return value.nbytes + 112
     if isinstance(value, (str, bytes)):

@@ -253,8 +253,12 @@ def _hits(index: Index, ranked: Ranked, found: Candidates, mode: str, limit: int
 
 def standardise(values: np.ndarray) -> np.ndarray:
     """z-scores of an array (mean 0, unit deviation; a constant array gives zeros)."""
-    sd = float(values.std()) if len(values) else 0.0
-    return (values - values.mean()) / (sd if sd > 1e-9 else 1.0) if len(values) else values
+    n = len(values)
+    if not n:
+        return values
+    centred = values - values.sum() / n  # np.mean's and np.std's own arithmetic (the same bits), without their
+    sd = math.sqrt((centred * centred).sum() / n)  # per-call overhead: a query standardises seven arrays
+    return centred / (sd if sd > 1e-9 else 1.0)
 
 
 def sentence_evidence(passage: np.ndarray, cosines: np.ndarray, coverages: np.ndarray, n: int) -> np.ndarray:
@@ -308,12 +312,12 @@ def fuse_hybrid(sentence: Mapping[int, float], lexical: Mapping[int, float], evi
 def collapse_duplicates(index: Index, hits: list[Hit]) -> list[Hit]:
     """Fold near-identical passages (cosine ≥ DUPLICATE_COSINE, or the same text) into the best-ranked copy."""
     vecs = index.store.passage_vectors([h.passage.rowid for h in hits], index.dim)
-    sims = vecs @ vecs.T
+    close = (vecs @ vecs.T >= DUPLICATE_COSINE).tolist()
     words = [h.passage.words_hash for h in hits]  # the same words, whatever the spacing and case
     kept: list[int] = []
     for i, hit in enumerate(hits):
         for j in kept:
-            same = sims[i, j] >= DUPLICATE_COSINE or (
+            same = close[i][j] or (
                 words[i] == words[j] and hit.passage.words() == hits[j].passage.words())
             if same and hit.passage.doc_id != hits[j].passage.doc_id:
                 hits[j].duplicates.append(hit.passage)

@@ -200,10 +200,11 @@ class SentenceRows(NamedTuple):
 
 
 class PassageSentences(NamedTuple):
-    """One passage's sentences: their (start, end) spans (int32) and vectors, row for row (float16 as stored, read as
-    float32: a search multiplies them by the query's vector, and numpy casts float16 one number at a time)."""
+    """One passage's sentences: their rows (passage rowid, idx, start, end; int64, as `SentenceRows.meta` joins them)
+    and vectors, row for row (float16 as stored, read as float32: a search multiplies them by the query's vector,
+    and numpy casts float16 one number at a time)."""
 
-    spans: np.ndarray
+    meta: np.ndarray
     vectors: np.ndarray
 
 
@@ -620,26 +621,29 @@ class Store:
         found = self._cached("sentences", rowids, functools.partial(self._read_sentences, dim=dim)) if rowids else {}
         if not found:
             return SentenceRows(np.zeros((0, dim), np.float32), np.zeros((0, 4), np.int64))
-        order = sorted(found)
-        spans = np.concatenate([found[r].spans for r in order])
-        counts = np.array([len(found[r].spans) for r in order])
-        first = np.cumsum(counts) - counts  # each passage's first sentence
-        idx = np.arange(len(spans)) - np.repeat(first, counts)
-        meta = np.column_stack((np.repeat(np.array(order, np.int64), counts), idx, spans))
-        vecs = np.concatenate([found[r].vectors for r in order])
-        return SentenceRows(vecs, meta.astype(np.int64, copy=False))
+        rows = [found[r] for r in sorted(found)]
+        return SentenceRows(np.concatenate([r.vectors for r in rows]), np.concatenate([r.meta for r in rows]))
 
     def _read_sentences(self, rowids: Sequence[int], dim: int) -> dict[int, PassageSentences]:
-        """Each passage's sentence spans and vectors."""
-        out = {}
-        for rowid, spans, vecs in self.con.execute(f"SELECT passage, spans, vecs FROM passage_sentences "
-                                                   f"WHERE passage {IN_IDS}", (ids_param(rowids),)):
-            spans = np.frombuffer(spans, np.int32).reshape(-1, 2)
-            vecs = np.frombuffer(vecs, np.float16)
-            if vecs.size != spans.shape[0] * dim:
-                raise IndexUnavailable(f"{self.path}: sentence vectors do not match their spans (damaged store?)")
-            out[rowid] = PassageSentences(spans, vecs.reshape(-1, dim).astype(np.float32))
-        return out
+        """Each passage's sentence rows and vectors, decoded for all the passages at once (one cast, not one a
+        passage) and copied out per passage, so a cached passage holds no other passage's rows."""
+        rows = self.con.execute(f"SELECT passage, spans, vecs FROM passage_sentences WHERE passage {IN_IDS}",
+                                (ids_param(rowids),)).fetchall()
+        if not rows:
+            return {}
+        spans = [np.frombuffer(r[1], np.int32).reshape(-1, 2) for r in rows]
+        counts = [len(s) for s in spans]
+        if any(len(r[2]) != n * dim * 2 for r, n in zip(rows, counts)):  # float16: 2 bytes a number
+            raise IndexUnavailable(f"{self.path}: sentence vectors do not match their spans (damaged store?)")
+        vecs = np.frombuffer(b"".join(r[2] for r in rows), np.float16).reshape(-1, dim).astype(np.float32)
+        ends = np.cumsum(counts)
+        starts = ends - counts
+        meta = np.empty((len(vecs), 4), np.int64)
+        meta[:, 0] = np.repeat([r[0] for r in rows], counts)
+        meta[:, 1] = np.arange(len(vecs)) - np.repeat(starts, counts)
+        meta[:, 2:] = np.concatenate(spans)
+        return {r[0]: PassageSentences(meta[a:b].copy(), vecs[a:b].copy())
+                for r, a, b in zip(rows, starts.tolist(), ends.tolist())}
 
     def filtered_window_ids(self, filters: Filters) -> np.ndarray:
         """Ids of the windows whose documents pass the filters."""

@@ -122,18 +122,23 @@ class TermMatcher:
         given as `fold_case` left them (a store keeps them so): a word counts where it starts with the stem. All
         texts are scanned at once, one pass per stem."""
         n = len(spans)
+        held = np.zeros((n, len(self.stems)), bool)
         if not self.stems or not n:
-            return np.zeros((n, len(self.stems)), bool)
+            return held
         low = "\n".join(folded)
+        at: list[int] = []  # every match of every stem, then its stem's number: one array pass for all stems
+        stem_of: list[int] = []
+        for j, s in enumerate(self.stems):
+            found = _word_starts(low, s)
+            at += found
+            stem_of += [j] * len(found)
+        if not at:
+            return held
         bases = np.cumsum([0] + [len(t) + 1 for t in folded[:-1]])
         sp = np.asarray(spans, np.int64).reshape(n, 3)
         starts, ends = bases[sp[:, 0]] + sp[:, 1], bases[sp[:, 0]] + sp[:, 2]
-        held = np.zeros((n, len(self.stems)), bool)
-        for j, s in enumerate(self.stems):
-            found = _word_starts(low, s)
-            if found:
-                found = np.array(found, np.int64)
-                i = np.searchsorted(starts, found, side="right") - 1
-                inside = (i >= 0) & (found < ends[np.maximum(i, 0)])
-                held[i[inside], j] = True
+        where = np.array(at, np.int64)
+        i = np.searchsorted(starts, where, side="right") - 1
+        inside = (i >= 0) & (where < ends[np.maximum(i, 0)])
+        held[i[inside], np.array(stem_of, np.intp)[inside]] = True
         return held

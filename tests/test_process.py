@@ -2,11 +2,15 @@
 settings that size it."""
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 
 import pytest
 
 from qa.process import InFlight
+
+from conftest import ENV
 
 
 def test_requests_are_counted_while_the_app_runs_and_after_it_fails():
@@ -67,3 +71,17 @@ def test_a_bad_numeric_setting_is_one_clear_error(monkeypatch, value, whole):
     monkeypatch.setenv("QA_TEST_NUMBER", value)
     with pytest.raises(ConfigError, match=f"QA_TEST_NUMBER must be .* not '{value}'"):
         env_number("QA_TEST_NUMBER", whole=whole)
+
+
+def test_a_served_app_keeps_the_libraries_out_of_collections_but_not_its_index(fake_seed_index_dir):
+    # gc.get_objects() lists what collections walk: frozen objects are not in it
+    code = ("import gc, sys\n"
+            "from qa.config import Config\n"
+            "from qa.web.server import load_app\n"
+            "app = load_app(Config(index_dir=sys.argv[1]))\n"
+            "index = app.extensions['qa_engine'].index()\n"
+            "walked = {id(o) for o in gc.get_objects()}\n"
+            "print(gc.get_freeze_count() > 10000, id(index) in walked, id(index.store) in walked)")
+    out = subprocess.run([sys.executable, "-c", code, fake_seed_index_dir], env=ENV, capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.split() == ["True", "True", "True"]

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from qa.search import fuse_dense, fuse_hybrid, rank, shortlist, top, zscores
+from qa.search import fuse_dense, fuse_hybrid, rank, shortlist, standardise, top, zscores
 
 
 def combine(signals: list[dict[int, float]]) -> dict[int, float]:
@@ -17,6 +17,20 @@ def test_zscores_are_scale_free():
     b = zscores({1: 100.0, 2: 200.0, 3: 300.0})
     assert a == pytest.approx(b)
     assert zscores({1: 4.0, 2: 4.0}) == {1: 0.0, 2: 0.0}
+
+
+def test_standardise_gives_numpy_s_mean_and_deviation_to_the_bit():
+    """Rankings must not move with the arithmetic: the same bits as (values - mean) / std from numpy itself."""
+    rng = np.random.default_rng(7)
+    for n in (1, 2, 3, 10, 50, 101, 257):
+        for scale in (1e-3, 1.0, 40.0):
+            values = rng.normal(size=n) * scale + scale
+            expected = values - values.mean()
+            sd = values.std()
+            expected = expected / (sd if sd > 1e-9 else 1.0)
+            assert standardise(values).tobytes() == expected.tobytes()
+    assert standardise(np.full(4, 0.3)).tolist() == [0.0] * 4
+    assert standardise(np.zeros(0)).tolist() == []
 
 
 def test_hybrid_surfaces_lexical_only_and_dense_only_evidence():

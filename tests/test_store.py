@@ -8,6 +8,7 @@ import pytest
 from qa.chunk import split_sentences
 from qa.index import add_documents, build_index, check_index, load_index, remove_documents
 from qa.ingest import article_from_dict
+from qa.errors import IndexUnavailable
 from qa.store import Store
 
 from conftest import ARTS
@@ -72,6 +73,23 @@ def test_sentences_are_a_row_per_passage(tmp_path, corpus, fake_embedder):
     add_documents(None, new, articles=[art], embedder=fake_embedder)
     remove_documents(["a1"], new)
     assert check_index(new) == []
+
+
+def test_sentence_rows_are_read_for_many_passages_at_once_and_kept_apart(tmp_path, corpus, fake_embedder):
+    new = str(tmp_path / "new")
+    build_index([corpus], new, embedder=fake_embedder)
+    a = load_index(new, embedder=fake_embedder)
+    path, dim = a.store.path, fake_embedder.dim
+    rows = a.store._read_sentences([1, 2, 4], dim)
+    assert sorted(rows) == [1, 2, 4]
+    # each passage's arrays are its own: a cached passage must not keep the whole read alive
+    assert all(array.base is None for row in rows.values() for array in row)
+    assert [r[0] for r in rows[2].meta.tolist()] == [2] * len(rows[2].meta)
+    a.close()
+    with sqlite3.connect(path) as con:
+        con.execute("UPDATE passage_sentences SET vecs = substr(vecs, 1, 10) WHERE passage = 2")
+    with pytest.raises(IndexUnavailable, match="do not match their spans"):
+        Store(path, readonly=True).sentences([1, 2], dim)
 
 
 def test_a_row_cache_keeps_the_most_recently_used_rows_within_its_budget():

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from flask import Flask
 
 from ..config import Config
-from ..process import REQUESTS, one_thread_per_request
+from ..process import REQUESTS, freeze_libraries, one_thread_per_request
 from . import create_app
 
 
@@ -14,6 +14,7 @@ def load_app(config: Config) -> Flask:
     """The app with its index and model loaded, one query run, and the background reload check started."""
     one_thread_per_request()  # here, not before a fork: each gunicorn worker loads its app after it
     app = create_app(config)
+    freeze_libraries()  # after the thread settings (FAISS reads them as it loads), before the index
     app.wsgi_app = REQUESTS.wrap(app.wsgi_app)  # a request served alone may encode on the idle cores
     engine = app.extensions["qa_engine"]
     engine.warm_up()
