@@ -19,21 +19,38 @@ them themselves then there these they this those through to too under until up v
 which while who whom whose why will with would you your yours yourself yourselves""".split())
 
 
+# what `WORD` leaves of English possessives and contractions after the apostrophe ("Tesla's", "didn't", "we'll"):
+# not words of their own, as an English analyzer's possessive filter has it
+CLITICS = frozenset("s t d ll m re ve".split())
+APOSTROPHES = "'\u2019"
+
+
+def _query_words(text: str) -> tuple[list[str], list[bool]]:
+    """A query's words, lower-cased as passages are (`fold_case`), and for each whether it is a content word: not a
+    stop word, nor a clitic after an apostrophe ("s" of "Tesla's", which matched most passages and, as a stem,
+    every word starting with "s")."""
+    words, content = [], []
+    for m in WORD.finditer(text):
+        word = fold_case(m.group())
+        clitic = word in CLITICS and m.start() > 0 and text[m.start() - 1] in APOSTROPHES
+        words.append(word)
+        content.append(not clitic and word not in STOPWORDS)
+    return words, content
+
+
 def query_terms(text: str) -> list[str]:
-    """Distinct content words of a query, lower-cased as passages are (`fold_case`), stop words dropped unless
-    nothing else is left."""
-    words = [fold_case(w) for w in WORD.findall(text)]
-    content = [w for w in words if w not in STOPWORDS] or words
-    return list(dict.fromkeys(content))
+    """Distinct content words of a query (`_query_words`), or all its words when it has none."""
+    words, content = _query_words(text)
+    return list(dict.fromkeys([w for w, c in zip(words, content) if c] or words))
 
 
 def query_pairs(text: str) -> list[tuple[str, str, int]]:
     """Each content word of a query with the next one and how many words on it comes ("Notre Dame" gives
     ("notre", "dame", 1), "University of Notre" ("university", "notre", 2)): the query's sequential term
-    dependencies, for BM25 with term proximity (see `qa.lexical`)."""
-    words = [fold_case(w) for w in WORD.findall(text)]
-    content = set(query_terms(text))
-    at = [i for i, w in enumerate(words) if w in content]
+    dependencies, for BM25 with term proximity (see `qa.lexical`). Stop words and clitics count in the distance:
+    the index holds them as words."""
+    words, content = _query_words(text)
+    at = [i for i, c in enumerate(content) if c] if any(content) else range(len(words))
     return list(dict.fromkeys((words[a], words[b], b - a) for a, b in zip(at, at[1:]) if words[a] != words[b]))
 
 

@@ -17,6 +17,17 @@ def test_query_pairs_keep_the_query_s_order_and_spacing():
     assert query_pairs("ferry ferry") == [] and query_pairs("ferry") == [] and query_pairs("") == []
 
 
+def test_clitics_after_an_apostrophe_are_not_content_words():
+    # "s" of "Tesla's" matched most passages in BM25 and, as a stem, every word starting with "s" in term coverage
+    assert query_terms("What was Tesla's financial situation?") == ["tesla", "financial", "situation"]
+    assert query_pairs("What was Tesla\u2019s financial situation?") == [("tesla", "financial", 2),
+                                                                        ("financial", "situation", 1)]
+    assert query_terms("Why didn't the ferry sail? We'll see") == ["didn", "ferry", "sail", "see"]
+    assert query_terms("What do T cells do?") == ["t", "cells"]  # a letter on its own is a word
+    assert query_terms("S&P 500") == ["s", "p", "500"]
+    assert query_terms("it's") == ["it", "s"] and query_pairs("it's") == [("it", "s", 1)]  # nothing else: all
+
+
 def test_stemming_is_thread_safe():
     """The server stems queries on many threads at once; a shared Snowball stemmer garbles words (a 500 under load)."""
     words = [f"{w}{i}ational" for i in range(6000) for w in ("relat", "nation", "condition")]
