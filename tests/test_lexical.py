@@ -186,3 +186,20 @@ def test_term_proximity_adds_to_bm25_and_breaks_ties_between_the_same_words(tmp_
         assert hits[0].scores["lexical"] == pytest.approx(near[rowid["d1"]])
     finally:
         index.close()
+
+
+def test_a_dotted_capital_i_matches_either_spelling(tmp_path, fake_embedder):
+    # lower-cased alone, İ is i with a combining dot: "İzmir" in a passage was a word no query could spell
+    path = tmp_path / "arts.jsonl"
+    path.write_text(json.dumps({"id": "tr", "title": "İzmir port", "paragraphs": ["Ferries left İzmir at dawn."]})
+                    + "\n" + json.dumps({"id": "gr", "title": "Piraeus", "paragraphs": ["Ferries left Piraeus."]}))
+    idx = str(tmp_path / "index")
+    build_index([str(path)], idx, embedder=fake_embedder)
+    index = load_index(idx, embedder=fake_embedder)
+    try:
+        for question in ("İzmir ferries", "Izmir ferries", "izmir ferries"):
+            hits = search(index, question, 2, mode="lexical", collapse=False).hits
+            assert [h.passage.doc_id for h in hits] == ["tr", "gr"], question
+            assert hits[0].scores["lexical"] > 2 * hits[1].scores["lexical"]
+    finally:
+        index.close()
