@@ -88,12 +88,16 @@ class SearchResult:
 
     @functools.cached_property
     def sentence_scores(self) -> dict[int, list[SentenceScore]]:
-        """Per candidate passage rowid, the scores of each of its sentences in order (for answers; built on first
-        use, so plain searches skip it)."""
+        """Per hit's passage rowid, the scores of each of its sentences in order (for answers, which read only their
+        hits'; built on first use, so plain searches skip it)."""
         out: dict[int, list[SentenceScore]] = {}
         rows = self.sentence_rows
-        for (rid, idx, start, end), c, v, h in zip(np.asarray(rows.meta).tolist(), np.asarray(rows.cosines).tolist(),
-                                                    np.asarray(rows.coverages).tolist(), rows.held):
+        meta = np.asarray(rows.meta)
+        if not len(meta):
+            return out
+        mine = np.isin(meta[:, 0], [h.passage.rowid for h in self.hits])  # of the whole shortlist's sentences
+        for (rid, idx, start, end), c, v, h in zip(meta[mine].tolist(), np.asarray(rows.cosines)[mine].tolist(),
+                                                    np.asarray(rows.coverages)[mine].tolist(), rows.held[mine]):
             out.setdefault(rid, []).append(SentenceScore(idx, start, end, c, v, h))
         return out
 
