@@ -20,6 +20,7 @@ from collections.abc import Iterable, Sequence
 
 from .files import atomic_write
 from .store import Filters, PassageRow, Store
+from .text import fold_case
 
 log = logging.getLogger(__name__)
 
@@ -64,18 +65,12 @@ def date_number(iso: str | None) -> int | None:
     return int(iso[:4] + iso[5:7] + iso[8:10])
 
 
-def _dotless(text: str) -> str:
-    """`text` with İ as I, before the analyzer lower-cases it: its lower case is i with a combining dot, a word no
-    query folded as passages are (`qa.text.fold_case`) would match ("İzmir" would not find "izmir")."""
-    return text.replace("\u0130", "I")
-
-
 def _document(row: PassageRow):
     """A passage as a tantivy document."""
     from tantivy import Document
 
-    text = _dotless(row.text)
-    doc = Document(id=int(row.rowid), doc_id=row.doc_id, body=f"{_dotless(row.title or '')}\n{text}", text=text)
+    text = fold_case(row.text)  # as queries are: the analyzer alone makes İ an i with a combining dot
+    doc = Document(id=int(row.rowid), doc_id=row.doc_id, body=f"{fold_case(row.title or '')}\n{text}", text=text)
     if row.source:
         doc.add_text("source", row.source.casefold())
     number = date_number(row.published)
@@ -107,7 +102,7 @@ class LexicalIndex:
         self.schema = index.schema
         index.register_tokenizer(ANALYZER, _analyzer())
         analyze = _analyzer().analyze
-        self._analyze = lambda text: analyze(_dotless(text))
+        self._analyze = lambda text: analyze(fold_case(text))
         self.searcher = index.searcher()
         self.rebuilt: str | None = None  # why a reader rebuilt it in memory: the server is degraded
 

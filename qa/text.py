@@ -28,20 +28,20 @@ APOSTROPHES = "'\u2019"
 def _query_words(text: str) -> tuple[list[str], list[bool]]:
     """A query's words, lower-cased as passages are (`fold_case`), and for each whether it is a content word: not a
     stop word, nor a clitic after an apostrophe ("s" of "Tesla's", which matched most passages and, as a stem,
-    every word starting with "s")."""
+    every word starting with "s"); every word is, in a query of nothing else."""
     words, content = [], []
     for m in WORD.finditer(text):
         word = fold_case(m.group())
         clitic = word in CLITICS and m.start() > 0 and text[m.start() - 1] in APOSTROPHES
         words.append(word)
         content.append(not clitic and word not in STOPWORDS)
-    return words, content
+    return words, content if any(content) else [True] * len(words)
 
 
 def query_terms(text: str) -> list[str]:
-    """Distinct content words of a query (`_query_words`), or all its words when it has none."""
+    """Distinct content words of a query (`_query_words`)."""
     words, content = _query_words(text)
-    return list(dict.fromkeys([w for w, c in zip(words, content) if c] or words))
+    return list(dict.fromkeys(w for w, c in zip(words, content) if c))
 
 
 def query_pairs(text: str) -> list[tuple[str, str, int]]:
@@ -50,7 +50,7 @@ def query_pairs(text: str) -> list[tuple[str, str, int]]:
     dependencies, for BM25 with term proximity (see `qa.lexical`). Stop words and clitics count in the distance:
     the index holds them as words."""
     words, content = _query_words(text)
-    at = [i for i, c in enumerate(content) if c] if any(content) else range(len(words))
+    at = [i for i, c in enumerate(content) if c]
     return list(dict.fromkeys((words[a], words[b], b - a) for a, b in zip(at, at[1:]) if words[a] != words[b]))
 
 
