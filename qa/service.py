@@ -60,6 +60,8 @@ class Engine:
         self._last_check = 0.0
         self.reloads = 0
         self._outlets: tuple[tuple, list[OutletCount]] | None = None
+        self._warm_lock = threading.Lock()
+        self._warming = self._warm_again = False
 
     # --- loading and live reload ---
     def _embedder_for(self, manifest: Manifest):
@@ -108,6 +110,7 @@ class Engine:
             if poll and not self._index.stale():
                 return
             index = self._load()
+            self._prewarm(index)  # the old index answers meanwhile; the new one goes live warm
             old, self._index = self._index, index
             del old
             release_memory()
@@ -129,11 +132,48 @@ class Engine:
         with self._lock:
             self._index = self._load()
         release_memory()  # after a write in this process: its writer's caches are freed by now
+        self._prewarm_soon()
+
+    def _prewarm(self, index: Index) -> None:
+        """Decode the rows searches read into the index's row cache ahead of them (`Store.prewarm`)."""
+        try:
+            warmed = index.store.prewarm(index.dim)
+        except Exception:  # only a head start: a store that cannot be read fails its searches with the reason
+            log.exception("could not read rows ahead of searches")
+            return
+        if warmed.passages:
+            log.info("row cache: the rows of %d of %d passages read ahead (%.1f MiB) in %.2f s", warmed.passages,
+                     warmed.total, warmed.cached_bytes / (1 << 20), warmed.seconds)
+
+    def _prewarm_soon(self) -> None:
+        """`_prewarm` the live index on a background thread, one at a time: writes in a row each start a newer
+        generation, and the running thread warms the newest once it is done."""
+        with self._warm_lock:
+            self._warm_again = True
+            if self._warming:
+                return
+            self._warming = True
+
+        def loop() -> None:
+            while True:
+                with self._warm_lock:
+                    if not self._warm_again:
+                        self._warming = False
+                        return
+                    self._warm_again = False
+                index = self._index
+                if index is not None:
+                    self._prewarm(index)
+                    index.store.close()  # this thread's connection
+
+        threading.Thread(target=loop, name="qa-prewarm", daemon=True).start()
 
     def warm_up(self) -> None:
-        """Load the index and the model and run one query, so the first request is fast."""
+        """Load the index and the model, read ahead the rows searches read, and run one query, so the first
+        requests are fast."""
         try:
             index = self.index()
+            self._prewarm(index)
             search(index, "warm up", 1)
         except QAError as e:
             log.warning("%s", e)

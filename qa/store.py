@@ -16,6 +16,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -26,7 +27,7 @@ from .embed.base import TextTokens
 from .errors import IndexUnavailable
 from .ingest import Article, Paragraph
 from .manifest import Counts
-from .rowcache import RowCache
+from .rowcache import ROW_CACHE_BYTES, RowCache
 from .text import fold_case
 
 if TYPE_CHECKING:
@@ -208,6 +209,15 @@ class PassageSentences(NamedTuple):
     vectors: np.ndarray
 
 
+class Warmed(NamedTuple):
+    """What `Store.prewarm` loaded into the row cache."""
+
+    passages: int  # passages whose rows it loaded
+    total: int  # passages in the store
+    cached_bytes: int  # the cache's size after it
+    seconds: float
+
+
 class DocumentPage(NamedTuple):
     """A page of documents (`Store.documents`) and how many there are in all."""
 
@@ -312,6 +322,7 @@ class Store:
         self._connections: list[tuple[threading.Thread, sqlite3.Connection]] = []  # each thread's, see __del__
         self._connections_lock = threading.Lock()
         self._rows: RowCache | None = None  # decoded rows of one generation, shared by reading threads
+        self.row_cache_bytes = ROW_CACHE_BYTES
         if create:
             self.con.executescript(SCHEMA)  # executescript manages its own transaction
             self.con.execute("INSERT OR IGNORE INTO meta VALUES ('generation', '0')")
@@ -391,13 +402,47 @@ class Store:
             generation = self._local.generation = self.generation
         rows = self._rows
         if rows is None or rows.generation < generation:
-            rows = self._rows = RowCache(generation)
+            rows = self._rows = RowCache(generation, self.row_cache_bytes)
         return rows if rows.generation == generation else None
 
     def _cached(self, kind: str, rowids: Sequence[int], load: Callable[[list[int]], dict]) -> dict:
         """`load(rowids)` by row id, through the snapshot's row cache when there is one."""
         rows = self._snapshot_rows()
         return load(list(rowids)) if rows is None else rows.get_many(kind, rowids, load)
+
+    def prewarm(self, dim: int, batch: int = 200) -> Warmed:
+        """Decode the rows a search reads (lower-cased texts, sentence rows, windows, passages and their vectors) of
+        every passage into the row cache: a server's first searches, and its first after a write (which starts a new
+        generation's cache), then read none of them from SQLite (docs/performance.md#row-cache). A batch at a time,
+        in row id order, each in its own snapshot, until the cache is full. It stops after the first batch when the
+        collection's rows would take more than twice the cache (its searches then keep the rows they come back to),
+        and when a write starts a newer generation meanwhile."""
+        t0 = time.perf_counter()
+        total = self.count_passages()
+        warmed, last, cache, grew = 0, 0, None, 0
+        while True:
+            with self.snapshot():
+                rows = self._snapshot_rows()
+                if rows is None or (cache is not None and rows is not cache):
+                    break  # a newer generation: whoever loads it warms it
+                cache = rows
+                if rows.used + grew > rows.budget:
+                    break  # the next batch would push this one's rows out again
+                ids = [r for (r,) in self.con.execute("SELECT id FROM passages WHERE id > ? ORDER BY id LIMIT ?",
+                                                      (last, batch))]
+                if not ids:
+                    break
+                before = rows.used
+                self.folded_texts(ids)
+                self.sentences(ids, dim)
+                self.window_vectors(ids, dim)
+                self.passages(ids)
+                self.passage_vectors(ids, dim)
+                grew, last = rows.used - before, ids[-1]
+                warmed += len(ids)
+                if warmed == len(ids) and grew / len(ids) * total > 2 * rows.budget:
+                    break  # by its first batch, a collection far too big to be worth it
+        return Warmed(warmed, total, cache.used if cache is not None else 0, time.perf_counter() - t0)
 
     @contextlib.contextmanager
     def transaction(self):
@@ -700,4 +745,5 @@ class Store:
         return doc
 
 
-__all__ = ["Store", "StoredPassage", "DocumentPage", "OutletCount", "JournalEntry", "Filters", "passage_id", "Span"]
+__all__ = ["Store", "StoredPassage", "DocumentPage", "OutletCount", "JournalEntry", "Filters", "Warmed", "passage_id",
+           "Span"]

@@ -153,3 +153,47 @@ def test_snapshots_read_rows_of_their_own_generation(tmp_path, corpus, fake_embe
     reader.join(10)
     assert seen == [old_text, old_text, old_sentences]
     index.close()
+
+
+def _cached_passages(store) -> dict[str, set[int]]:
+    """The passage rowids the store's row cache holds, by kind of row."""
+    held: dict[str, set[int]] = {}
+    for kind, rowid in list(store._rows._rows):
+        held.setdefault(kind, set()).add(rowid)
+    return held
+
+
+def test_prewarm_reads_ahead_every_row_a_search_reads(tmp_path, corpus, fake_embedder):
+    from qa.search import search
+
+    new = str(tmp_path / "new")
+    build_index([corpus], new, embedder=fake_embedder)
+    index, cold = load_index(new, embedder=fake_embedder), load_index(new, embedder=fake_embedder)
+    store = index.store
+    warmed = store.prewarm(index.dim, batch=3)  # two batches
+    rowids = {r for (r,) in store.con.execute("SELECT id FROM passages")}
+    assert warmed.passages == warmed.total == len(rowids) == 4 and warmed.cached_bytes == store._rows.used > 0
+    assert _cached_passages(store) == dict.fromkeys(["folded", "sentences", "windows", "passage", "vector"], rowids)
+    rows = len(store._rows)
+    for query in ("harbour strike pay", "rail fares for workers", "Marta Quist"):
+        warm_hits, cold_hits = search(index, query, 3).hits, search(cold, query, 3).hits
+        assert [(h.passage.passage_id, h.scores) for h in warm_hits] == \
+            [(h.passage.passage_id, h.scores) for h in cold_hits]
+    assert len(store._rows) == rows  # nothing those searches read was missing
+    index.close()
+    cold.close()
+
+
+def test_prewarm_keeps_within_the_cache_and_skips_a_collection_far_too_big(tmp_path, corpus, fake_embedder):
+    new = str(tmp_path / "new")
+    build_index([corpus], new, embedder=fake_embedder)
+    whole = load_index(new, embedder=fake_embedder).store.prewarm(fake_embedder.dim).cached_bytes
+    for budget, warmed_passages in ((whole * 3 // 4, {2, 3}), (whole // 3, {1})):
+        store = load_index(new, embedder=fake_embedder).store
+        store.row_cache_bytes = budget
+        warmed = store.prewarm(fake_embedder.dim, batch=1)
+        # a cache three quarters the rows' size fills up; one a third of it is not worth filling
+        assert warmed.passages in warmed_passages and warmed.total == 4
+        assert warmed.cached_bytes == store._rows.used <= budget and len(_cached_passages(store)["vector"]) == \
+            warmed.passages
+        store.close()

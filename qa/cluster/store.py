@@ -29,7 +29,7 @@ import numpy as np
 
 from ..errors import IndexUnavailable, QAError
 from ..manifest import Counts
-from ..store import DocumentPage, OutletCount, PassageWindows, SentenceRows, StoredPassage
+from ..store import DocumentPage, OutletCount, PassageWindows, SentenceRows, StoredPassage, Warmed
 from ..text import fold_case
 from ..vectors.milvus import field_value, is_lite, quote, source_key
 from .collections import PAD, SLOT_BITS, Rows, doc_filter, get_meta, names, passages_of, put_meta, rows_of
@@ -144,6 +144,11 @@ class ClusterStore:
         return [dict(r) for r in rows]
 
     # --- a search's reads, cached for the search (`snapshot`) ---
+    def prewarm(self, dim: int) -> Warmed:
+        """Nothing to decode ahead: rows are kept for one search only, and Milvus holds its collections in memory
+        once loaded (`qa.cluster.index` loads them)."""
+        return Warmed(0, self.count_passages(), 0, 0.0)
+
     @contextlib.contextmanager
     def snapshot(self):
         """One search's scope: passage rows fetched once and reused by its later reads."""
