@@ -187,11 +187,14 @@ def token_alignments(embedder: Embedder, question: str, sentences: Sequence[tupl
     states = dict(known.passages(texts))
     missing = [t for t in texts if t not in states]
     states.update(zip(missing, _token_vectors.get(embedder, missing)))
+    # each passage's cosines with the question once, however many of its sentences are aligned (each sentence is
+    # read with the one before it, so most pieces count twice)
+    cosines = {text: qvecs @ np.asarray(vecs, np.float32).T for text, (vecs, _) in states.items()}
     for i, (text, start, end) in enumerate(sentences):
-        vecs, offsets = states[text]
+        _, offsets = states[text]
         inside = (offsets[:, 0] < end) & (offsets[:, 1] > start) if len(offsets) else np.zeros(0, bool)
         if inside.any():
-            out[i] = (qvecs @ vecs[inside].astype(np.float32).T).max(axis=1)
+            out[i] = cosines[text][:, inside].max(axis=1)
     return out
 
 
