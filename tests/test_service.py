@@ -1,19 +1,10 @@
 """The engine's live index: row caches read ahead before searches need them, at start and after writes."""
-import time
-
 from qa.config import Config
 from qa.index import add_documents
 from qa.ingest import article_from_dict
 from qa.service import Engine
 
-
-def _wait_for(condition, timeout: float = 20.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return False
+from conftest import wait_for
 
 
 def _warm(index) -> bool:
@@ -33,11 +24,11 @@ def test_the_row_cache_is_warm_at_start_and_after_every_write(fake_seed_copy, fa
     article = article_from_dict({"id": "extra", "title": "Harbour news",
                                  "paragraphs": ["The harbour reopened on Tuesday.", "Ships queued outside."]})
     add_documents(None, fake_seed_copy, articles=[article], embedder=fake_embedder)
-    assert _wait_for(lambda: engine.index() is not None and engine.reloads == 1)
+    assert wait_for(lambda: engine.index() is not None and engine.reloads == 1)
     assert _warm(engine.index())
 
     # this engine's own writes: answered at once, the cache warmed behind them
     for n in range(3):
         engine.add_article({"id": f"own-{n}", "title": "Port", "paragraphs": [f"Cranes stood idle for {n} days."]})
-    assert _wait_for(lambda: not engine._warming and _warm(engine.index()))
+    assert wait_for(lambda: not engine._warming and _warm(engine.index()))
     assert engine.search({"q": "cranes idle"})["results"][0]["doc_id"].startswith("own-")
