@@ -10,6 +10,9 @@ from .errors import ConfigError
 log = logging.getLogger(__name__)
 
 DEFAULT_INDEX_DIR = "index"
+# decoded rows a store keeps between searches: a squad-sized collection fits, a bigger one keeps its most recently
+# used rows (docs/performance.md#row-cache)
+ROW_CACHE_MB = 32
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -51,6 +54,7 @@ class Config:
     embed_backend: str = "auto"  # auto | torch | onnx
     admin_token: str | None = None
     reload_interval: float = 2.0  # seconds between checks for a rebuilt index
+    row_cache_mb: float = ROW_CACHE_MB
     max_query_chars: int = 1000
     max_k: int = 100
     max_body_bytes: int = 1024 * 1024
@@ -64,6 +68,7 @@ class Config:
             embed_backend=_env("QA_EMBED_BACKEND", "auto"),
             admin_token=_admin_token(),
             reload_interval=env_number("QA_RELOAD_INTERVAL", 2.0),
+            row_cache_mb=env_number("QA_ROW_CACHE_MB", ROW_CACHE_MB),
         )
         for key, value in overrides.items():
             if value is not None:

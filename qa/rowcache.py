@@ -15,7 +15,9 @@ from typing import Any
 
 import numpy as np
 
-ROW_CACHE_BYTES = 32 << 20  # a squad-sized collection fits; a bigger one keeps its most recently used rows
+from .config import ROW_CACHE_MB
+
+ROW_CACHE_BYTES = ROW_CACHE_MB << 20  # a store's, unless its server's settings say otherwise (QA_ROW_CACHE_MB)
 
 
 def size_of(value: Any) -> int:

@@ -20,7 +20,7 @@ from .ingest import validate_doc_id
 from .params import SearchParams, parse_int, search_params
 from .process import release_memory
 from .search import search
-from .store import DocumentPage, OutletCount
+from .store import DocumentPage, OutletCount, Store
 from .manifest import Manifest, manifest_path
 
 if TYPE_CHECKING:
@@ -82,6 +82,8 @@ class Engine:
         # opening new ones on every reload (they held memory until garbage collection)
         index = load_index(self.config.index_dir, embedder=embedder,
                            store=self._index.store if self._index is not None else None)
+        if isinstance(index.store, Store):  # a cluster store keeps rows for one search only
+            index.store.row_cache_bytes = int(self.config.row_cache_mb * (1 << 20))
         self._stamp = stamp
         return index
 

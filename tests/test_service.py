@@ -1,5 +1,8 @@
 """The engine's live index: row caches read ahead before searches need them, at start and after writes."""
+import pytest
+
 from qa.config import Config
+from qa.errors import ConfigError
 from qa.index import add_documents
 from qa.ingest import article_from_dict
 from qa.service import Engine
@@ -32,3 +35,17 @@ def test_the_row_cache_is_warm_at_start_and_after_every_write(fake_seed_copy, fa
         engine.add_article({"id": f"own-{n}", "title": "Port", "paragraphs": [f"Cranes stood idle for {n} days."]})
     assert wait_for(lambda: not engine._warming and _warm(engine.index()))
     assert engine.search({"q": "cranes idle"})["results"][0]["doc_id"].startswith("own-")
+
+
+def test_the_row_cache_budget_is_a_setting(fake_seed_copy, fake_embedder, monkeypatch):
+    whole = Engine(Config(index_dir=fake_seed_copy), embedder=fake_embedder)
+    whole.warm_up()
+    size = whole.index().store._rows.used
+    monkeypatch.setenv("QA_ROW_CACHE_MB", str(size / 3 / (1 << 20)))
+    engine = Engine(Config.from_env(index_dir=fake_seed_copy), embedder=fake_embedder)
+    engine.warm_up()
+    store = engine.index().store
+    assert store.row_cache_bytes == int(size / 3) and 0 < store._rows.used <= size / 3
+    monkeypatch.setenv("QA_ROW_CACHE_MB", "lots")
+    with pytest.raises(ConfigError, match="QA_ROW_CACHE_MB must be a number of 0 or more, not 'lots'"):
+        Config.from_env()
