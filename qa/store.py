@@ -109,14 +109,32 @@ class StoredPassage:
         """A citation object of the API: these fields of the passage, in this order (a hit's citation by default)."""
         return {name: getattr(self, name) for name in fields}
 
+    @classmethod
+    def from_row(cls, row: tuple) -> StoredPassage:
+        """A passage from its store row (the fields in order) followed by its `words_hash`, which the row keeps: a
+        cached passage is compared again by later searches."""
+        passage = cls(*row[:-1])
+        passage.__dict__["words_hash"] = row[-1]  # where the cached property keeps its value
+        return passage
+
     def words(self) -> tuple[str, ...]:
         """The text's words, lower-cased: the same for copies that differ only in spacing and case."""
-        return tuple(self.text.lower().split())
+        return words_of(self.text)
 
     @functools.cached_property
     def words_hash(self) -> int:
-        """The hash of `words()`, kept with the passage: a cached passage is compared again by later searches."""
-        return hash(self.words())
+        """The hash of `words()`."""
+        return words_hash(self.text)
+
+
+def words_of(text: str) -> tuple[str, ...]:
+    """A text's words, lower-cased (`StoredPassage.words`)."""
+    return tuple(text.lower().split())
+
+
+def words_hash(text: str) -> int:
+    """The hash of a text's `words_of`."""
+    return hash(words_of(text))
 
 
 @dataclasses.dataclass
@@ -200,13 +218,11 @@ class SentenceRows(NamedTuple):
         return self.meta[:, 2:]
 
 
-class PassageSentences(NamedTuple):
-    """One passage's sentences: their rows (passage rowid, idx, start, end; int64, as `SentenceRows.meta` joins them)
-    and vectors, row for row (float16 as stored, read as float32: a search multiplies them by the query's vector,
-    and numpy casts float16 one number at a time)."""
-
-    meta: np.ndarray
-    vectors: np.ndarray
+# One passage's sentences as the row cache keeps them: (meta, vectors), its rows (passage rowid, idx, start, end;
+# int64, as `SentenceRows.meta` joins them) and their vectors (float16 as stored, read as float32: a search multiplies
+# them by the query's vector, and numpy casts float16 one number at a time). A plain tuple of arrays, which the
+# garbage collector stops tracking (docs/performance.md#garbage-collection).
+PassageSentences = tuple[np.ndarray, np.ndarray]
 
 
 class Warmed(NamedTuple):
@@ -605,11 +621,17 @@ class Store:
 
     def passages(self, rowids: Sequence[int]) -> dict[int, StoredPassage]:
         """Stored passages by row id (unknown ids are left out)."""
-        return self._cached("passage", rowids, self._read_passages) if rowids else {}
+        if not rowids:
+            return {}
+        return {rid: StoredPassage.from_row(row) for rid, row in self._cached("passage", rowids,
+                                                                               self._read_passages).items()}
 
-    def _read_passages(self, rowids: Sequence[int]) -> dict[int, StoredPassage]:
+    def _read_passages(self, rowids: Sequence[int]) -> dict[int, tuple]:
+        """Each passage's row (`StoredPassage.from_row`): a plain tuple of strings and numbers, which the garbage
+        collector stops tracking once cached, where a `StoredPassage` would stay tracked for as long as it is
+        cached (docs/performance.md#garbage-collection)."""
         q = f"SELECT {self._PASSAGE_COLS} FROM passages p JOIN documents d ON d.doc_id = p.doc_id WHERE p.id {IN_IDS}"
-        return {row[0]: StoredPassage(*row) for row in self.con.execute(q, (ids_param(rowids),))}
+        return {row[0]: (*row, words_hash(row[4])) for row in self.con.execute(q, (ids_param(rowids),))}
 
     def passage_texts(self, rowids: Sequence[int]) -> dict[int, str]:
         """Passage texts by row id."""
@@ -667,7 +689,8 @@ class Store:
         if not found:
             return SentenceRows(np.zeros((0, dim), np.float32), np.zeros((0, 4), np.int64))
         rows = [found[r] for r in sorted(found)]
-        return SentenceRows(np.concatenate([r.vectors for r in rows]), np.concatenate([r.meta for r in rows]))
+        return SentenceRows(np.concatenate([vectors for _, vectors in rows]),
+                            np.concatenate([meta for meta, _ in rows]))
 
     def _read_sentences(self, rowids: Sequence[int], dim: int) -> dict[int, PassageSentences]:
         """Each passage's sentence rows and vectors, decoded for all the passages at once (one cast, not one a
@@ -687,8 +710,7 @@ class Store:
         meta[:, 0] = np.repeat([r[0] for r in rows], counts)
         meta[:, 1] = np.arange(len(vecs)) - np.repeat(starts, counts)
         meta[:, 2:] = np.concatenate(spans)
-        return {r[0]: PassageSentences(meta[a:b].copy(), vecs[a:b].copy())
-                for r, a, b in zip(rows, starts.tolist(), ends.tolist())}
+        return {r[0]: (meta[a:b].copy(), vecs[a:b].copy()) for r, a, b in zip(rows, starts.tolist(), ends.tolist())}
 
     def filtered_window_ids(self, filters: Filters) -> np.ndarray:
         """Ids of the windows whose documents pass the filters."""
