@@ -623,8 +623,8 @@ class Store:
         """Stored passages by row id (unknown ids are left out)."""
         if not rowids:
             return {}
-        return {rid: StoredPassage.from_row(row) for rid, row in self._cached("passage", rowids,
-                                                                               self._read_passages).items()}
+        rows = self._cached("passage", rowids, self._read_passages)
+        return {rid: StoredPassage.from_row(row) for rid, row in rows.items()}
 
     def _read_passages(self, rowids: Sequence[int]) -> dict[int, tuple]:
         """Each passage's row (`StoredPassage.from_row`): a plain tuple of strings and numbers, which the garbage
