@@ -123,3 +123,50 @@ class InFlight:
 
 
 REQUESTS = InFlight()
+
+
+class YoungCollections:
+    """The young garbage collections due for objects the collector's own count does not see.
+
+    CPython starts a young collection once its count of new containers, net of freed ones, passes
+    `gc.get_threshold()[0]`, but it counts neither the tuples it takes from its free lists nor those it puts back.
+    The row cache keeps what it reads as such tuples, so on a collection larger than its budget the young generation
+    grew by hundreds of objects a search while the count barely moved, and the collection that came at last walked
+    tens of thousands of objects inside one search (docs/performance.md#garbage-collection). `add(n)` counts `n` such
+    objects and runs a young collection each time they reach the threshold.
+
+    A collection run here resets the count that starts the automatic ones, which may then never come; so it collects
+    an older generation where the collector's own rule would: the middle one when its count passes its threshold, all
+    of them when the oldest's count does and that generation grew by a quarter since the last full collection here.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._uncounted = 0
+        self._old: int | None = None  # objects in the oldest generation after the last full collection here
+
+    def add(self, n: int) -> None:
+        threshold = gc.get_threshold()[0]
+        if not threshold or not gc.isenabled():  # collections are off: not ours to run
+            return
+        with self._lock:
+            self._uncounted += n
+            if self._uncounted < threshold:
+                return
+            self._uncounted = 0
+        self._collect()  # outside the lock: finalizers run by the collection may add objects
+
+    def _collect(self) -> None:
+        counts, thresholds = gc.get_count(), gc.get_threshold()
+        if counts[2] > thresholds[2]:
+            old = len(gc.get_objects(generation=2))
+            if self._old is not None and old - self._old >= self._old // 4:
+                gc.collect(2)
+                self._old = len(gc.get_objects(generation=2))
+                return
+            if self._old is None:
+                self._old = old  # the first look: the growth is measured from here
+        gc.collect(1 if counts[1] > thresholds[1] else 0)
+
+
+YOUNG = YoungCollections()

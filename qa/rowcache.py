@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from .config import ROW_CACHE_MB
+from .process import YOUNG
 
 ROW_CACHE_BYTES = ROW_CACHE_MB << 20  # a store's, unless its server's settings say otherwise (QA_ROW_CACHE_MB)
 
@@ -69,6 +70,7 @@ class RowCache:
             return found
         loaded = load(missing)
         found.update(loaded)
+        tuples = 0
         with self._lock:
             for rowid, value in loaded.items():
                 key = (kind, rowid)
@@ -77,9 +79,11 @@ class RowCache:
                 size = size_of(value)
                 self._rows[key] = (value, size)
                 self.used += size
+                tuples += 3 if type(value) is tuple else 2  # its key, its entry and a row's own tuple
             while self.used > self.budget and self._rows:
                 _, (_, size) = self._rows.popitem(last=False)
                 self.used -= size
+        YOUNG.add(tuples)  # tuples the collector does not count (`YoungCollections`)
         return found
 
 

@@ -2,13 +2,14 @@
 settings that size it."""
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 import threading
 
 import pytest
 
-from qa.process import InFlight
+from qa.process import InFlight, YoungCollections
 
 from conftest import ENV
 
@@ -85,3 +86,64 @@ def test_a_served_app_keeps_the_libraries_out_of_collections_but_not_its_index(f
     out = subprocess.run([sys.executable, "-c", code, fake_seed_index_dir], env=ENV, capture_output=True, text=True,
                          check=True)
     assert out.stdout.split() == ["True", "True", "True"]
+
+
+class Collections:
+    """The generations the garbage collector collects while it is in use, in order."""
+
+    def __enter__(self) -> list[int]:
+        gc.collect()  # every count at zero: no automatic collection comes during the few allocations below
+        self.seen: list[int] = []
+        gc.callbacks.append(self._note)
+        return self.seen
+
+    def _note(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self.seen.append(info["generation"])
+
+    def __exit__(self, *exc) -> None:
+        gc.callbacks.remove(self._note)
+
+
+def test_young_collections_run_when_uncounted_objects_reach_the_threshold():
+    young, threshold = YoungCollections(), gc.get_threshold()[0]
+    with Collections() as seen:
+        young.add(threshold - 1)
+        assert seen == []
+        young.add(1)
+        assert seen == [0]
+        young.add(threshold - 1)  # counted afresh after each collection
+        assert seen == [0]
+
+
+def test_older_generations_are_collected_when_the_collectors_own_rule_says():
+    young, threshold = YoungCollections(), gc.get_threshold()[0]
+    with Collections() as seen:
+        for _ in range(gc.get_threshold()[1] + 1):
+            gc.collect(0)
+        young.add(threshold)
+        assert seen[-1] == 1  # the middle generation's count passed its threshold
+
+        for _ in range(gc.get_threshold()[2] + 1):
+            gc.collect(1)
+        young.add(threshold)
+        assert seen[-1] == 0  # the oldest generation's count passed, but it has not grown since the first look
+
+        kept = [[n] for n in range(len(gc.get_objects(generation=2)))]  # doubles the oldest generation
+        gc.collect(1)
+        for _ in range(gc.get_threshold()[2] + 1):
+            gc.collect(1)
+        young.add(threshold)
+        assert seen[-1] == 2 and kept
+
+
+def test_no_collections_run_while_the_collector_is_off():
+    young = YoungCollections()
+    with Collections() as seen:
+        gc.disable()
+        try:
+            young.add(10 * gc.get_threshold()[0])
+        finally:
+            gc.enable()
+        assert seen == []
+

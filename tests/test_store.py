@@ -112,6 +112,24 @@ def test_a_row_cache_keeps_the_most_recently_used_rows_within_its_budget():
     assert cache.get_many("other", [1], load) and loads[-1] == [1]  # each kind of row apart
 
 
+def test_a_full_row_cache_keeps_the_young_generation_small():
+    # a full cache frees a row for each it takes in, as tuples the collector does not count, so without its own
+    # young collections the generation grew by every row it took in and kept (docs/performance.md#garbage-collection)
+    import gc
+
+    from qa.rowcache import RowCache, size_of
+
+    threshold = gc.get_threshold()[0]
+    rows = 10 * threshold
+    cache = RowCache(generation=1, budget=rows * size_of((0.5, "row 0")))
+    gc.collect()
+    young = []
+    for start in range(0, 3 * rows, 50):
+        cache.get_many("row", range(start, start + 50), lambda ids: {i: (i / 2, f"row {i}") for i in ids})
+        young.append(len(gc.get_objects(generation=0)))
+    assert rows * 0.9 < len(cache) <= rows and max(young) < 2 * threshold
+
+
 def _last_passage(store):
     """The highest passage rowid and its text: the row id a rewrite of its document reuses."""
     rowid, text = store.con.execute("SELECT id, text FROM passages ORDER BY id DESC LIMIT 1").fetchone()
