@@ -137,13 +137,17 @@ class YoungCollections:
 
     A collection run here resets the count that starts the automatic ones, which may then never come; so it collects
     an older generation where the collector's own rule would: the middle one when its count passes its threshold, all
-    of them when the oldest's count does and that generation grew by a quarter since the last full collection here.
+    of them when the oldest's count does and that generation grew by a quarter of the long-lived objects since the
+    last full collection.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._uncounted = 0
-        self._old: int | None = None  # objects in the oldest generation after the last full collection here
+        self._old: int | None = None  # objects in the oldest generation at the first look since a full collection
+        self._frozen: int | None = None  # objects frozen (`freeze_libraries`), counted once
+        self._looked = 0  # the oldest generation's count at the last look
+        self._fulls = 0  # full collections so far, as of the last call
 
     def add(self, n: int) -> None:
         threshold = gc.get_threshold()[0]
@@ -158,15 +162,30 @@ class YoungCollections:
 
     def _collect(self) -> None:
         counts, thresholds = gc.get_count(), gc.get_threshold()
-        if counts[2] > thresholds[2]:
-            old = len(gc.get_objects(generation=2))
-            if self._old is not None and old - self._old >= self._old // 4:
+        fulls = gc.get_stats()[2]["collections"]
+        if fulls != self._fulls:  # a full collection ran (here or the collector's own): measure afresh
+            self._fulls, self._old, self._looked = fulls, None, 0
+        # a look walks the oldest generation (CPython keeps its sizes to itself): one per `thresholds[2]` collections
+        # of the middle generation, as its count would start one
+        if counts[2] > thresholds[2] and counts[2] - self._looked > thresholds[2]:
+            self._looked = counts[2]
+            if self._old_grew():
                 gc.collect(2)
-                self._old = len(gc.get_objects(generation=2))
                 return
-            if self._old is None:
-                self._old = old  # the first look: the growth is measured from here
         gc.collect(1 if counts[1] > thresholds[1] else 0)
+
+    def _old_grew(self) -> bool:
+        """Whether the oldest generation grew by a quarter of the long-lived objects since the first look after the
+        last full collection (that look only takes its measure)."""
+        old = len(gc.get_objects(generation=2))
+        if self._frozen is None:
+            # CPython's own total counts the frozen objects: at its last full collection, just before the freeze,
+            # they were in the oldest generation
+            self._frozen = gc.get_freeze_count()
+        if self._old is None:
+            self._old = old
+            return False
+        return old - self._old >= (self._old + self._frozen) // 4
 
 
 YOUNG = YoungCollections()
