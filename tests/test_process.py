@@ -127,7 +127,7 @@ def test_older_generations_are_collected_when_the_collectors_own_rule_says():
         for _ in range(gc.get_threshold()[2] + 1):
             gc.collect(1)
         young.add(threshold)
-        assert seen[-1] == 0  # the oldest generation's count passed, but it has not grown since the first look
+        assert seen[-1] == 0  # the oldest generation's count passed: the first look only takes its measure
 
         gc.disable()  # the collector's own full collection would measure the new objects as long-lived
         try:  # double the long-lived objects, frozen ones included
@@ -140,9 +140,9 @@ def test_older_generations_are_collected_when_the_collectors_own_rule_says():
         assert seen[-1] == 2 and kept
 
 
-
 def test_the_oldest_generation_is_walked_once_for_each_of_its_thresholds(monkeypatch):
     # a walk on every young collection made searches at 100k passages 1-2 ms slower at the median
+    # (docs/performance.md#garbage-collection)
     young, thresholds = YoungCollections(), gc.get_threshold()
     walks = []
     walk = gc.get_objects
@@ -154,6 +154,7 @@ def test_the_oldest_generation_is_walked_once_for_each_of_its_thresholds(monkeyp
             young.add(thresholds[0])
         assert walks == [{"generation": 2}] and 1 in seen and 2 not in seen
 
+
 def test_no_collections_run_while_the_collector_is_off():
     young = YoungCollections()
     with Collections() as seen:
@@ -163,4 +164,3 @@ def test_no_collections_run_while_the_collector_is_off():
         finally:
             gc.enable()
         assert seen == []
-
