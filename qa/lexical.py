@@ -234,7 +234,7 @@ class LexicalIndex:
         words = self._query(tokens, None)
         if pairs:
             words = Query.boolean_query([(Occur.Should, words), *self._dependence(pairs)])
-        # a term query per id: tantivy's term-set query does not get cheaper with fewer ids (see docs/performance.md)
+        # a term query per id: tantivy's term-set query costs as much for a few ids as for all (docs/performance.md)
         wanted = Query.boolean_query([(Occur.Should, Query.term_query(self.schema, "id", int(r))) for r in rowids])
         only = Query.const_score_query(wanted, 0.0)
         query = Query.boolean_query([(Occur.Must, words), (Occur.Must, only)])

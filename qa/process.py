@@ -34,7 +34,7 @@ def tune_malloc(arenas: int = 2, mmap_threshold: int = 1 << 20, trim_threshold: 
 
     A few arenas, not one a request thread; large blocks mmapped at a fixed threshold (glibc's sliding one lets a
     write's tantivy tables and embedding buffers leave holes in the heap); and the heap's free top returned above a
-    threshold that is not so low that trimming slows queries. See docs/performance.md.
+    threshold that is not so low that trimming slows queries. See docs/operations.md#memory.
     """
     with contextlib.suppress(AttributeError):  # a C library without mallopt (not glibc)
         if (lib := libc()) is not None:

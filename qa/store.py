@@ -358,7 +358,7 @@ class Store:
             con.execute("PRAGMA foreign_keys=ON")
             if self.readonly:
                 # a serving process has a connection per thread, and mapped pages count in its RSS once per
-                # connection: read through a small cache instead, no slower (see docs/performance.md)
+                # connection: read through a small cache instead, at little cost (docs/operations.md#memory)
                 con.execute("PRAGMA mmap_size=0")
                 con.execute(f"PRAGMA cache_size=-{READ_CACHE_KIB}")
             else:
@@ -386,7 +386,7 @@ class Store:
 
     def __del__(self) -> None:
         # A sqlite3 connection sits in a reference cycle with its statement cache, so only the cyclic garbage
-        # collector would free it: a server's old connections piled up after each swap (see docs/performance.md).
+        # collector would free it: a server's old connections piled up after each swap (see docs/operations.md#memory).
         # Nothing can use this store any more: close every thread's connection now.
         for _, con in getattr(self, "_connections", ()):
             with contextlib.suppress(Exception):

@@ -74,7 +74,7 @@ class FaissIndex:
     - `hnsw`: HNSW32 graph over SQ8 codes (IndexHNSWSQ); deletions are tombstones.
     - `ivfpq`: IVF + PQ48 candidates re-scored on SQ8 codes (IVF{nlist},PQ48x8,Refine(SQ8)), trained on the
       first batch added; deletions are tombstones.
-    Memory per vector of each kind: see docs/scaling.md.
+    Size, speed and recall of each kind at 100k and 1M vectors: docs/scaling.md#benchmark.
 
     Search knobs (efSearch, nprobe, k_factor) go per call through SearchParameters, with the `allow` filter and the
     tombstones as an IDSelector, so filtered search works for every kind.
