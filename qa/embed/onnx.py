@@ -33,10 +33,11 @@ IDLE_THREADS_ENV = "QA_EMBED_IDLE_THREADS"
 OPSET = 17
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 OUTPUT_NAME = "last_hidden_state"
-FP32_FILE = "model.fp32-fused-v2.onnx"
-INT8_FILES = {True: "model.int8-blocks-v3.onnx", False: "model.int8-v2.onnx"}  # by outlier_blocks; bump on recipe change
+FP32_FILE = "model.fp32-fused-v3.onnx"
+INT8_FILES = {True: "model.int8-blocks-v4.onnx", False: "model.int8-v3.onnx"}  # by outlier_blocks; bump on recipe change
 RETIRED_FILES = ("model.fp32.onnx", "model.int8-mixed-v1.onnx", "model.int8-v1.onnx",  # earlier recipes' files
-                 "model.int8-mixed-v2.onnx")
+                 "model.int8-mixed-v2.onnx", "model.fp32-fused-v2.onnx", "model.int8-blocks-v3.onnx",
+                 "model.int8-v2.onnx")
 LOCK_FILE = "export.lock"
 LOCK_TIMEOUT = 1800.0
 EXPORT_TOLERANCE = 1e-3  # max abs difference to PyTorch accepted for the fp32 export
@@ -44,6 +45,8 @@ FIRST_LAYER = re.compile(r"/layers?\.0/")
 ATTENTION_OUTPUT = re.compile(r"/attention/output/")
 TEMP_SUFFIX = ".tmp.onnx"
 BLOCK = 128  # weights and activations per scale in the outlier-sensitive layers (see docs/performance.md)
+# a session's own graph optimisers left out: this one would fuse back what `_fuse` leaves unfused
+DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
 
 
 def cache_dir(model_path: str) -> str:
@@ -99,13 +102,19 @@ def _fuse(onnx_path: str, config: PretrainedConfig) -> bool:
     """Fuse a BERT-like graph into ONNX Runtime's transformer operators, in place; False (and the file left as it
     was) when its attention does not fuse."""
     from onnxruntime.transformers import optimizer
+    from onnxruntime.transformers.fusion_options import FusionOptions
 
     heads, hidden = getattr(config, "num_attention_heads", 0), getattr(config, "hidden_size", 0)
     if not heads or not hidden:
         return False
+    options = FusionOptions("bert")
+    # ONNX Runtime's CPU kernel of SkipLayerNormalization is several times slower than the additions and the
+    # LayerNormalization it would replace, at a query's shape and a build's (docs/performance.md#the-onnx-recipe)
+    options.enable_skip_layer_norm = options.enable_bias_skip_layer_norm = False
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fused = optimizer.optimize_model(onnx_path, model_type="bert", num_heads=heads, hidden_size=hidden,
+                                         optimization_options=options,
                                          opt_level=0)  # the optimizer's own fusions only: a portable graph
     if fused.get_fused_operator_statistics().get("Attention", 0) != getattr(config, "num_hidden_layers", -1):
         log.warning("%s: attention did not fuse; keeping the graph as exported", config.name_or_path)
@@ -286,7 +295,8 @@ class OnnxEmbedder(TransformerEmbedder):
         if stop_spinning:
             # the pool's threads otherwise spin on for milliseconds after a run, on the core the next request needs
             options.add_session_config_entry("session.force_spinning_stop", "1")
-        return ort.InferenceSession(self.onnx_path, options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(self.onnx_path, options, providers=["CPUExecutionProvider"],
+                                    disabled_optimizers=list(DISABLED_OPTIMIZERS))
 
     def _forward(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         """Token embeddings [batch, seq, dim] from the ONNX session."""

@@ -202,7 +202,8 @@ def test_the_graph_runs_on_fused_transformer_operators(onnx_embedder: OnnxEmbedd
         kinds[path] = ops
         assert len(ops) < 100  # ~320 nodes unfused
     fused = kinds[fp32.onnx_path]
-    assert fused.count("Attention") == 6 and fused.count("SkipLayerNormalization") == 12  # MiniLM-L6: 6 layers
+    assert fused.count("Attention") == 6 and fused.count("LayerNormalization") == 12  # MiniLM-L6: 6 layers
+    assert "SkipLayerNormalization" not in fused  # the slower kernel (docs/performance.md#the-onnx-recipe)
     quantised = kinds[onnx_embedder.onnx_path]
     assert quantised.count("QAttention") == 6 and "Attention" not in quantised
     # the outlier-sensitive MatMuls in 8-bit blocks: the first layer's three, and per later layer its attention
@@ -236,6 +237,27 @@ def test_a_request_alone_runs_on_the_idle_session_with_the_same_vectors(onnx_emb
     assert np.array_equal(wide.encode(texts, batch_size=8), narrow.encode(texts, batch_size=8))
     for q in QUERIES:
         assert np.array_equal(wide.encode_query(q).vector, narrow.encode_query(q).vector)
+
+
+def test_sessions_keep_the_layer_norms_unfused(onnx_embedder: OnnxEmbedder, tmp_path: Path) -> None:
+    # ONNX Runtime's own optimiser fuses the residual additions and LayerNormalization into SkipLayerNormalization
+    # when the session is made, unless told not to: the graph it runs is what counts
+    import onnx
+    import onnxruntime as ort
+
+    from qa.embed.onnx import DISABLED_OPTIMIZERS
+
+    def runs(disabled: list[str]) -> list[str]:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.optimized_model_filepath = str(tmp_path / "optimised.onnx")
+        ort.InferenceSession(onnx_embedder.onnx_path, options, providers=["CPUExecutionProvider"],
+                             disabled_optimizers=disabled)
+        return [node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node]
+
+    assert runs([]).count("SkipLayerNormalization") == 12
+    kept = runs(list(DISABLED_OPTIMIZERS))
+    assert "SkipLayerNormalization" not in kept and kept.count("LayerNormalization") == 12
 
 
 def test_stale_files_go_but_current_ones_stay(tmp_path: Path) -> None:
