@@ -34,7 +34,7 @@ OPSET = 17
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 OUTPUT_NAME = "last_hidden_state"
 FP32_FILE = "model.fp32-fused-v3.onnx"
-INT8_FILES = {True: "model.int8-blocks-v4.onnx", False: "model.int8-v3.onnx"}  # by outlier_blocks; bump on recipe change
+INT8_FILES = {True: "model.int8-blocks-v4.onnx", False: "model.int8-v3.onnx"}  # by outlier_blocks; renamed per recipe
 RETIRED_FILES = ("model.fp32.onnx", "model.int8-mixed-v1.onnx", "model.int8-v1.onnx",  # earlier recipes' files
                  "model.int8-mixed-v2.onnx", "model.fp32-fused-v2.onnx", "model.int8-blocks-v3.onnx",
                  "model.int8-v2.onnx")
