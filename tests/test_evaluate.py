@@ -56,6 +56,29 @@ def test_qa_eval_prints_every_metric_as_json(tmp_path):
     assert out["recall@5"] >= 0.5  # the words of SQuAD questions are in their paragraphs
 
 
+def test_qa_eval_runs_on_one_thread_a_library_as_a_server_does_and_restores_them(tmp_path, monkeypatch):
+    # its latencies are a server's only with the libraries' pools held to one thread (docs/performance.md#threads);
+    # held for the questions only, so whatever runs after it in the process keeps its pools
+    import threadpoolctl
+
+    import qa.evaluate
+
+    index_dir = str(tmp_path / "index")
+    build_index([os.path.join(SQUAD_SMALL, "articles.jsonl")], index_dir, embedder=HashEmbedder())
+    seen: list[int] = []
+    real = qa.evaluate.evaluate
+
+    def recording(*args, **kwargs):
+        seen.extend(pool["num_threads"] for pool in threadpoolctl.threadpool_info())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(qa.evaluate, "evaluate", recording)
+    before = [pool["num_threads"] for pool in threadpoolctl.threadpool_info()]
+    _eval(index_dir, "hybrid", "--limit", "5")
+    assert seen and set(seen) == {1}  # numpy's BLAS at least
+    assert [pool["num_threads"] for pool in threadpoolctl.threadpool_info()][:len(before)] == before
+
+
 def test_eval_rejects_a_bad_question_file(tmp_path, squad_small_index_dir):
     bad = tmp_path / "q.jsonl"
     bad.write_text('{"question": "x"}\n')
