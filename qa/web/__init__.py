@@ -10,6 +10,7 @@ from werkzeug.routing import PathConverter
 from ..config import Config
 from ..errors import BadRequest, QAError
 from ..service import Engine
+from .fastpath import FastPath
 
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -88,6 +89,8 @@ def create_app(config: Config | dict | None = None, engine: Engine | None = None
             response.headers.setdefault("Content-Security-Policy", CSP)
         return response
 
+    # plain searches and questions skip Flask's request machinery; anything else reaches the handlers above
+    app.wsgi_app = FastPath(app, app.wsgi_app, SECURITY_HEADERS)
     return app
 
 
