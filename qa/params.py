@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from .errors import BadRequest
 from .ingest import check_text, normalize_date, validate_doc_id
@@ -98,6 +98,26 @@ def make_filters(source: object = None, doc_id: object = None, published_after: 
         validate_doc_id(doc_id)
     return Filters(source or None, doc_id or None, validate_date(published_after, "published_after"),
                    validate_date(published_before, "published_before"))
+
+
+def query_string_params(pairs: Iterable[tuple[str, str]]) -> dict[str, str | None]:
+    """The search parameters of a query string's (key, value) pairs: each one's value, None for one not given, other
+    parameters ignored; a BadRequest for one given more than once (the first such in `SEARCH_KEYS` order)."""
+    params: dict[str, str | None] = dict.fromkeys(SEARCH_KEYS)
+    seen: set[str] = set()
+    repeated: set[str] = set()
+    for key, value in pairs:
+        if key not in params:
+            continue
+        if key in seen:
+            repeated.add(key)
+        else:
+            seen.add(key)
+            params[key] = value
+    for key in SEARCH_KEYS:
+        if key in repeated:
+            raise BadRequest(f"{key} given more than once")
+    return params
 
 
 def search_params(params: Mapping[str, object], default_k: int, max_chars: int, max_k: int) -> SearchParams:

@@ -8,7 +8,7 @@ from werkzeug.exceptions import HTTPException
 
 from ..errors import BadRequest, Forbidden, Unauthorized
 from ..ingest import check_text
-from ..params import SEARCH_KEYS
+from ..params import SEARCH_KEYS, query_string_params
 from ..service import Engine
 from .openapi import openapi_spec
 
@@ -47,10 +47,7 @@ def _query_params() -> dict:
         if unknown:
             raise BadRequest("unknown fields: " + ", ".join(sorted(unknown)[:5]))
         return body
-    for key in SEARCH_KEYS:
-        if len(request.args.getlist(key)) > 1:
-            raise BadRequest(f"{key} given more than once")
-    return {key: request.args.get(key) for key in SEARCH_KEYS}
+    return query_string_params(request.args.items(multi=True))
 
 
 @bp.route("/api/search", methods=["GET", "POST"])

@@ -13,7 +13,8 @@ from urllib.parse import parse_qsl
 
 from flask import Flask
 
-from ..params import SEARCH_KEYS
+from ..errors import BadRequest
+from ..params import query_string_params
 
 WSGIApp = Callable[[dict, Callable], Iterable[bytes]]
 ROUTES = {"/api/search": "search", "/api/ask": "ask"}  # path -> the `Engine` method that answers it
@@ -44,21 +45,11 @@ class FastPath:
 
 
 def query_params(query: str) -> dict | None:
-    """The search parameters of a query string, read as the app reads them (`api._query_params`: the first value of
-    each, None for one not given, other parameters ignored); None where the app must answer: a parameter given
-    twice, or a query string that is not UTF-8."""
+    """The search parameters of a query string, read as the app reads them (`query_string_params`); None where the
+    app must answer: a parameter given twice, or a query string that is not UTF-8."""
     if not query.isascii():  # raw bytes beyond ASCII: the app's own decoding rules
         return None
     try:
-        pairs = parse_qsl(query, keep_blank_values=True, errors="strict")
-    except UnicodeDecodeError:
+        return query_string_params(parse_qsl(query, keep_blank_values=True, errors="strict"))
+    except (UnicodeDecodeError, BadRequest):
         return None
-    params: dict[str, str | None] = dict.fromkeys(SEARCH_KEYS)
-    seen = set()
-    for key, value in pairs:
-        if key in params:
-            if key in seen:
-                return None
-            seen.add(key)
-            params[key] = value
-    return params
