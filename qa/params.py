@@ -104,15 +104,13 @@ def query_string_params(pairs: Iterable[tuple[str, str]]) -> dict[str, str | Non
     """The search parameters of a query string's (key, value) pairs: each one's value, None for one not given, other
     parameters ignored; a BadRequest for one given more than once (the first such in `SEARCH_KEYS` order)."""
     params: dict[str, str | None] = dict.fromkeys(SEARCH_KEYS)
-    seen: set[str] = set()
     repeated: set[str] = set()
     for key, value in pairs:
         if key not in params:
             continue
-        if key in seen:
+        if params[key] is not None:  # a query string's values are strings, blank ones too: None is "not given"
             repeated.add(key)
         else:
-            seen.add(key)
             params[key] = value
     for key in SEARCH_KEYS:
         if key in repeated:
