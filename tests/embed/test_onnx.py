@@ -25,7 +25,11 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(CONFTEST_ROOT)
 ARTICLES = ROOT / "eval" / "squad-dev" / "articles.jsonl"
-MIN_COSINE = 0.99
+MIN_COSINE = 0.99  # every text on its own (the query path), and passages against their sentences
+# in a batch, int8 activations share one scale per tensor with longer texts and their padding, so one word among
+# them lands further from PyTorch (docs/performance.md#the-onnx-recipe); the mean still tells a worse recipe apart
+MIN_BATCHED_COSINE = 0.985
+MIN_MEAN_COSINE = 0.995
 
 QUERIES = [
     "who won super bowl 50?",
@@ -122,7 +126,9 @@ def test_encode_matches_torch(onnx_embedder: OnnxEmbedder, expected: np.ndarray,
         got = onnx_embedder.encode(texts, batch_size=batch_size)
         cosines = (got * expected).sum(axis=1)
         worst = int(np.argmin(cosines))
-        assert cosines.min() >= MIN_COSINE, f"batch {batch_size}: {cosines[worst]:.4f} for {texts[worst][:80]!r}"
+        least = MIN_COSINE if batch_size == 1 else MIN_BATCHED_COSINE
+        assert cosines.min() >= least, f"batch {batch_size}: {cosines[worst]:.4f} for {texts[worst][:80]!r}"
+        assert cosines.mean() >= MIN_MEAN_COSINE, f"batch {batch_size}: mean {cosines.mean():.5f}"
 
 
 def test_blank_text_gives_a_unit_vector(onnx_embedder: OnnxEmbedder, torch_embedder: TorchEmbedder) -> None:
