@@ -12,8 +12,8 @@ import os
 import re
 import time
 import warnings
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -34,10 +34,10 @@ OPSET = 17
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 OUTPUT_NAME = "last_hidden_state"
 FP32_FILE = "model.fp32-fused-v3.onnx"
-INT8_FILES = {True: "model.int8-blocks-v4.onnx", False: "model.int8-v3.onnx"}  # by outlier_blocks; renamed per recipe
+INT8_FILES = {True: "model.int8-split-v5.onnx", False: "model.int8-v3.onnx"}  # by outlier_blocks; renamed per recipe
 RETIRED_FILES = ("model.fp32.onnx", "model.int8-mixed-v1.onnx", "model.int8-v1.onnx",  # earlier recipes' files
                  "model.int8-mixed-v2.onnx", "model.fp32-fused-v2.onnx", "model.int8-blocks-v3.onnx",
-                 "model.int8-v2.onnx")
+                 "model.int8-v2.onnx", "model.int8-blocks-v4.onnx")
 LOCK_FILE = "export.lock"
 LOCK_TIMEOUT = 1800.0
 EXPORT_TOLERANCE = 1e-3  # max abs difference to PyTorch accepted for the fp32 export
@@ -45,6 +45,10 @@ FIRST_LAYER = re.compile(r"/layers?\.0/")
 ATTENTION_OUTPUT = re.compile(r"/attention/output/")
 TEMP_SUFFIX = ".tmp.onnx"
 BLOCK = 128  # weights and activations per scale in the outlier-sensitive layers (see docs/performance.md)
+# a down-projection's input channel is an outlier above this many times its median channel: the model's outlier
+# channels stand at 10-18 times, the next at 5 or less (docs/performance.md#the-onnx-recipe)
+OUTLIER_RATIO = 6.0
+CALIBRATION_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "calibration.txt")
 # a session's own graph optimisers left out: this one would fuse back what `_fuse` leaves unfused
 DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
 
@@ -142,41 +146,124 @@ def _check_export(onnx_path: str, model: PreTrainedModel, names: tuple[str, ...]
         raise RuntimeError(f"ONNX export of {model.config.name_or_path} differs from PyTorch by {diff:.2g}")
 
 
-def _outlier_nodes(onnx_path: str, intermediate_size: int | None) -> list[str]:
+class SensitiveNodes(NamedTuple):
+    """The MatMuls whose inputs carry outliers that one int8 scale per tensor loses (see docs/performance.md)."""
+
+    blocks: list[str]  # quantised in 8-bit blocks: the first layer's and the attention output projections
+    split: list[str]  # the feed-forward down-projections: their outlier channels apart in float32, the rest int8
+
+
+def _outlier_nodes(onnx_path: str, intermediate_size: int | None) -> SensitiveNodes:
     """The outlier-sensitive MatMuls: the first layer's, the feed-forward down-projections and the attention output
-    projections; their inputs have outliers that one int8 scale per tensor loses (see docs/performance.md)."""
+    projections."""
     import onnx
 
     model = onnx.load(onnx_path)
     shapes = {init.name: tuple(init.dims) for init in model.graph.initializer}
-    outliers = []
+    found = SensitiveNodes([], [])
     for node in model.graph.node:
         weights = [shapes[i] for i in node.input if i in shapes]
         if node.op_type != "MatMul" or not weights:
             continue
-        down_projection = bool(intermediate_size) and weights[0][:1] == (intermediate_size,)
-        if down_projection or FIRST_LAYER.search(node.name) or ATTENTION_OUTPUT.search(node.name):
-            outliers.append(node.name)
-    return outliers
+        if bool(intermediate_size) and weights[0][:1] == (intermediate_size,):
+            found.split.append(node.name)
+        elif FIRST_LAYER.search(node.name) or ATTENTION_OUTPUT.search(node.name):
+            found.blocks.append(node.name)
+    return found
 
 
-def _quantize(source: str, target: str, outliers: list[str]) -> None:
+def _calibration_texts() -> list[str]:
+    """The calibration text's lines: news sentences, questions and page chrome written for it, no evaluation data."""
+    with open(CALIBRATION_FILE, encoding="utf-8") as f:
+        return [line.strip() for line in f if line.strip()]
+
+
+def _outlier_channels(onnx_path: str, model_path: str, nodes: list[str]) -> dict[str, list[int]]:
+    """Per MatMul of `nodes`, the input channels whose largest magnitude over the calibration text is above
+    OUTLIER_RATIO times the median channel's, from the float32 graph."""
+    import onnx
+    import onnxruntime as ort
+    from tokenizers import Tokenizer
+
+    model = onnx.load(onnx_path)
+    inputs = {node.name: node.input[0] for node in model.graph.node if node.name in nodes}
+    names = list(dict.fromkeys(inputs.values()))
+    model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in names)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    tokenizer = Tokenizer.from_file(os.path.join(model_path, "tokenizer.json"))
+    tokenizer.no_padding()  # every token real, as the embedder feeds them one text at a time
+    tokenizer.enable_truncation(128)
+    feeds = {i.name for i in session.get_inputs()}
+    largest = {name: 0.0 for name in names}
+    for text in _calibration_texts():
+        ids = np.array([tokenizer.encode(text).ids], np.int64)
+        feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+        for name, value in zip(names, session.run(names, {k: v for k, v in feed.items() if k in feeds})):
+            largest[name] = np.maximum(largest[name], np.abs(value.reshape(-1, value.shape[-1])).max(axis=0))
+    return {node: np.flatnonzero(largest[x] > OUTLIER_RATIO * np.median(largest[x])).tolist()
+            for node, x in inputs.items()}
+
+
+def _split_channels(source: str, target: str, channels: dict[str, list[int]]) -> list[str]:
+    """Write `source` to `target` with each MatMul of `channels` in two: its outlier input channels through a small
+    float MatMul (a `Gather` of them), the others, the outliers zeroed, through the MatMul itself, which int8 per
+    tensor then quantises; the two added. Returns the float MatMuls' names."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(source)
+    weights = {init.name: init for init in model.graph.initializer}
+    nodes, floats = [], []
+    for node in model.graph.node:
+        picked = channels.get(node.name)
+        if not picked:
+            nodes.append(node)
+            continue
+        w = numpy_helper.to_array(weights[node.input[1]])
+        x, y, name = node.input[0], node.output[0], node.name
+        mask = np.ones(w.shape[0], np.float32)
+        mask[picked] = 0.0
+        model.graph.initializer.extend([numpy_helper.from_array(np.array(picked, np.int64), f"{name}_outlier_ids"),
+                                        numpy_helper.from_array(w[picked].copy(), f"{name}_outlier_weights"),
+                                        numpy_helper.from_array(mask, f"{name}_outlier_mask")])
+        floats.append(f"{name}_outliers")
+        nodes += [helper.make_node("Gather", [x, f"{name}_outlier_ids"], [f"{name}_outlier_x"], axis=-1,
+                                   name=f"{name}_gather"),
+                  helper.make_node("MatMul", [f"{name}_outlier_x", f"{name}_outlier_weights"],
+                                   [f"{name}_outlier_y"], name=floats[-1]),
+                  helper.make_node("Mul", [x, f"{name}_outlier_mask"], [f"{name}_rest_x"], name=f"{name}_mask"),
+                  helper.make_node("MatMul", [f"{name}_rest_x", node.input[1]], [f"{name}_rest_y"], name=name),
+                  helper.make_node("Add", [f"{name}_rest_y", f"{name}_outlier_y"], [y], name=f"{name}_add")]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    onnx.save(model, target)
+    return floats
+
+
+def _quantize(source: str, target: str, sensitive: SensitiveNodes, model_path: str) -> None:
     """int8 quantisation of a float32 ONNX file: weights per output channel and activations per tensor (dynamic),
-    except the `outliers` MatMuls, quantised in blocks instead (`_block_quantize`)."""
+    except the outlier-sensitive MatMuls: the `blocks` ones quantised in blocks instead (`_block_quantize`), the
+    `split` ones with their outlier channels in float32 (`_split_channels`)."""
     from onnx import TensorProto
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with atomic_path(target, suffix=TEMP_SUFFIX) as tmp, _quiet_root_logger():
+        floats = []
+        if sensitive.split:
+            floats = _split_channels(source, tmp, _outlier_channels(source, model_path, sensitive.split))
+            source = tmp
         # shape inference does not type the fused operators' outputs: they are float
-        quantize_dynamic(source, tmp, per_channel=True, weight_type=QuantType.QInt8, nodes_to_exclude=outliers,
+        quantize_dynamic(source, tmp, per_channel=True, weight_type=QuantType.QInt8,
+                         nodes_to_exclude=sensitive.blocks + floats,
                          extra_options={"DefaultTensorType": TensorProto.FLOAT})
-        if outliers:
-            _block_quantize(tmp, outliers)
+        if sensitive.blocks:
+            _block_quantize(tmp, sensitive.blocks, keep=floats)
 
 
-def _block_quantize(onnx_path: str, nodes: list[str]) -> None:
+def _block_quantize(onnx_path: str, nodes: list[str], keep: Sequence[str] = ()) -> None:
     """Turn `nodes` (float MatMuls) into 8-bit MatMulNBits, in place: a scale per BLOCK weights, and at accuracy
-    level 4 int8 activations with a scale per BLOCK too, which keeps the outliers and runs at int8 speed."""
+    level 4 int8 activations with a scale per BLOCK too, which keeps the outliers and runs at int8 speed. The
+    float MatMuls of `keep` stay float (the quantiser takes every MatMul it is not told to leave)."""
     import onnx
 
     # the quantiser's module calls logging.basicConfig(level=INFO) on import: with a handler on the root logger
@@ -191,7 +278,7 @@ def _block_quantize(onnx_path: str, nodes: list[str]) -> None:
         root.removeHandler(guard)
     logging.getLogger(MatMulNBitsQuantizer.__module__).setLevel(logging.WARNING)  # one INFO line per node
     settings = {"bits": 8, "block_size": BLOCK, "is_symmetric": False, "accuracy_level": 4}
-    quantizer = MatMulNBitsQuantizer(onnx.load(onnx_path), nodes_to_include=nodes,
+    quantizer = MatMulNBitsQuantizer(onnx.load(onnx_path), nodes_to_include=nodes, nodes_to_exclude=list(keep),
                                      algo_config=DefaultWeightOnlyQuantConfig(**settings), **settings)
     quantizer.process()
     quantizer.model.save_model_to_file(onnx_path, use_external_data_format=False)
@@ -245,11 +332,11 @@ def ensure_onnx_model(model_path: str, quantize: bool = True, outlier_blocks: bo
                 log.info("exported %s in %.1fs", FP32_FILE, time.perf_counter() - started)
             if quantize:
                 started = time.perf_counter()
-                outliers = (_outlier_nodes(fp32, _read_config(model_path).get("intermediate_size")) if outlier_blocks
-                            else [])
-                _quantize(fp32, target, outliers)
-                log.info("quantised %s in %.1fs (%d nodes in blocks)", os.path.basename(target),
-                         time.perf_counter() - started, len(outliers))
+                sensitive = (_outlier_nodes(fp32, _read_config(model_path).get("intermediate_size"))
+                             if outlier_blocks else SensitiveNodes([], []))
+                _quantize(fp32, target, sensitive, model_path)
+                log.info("quantised %s in %.1fs (%d nodes in blocks, %d split)", os.path.basename(target),
+                         time.perf_counter() - started, len(sensitive.blocks), len(sensitive.split))
     except Timeout:
         raise RuntimeError(f"another process holds {folder}/{LOCK_FILE} (waited {LOCK_TIMEOUT:.0f}s)") from None
     return target
