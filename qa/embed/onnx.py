@@ -46,7 +46,7 @@ ATTENTION_OUTPUT = re.compile(r"/attention/output/")
 TEMP_SUFFIX = ".tmp.onnx"
 BLOCK = 128  # weights and activations per scale in the outlier-sensitive layers (see docs/performance.md)
 # a down-projection's input channel is an outlier above this many times its median channel: the model's outlier
-# channels stand at 10-18 times, the next at 5 or less (docs/performance.md#the-onnx-recipe)
+# channels stand well above it and the next well below (docs/performance.md#the-onnx-recipe)
 OUTLIER_RATIO = 6.0
 CALIBRATION_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "calibration.txt")
 # a session's own graph optimisers left out: this one would fuse back what `_fuse` leaves unfused
@@ -192,7 +192,7 @@ def _outlier_channels(onnx_path: str, model_path: str, nodes: list[str]) -> dict
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     tokenizer = Tokenizer.from_file(os.path.join(model_path, "tokenizer.json"))
     tokenizer.no_padding()  # every token real, as the embedder feeds them one text at a time
-    tokenizer.enable_truncation(128)
+    tokenizer.enable_truncation(128)  # the file's lines are sentences: a guard, not a cut
     feeds = {i.name for i in session.get_inputs()}
     largest = {name: 0.0 for name in names}
     for text in _calibration_texts():
