@@ -241,23 +241,28 @@ def _split_channels(source: str, target: str, channels: dict[str, list[int]]) ->
 
 
 def _quantize(source: str, target: str, sensitive: SensitiveNodes, model_path: str) -> None:
-    """int8 quantisation of a float32 ONNX file: weights per output channel and activations per tensor (dynamic),
-    except the outlier-sensitive MatMuls: the `blocks` ones quantised in blocks instead (`_block_quantize`), the
-    `split` ones with their outlier channels in float32 (`_split_channels`)."""
-    from onnx import TensorProto
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
+    """int8 quantisation of a float32 ONNX file (`_quantize_per_tensor`), except the outlier-sensitive MatMuls: the
+    `blocks` ones quantised in blocks instead (`_block_quantize`), the `split` ones with their outlier channels in
+    float32 (`_split_channels`)."""
     with atomic_path(target, suffix=TEMP_SUFFIX) as tmp, _quiet_root_logger():
         floats = []
         if sensitive.split:
             floats = _split_channels(source, tmp, _outlier_channels(source, model_path, sensitive.split))
             source = tmp
-        # shape inference does not type the fused operators' outputs: they are float
-        quantize_dynamic(source, tmp, per_channel=True, weight_type=QuantType.QInt8,
-                         nodes_to_exclude=sensitive.blocks + floats,
-                         extra_options={"DefaultTensorType": TensorProto.FLOAT})
+        _quantize_per_tensor(source, tmp, sensitive.blocks + floats)
         if sensitive.blocks:
             _block_quantize(tmp, sensitive.blocks, keep=floats)
+
+
+def _quantize_per_tensor(source: str, target: str, exclude: Sequence[str] = ()) -> None:
+    """int8 MatMuls, weights per output channel and activations with one scale per tensor computed at run time,
+    except the `exclude` ones, left float."""
+    from onnx import TensorProto
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # shape inference does not type the fused operators' outputs: they are float
+    quantize_dynamic(source, target, per_channel=True, weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude),
+                     extra_options={"DefaultTensorType": TensorProto.FLOAT})
 
 
 def _block_quantize(onnx_path: str, nodes: list[str], keep: Sequence[str] = ()) -> None:
