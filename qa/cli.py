@@ -359,14 +359,14 @@ def eval_(questions: str, index_dir: str | None, mode: str, k: int, limit: int |
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default).")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--threads", default=2, show_default=True, type=click.IntRange(1, 64),
-              help="Threads per process: one runs Python while another is in the model or FAISS; more only queue "
-                   "for Python's lock (docs/performance.md#threads).")
+              help="Request threads per process: one runs Python while another is in the model or FAISS; more "
+                   "only queue for Python's lock (docs/performance.md#threads).")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
-              help="Processes: 1 runs waitress; more run gunicorn, each worker with its own model and index "
-                   "(Python runs one thread at a time per process, so this is how queries use several cores).")
+              help="Worker processes, each with its own model and index (Python runs one thread at a time per "
+                   "process, so this is how queries use several cores).")
 @_handle_errors
 def serve(index_dir: str | None, host: str, port: int, threads: int, workers: int) -> None:
-    """Serve the JSON API and the web search box with a production WSGI server (waitress, or gunicorn workers)."""
+    """Serve the JSON API and the web search box with a production WSGI server (granian)."""
     from .web import server
 
     cfg = _config(index_dir=index_dir)
@@ -376,13 +376,10 @@ def serve(index_dir: str | None, host: str, port: int, threads: int, workers: in
     os.environ.setdefault("QA_EMBED_THREADS", "1")
     # ...and all the cores a worker has to itself for a request that runs alone
     os.environ.setdefault("QA_EMBED_IDLE_THREADS", str(process.cpu_count() // workers))
-    if workers > 1:
-        click.echo(f"serving {os.path.abspath(cfg.index_dir)} on http://{host}:{port} ({workers} workers)", err=True)
-        server.run_gunicorn(functools.partial(server.load_app, cfg), host, port, workers, threads)
-        return
-    app = server.load_app(cfg)
-    click.echo(f"serving {os.path.abspath(cfg.index_dir)} on http://{host}:{port}", err=True)
-    server.run_waitress(app, host, port, threads, cfg.max_body_bytes)
+    server.check_port_free(host, port)
+    click.echo(f"serving {os.path.abspath(cfg.index_dir)} on http://{host}:{port}"
+               + (f" ({workers} workers)" if workers > 1 else ""), err=True)
+    server.run_granian(functools.partial(server.load_app, cfg), host, port, workers, threads)
 
 
 def _check_workers(index_dir: str, workers: int) -> None:

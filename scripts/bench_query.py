@@ -269,7 +269,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--load-duration", type=float, default=30, help="seconds of the load phase")
     ap.add_argument("--server-threads", type=int, help="threads per process of `qa serve` [default: its own]")
     ap.add_argument("--server-workers", type=int, default=1,
-                    help="processes of `qa serve` (`--workers`; more than 1 runs gunicorn)")
+                    help="worker processes of `qa serve` (`--workers`)")
     ap.add_argument("--no-wrk", action="store_true", help="use the Python load generator even if wrk is installed")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (index, server log)")
     ap.add_argument("--side-by-side", action="store_true",

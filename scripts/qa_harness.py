@@ -118,8 +118,8 @@ def http(url: str, data: bytes | None = None, headers: dict | None = None, metho
         return e.code, e.read()
 
 
-def rss_kib(pid: int) -> int | None:
-    """VmRSS of a process in KiB (Linux /proc), None when it is gone."""
+def _own_rss_kib(pid: int) -> int | None:
+    """VmRSS of one process in KiB (Linux /proc), None when it is gone."""
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
@@ -128,6 +128,30 @@ def rss_kib(pid: int) -> int | None:
     except OSError:
         return None
     return None
+
+
+def _children(pid: int) -> list[int]:
+    """The child processes of `pid` (every thread's), none when it is gone."""
+    kids = []
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                kids += [int(k) for k in f.read().split()]
+    return kids
+
+
+def rss_kib(pid: int) -> int | None:
+    """VmRSS of a process and its descendants, summed, in KiB (a server's supervisor and its workers); None when
+    the process is gone. Pages the workers still share with the supervisor after the fork count in each."""
+    total = _own_rss_kib(pid)
+    if total is None:
+        return None
+    pending = _children(pid)
+    while pending:
+        child = pending.pop()
+        total += _own_rss_kib(child) or 0
+        pending += _children(child)
+    return total
 
 
 class Server:
@@ -173,7 +197,7 @@ class Server:
 
     @property
     def pid(self) -> int:
-        return self.proc.pid  # the `qa` entry point is a Python script: this is the server process itself
+        return self.proc.pid  # the `qa` entry point is a Python script: the server's supervisor, its workers below
 
     def log_text(self) -> str:
         with open(self.log_path, errors="replace") as f:

@@ -93,7 +93,7 @@ def _stop(p: subprocess.Popen) -> None:
 @contextlib.contextmanager
 def serve(index_dir: str, env: dict | None = None, *args: str, logs: list | None = None) -> Iterator[str]:
     """A real `qa serve` of `index_dir` on a free loopback port, up once /healthz answers; yields its base URL.
-    `args` such as ("--workers", "2") for gunicorn; `logs`, a list, receives the server's log when it stops.
+    `args` such as ("--workers", "2"); `logs`, a list, receives the server's log when it stops.
 
     Its log goes to a file (a chatty server never blocks on a pipe) and must hold no traceback when it stops."""
     port = free_port()

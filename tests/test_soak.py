@@ -23,7 +23,7 @@ def test_short_soak_passes():
 
 
 def test_fuzz_passes():
-    """scripts/fuzz: issue 25's hostile inputs and 30 random mutations on waitress and on gunicorn, no 5xx
+    """scripts/fuzz: issue 25's hostile inputs and 30 random mutations on one worker and on two, no 5xx
     (test_lifecycle covers hostile input on both servers in detail; `scripts/fuzz` alone runs 300)."""
     p = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "fuzz"), "--random", "30"],
                        capture_output=True, text=True, timeout=600, cwd=ROOT)

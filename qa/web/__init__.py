@@ -16,6 +16,7 @@ SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "X-Frame-Options": "DENY",
+    "Server": "qa",  # not the HTTP server's name and version
 }
 # scripts and styles from the app's own static files only: no inline script, no eval
 CSP = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; form-action 'self'; " \

@@ -25,7 +25,7 @@ def _json_body() -> dict:
         data = request.get_data(cache=True)
     except HTTPException:  # 413 and a client gone away: werkzeug's own answers
         raise
-    except Exception:  # the server's parse error on a malformed chunked body (gunicorn's InvalidChunkSize...)
+    except Exception:  # the server's error reading a malformed chunked body
         raise BadRequest("the request body could not be read (malformed chunked encoding?)") from None
     if not data:
         raise BadRequest("the request body must be a JSON object")

@@ -1,6 +1,8 @@
-"""Production WSGI servers for the app: waitress in one process, gunicorn's workers for more than one."""
+"""The production WSGI server for the app: granian, its HTTP in Rust outside Python's lock, one or more worker
+processes (docs/performance.md#the-server)."""
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 
 from flask import Flask
@@ -12,7 +14,7 @@ from . import create_app
 
 def load_app(config: Config) -> Flask:
     """The app with its index and model loaded, one query run, and the background reload check started."""
-    one_thread_per_request()  # here, not before a fork: each gunicorn worker loads its app after it
+    one_thread_per_request()  # here, not before a fork: each worker process loads its app after it
     app = create_app(config)
     freeze_libraries()  # after the thread settings (FAISS reads them as it loads), before the index
     app.wsgi_app = REQUESTS.wrap(app.wsgi_app)  # a request served alone may encode on the idle cores
@@ -22,29 +24,30 @@ def load_app(config: Config) -> Flask:
     return app
 
 
-def run_waitress(app: Flask, host: str, port: int, threads: int, max_body_bytes: int) -> None:
-    """Serve `app` in this process with `threads` request threads until interrupted."""
-    import waitress
+def check_port_free(host: str, port: int) -> None:
+    """`OSError` when a server already listens on `host:port`. granian's workers bind with SO_REUSEPORT, so a
+    second server on a taken port would otherwise start in silence and share the first one's connections."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # an earlier server's closed connections
+            probe.bind((host, port))  # without SO_REUSEPORT: refused while any socket listens there
+    except OSError as e:
+        raise OSError(e.errno, f"cannot listen on {host}:{port}: {e.strerror or e}") from None
 
-    # above the app's own limit, so an oversized body gets the app's JSON 413; waitress's stops runaway uploads
-    waitress.serve(app, host=host, port=port, threads=threads, ident="qa", clear_untrusted_proxy_headers=True,
-                   max_request_body_size=max_body_bytes * 4, channel_timeout=60)
 
+def run_granian(load: Callable[[], Flask], host: str, port: int, workers: int, threads: int) -> None:
+    """Run `load()`'s app under granian until interrupted: `workers` processes of `threads` request threads each,
+    each process loading its own app after the fork (ONNX Runtime and FAISS do not survive a fork). Check the port
+    first (`check_port_free`)."""
+    from granian.constants import HTTPModes, Interfaces
+    from granian.http import HTTP1Settings
+    from granian.log import LogLevels
+    from granian.server import Server
 
-def run_gunicorn(load: Callable[[], Flask], host: str, port: int, workers: int, threads: int) -> None:
-    """Run `load()`'s app under gunicorn: `workers` processes of `threads` threads, each loading its own app after
-    the fork (ONNX Runtime and FAISS do not survive a fork)."""
-    from gunicorn.app.base import BaseApplication
-
-    class Server(BaseApplication):
-        def load_config(self):
-            for key, value in {"bind": f"{host}:{port}", "workers": workers, "threads": threads,
-                               "worker_class": "gthread", "timeout": 120, "graceful_timeout": 20,
-                               "keepalive": 5, "accesslog": None, "errorlog": "-", "loglevel": "warning",
-                               "limit_request_line": 8190, "proc_name": "qa-serve"}.items():
-                self.cfg.set(key, value)
-
-        def load(self):
-            return load()
-
-    Server().run()
+    # HTTP/1.1 only (the API and the page need no more); a client has a minute to send its request's head; a worker
+    # that dies is replaced, and one that will not stop is killed 20 s after the others
+    Server("qa", address=host, port=port, interface=Interfaces.WSGI, workers=workers, blocking_threads=threads,
+           runtime_threads=1, http=HTTPModes.http1, websockets=False, log_level=LogLevels.warning,
+           http1_settings=HTTP1Settings(header_read_timeout=60_000), respawn_failed_workers=True,
+           workers_kill_timeout=20).serve(target_loader=lambda _target: load())

@@ -399,7 +399,7 @@ def test_serve_refuses_workers_on_milvus_lite(tmp_path, fake_embedder, monkeypat
     path = str(tmp_path / "index")
     build_index([_jsonl(tmp_path / "a.jsonl", _few(1))], path, embedder=fake_embedder, vector_backend="milvus")
     started = []
-    monkeypatch.setattr(server, "run_gunicorn", lambda *args: started.append(args))  # never a real server
+    monkeypatch.setattr(server, "run_granian", lambda *args: started.append(args))  # never a real server
     monkeypatch.setattr(process, "tune_malloc", lambda: None)
     monkeypatch.setenv("QA_EMBED_THREADS", "1")
     res = CliRunner().invoke(cli.main, ["serve", "--workers", "2", "--index-dir", path])

@@ -1,13 +1,15 @@
-"""A real `qa serve` (waitress) on a loopback port, driven over HTTP."""
+"""A real `qa serve` (granian) on a loopback port, driven over HTTP."""
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 import time
 
 import pytest
 
-from conftest import ENV, http as get
+from conftest import ENV, QA, http as get
 
 
 @pytest.mark.slow
@@ -18,7 +20,7 @@ def test_health_and_search_over_http(seed_server):
     res = json.loads(body)["results"]
     assert status == 200 and any("enforcement actions" in r["text"] or "Narcotics Control Board" in r["text"]
                                  for r in res)
-    assert headers["Server"] == "qa" or "waitress" in headers.get("Server", "")
+    assert headers["Server"] == "qa"  # not the HTTP server's name and version
 
 
 def test_errors_over_http_are_json(fake_server):
@@ -38,8 +40,8 @@ def test_binds_loopback_by_default(fake_server):
     assert fake_server.startswith("http://127.0.0.1:")
 
 
-def test_gunicorn_workers_serve_and_reload(live_server, fake_seed_copy):
-    """`--workers 2`: gunicorn processes, each with its own model and index; a write reaches every worker."""
+def test_workers_serve_and_reload(live_server, fake_seed_copy):
+    """`--workers 2`: two processes, each with its own model and index; a write reaches every worker."""
     with live_server(fake_seed_copy, {"QA_ADMIN_TOKEN": "s3cret", "QA_RELOAD_INTERVAL": "0.5"}, "--workers", "2",
                      "--threads", "2") as base:
         status, _, body = get(base + "/api/search?q=what+actions+has+China+taken%3F&k=3")
@@ -58,6 +60,57 @@ def test_gunicorn_workers_serve_and_reload(live_server, fake_seed_copy):
                 break
             time.sleep(0.1)
         assert all(r and r[0]["doc_id"] == "ferry-1" for r in seen)
+
+
+def _server_processes(port: int) -> dict[int, int]:
+    """pid -> parent pid of the `qa serve` processes (supervisor and workers) started with `--port port`."""
+    found = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                args = f.read().split(b"\0")
+            with open(f"/proc/{pid}/stat") as f:
+                parent = int(f.read().rsplit(")", 1)[1].split()[1])
+        except OSError:
+            continue
+        if b"serve" in args and b"--port" in args and args[args.index(b"--port") + 1] == str(port).encode():
+            found[int(pid)] = parent
+    return found
+
+
+def test_a_worker_that_dies_is_replaced(live_server, fake_seed_copy):
+    with live_server(fake_seed_copy) as base:
+        port = int(base.rsplit(":", 1)[1])
+        procs = _server_processes(port)
+        workers = [pid for pid, parent in procs.items() if parent in procs]
+        assert len(procs) == 2 and len(workers) == 1, procs
+        os.kill(workers[0], signal.SIGKILL)
+        deadline, status = time.time() + 60, None
+        while time.time() < deadline:
+            try:
+                status = get(base + "/api/search?q=china&k=1")[0]
+            except OSError:
+                status = None
+            if status == 200:
+                break
+            time.sleep(0.2)
+        assert status == 200
+        assert workers[0] not in _server_processes(port) and len(_server_processes(port)) == 2
+
+
+@pytest.mark.parametrize("reuse_port", [False, True])
+def test_a_taken_port_is_refused_in_one_line(tmp_path, reuse_port):
+    """The server's workers bind with SO_REUSEPORT: a second server must not share a taken port in silence, whether
+    its listener is another program's or another `qa serve`'s."""
+    with socket.socket() as taken:
+        if reuse_port:
+            taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        p = subprocess.run([QA, "serve", "--index-dir", str(tmp_path / "index"), "--port", str(port)], env=ENV,
+                           capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and p.stderr.strip() == f"error: cannot listen on 127.0.0.1:{port}: Address already in use"
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="OpenMP's default is one thread on one core")
