@@ -122,6 +122,20 @@ class StatesChunk(NamedTuple):
     states: list[TokenStates]
 
 
+def load_tokenizer(model_path: str):
+    """The model folder's `tokenizers` tokenizer, without padding or truncation: every token of a text real and
+    kept (long texts are split into pieces by the embedder, not cut)."""
+    from tokenizers import Tokenizer
+
+    tok_file = os.path.join(model_path, "tokenizer.json")
+    if not os.path.exists(tok_file):
+        raise FileNotFoundError(f"{model_path} has no tokenizer.json")
+    tokenizer = Tokenizer.from_file(tok_file)
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    return tokenizer
+
+
 class TransformerEmbedder:
     """Mean-pooled transformer embeddings (the all-MiniLM-L6-v2 recipe) with our own batching and span pooling.
 
@@ -133,16 +147,9 @@ class TransformerEmbedder:
     backend: str  # set by each backend class
 
     def __init__(self, model_path: str, model_name: str, max_tokens: int = 256):
-        from tokenizers import Tokenizer
-
         self.model_path = model_path
         self.model_name = model_name
-        tok_file = os.path.join(model_path, "tokenizer.json")
-        if not os.path.exists(tok_file):
-            raise FileNotFoundError(f"{model_path} has no tokenizer.json")
-        self.tokenizer = Tokenizer.from_file(tok_file)
-        self.tokenizer.no_padding()
-        self.tokenizer.no_truncation()
+        self.tokenizer = load_tokenizer(model_path)
         self.max_tokens = max_tokens
         self.cls_id = self.tokenizer.token_to_id("[CLS]")
         self.sep_id = self.tokenizer.token_to_id("[SEP]")

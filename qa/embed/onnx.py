@@ -20,7 +20,7 @@ import numpy as np
 from ..config import env_number
 from ..files import atomic_path
 from ..process import REQUESTS, cpu_count
-from .base import TransformerEmbedder, model_fingerprint, model_max_tokens
+from .base import TransformerEmbedder, load_tokenizer, model_fingerprint, model_max_tokens
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel
@@ -183,15 +183,13 @@ def _outlier_channels(onnx_path: str, model_path: str, nodes: list[str]) -> dict
     OUTLIER_RATIO times the median channel's, from the float32 graph."""
     import onnx
     import onnxruntime as ort
-    from tokenizers import Tokenizer
 
     model = onnx.load(onnx_path)
     inputs = {node.name: node.input[0] for node in model.graph.node if node.name in nodes}
     names = list(dict.fromkeys(inputs.values()))
     model.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in names)
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    tokenizer = Tokenizer.from_file(os.path.join(model_path, "tokenizer.json"))
-    tokenizer.no_padding()  # every token real, as the embedder feeds them one text at a time
+    tokenizer = load_tokenizer(model_path)  # every token real, as the embedder feeds them one text at a time
     tokenizer.enable_truncation(128)  # the file's lines are sentences: a guard, not a cut
     feeds = {i.name for i in session.get_inputs()}
     largest = {name: 0.0 for name in names}
