@@ -10,8 +10,9 @@ from .errors import ConfigError
 log = logging.getLogger(__name__)
 
 DEFAULT_INDEX_DIR = "index"
-# decoded rows a store keeps between searches: a squad-sized collection fits, a bigger one keeps its most recently
-# used rows (docs/performance.md#row-cache)
+# decoded rows a store keeps between searches (docs/performance.md#row-cache): unless told a budget, every row of a
+# collection whose rows fit in this share of the machine's memory, else this many MiB of the most recently used
+ROW_CACHE_SHARE = 1 / 8
 ROW_CACHE_MB = 32
 
 
@@ -35,6 +36,17 @@ def env_number(name: str, default: float | None = None, *, whole: bool = False) 
     return number
 
 
+def _row_cache_mb() -> float | None:
+    """QA_ROW_CACHE_MB: a budget in MiB, or None for the automatic one (unset or `auto`)."""
+    value = _env("QA_ROW_CACHE_MB")
+    if value is None or value.strip().lower() == "auto":
+        return None
+    try:
+        return env_number("QA_ROW_CACHE_MB")
+    except ConfigError:
+        raise ConfigError(f"QA_ROW_CACHE_MB must be a number of 0 or more, or auto, not {value!r}") from None
+
+
 def _admin_token() -> str | None:
     """QA_ADMIN_TOKEN without surrounding white space (no header could match it); a blank one leaves the admin API
     off, with a warning, rather than on with a token nobody can send."""
@@ -54,7 +66,7 @@ class Config:
     embed_backend: str = "auto"  # auto | torch | onnx
     admin_token: str | None = None
     reload_interval: float = 2.0  # seconds between checks for a rebuilt index
-    row_cache_mb: float = ROW_CACHE_MB
+    row_cache_mb: float | None = None  # None: automatic (ROW_CACHE_SHARE, then ROW_CACHE_MB)
     max_query_chars: int = 1000
     max_k: int = 100
     max_body_bytes: int = 1024 * 1024
@@ -68,7 +80,7 @@ class Config:
             embed_backend=_env("QA_EMBED_BACKEND", "auto"),
             admin_token=_admin_token(),
             reload_interval=env_number("QA_RELOAD_INTERVAL", 2.0),
-            row_cache_mb=env_number("QA_ROW_CACHE_MB", ROW_CACHE_MB),
+            row_cache_mb=_row_cache_mb(),
         )
         for key, value in overrides.items():
             if value is not None:

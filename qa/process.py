@@ -87,6 +87,17 @@ def freeze_libraries(modules: Iterable[str] = QUERY_LIBRARIES) -> None:
     gc.freeze()
 
 
+def machine_memory() -> int:
+    """Bytes of memory this process's machine has, or its control group's limit where that is lower."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    with contextlib.suppress(OSError, ValueError):
+        with open("/sys/fs/cgroup/memory.max", encoding="ascii") as f:
+            limit = f.read().strip()
+        if limit != "max":
+            total = min(total, int(limit))
+    return total
+
+
 def cpu_count() -> int:
     """The cores this process may run on (its affinity where the system tells it)."""
     try:

@@ -3,15 +3,15 @@
 A search reads the same kinds of rows for every query (its shortlist's lower-cased texts and sentence rows, its
 hits' passages and vectors), and on a collection people query again and again the same passages come back. Decoding
 them from SQLite cost a search 14% on squad-dev, and at 100k passages its misses are a third of a search after the
-embedding (docs/performance.md#row-cache). Rows are immutable within a generation (every committed write bumps it),
-so the cache holds one generation's rows and a reader of a newer generation starts a fresh one; a reader of an older
-snapshot reads around it.
+embedding (docs/performance.md#row-cache). A cache serves the readers of one store generation (every committed write
+bumps it): the first reader of a newer generation carries over the rows of the passages that still exist, and a
+reader of an older snapshot reads around it.
 """
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -48,6 +48,8 @@ class RowCache:
         self.budget = budget
         self.used = 0
         self._rows: OrderedDict[tuple[Hashable, int], tuple[Any, int]] = OrderedDict()
+        self._kinds: set[Hashable] = set()
+        self.warmed_through = 0  # `Store.prewarm` read ahead the rows of every passage up to this row id
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -73,6 +75,7 @@ class RowCache:
         found.update(loaded)
         tuples = 0
         with self._lock:
+            self._kinds.add(kind)
             for rowid, value in loaded.items():
                 key = (kind, rowid)
                 if key in self._rows:
@@ -86,6 +89,36 @@ class RowCache:
                 self.used -= size
         YOUNG.add(tuples)  # tuples the collector does not count (`YoungCollections`)
         return found
+
+    def shrink(self, budget: int) -> None:
+        """A smaller budget, the least recently used rows out to meet it."""
+        with self._lock:
+            self.budget = budget
+            while self.used > budget and self._rows:
+                self.used -= self._rows.popitem(last=False)[1][1]
+
+    def carry(self, generation: int, budget: int, live: Callable[[list[int]], Iterable[int]]) -> RowCache:
+        """A cache for a newer `generation` with this one's rows of the passages `live` still finds, in the same
+        order of use. A passage's rows never change while its row id exists, and the store never gives a removed
+        passage's id out again (`Store.write`), so a write makes stale only the rows of the passages it removed.
+        The rows move rather than copy: readers still on this generation read around this cache from then on, and
+        nothing they load reaches the new one."""
+        with self._lock:
+            rows, self._rows = self._rows, OrderedDict()
+            used, self.used = self.used, 0
+            kinds = set(self._kinds)
+        held = {rowid for _, rowid in rows}
+        for rowid in held.difference(live(list(held))):
+            for kind in kinds:
+                entry = rows.pop((kind, rowid), None)
+                if entry is not None:
+                    used -= entry[1]
+        carried = RowCache(generation, budget)
+        carried._rows, carried.used, carried._kinds = rows, used, kinds
+        carried.warmed_through = self.warmed_through
+        while carried.used > budget and rows:
+            carried.used -= rows.popitem(last=False)[1][1]
+        return carried
 
 
 __all__ = ["RowCache", "ROW_CACHE_BYTES", "size_of"]

@@ -80,10 +80,10 @@ class Engine:
         embedder = self._embedder_for(manifest)
         # an incremental update keeps the data folder: reuse its store and per-thread connections rather than
         # opening new ones on every reload (they held memory until garbage collection)
-        index = load_index(self.config.index_dir, embedder=embedder,
-                           store=self._index.store if self._index is not None else None)
-        if isinstance(index.store, Store):  # a cluster store keeps rows for one search only
-            index.store.row_cache_bytes = int(self.config.row_cache_mb * (1 << 20))
+        previous = self._index.store if self._index is not None else None
+        index = load_index(self.config.index_dir, embedder=embedder, store=previous)
+        if isinstance(index.store, Store) and index.store is not previous:  # a cluster store keeps rows for one search
+            index.store.set_row_budget(self.config.row_cache_mb)
         self._stamp = stamp
         return index
 
@@ -133,6 +133,8 @@ class Engine:
         """Load the index again synchronously (after this process changed it)."""
         with self._lock:
             self._index = self._load()
+        if isinstance(self._index.store, Store):
+            self._index.store.carry_rows()
         release_memory()  # after a write in this process: its writer's caches are freed by now
         self._prewarm_soon()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import itertools
 import json
 import logging
 import os
@@ -23,10 +24,12 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 
 from .chunk import Passage, Span, passage_id
+from .config import ROW_CACHE_SHARE
 from .embed.base import TextTokens
 from .errors import IndexUnavailable
 from .ingest import Article, Paragraph
 from .manifest import Counts
+from .process import machine_memory
 from .rowcache import ROW_CACHE_BYTES, RowCache
 from .text import fold_case
 
@@ -338,7 +341,9 @@ class Store:
         self._connections: list[tuple[threading.Thread, sqlite3.Connection]] = []  # each thread's, see __del__
         self._connections_lock = threading.Lock()
         self._rows: RowCache | None = None  # decoded rows of one generation, shared by reading threads
+        self._rows_lock = threading.Lock()
         self.row_cache_bytes = ROW_CACHE_BYTES
+        self.row_cache_floor: int | None = None  # an automatic budget: the budget if the rows do not fit (`prewarm`)
         if create:
             self.con.executescript(SCHEMA)  # executescript manages its own transaction
             self.con.execute("INSERT OR IGNORE INTO meta VALUES ('generation', '0')")
@@ -418,8 +423,37 @@ class Store:
             generation = self._local.generation = self.generation
         rows = self._rows
         if rows is None or rows.generation < generation:
-            rows = self._rows = RowCache(generation, self.row_cache_bytes)
+            with self._rows_lock:  # one thread carries the rows over; the others then take its cache
+                rows = self._rows
+                if rows is None:
+                    rows = self._rows = RowCache(generation, self.row_cache_bytes)
+                elif rows.generation < generation:
+                    rows = self._rows = rows.carry(generation, self.row_cache_bytes, self._live_passages)
         return rows if rows.generation == generation else None
+
+    def _live_passages(self, rowids: list[int]) -> Iterable[int]:
+        """Those of `rowids` whose passage exists in this thread's snapshot (maybe with others): every passage's id,
+        read from a covering index, when they are a good share of the store; else each looked up in the table,
+        whose rows hold the texts and vectors (a few microseconds an id)."""
+        highest = self.con.execute("SELECT COALESCE(MAX(id), 0) FROM passages").fetchone()[0]
+        if 4 * len(rowids) >= highest:
+            return [r for (r,) in self.con.execute("SELECT id FROM passages")]
+        return [r for (r,) in self.con.execute(f"SELECT id FROM passages WHERE id {IN_IDS}", (ids_param(rowids),))]
+
+    def set_row_budget(self, megabytes: float | None) -> None:
+        """The row cache's budget in MiB; None: the automatic one, a share of the machine's memory (`ROW_CACHE_SHARE`)
+        when the collection's rows fit in it (`prewarm` finds out), else `ROW_CACHE_MB`."""
+        if megabytes is None:
+            self.row_cache_bytes = max(int(machine_memory() * ROW_CACHE_SHARE), ROW_CACHE_BYTES)
+            self.row_cache_floor = ROW_CACHE_BYTES
+        else:
+            self.row_cache_bytes, self.row_cache_floor = int(megabytes * (1 << 20)), None
+
+    def carry_rows(self) -> None:
+        """Carry the row cache over to the store's latest generation now (`RowCache.carry`), after a write, so
+        that no search has to."""
+        with self.snapshot():
+            self._snapshot_rows()
 
     def _cached(self, kind: str, rowids: Sequence[int], load: Callable[[list[int]], dict]) -> dict:
         """`load(rowids)` by row id, through the snapshot's row cache when there is one."""
@@ -432,15 +466,20 @@ class Store:
         generation's cache), then read none of them from SQLite (docs/performance.md#row-cache). A batch at a time,
         in row id order, each in its own snapshot, until the cache is full. It stops after the first batch when the
         collection's rows would take more than twice the cache (its searches then keep the rows they come back to),
-        and when a write starts a newer generation meanwhile."""
+        and when a write starts a newer generation meanwhile. A cache carried over from an earlier generation has
+        the rows of the passages read ahead then, and new passages have higher row ids: the walk goes on from where
+        it reached (`RowCache.warmed_through`)."""
         t0 = time.perf_counter()
         total = self.count_passages()
-        warmed, last, cache, grew = 0, 0, None, 0
+        warmed, last, cache, grew, fresh = 0, 0, None, 0, False
         while True:
             with self.snapshot():
                 rows = self._snapshot_rows()
                 if rows is None or (cache is not None and rows is not cache):
                     break  # a newer generation: whoever loads it warms it
+                if cache is None:
+                    last = rows.warmed_through
+                    fresh = last == 0  # a first walk: its first batch tells the whole collection's size
                 cache = rows
                 if rows.used + grew > rows.budget:
                     break  # the next batch would push this one's rows out again
@@ -456,8 +495,13 @@ class Store:
                 self.passage_vectors(ids, dim)
                 grew, last = rows.used - before, ids[-1]
                 warmed += len(ids)
+                if fresh and warmed == len(ids) and self.row_cache_floor is not None and \
+                        grew / len(ids) * total > rows.budget:
+                    self.row_cache_bytes = self.row_cache_floor  # an automatic budget the rows do not fit in
+                    rows.shrink(self.row_cache_bytes)
                 if warmed == len(ids) and grew / len(ids) * total > 2 * rows.budget:
                     break  # by its first batch, a collection far too big to be worth it
+                rows.warmed_through = last
         return Warmed(warmed, total, cache.used if cache is not None else 0, time.perf_counter() - t0)
 
     @contextlib.contextmanager
@@ -499,6 +543,10 @@ class Store:
         The windows added come article by article, passage by passage, window by window."""
         written = Written()
         with self.transaction() as con:
+            # passage row ids are never given out twice (read before the removals), so a passage's rows never
+            # change while its id exists: a row cache keeps them across writes (`RowCache.carry`)
+            high = self._passage_high(con)
+            ids = itertools.count(high + 1)
             if journal:
                 con.executemany("INSERT INTO journal (op, doc_id, article) VALUES (?,?,?)",
                                 [("remove", d, None) for d in removals]
@@ -508,12 +556,24 @@ class Store:
                 written.removed += self._delete_document(con, doc_id)
             for prepared in articles:
                 written.removed += self._delete_document(con, prepared.article.id)
-                self._insert_article(con, prepared, written)
+                self._insert_article(con, prepared, written, ids)
+            high = max(high, con.execute("SELECT COALESCE(MAX(id), 0) FROM passages").fetchone()[0])
+            con.execute("INSERT OR REPLACE INTO meta VALUES ('passage_high', ?)", (str(high),))
             con.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
         return written
 
-    def _insert_article(self, con: sqlite3.Connection, prepared: PreparedArticle, written: Written) -> None:
-        """Insert a document and its passages, windows and sentences; the windows added go to `written`."""
+    @staticmethod
+    def _passage_high(con: sqlite3.Connection) -> int:
+        """The highest passage row id ever given out: the recorded one, or a higher one in the table (a store
+        written before the record was kept)."""
+        recorded = con.execute("SELECT value FROM meta WHERE key = 'passage_high'").fetchone()
+        highest = con.execute("SELECT COALESCE(MAX(id), 0) FROM passages").fetchone()[0]
+        return max(int(recorded[0]) if recorded else 0, highest)
+
+    def _insert_article(self, con: sqlite3.Connection, prepared: PreparedArticle, written: Written,
+                        ids: Iterator[int]) -> None:
+        """Insert a document and its passages (row ids from `ids`), windows and sentences; the windows added go to
+        `written`."""
         article = prepared.article
         con.execute("INSERT INTO documents VALUES (?,?,?,?,?,?,?,?,?,?)",
                     (article.id, article.title, article.source, article.author, article.url, article.published,
@@ -522,12 +582,12 @@ class Store:
                                                  prepared.token_vectors):
             pvec = wvecs.mean(axis=0)
             pvec = pvec / max(float(np.linalg.norm(pvec)), 1e-12)
-            cur = con.execute(
-                "INSERT INTO passages (passage_id, doc_id, paragraph_index, text, char_start, char_end, vec)"
-                " VALUES (?,?,?,?,?,?,?)",
-                (passage.passage_id, passage.doc_id, passage.paragraph_index, passage.text,
+            rowid = next(ids)
+            con.execute(
+                "INSERT INTO passages (id, passage_id, doc_id, paragraph_index, text, char_start, char_end, vec)"
+                " VALUES (?,?,?,?,?,?,?,?)",
+                (rowid, passage.passage_id, passage.doc_id, passage.paragraph_index, passage.text,
                  passage.char_start, passage.char_end, to_blob(pvec)))
-            rowid = cur.lastrowid
             for (start, end), vec in zip(passage.windows, wvecs):
                 cur = con.execute("INSERT INTO windows (passage, start, end, vec) VALUES (?,?,?,?)",
                                   (rowid, start, end, to_blob(vec)))

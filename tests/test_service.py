@@ -47,5 +47,32 @@ def test_the_row_cache_budget_is_a_setting(fake_seed_copy, fake_embedder, monkey
     store = engine.index().store
     assert store.row_cache_bytes == int(size / 3) and 0 < store._rows.used <= size / 3
     monkeypatch.setenv("QA_ROW_CACHE_MB", "lots")
-    with pytest.raises(ConfigError, match="QA_ROW_CACHE_MB must be a number of 0 or more, not 'lots'"):
+    with pytest.raises(ConfigError, match="QA_ROW_CACHE_MB must be a number of 0 or more, or auto, not 'lots'"):
         Config.from_env()
+
+
+def test_the_automatic_row_cache_budget_holds_every_row_or_falls_back_to_the_default(fake_seed_copy, fake_embedder,
+                                                                                        monkeypatch):
+    from qa.config import ROW_CACHE_SHARE
+    from qa.process import machine_memory
+
+    for value in (None, "auto", " Auto "):
+        if value is None:
+            monkeypatch.delenv("QA_ROW_CACHE_MB", raising=False)
+        else:
+            monkeypatch.setenv("QA_ROW_CACHE_MB", value)
+        assert Config.from_env().row_cache_mb is None
+    engine = Engine(Config.from_env(index_dir=fake_seed_copy), embedder=fake_embedder)
+    engine.warm_up()
+    store = engine.index().store
+    assert store.row_cache_bytes == int(machine_memory() * ROW_CACHE_SHARE) and _warm(engine.index())
+    engine.add_article({"id": "own", "title": "Port", "paragraphs": ["Cranes stood idle."]})
+    assert engine.index().store is store and store.row_cache_bytes == int(machine_memory() * ROW_CACHE_SHARE)
+
+    # rows that would not fit the automatic budget: the default one, as if none had been given
+    size = store._rows.used
+    small = Engine(Config.from_env(index_dir=fake_seed_copy), embedder=fake_embedder)
+    small_store = small.index().store
+    small_store.row_cache_bytes, small_store.row_cache_floor = size // 2, size // 5
+    small_store.prewarm(fake_embedder.dim, batch=2)
+    assert small_store.row_cache_bytes == size // 5 and 0 < small_store._rows.used <= size // 5

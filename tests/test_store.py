@@ -112,6 +112,22 @@ def test_a_row_cache_keeps_the_most_recently_used_rows_within_its_budget():
     assert cache.get_many("other", [1], load) and loads[-1] == [1]  # each kind of row apart
 
 
+def test_a_carried_row_cache_keeps_the_live_rows_within_the_new_budget():
+    from qa.rowcache import RowCache, size_of
+
+    row = np.zeros(100)
+    cache = RowCache(generation=1, budget=10 * size_of(row))
+    cache.get_many("v", [1, 2, 3, 4], lambda ids: {i: np.full(100, float(i)) for i in ids})
+    cache.get_many("w", [2, 4], lambda ids: {i: np.full(100, float(i)) for i in ids})
+    carried = cache.carry(2, 2 * size_of(row), lambda ids: [i for i in ids if i != 4])
+    # 4 is gone, in both kinds; of the rest the two most recently used fit the new budget
+    assert carried.generation == 2 and list(carried._rows) == [("v", 3), ("w", 2)]
+    assert carried.used == 2 * size_of(row) and len(cache) == cache.used == 0
+    loads = []
+    carried.get_many("v", [3, 4], lambda ids: loads.append(ids) or {})
+    assert loads == [[4]]
+
+
 def test_a_full_row_cache_keeps_the_young_generation_small():
     # a full cache frees a row for each it takes in, as tuples the collector does not count, so without its own
     # young collections the generation grew by every row it took in and kept (docs/performance.md#garbage-collection)
@@ -131,7 +147,7 @@ def test_a_full_row_cache_keeps_the_young_generation_small():
 
 
 def _last_passage(store):
-    """The highest passage rowid and its text: the row id a rewrite of its document reuses."""
+    """The highest passage rowid and its text."""
     rowid, text = store.con.execute("SELECT id, text FROM passages ORDER BY id DESC LIMIT 1").fetchone()
     return rowid, text
 
@@ -164,14 +180,65 @@ def test_snapshots_read_rows_of_their_own_generation(tmp_path, corpus, fake_embe
     old_sentences = store.sentences([rowid], fake_embedder.dim).meta.tolist()
     last = dict(ARTS[-1], paragraphs=[*ARTS[-1]["paragraphs"][:-1], "Fares rise. Again. And again."])
     add_documents(None, new, articles=[article_from_dict(last)], embedder=fake_embedder)
-    assert _last_passage(store) == (rowid, "Fares rise. Again. And again.")  # the same row id, a new passage
+    newest, text = _last_passage(store)
+    assert newest > rowid and text == "Fares rise. Again. And again."  # a new passage, a new row id
     with store.snapshot():
-        assert store.passages([rowid])[rowid].text == "Fares rise. Again. And again."
-        assert len(store.sentences([rowid], fake_embedder.dim).meta) == 3
+        assert store.passages([rowid, newest]).keys() == {newest}  # the cached old row is gone for newer readers
+        assert store.passage_texts([rowid]) == {} and store.sentences([rowid], fake_embedder.dim).meta.size == 0
+        assert len(store.sentences([newest], fake_embedder.dim).meta) == 3
     written.set()
     reader.join(10)
     assert seen == [old_text, old_text, old_sentences]
     index.close()
+
+
+def test_a_write_carries_the_rows_of_the_passages_it_left_alone(tmp_path, corpus, fake_embedder):
+    new = str(tmp_path / "new")
+    build_index([corpus], new, embedder=fake_embedder)
+    index = load_index(new, embedder=fake_embedder)
+    store = index.store
+    store.prewarm(index.dim)
+    before, used = store._rows, store._rows.used
+    kept = {rowid: row for (kind, rowid), (row, _) in before._rows.items() if kind == "passage"}
+    gone = {rid for rid, row in kept.items() if row[2] == ARTS[-1]["id"]}  # the last article's passages
+    remove_documents([ARTS[-1]["id"]], new)
+    with store.snapshot():
+        assert store.passages(sorted(kept)).keys() == kept.keys() - gone
+        after = store._rows
+        assert after is not before and after.generation == before.generation + 1 and 0 < after.used < used
+        assert _cached_passages(store)["passage"] == kept.keys() - gone  # nothing read again: carried over
+        assert all(after._rows[("passage", rid)][0] is kept[rid] for rid in kept.keys() - gone)
+        assert after.used == sum(size for _, size in after._rows.values())
+        assert len(before) == 0  # readers still on the older generation read around it
+    assert not _cached_passages(store).keys() - {"folded", "sentences", "windows", "passage", "vector"}
+    assert all(held == kept.keys() - gone for held in _cached_passages(store).values())
+
+    # the removed passages' row ids are not given out again, whichever document comes next
+    add_documents(None, new, articles=[article_from_dict(ARTS[-1])], embedder=fake_embedder)
+    with store.snapshot():
+        again = {rid for (rid,) in store.con.execute("SELECT id FROM passages WHERE doc_id = ?", (ARTS[-1]["id"],))}
+        assert again and min(again) > max(gone) and store.passages(sorted(gone)) == {}
+    assert store.prewarm(index.dim).passages == len(again)  # the read-ahead goes on from where it reached
+    assert all(held == kept.keys() - gone | again for held in _cached_passages(store).values())
+    index.close()
+
+
+def test_a_store_written_before_it_recorded_its_highest_row_id_never_gives_one_out_twice(tmp_path, corpus,
+                                                                                            fake_embedder):
+    new = str(tmp_path / "new")
+    build_index([corpus], new, embedder=fake_embedder)
+    store = Store(load_index(new, embedder=fake_embedder).store.path)  # a writer's connection
+    highest = store.con.execute("SELECT MAX(id) FROM passages").fetchone()[0]
+    assert store.get_meta("passage_high") == str(highest)
+    with store.transaction() as con:
+        con.execute("DELETE FROM meta WHERE key = 'passage_high'")  # as a store of an earlier version
+    store.close()
+    remove_documents([ARTS[-1]["id"]], new)  # its passages held the highest ids
+    add_documents(None, new, articles=[article_from_dict(ARTS[-1])], embedder=fake_embedder)
+    store = load_index(new, embedder=fake_embedder).store
+    ids = [rid for (rid,) in store.con.execute("SELECT id FROM passages WHERE doc_id = ?", (ARTS[-1]["id"],))]
+    assert min(ids) > highest
+    store.close()
 
 
 def _cached_passages(store) -> dict[str, set[int]]:
