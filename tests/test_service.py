@@ -76,3 +76,45 @@ def test_the_automatic_row_cache_budget_holds_every_row_or_falls_back_to_the_def
     small_store.row_cache_bytes, small_store.row_cache_floor = size // 2, size // 5
     small_store.prewarm(fake_embedder.dim, batch=2)
     assert small_store.row_cache_bytes == size // 5 and 0 < small_store._rows.used <= size // 5
+
+
+def test_searches_during_writes_never_see_a_removed_or_replaced_passage(fake_seed_copy, fake_embedder):
+    # the row cache outlives writes: what a write removed or replaced must not come back from it, whatever the
+    # searches running meanwhile load (docs/performance.md#row-cache)
+    import threading
+
+    engine = Engine(Config(index_dir=fake_seed_copy, reload_interval=0), embedder=fake_embedder)
+    engine.warm_up()
+    query = {"q": "lighthouse keeper storm", "k": 5}
+    seen: list[tuple[int, set[str]]] = []  # (writes finished before the search began, texts it returned)
+    finished = [0]
+    stop = threading.Event()
+
+    def searcher() -> None:
+        while not stop.is_set():
+            before = finished[0]
+            texts = {r["text"] for r in engine.search(query)["results"] if r["doc_id"] == "lighthouse"}
+            seen.append((before, texts))
+
+    threads = [threading.Thread(target=searcher) for _ in range(3)]
+    for t in threads:
+        t.start()
+    versions = [f"The lighthouse keeper logged storm number {n} in the harbour." for n in range(6)]
+    try:
+        for n, text in enumerate(versions):
+            engine.add_article({"id": "lighthouse", "title": "Lighthouse keeper", "paragraphs": [text]})
+            finished[0] = 2 * n + 1
+            if n % 2:
+                engine.delete_document("lighthouse")
+                finished[0] = 2 * n + 2
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+    assert len(seen) > 20
+    for before, texts in seen:
+        if before and before % 2:  # after the write of version (before - 1) / 2, before anything later finished
+            assert texts <= set(versions[(before - 1) // 2:]), (before, texts)
+        elif before:  # after a removal: the removed version never again
+            assert not texts & set(versions[:before // 2]), (before, texts)
+    assert any(texts for _, texts in seen)
