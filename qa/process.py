@@ -88,8 +88,12 @@ def freeze_libraries(modules: Iterable[str] = QUERY_LIBRARIES) -> None:
 
 
 def machine_memory() -> int:
-    """Bytes of memory this process's machine has, or its control group's limit where that is lower."""
-    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    """Bytes of memory this process's machine has, or its control group's limit where that is lower; 0 where the
+    system does not tell."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return 0
     with contextlib.suppress(OSError, ValueError):
         with open("/sys/fs/cgroup/memory.max", encoding="ascii") as f:
             limit = f.read().strip()
