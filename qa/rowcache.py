@@ -84,18 +84,21 @@ class RowCache:
                 self._rows[key] = (value, size)
                 self.used += size
                 tuples += 3 if type(value) is tuple else 2  # its key, its entry and a row's own tuple
-            while self.used > self.budget and self._rows:
-                _, (_, size) = self._rows.popitem(last=False)
-                self.used -= size
+            self._evict()
         YOUNG.add(tuples)  # tuples the collector does not count (`YoungCollections`)
         return found
+
+    def _evict(self) -> None:
+        """The least recently used rows out until the rest fit the budget (the caller holds the lock)."""
+        while self.used > self.budget and self._rows:
+            _, (_, size) = self._rows.popitem(last=False)
+            self.used -= size
 
     def shrink(self, budget: int) -> None:
         """A smaller budget, the least recently used rows out to meet it."""
         with self._lock:
             self.budget = budget
-            while self.used > budget and self._rows:
-                self.used -= self._rows.popitem(last=False)[1][1]
+            self._evict()
 
     def carry(self, generation: int, budget: int, live: Callable[[list[int]], Iterable[int]]) -> RowCache:
         """A cache for a newer `generation` with this one's rows of the passages `live` still finds, in the same
@@ -116,8 +119,7 @@ class RowCache:
         carried = RowCache(generation, budget)
         carried._rows, carried.used, carried._kinds = rows, used, kinds
         carried.warmed_through = self.warmed_through
-        while carried.used > budget and rows:
-            carried.used -= rows.popitem(last=False)[1][1]
+        carried.shrink(budget)
         return carried
 
 

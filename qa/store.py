@@ -495,12 +495,13 @@ class Store:
                 self.passage_vectors(ids, dim)
                 grew, last = rows.used - before, ids[-1]
                 warmed += len(ids)
-                if fresh and warmed == len(ids) and self.row_cache_floor is not None and \
-                        grew / len(ids) * total > rows.budget:
-                    self.row_cache_bytes = self.row_cache_floor  # an automatic budget the rows do not fit in
-                    rows.shrink(self.row_cache_bytes)
-                if warmed == len(ids) and grew / len(ids) * total > 2 * rows.budget:
-                    break  # by its first batch, a collection far too big to be worth it
+                if warmed == len(ids):  # the first batch: its rows per passage times the passages
+                    needed = grew / len(ids) * total
+                    if fresh and self.row_cache_floor is not None and needed > rows.budget:
+                        self.row_cache_bytes = self.row_cache_floor  # an automatic budget the rows do not fit in
+                        rows.shrink(self.row_cache_bytes)
+                    if needed > 2 * rows.budget:
+                        break  # a collection far too big to be worth it
                 rows.warmed_through = last
         return Warmed(warmed, total, cache.used if cache is not None else 0, time.perf_counter() - t0)
 
