@@ -100,18 +100,22 @@ class RowCache:
             self.budget = budget
             self._evict()
 
-    def carry(self, generation: int, budget: int, live: Callable[[list[int]], Iterable[int]]) -> RowCache:
-        """A cache for a newer `generation` with this one's rows of the passages `live` still finds, in the same
-        order of use. A passage's rows never change while its row id exists, and the store never gives a removed
-        passage's id out again (`Store.write`), so a write makes stale only the rows of the passages it removed.
-        The rows move rather than copy: readers still on this generation read around this cache from then on, and
-        nothing they load reaches the new one."""
+    def carry(self, generation: int, budget: int, *, removed: Iterable[int] | None,
+              live: Callable[[list[int]], Iterable[int]]) -> RowCache:
+        """A cache for a newer `generation` with this one's rows but those of the passages `removed` since, in the
+        same order of use; when the store cannot tell which (None), every cached passage is looked up with `live`,
+        which returns those that still exist. A passage's rows never change while its row id exists, and the store
+        never gives a removed passage's id out again (`Store.write`), so a write makes stale only the rows of the
+        passages it removed. The rows move rather than copy: readers still on this generation read around this
+        cache from then on, and nothing they load reaches the new one."""
         with self._lock:
             rows, self._rows = self._rows, OrderedDict()
             used, self.used = self.used, 0
             kinds = set(self._kinds)
-        held = {rowid for _, rowid in rows}
-        for rowid in held.difference(live(list(held))):
+        if removed is None:
+            held = {rowid for _, rowid in rows}
+            removed = held.difference(live(list(held)))
+        for rowid in removed:
             for kind in kinds:
                 entry = rows.pop((kind, rowid), None)
                 if entry is not None:

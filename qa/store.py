@@ -77,6 +77,11 @@ CREATE TABLE IF NOT EXISTS passage_tokens (
 CREATE TABLE IF NOT EXISTS journal (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, op TEXT NOT NULL, doc_id TEXT NOT NULL, article TEXT);
 """
+# removed_passages: the ids of the passages each recent write removed, by the generation it made, so a row cache
+# carried over to a newer generation drops their rows without looking up every row it holds (`Store.removed_since`)
+REMOVALS_TABLE = """CREATE TABLE IF NOT EXISTS removed_passages (
+    generation INTEGER NOT NULL, id INTEGER NOT NULL, PRIMARY KEY (generation, id)) WITHOUT ROWID"""
+REMOVALS_KEEP = 10_000  # the generations whose removals the log keeps
 # passage_sentences: a passage's sentences in one row, their (start, end) as int32 pairs and their vectors as
 # float16, in order, so a query's shortlist reads one row per passage (see docs/performance.md).
 # passage_tokens: a passage's word pieces as the build read them (contextual, after the title), so an answer aligns
@@ -428,7 +433,9 @@ class Store:
                 if rows is None:
                     rows = self._rows = RowCache(generation, self.row_cache_bytes)
                 elif rows.generation < generation:
-                    rows = self._rows = rows.carry(generation, self.row_cache_bytes, self._live_passages)
+                    rows = self._rows = rows.carry(generation, self.row_cache_bytes,
+                                                   removed=self.removed_since(rows.generation),
+                                                   live=self._live_passages)
         return rows if rows.generation == generation else None
 
     def _live_passages(self, rowids: list[int]) -> Iterable[int]:
@@ -532,9 +539,12 @@ class Store:
         row = self.con.execute("SELECT content_hash FROM documents WHERE doc_id = ?", (doc_id,)).fetchone()
         return row[0] if row else None
 
-    def _delete_document(self, con: sqlite3.Connection, doc_id: str) -> list[int]:
+    def _delete_document(self, con: sqlite3.Connection, doc_id: str, generation: int) -> list[int]:
+        """Delete a document with its passages, logging their ids as removed by `generation`; its window ids."""
         window_ids = [r[0] for r in con.execute(
             "SELECT w.id FROM windows w JOIN passages p ON p.id = w.passage WHERE p.doc_id = ?", (doc_id,))]
+        con.execute("INSERT OR IGNORE INTO removed_passages SELECT ?, id FROM passages WHERE doc_id = ?",
+                    (generation, doc_id))
         con.execute("DELETE FROM documents WHERE doc_id = ?", (doc_id,))
         return window_ids
 
@@ -548,20 +558,49 @@ class Store:
             # change while its id exists: a row cache keeps them across writes (`RowCache.carry`)
             high = self._passage_high(con)
             ids = itertools.count(high + 1)
+            generation = int(con.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()[0]) + 1
+            self._open_removals(con, generation)
             if journal:
                 con.executemany("INSERT INTO journal (op, doc_id, article) VALUES (?,?,?)",
                                 [("remove", d, None) for d in removals]
                                 + [("upsert", p.article.id, _article_json(p.article)) for p in articles])
                 con.execute("DELETE FROM journal WHERE seq <= (SELECT MAX(seq) FROM journal) - ?", (JOURNAL_KEEP,))
             for doc_id in removals:
-                written.removed += self._delete_document(con, doc_id)
+                written.removed += self._delete_document(con, doc_id, generation)
             for prepared in articles:
-                written.removed += self._delete_document(con, prepared.article.id)
+                written.removed += self._delete_document(con, prepared.article.id, generation)
                 self._insert_article(con, prepared, written, ids)
             high = max(high, con.execute("SELECT COALESCE(MAX(id), 0) FROM passages").fetchone()[0])
-            con.execute("INSERT OR REPLACE INTO meta VALUES ('passage_high', ?)", (str(high),))
-            con.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
+            con.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                            [("passage_high", str(high)), ("removals_through", str(generation))])
+            con.execute("UPDATE meta SET value = ? WHERE key = 'generation'", (str(generation),))
         return written
+
+    @staticmethod
+    def _open_removals(con: sqlite3.Connection, generation: int) -> None:
+        """Ready the log of removed passage ids for a write making `generation`: it holds the removals of every
+        generation after `removals_from` (in meta), the last `REMOVALS_KEEP`. It starts afresh after a write that
+        did not log its removals (a store of an earlier version)."""
+        con.execute(REMOVALS_TABLE)
+        meta = dict(con.execute("SELECT key, value FROM meta WHERE key IN ('removals_from', 'removals_through')"))
+        start = int(meta.get("removals_from", -1)) if meta.get("removals_through") == str(generation - 1) else -1
+        if start < 0:
+            con.execute("DELETE FROM removed_passages")
+            start = generation - 1
+        if start < generation - REMOVALS_KEEP:
+            start = generation - REMOVALS_KEEP
+            con.execute("DELETE FROM removed_passages WHERE generation <= ?", (start,))
+        if str(start) != meta.get("removals_from"):
+            con.execute("INSERT OR REPLACE INTO meta VALUES ('removals_from', ?)", (str(start),))
+
+    def removed_since(self, generation: int) -> list[int] | None:
+        """The ids of the passages removed by the writes after `generation`, up to the one this connection sees;
+        None when the log of removals does not reach back that far (`_open_removals`)."""
+        meta = dict(self.con.execute(
+            "SELECT key, value FROM meta WHERE key IN ('generation', 'removals_from', 'removals_through')"))
+        if meta.get("removals_through") != meta["generation"] or int(meta["removals_from"]) > generation:
+            return None  # a write that did not log its removals came since, or the log starts later
+        return [r for (r,) in self.con.execute("SELECT id FROM removed_passages WHERE generation > ?", (generation,))]
 
     @staticmethod
     def _passage_high(con: sqlite3.Connection) -> int:

@@ -119,7 +119,7 @@ def test_a_carried_row_cache_keeps_the_live_rows_within_the_new_budget():
     cache = RowCache(generation=1, budget=10 * size_of(row))
     cache.get_many("v", [1, 2, 3, 4], lambda ids: {i: np.full(100, float(i)) for i in ids})
     cache.get_many("w", [2, 4], lambda ids: {i: np.full(100, float(i)) for i in ids})
-    carried = cache.carry(2, 2 * size_of(row), lambda ids: [i for i in ids if i != 4])
+    carried = cache.carry(2, 2 * size_of(row), removed=None, live=lambda ids: [i for i in ids if i != 4])
     # 4 is gone, in both kinds; of the rest the two most recently used fit the new budget
     assert carried.generation == 2 and list(carried._rows) == [("v", 3), ("w", 2)]
     assert carried.used == 2 * size_of(row) and len(cache) == cache.used == 0
@@ -239,6 +239,72 @@ def test_a_store_written_before_it_recorded_its_highest_row_id_never_gives_one_o
     ids = [rid for (rid,) in store.con.execute("SELECT id FROM passages WHERE doc_id = ?", (ARTS[-1]["id"],))]
     assert min(ids) > highest
     store.close()
+
+
+def _passage_ids(store, doc_id):
+    return {rid for (rid,) in store.con.execute("SELECT id FROM passages WHERE doc_id = ?", (doc_id,))}
+
+
+def test_writes_log_the_passages_they_remove(tmp_path, corpus, fake_embedder, monkeypatch):
+    import qa.store
+
+    new = str(tmp_path / "new")
+    build_index([corpus], new, embedder=fake_embedder)
+    store = Store(load_index(new, embedder=fake_embedder).store.path)  # a writer's connection
+    built = store.generation
+    last, first = _passage_ids(store, ARTS[-1]["id"]), _passage_ids(store, ARTS[0]["id"])
+    assert store.removed_since(built) == []
+    remove_documents([ARTS[-1]["id"]], new)
+    add_documents(None, new, articles=[article_from_dict(ARTS[-1])], embedder=fake_embedder)  # removes nothing
+    changed = dict(ARTS[0], paragraphs=["A new first paragraph.", *ARTS[0]["paragraphs"][1:]])
+    add_documents(None, new, articles=[article_from_dict(changed)], embedder=fake_embedder)  # replaces them all
+    assert store.generation == built + 3
+    assert sorted(store.removed_since(built)) == sorted(last | first)
+    assert sorted(store.removed_since(built + 1)) == sorted(store.removed_since(built + 2)) == sorted(first)
+    assert store.removed_since(built + 3) == []
+
+    # a write by an earlier version logs nothing: the log cannot tell what it removed, and starts again after it
+    with store.transaction() as con:
+        con.execute("DELETE FROM documents WHERE doc_id = ?", (ARTS[-1]["id"],))
+        con.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
+    assert store.removed_since(built) is None and store.removed_since(built + 3) is None
+    first = _passage_ids(store, ARTS[0]["id"])
+    remove_documents([ARTS[0]["id"]], new)
+    assert store.removed_since(built + 3) is None and sorted(store.removed_since(built + 4)) == sorted(first)
+
+    # it keeps the last REMOVALS_KEEP generations' removals
+    monkeypatch.setattr(qa.store, "REMOVALS_KEEP", 2)
+    for _ in range(3):
+        add_documents(None, new, articles=[article_from_dict(ARTS[-1])], embedder=fake_embedder)
+        remove_documents([ARTS[-1]["id"]], new)
+    now = store.generation
+    assert store.removed_since(now - 3) is None and store.removed_since(now - 2) is not None
+    assert store.con.execute("SELECT MIN(generation) FROM removed_passages").fetchone()[0] > now - 2
+    store.close()
+
+
+def test_a_row_cache_is_carried_over_alike_with_and_without_the_log_of_removals(tmp_path, corpus, fake_embedder):
+    carried = {}
+    for logged in (True, False):
+        new = str(tmp_path / f"logged-{logged}")
+        build_index([corpus], new, embedder=fake_embedder)
+        index = load_index(new, embedder=fake_embedder)
+        store = index.store
+        store.prewarm(index.dim)
+        gone = _passage_ids(store, ARTS[-1]["id"])
+        looked_up = []
+        live = store._live_passages
+        store._live_passages = lambda ids: looked_up.append(len(ids)) or live(ids)
+        remove_documents([ARTS[-1]["id"]], new)
+        if not logged:
+            with Store(store.path).transaction() as con:  # as if an earlier version had written it
+                con.execute("DELETE FROM meta WHERE key = 'removals_through'")
+        store.carry_rows()
+        assert bool(looked_up) is not logged  # the log spares the look-up of every cached passage
+        carried[logged] = (_cached_passages(store), store._rows.used)
+        index.close()
+    assert carried[True] == carried[False] and carried[True][1] > 0
+    assert all(held and not held & gone for held in carried[True][0].values())
 
 
 def _cached_passages(store) -> dict[str, set[int]]:
