@@ -81,7 +81,7 @@ CREATE TABLE IF NOT EXISTS journal (
 # carried over to a newer generation drops their rows without looking up every row it holds (`Store.removed_since`)
 REMOVALS_TABLE = """CREATE TABLE IF NOT EXISTS removed_passages (
     generation INTEGER NOT NULL, id INTEGER NOT NULL, PRIMARY KEY (generation, id)) WITHOUT ROWID"""
-REMOVALS_KEEP = 10_000  # the generations whose removals the log keeps
+REMOVALS_KEEP = 1_000  # the generations whose removals the log keeps: a cache further behind looks its rows up
 # passage_sentences: a passage's sentences in one row, their (start, end) as int32 pairs and their vectors as
 # float16, in order, so a query's shortlist reads one row per passage (see docs/performance.md).
 # passage_tokens: a passage's word pieces as the build read them (contextual, after the title), so an answer aligns
