@@ -6,7 +6,10 @@
 (b) load: wrk (Debian package `wrk`; `make bench-deps` or `sudo apt-get install wrk`) with a Lua script rotating
     through URL-encoded questions, --connections connections on --wrk-threads threads for --load-duration
     seconds: requests/s, latency percentiles, non-2xx and socket errors. Without wrk a Python thread-pool load
-    generator (keep-alive connections, one per thread) runs instead and is labelled as such.
+    generator (keep-alive connections, one per thread) runs instead and is labelled as such;
+(c) with --writes N: N writes by another process (`qa add` of a two-paragraph article, the server reloading on its
+    own as it does), each followed at once by ten sequential searches: the first search's latency and the nine
+    others' (what a write costs the searches beside it).
 
 The index is built into a temporary folder from squad-dev (build time is reported), or copied from --index-dir;
 --passages N synthesises a bigger corpus of about N passages: squad-dev, then copies of its articles whose
@@ -32,8 +35,8 @@ import urllib.parse
 
 sys.dont_write_bytecode = True  # no __pycache__ in scripts/
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from qa_harness import (CORPORA, Server, build_index, copy_index, fmt, log, machine_note,  # noqa: E402
-                        markdown_table, percentile, read_questions, reference_model)
+from qa_harness import (CORPORA, QA, Server, build_index, copy_index, fmt, log, machine_note,  # noqa: E402
+                        markdown_table, percentile, qa_env, read_questions, reference_model)
 from qa_harness import http as http_call  # noqa: E402
 
 TARGETS = ("targets, as ratios to this run's references: one client's search p50 ≤ 0.5 and p99 ≤ 1.5 PyTorch query "
@@ -181,6 +184,31 @@ def sequential(base: str, paths: list[str], n: int, key: str = "results") -> dic
     return {"n": n, "errors": errors, "client": client, "server": server}
 
 
+# --- (c) searches after writes ----------------------------------------------------------------------------------
+
+def after_writes(base: str, index_dir: str, workdir: str, paths: list[str], writes: int) -> dict:
+    """`writes` times: `qa add` of a new two-paragraph article (another process), then ten sequential searches at
+    once; client latency (ms) of each write's first search and of the nine after it."""
+    first: list[float] = []
+    rest: list[float] = []
+    errors: list[str] = []
+    source = os.path.join(workdir, "written.jsonl")
+    for w in range(writes):
+        with open(source, "w") as f:  # a new text each run, so no write is skipped as unchanged
+            f.write(json.dumps({"id": f"bench-write-{w}", "title": "Harbour news", "paragraphs": [
+                f"The harbour reopened on day {w} at {time.time():.6f}.", "Ships queued outside the port."]}) + "\n")
+        p = subprocess.run([QA, "add", source, "--index-dir", index_dir, "--quiet"], env=qa_env(),
+                           capture_output=True, text=True)
+        if p.returncode != 0:
+            raise RuntimeError(f"qa add failed ({p.returncode}): {p.stderr.strip()[-500:]}")
+        seq = sequential(base, paths[w * 10:(w + 1) * 10], 10)
+        errors += seq["errors"]
+        if seq["client"]:
+            first.append(seq["client"][0])
+            rest += seq["client"][1:]
+    return {"n": writes, "first": first, "rest": rest, "errors": errors}
+
+
 # --- (b) load -------------------------------------------------------------------------------------------------
 
 def run_wrk(wrk: str, base: str, paths: list[str], workdir: str, connections: int, threads: int,
@@ -274,6 +302,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (index, server log)")
     ap.add_argument("--side-by-side", action="store_true",
                     help="then run ../shared/bench/side_by_side.py (our server against txtai's API on squad-dev)")
+    ap.add_argument("--writes", type=int, default=0,
+                    help="then (c): this many writes by another process, each followed by ten searches")
     ap.add_argument("--no-reference", action="store_true",
                     help="skip this run's reference measurements (PyTorch query encode, exact FAISS search)")
     return ap.parse_args(argv)
@@ -323,7 +353,11 @@ def main(argv=None) -> int:
             log(f"(b) load: {args.connections} connections for {args.load_duration:.0f}s")
             load = (run_wrk(wrk, server.base, paths, tmp, args.connections, args.wrk_threads, args.load_duration)
                     if wrk else run_python_load(server.base, paths, args.connections, args.load_duration))
-        report(args, corpus, counts, build_seconds, seq, load, ref)
+            written = None
+            if args.writes > 0:
+                log(f"(c) {args.writes} writes by another process (`qa add`), each followed by ten searches")
+                written = after_writes(server.base, index_dir, tmp, paths[1000:] or paths, args.writes)
+        report(args, corpus, counts, build_seconds, seq, load, ref, written)
         if args.side_by_side:
             side_by_side()
     except (RuntimeError, subprocess.SubprocessError, OSError, ImportError) as e:
@@ -334,7 +368,8 @@ def main(argv=None) -> int:
             log(f"kept {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
-    return 1 if seq["errors"] or seq["ask"]["errors"] or load["non2xx"] or load["socket_errors"] else 0
+    return 1 if (seq["errors"] or seq["ask"]["errors"] or load["non2xx"] or load["socket_errors"]
+                 or (written and written["errors"])) else 0
 
 
 def side_by_side() -> None:
@@ -348,7 +383,8 @@ def side_by_side() -> None:
     subprocess.run([sys.executable, script], cwd=root, check=True)
 
 
-def report(args, corpus: str, counts: dict, build_seconds, seq: dict, load: dict, ref: dict | None) -> None:
+def report(args, corpus: str, counts: dict, build_seconds, seq: dict, load: dict, ref: dict | None,
+           written: dict | None = None) -> None:
     print(f"\n### Query benchmark: {corpus}, {counts['passages']:,} passages "
           f"({counts['windows']:,} window + {counts['sentences']:,} sentence vectors), mode {args.mode}, "
           f"k={args.k}\n")
@@ -372,6 +408,16 @@ def report(args, corpus: str, counts: dict, build_seconds, seq: dict, load: dict
         ["… latency p50 / p90 / p99 / max",
          f"{fmt(load['p50'])} / {fmt(load['p90'])} / {fmt(load['p99'])} / {fmt(load['max'])} ms"],
         ["… non-2xx / socket errors", f"{load['non2xx']} / {load['socket_errors']}"],
+    ]
+    if written:
+        rows += [
+            [f"{written['n']} writes by another process (`qa add`): the first search after each, p50 / max",
+             f"{fmt(percentile(written['first'], 50))} / {fmt(max(written['first'], default=None))} ms"],
+            ["… the nine searches after it, p50 / max",
+             f"{fmt(percentile(written['rest'], 50))} / {fmt(max(written['rest'], default=None))} ms "
+             f"({len(written['errors'])} errors)"],
+        ]
+    rows += [
         ["server", f"`qa serve --workers {args.server_workers}"
                    + (f" --threads {args.server_threads}`" if args.server_threads else "` (its default threads)")],
         ["machine", machine_note()],
