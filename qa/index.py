@@ -534,7 +534,7 @@ def load_index(index_dir: str, *, embedder: Embedder | None = None, model: str |
     try:
         store, vectors = open_data(index_dir, manifest, store=store)
         lexical = LexicalIndex.open(os.path.join(index_dir, manifest.data_dir), store)
-        windows = store.window_passages()
+        windows = store.window_map()
     except (OSError, ValueError, KeyError) as e:
         raise IndexUnavailable(f"index in {index_dir} unreadable ({e}); rebuild: qa build SOURCE... "
                                f"--index-dir {index_dir}") from None

@@ -201,6 +201,13 @@ class WindowMap(NamedTuple):
     passages: np.ndarray
 
 
+class GenerationWindows(NamedTuple):
+    """The window map of one store generation (`Store.window_map`)."""
+
+    generation: int
+    windows: WindowMap
+
+
 class PassageWindows(NamedTuple):
     """The windows of some passages: each one's passage rowid and vector, row for row."""
 
@@ -347,6 +354,8 @@ class Store:
         self._connections_lock = threading.Lock()
         self._rows: RowCache | None = None  # decoded rows of one generation, shared by reading threads
         self._rows_lock = threading.Lock()
+        self._windows: GenerationWindows | None = None  # the last `window_map`, carried over to the next generation
+        self._windows_lock = threading.Lock()
         self.row_cache_bytes = ROW_CACHE_BYTES
         self.row_cache_floor: int | None = None  # an automatic budget: the budget if the rows do not fit (`prewarm`)
         if create:
@@ -710,11 +719,34 @@ class Store:
             yield WindowBatch(np.array([r[0] for r in rows], np.int64), np.array([r[1] for r in rows], np.int64),
                               from_blobs([r[2] for r in rows], dim))
 
-    def window_passages(self) -> WindowMap:
-        """Every window id and its passage's rowid."""
-        rows = self.con.execute("SELECT id, passage FROM windows ORDER BY id").fetchall()
+    def window_passages(self, after: int = 0) -> WindowMap:
+        """Every window id (above `after`) and its passage's rowid, read from the table."""
+        rows = self.con.execute("SELECT id, passage FROM windows WHERE id > ? ORDER BY id", (after,)).fetchall()
         arr = np.array(rows, np.int64).reshape(-1, 2)
         return WindowMap(arr[:, 0], arr[:, 1])
+
+    def window_map(self) -> WindowMap:
+        """`window_passages` at the store's latest generation, for a loaded index. Reading the whole table took a
+        reload most of its time at 100k passages (docs/performance.md#row-cache), so the map of the generation
+        read last is carried over: the windows of the passages removed since (`removed_since`) dropped, those added
+        since appended (window ids only grow). Read whole the first time, and when the log does not reach back."""
+        with self._windows_lock, self.snapshot():
+            generation = self.generation
+            known = self._windows
+            if known is not None and known.generation == generation:
+                return known.windows
+            removed = (self.removed_since(known.generation)
+                       if known is not None and known.generation < generation else None)
+            if removed is None:
+                windows = self.window_passages()
+            else:
+                old = known.windows
+                keep = ~np.isin(old.passages, removed)
+                added = self.window_passages(int(old.ids[-1]) if len(old.ids) else 0)
+                windows = WindowMap(np.concatenate((old.ids[keep], added.ids)),
+                                    np.concatenate((old.passages[keep], added.passages)))
+            self._windows = GenerationWindows(generation, windows)
+            return windows
 
     _PASSAGE_COLS = ("p.id, p.passage_id, p.doc_id, p.paragraph_index, p.text, p.char_start, p.char_end, "
                      "d.title, d.source, d.author, d.url, d.published")

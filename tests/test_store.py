@@ -307,6 +307,35 @@ def test_a_row_cache_is_carried_over_alike_with_and_without_the_log_of_removals(
     assert all(held and not held & gone for held in carried[True][0].values())
 
 
+def test_the_window_map_is_carried_over_to_newer_generations(tmp_path, corpus, fake_embedder):
+    new = str(tmp_path / "new")
+    build_index([corpus], new, embedder=fake_embedder)
+    store = load_index(new, embedder=fake_embedder).store
+    whole = []
+    read = store.window_passages
+    store.window_passages = lambda after=0: (whole.append(after) if not after else None) or read(after)
+
+    def same_as_the_table():
+        carried, table = store.window_map(), read()
+        return np.array_equal(carried.ids, table.ids) and np.array_equal(carried.passages, table.passages)
+
+    assert same_as_the_table() and whole == []  # the loaded index's, read as it loaded
+    changed = dict(ARTS[0], paragraphs=["A new first paragraph.", *ARTS[0]["paragraphs"][1:]])
+    for write in (lambda: remove_documents([ARTS[-1]["id"]], new),
+                  lambda: add_documents(None, new, articles=[article_from_dict(ARTS[-1])], embedder=fake_embedder),
+                  lambda: add_documents(None, new, articles=[article_from_dict(changed)], embedder=fake_embedder)):
+        write()
+        assert same_as_the_table() and whole == []  # dropped and appended, not read again
+    index = load_index(new, embedder=fake_embedder, store=store)
+    assert np.array_equal(index.window_ids, read().ids) and whole == []
+
+    with Store(store.path).transaction() as con:  # a write by an earlier version: no log of what it removed
+        con.execute("DELETE FROM documents WHERE doc_id = ?", (ARTS[-1]["id"],))
+        con.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'generation'")
+    assert same_as_the_table() and whole == [0]
+    index.close()
+
+
 def _cached_passages(store) -> dict[str, set[int]]:
     """The passage rowids the store's row cache holds, by kind of row."""
     held: dict[str, set[int]] = {}
