@@ -4,7 +4,7 @@ from __future__ import annotations
 import hmac
 
 from flask import Blueprint, Response, current_app, jsonify, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from ..errors import BadRequest, Forbidden, Unauthorized
 from ..ingest import check_text
@@ -27,6 +27,8 @@ def _json_body() -> dict:
         raise
     except Exception:  # the server's error reading a malformed chunked body
         raise BadRequest("the request body could not be read (malformed chunked encoding?)") from None
+    if request.content_length is None and len(data) >= (current_app.config["MAX_CONTENT_LENGTH"] or len(data) + 1):
+        raise RequestEntityTooLarge()  # a chunked body: werkzeug stops reading at the limit and keeps the head
     if not data:
         raise BadRequest("the request body must be a JSON object")
     try:

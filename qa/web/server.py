@@ -3,7 +3,7 @@ processes (docs/performance.md#the-server)."""
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from flask import Flask
 
@@ -17,11 +17,36 @@ def load_app(config: Config) -> Flask:
     one_thread_per_request()  # here, not before a fork: each worker process loads its app after it
     app = create_app(config)
     freeze_libraries()  # after the thread settings (FAISS reads them as it loads), before the index
-    app.wsgi_app = REQUESTS.wrap(app.wsgi_app)  # a request served alone may encode on the idle cores
+    app.wsgi_app = drain_unread_body(REQUESTS.wrap(app.wsgi_app))  # a request alone may encode on the idle cores
     engine = app.extensions["qa_engine"]
     engine.warm_up()
     engine.watch()
     return app
+
+
+DRAIN_BYTES = 64 << 20  # the most of an unread request body read before answering; a larger one is cut off
+
+
+def drain_unread_body(app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterable[bytes]]:
+    """`app` (a WSGI callable) reading the rest of a request's body, up to `DRAIN_BYTES`, before its answer goes
+    out. The app answers some requests without reading their body (a 413 over the size limit, a 401 without the
+    token); granian then closes the connection on the unread bytes, and a client still sending them gets a broken
+    pipe or a reset instead of the answer (docs/operations.md#errors-the-http-server-answers-itself)."""
+
+    def drained(environ: dict, start_response: Callable) -> Iterable[bytes]:
+        if not environ.get("CONTENT_LENGTH") and not environ.get("HTTP_TRANSFER_ENCODING"):
+            return app(environ, start_response)  # no body: a GET's path costs two lookups
+        body = environ["wsgi.input"]  # the server's own stream, ending where the request's body ends
+        result = app(environ, start_response)
+        left = DRAIN_BYTES
+        try:
+            while left > 0 and (chunk := body.read(min(left, 1 << 16))):
+                left -= len(chunk)
+        except Exception:  # the client has gone: nothing left to save
+            pass
+        return result
+
+    return drained
 
 
 def check_port_free(host: str, port: int) -> None:
