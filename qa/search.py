@@ -203,8 +203,8 @@ def _complete_dense(index: Index, found: Candidates, qvec: np.ndarray) -> None:
     cheap whole-passage signals exactly, whichever side found it."""
     missing = [rid for rid in found.ids if rid not in found.dense]
     if missing:
-        owners, wvecs = index.store.window_vectors(missing, index.dim)
-        for rid, s in zip(owners.tolist(), (wvecs @ qvec).tolist()):
+        windows = index.store.window_vectors(missing, index.dim)
+        for rid, s in zip(windows.passages.tolist(), windows.cosines(qvec).tolist()):
             found.dense[rid] = max(s, found.dense.get(rid, -math.inf))
 
 
@@ -213,13 +213,14 @@ def _add_sentence_signals(index: Index, found: Candidates, qvec: np.ndarray, ter
     term coverage (`sentence_evidence`), and every sentence's scores for answers."""
     folded = index.store.folded_texts(found.ids)
     matcher = TermMatcher.for_query(index, terms, index.passage_count)
-    svecs, meta = index.store.sentences(found.ids, index.dim)  # (passage rowid, idx, start, end) rows
+    rows = index.store.sentences(found.ids, index.dim)
+    meta = rows.meta  # (passage rowid, idx, start, end) a sentence
     if not len(meta):
         return
     first = np.concatenate(([True], meta[1:, 0] != meta[:-1, 0]))  # True at each passage's first sentence
     owners = meta[first, 0].tolist()
     pos = np.cumsum(first) - 1  # each sentence's passage number
-    cosines = svecs @ qvec
+    cosines = rows.cosines(qvec)
     held = matcher.held([folded.get(rid, "") for rid in owners], np.column_stack((pos, meta[:, 2:])))
     covs = matcher.coverage(held)
     found.sentence = dict(zip(owners, np.maximum.reduceat(cosines, np.flatnonzero(first)).tolist()))

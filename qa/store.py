@@ -208,19 +208,35 @@ class GenerationWindows(NamedTuple):
     windows: WindowMap
 
 
+def cosines(vectors: np.ndarray, scales: np.ndarray | None, query: np.ndarray) -> np.ndarray:
+    """Each row's dot product with `query`: `vectors` float32, or int8 codes with their `scales` (`quantize`),
+    scaled after the product rather than decoded first (a pass over the matrix less)."""
+    if scales is None:
+        return vectors @ query
+    return (vectors.astype(np.float32) @ query) * scales
+
+
 class PassageWindows(NamedTuple):
     """The windows of some passages: each one's passage rowid and vector, row for row."""
 
     passages: np.ndarray
-    vectors: np.ndarray
+    vectors: np.ndarray  # float32, or int8 codes with `scales`
+    scales: np.ndarray | None = None
+
+    def cosines(self, query: np.ndarray) -> np.ndarray:
+        return cosines(self.vectors, self.scales, query)
 
 
 class SentenceRows(NamedTuple):
     """The sentences of some passages, ordered by passage, then position: their vectors, and a row of
     (passage rowid, idx, start, end) each in `meta`."""
 
-    vectors: np.ndarray
+    vectors: np.ndarray  # float32, or int8 codes with `scales`
     meta: np.ndarray
+    scales: np.ndarray | None = None
+
+    def cosines(self, query: np.ndarray) -> np.ndarray:
+        return cosines(self.vectors, self.scales, query)
 
     @property
     def passages(self) -> np.ndarray:
@@ -233,11 +249,13 @@ class SentenceRows(NamedTuple):
         return self.meta[:, 2:]
 
 
-# One passage's sentences as the row cache keeps them: (meta, vectors), its rows (passage rowid, idx, start, end;
-# int64, as `SentenceRows.meta` joins them) and their vectors (float16 as stored, read as float32: a search multiplies
-# them by the query's vector, and numpy casts float16 one number at a time). A plain tuple of arrays, which the
-# garbage collector stops tracking (docs/performance.md#garbage-collection).
-PassageSentences = tuple[np.ndarray, np.ndarray]
+# Vectors as the row cache keeps them: (codes, scales), int8 codes with one float32 scale a row (`quantize`), a quarter
+# of float32's memory; every read decodes them alike, cached or not (docs/performance.md#row-cache). A plain tuple of
+# arrays, which the garbage collector stops tracking (docs/performance.md#garbage-collection).
+Int8Rows = tuple[np.ndarray, np.ndarray]
+# One passage's sentences as the row cache keeps them: (meta, codes, scales), its rows (passage rowid, idx, start,
+# end; int64, as `SentenceRows.meta` joins them) and their vectors as `Int8Rows` (float16 as stored).
+PassageSentences = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 class Warmed(NamedTuple):
@@ -307,13 +325,26 @@ def to_half_blob(vec: np.ndarray) -> bytes:
     return np.asarray(vec, dtype=np.float16).tobytes()
 
 
+def quantize(vecs: np.ndarray) -> Int8Rows:
+    """Vectors (rows x dim) as int8 codes with one float32 scale a row, its largest magnitude over 127: cosines
+    move by about 1e-3."""
+    vecs = np.asarray(vecs, np.float32)
+    scales = np.maximum(np.abs(vecs).max(axis=1, initial=0.0), 1e-12) / 127.0
+    return np.rint(vecs / scales[:, None]).astype(np.int8), scales.astype(np.float32)
+
+
+def dequantize(codes: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """`quantize`'s rows back as float32."""
+    vecs = codes.astype(np.float32)
+    vecs *= scales[:, None]
+    return vecs
+
+
 def token_blobs(tokens: TextTokens) -> tuple[bytes, bytes, bytes]:
     """A passage's word pieces as stored: offsets as int32 pairs, vectors as int8 with one float32 scale each
-    (cosines move by about 1e-3)."""
-    vecs = np.asarray(tokens.vectors, np.float32)
-    scales = np.maximum(np.abs(vecs).max(axis=1, initial=0.0), 1e-12) / 127.0
-    codes = np.rint(vecs / scales[:, None]).astype(np.int8)
-    return (np.asarray(tokens.offsets, np.int32).tobytes(), scales.astype(np.float32).tobytes(), codes.tobytes())
+    (`quantize`)."""
+    codes, scales = quantize(tokens.vectors)
+    return np.asarray(tokens.offsets, np.int32).tobytes(), scales.tobytes(), codes.tobytes()
 
 
 def from_token_blobs(offsets: bytes, scales: bytes, vecs: bytes, dim: int) -> TextTokens:
@@ -783,13 +814,15 @@ class Store:
         """Whole-passage vectors in the order of `rowids`."""
         if not rowids:
             return np.zeros((0, dim), np.float32)
-        vecs = self._cached("vector", rowids, self._read_passage_vectors)
-        zero = np.zeros(dim, np.float32)  # a passage deleted meanwhile: a zero vector matches nothing
-        return np.stack([vecs.get(r, zero) for r in rowids])
+        vecs = self._cached("vector", rowids, functools.partial(self._read_passage_vectors, dim=dim))
+        zero = np.zeros((1, dim), np.int8), np.ones(1, np.float32)  # a passage deleted meanwhile: matches nothing
+        codes, scales = zip(*[vecs.get(r, zero) for r in rowids])
+        return dequantize(np.concatenate(codes), np.concatenate(scales))
 
-    def _read_passage_vectors(self, rowids: Sequence[int]) -> dict[int, np.ndarray]:
-        rows = self.con.execute(f"SELECT id, vec FROM passages WHERE id {IN_IDS}", (ids_param(rowids),))
-        return {rowid: np.frombuffer(blob, np.float32) for rowid, blob in rows}
+    def _read_passage_vectors(self, rowids: Sequence[int], dim: int) -> dict[int, Int8Rows]:
+        rows = self.con.execute(f"SELECT id, vec FROM passages WHERE id {IN_IDS}", (ids_param(rowids),)).fetchall()
+        codes, scales = quantize(from_blobs([blob for _, blob in rows], dim))  # at once: a call costs more than a row
+        return {rowid: (codes[i:i + 1].copy(), scales[i:i + 1].copy()) for i, (rowid, _) in enumerate(rows)}
 
     def passage_tokens(self, rowids: Sequence[int], dim: int) -> dict[int, TextTokens]:
         """The word pieces' vectors and offsets of some passages, by row id (`token_blobs`)."""
@@ -804,25 +837,27 @@ class Store:
         windows = self._cached("windows", rowids, functools.partial(self._read_windows, dim=dim)) if rowids else {}
         if not windows:
             return PassageWindows(np.zeros(0, np.int64), np.zeros((0, dim), np.float32))
-        return PassageWindows(np.repeat(np.fromiter(windows, np.int64, len(windows)),
-                                        [len(v) for v in windows.values()]), np.concatenate(list(windows.values())))
+        codes, scales = zip(*windows.values())
+        return PassageWindows(np.repeat(np.fromiter(windows, np.int64, len(windows)), [len(s) for s in scales]),
+                              np.concatenate(codes), np.concatenate(scales))
 
-    def _read_windows(self, rowids: Sequence[int], dim: int) -> dict[int, np.ndarray]:
-        """Each passage's window vectors, float32 (windows x dim)."""
-        blobs: dict[int, list[bytes]] = {}
-        for rowid, blob in self.con.execute(f"SELECT passage, vec FROM windows WHERE passage {IN_IDS}",
-                                            (ids_param(rowids),)):
-            blobs.setdefault(rowid, []).append(blob)
-        return {rowid: from_blobs(b, dim) for rowid, b in blobs.items()}
+    def _read_windows(self, rowids: Sequence[int], dim: int) -> dict[int, Int8Rows]:
+        """Each passage's window vectors (windows x dim), quantised all at once and copied out per passage."""
+        rows = self.con.execute(f"SELECT passage, vec FROM windows WHERE passage {IN_IDS} ORDER BY passage",
+                                (ids_param(rowids),)).fetchall()
+        codes, scales = quantize(from_blobs([blob for _, blob in rows], dim))
+        owners = [rowid for rowid, _ in rows]
+        starts = [i for i in range(len(owners)) if i == 0 or owners[i] != owners[i - 1]]
+        ends = starts[1:] + [len(owners)]
+        return {owners[a]: (codes[a:b].copy(), scales[a:b].copy()) for a, b in zip(starts, ends)}
 
     def sentences(self, rowids: Sequence[int], dim: int) -> SentenceRows:
         """The sentences of some passages, ordered by passage, then idx."""
         found = self._cached("sentences", rowids, functools.partial(self._read_sentences, dim=dim)) if rowids else {}
         if not found:
             return SentenceRows(np.zeros((0, dim), np.float32), np.zeros((0, 4), np.int64))
-        rows = [found[r] for r in sorted(found)]
-        return SentenceRows(np.concatenate([vectors for _, vectors in rows]),
-                            np.concatenate([meta for meta, _ in rows]))
+        meta, codes, scales = zip(*[found[r] for r in sorted(found)])
+        return SentenceRows(np.concatenate(codes), np.concatenate(meta), np.concatenate(scales))
 
     def _read_sentences(self, rowids: Sequence[int], dim: int) -> dict[int, PassageSentences]:
         """Each passage's sentence rows and vectors, decoded for all the passages at once (one cast, not one a
@@ -835,14 +870,15 @@ class Store:
         counts = [len(s) for s in spans]
         if any(len(r[2]) != n * dim * 2 for r, n in zip(rows, counts)):  # float16: 2 bytes a number
             raise IndexUnavailable(f"{self.path}: sentence vectors do not match their spans (damaged store?)")
-        vecs = np.frombuffer(b"".join(r[2] for r in rows), np.float16).reshape(-1, dim).astype(np.float32)
+        codes, scales = quantize(np.frombuffer(b"".join(r[2] for r in rows), np.float16).reshape(-1, dim))
         ends = np.cumsum(counts)
         starts = ends - counts
-        meta = np.empty((len(vecs), 4), np.int64)
+        meta = np.empty((len(codes), 4), np.int64)
         meta[:, 0] = np.repeat([r[0] for r in rows], counts)
-        meta[:, 1] = np.arange(len(vecs)) - np.repeat(starts, counts)
+        meta[:, 1] = np.arange(len(codes)) - np.repeat(starts, counts)
         meta[:, 2:] = np.concatenate(spans)
-        return {r[0]: (meta[a:b].copy(), vecs[a:b].copy()) for r, a, b in zip(rows, starts.tolist(), ends.tolist())}
+        return {r[0]: (meta[a:b].copy(), codes[a:b].copy(), scales[a:b].copy())
+                for r, a, b in zip(rows, starts.tolist(), ends.tolist())}
 
     def filtered_window_ids(self, filters: Filters) -> np.ndarray:
         """Ids of the windows whose documents pass the filters."""

@@ -9,7 +9,7 @@ from qa.chunk import split_sentences
 from qa.index import add_documents, build_index, check_index, load_index, remove_documents
 from qa.ingest import article_from_dict
 from qa.errors import IndexUnavailable
-from qa.store import Store
+from qa.store import Store, dequantize
 
 from conftest import ARTS
 
@@ -59,7 +59,7 @@ def test_sentences_are_a_row_per_passage(tmp_path, corpus, fake_embedder):
     new = str(tmp_path / "new")
     build_index([corpus], new, embedder=fake_embedder)
     a = load_index(new, embedder=fake_embedder)
-    vecs, meta = a.store.sentences([4, 1, 999], fake_embedder.dim)
+    vecs, meta = a.store.sentences([4, 1, 999], fake_embedder.dim)[:2]
     assert meta[:, 0].tolist() == sorted(meta[:, 0].tolist()) and set(meta[:, 0].tolist()) == {1, 4}
     texts = a.store.passage_texts([1, 4])
     expected = [(rid, i, s, e) for rid in (1, 4) for i, (s, e) in enumerate(split_sentences(texts[rid]))]
@@ -84,7 +84,7 @@ def test_sentence_rows_are_read_for_many_passages_at_once_and_kept_apart(tmp_pat
     assert sorted(rows) == [1, 2, 4]
     # each passage's arrays are its own: a cached passage must not keep the whole read alive
     assert all(array.base is None for row in rows.values() for array in row)
-    meta, _ = rows[2]
+    meta, *_ = rows[2]
     assert [r[0] for r in meta.tolist()] == [2] * len(meta)
     a.close()
     with sqlite3.connect(path) as con:
@@ -397,4 +397,32 @@ def test_cached_rows_are_not_tracked_by_the_garbage_collector(tmp_path, corpus, 
     with store.snapshot():
         passage = store.passages([1])[1]
     assert passage.words_hash == hash(passage.words()) and passage.text.startswith("Dock workers")
+    store.close()
+
+
+def test_cached_vectors_are_int8_and_read_alike_with_and_without_the_cache(tmp_path, corpus, fake_embedder):
+    # a quarter of float32's memory (docs/performance.md#row-cache); a ranking must not depend on what was cached
+    new = str(tmp_path / "new")
+    build_index([corpus], new, embedder=fake_embedder)
+    store, dim = load_index(new, embedder=fake_embedder).store, fake_embedder.dim
+    ids = list(range(1, store.count_passages() + 1))
+    reads = {"sentences": lambda: store.sentences(ids, dim), "windows": lambda: store.window_vectors(ids, dim),
+             "vector": lambda: store.passage_vectors(ids, dim)}
+    uncached = {kind: read() for kind, read in reads.items()}  # outside a snapshot: no cache
+    store.prewarm(dim)
+    for kind, read in reads.items():
+        with store.snapshot():
+            cached = read()
+        parts = (cached, uncached[kind]) if kind == "vector" else (tuple(cached), tuple(uncached[kind]))
+        assert len(parts[0]) == len(parts[1]) and all(np.array_equal(a, b) for a, b in zip(*parts)), kind
+        assert {v[-2].dtype for (k, _), (v, _) in store._rows._rows.items() if k == kind} == {np.dtype(np.int8)}
+    query = uncached["vector"][0]
+    for rows in (uncached["sentences"], uncached["windows"]):
+        assert rows.vectors.dtype == np.int8
+        assert np.allclose(rows.cosines(query), dequantize(rows.vectors, rows.scales) @ query, atol=1e-6)
+    stored = np.stack([np.frombuffer(blob, np.float32) for (blob,) in store.con.execute(
+        "SELECT vec FROM passages ORDER BY id")])
+    assert uncached["vector"].dtype == np.float32
+    assert np.abs(uncached["vector"] - stored).max() <= np.abs(stored).max() / 254 + 1e-7
+    assert ((uncached["vector"] * stored).sum(axis=1) > 0.999).all()
     store.close()

@@ -29,7 +29,8 @@ import numpy as np
 
 from ..errors import IndexUnavailable, QAError
 from ..manifest import Counts
-from ..store import DocumentPage, OutletCount, PassageWindows, SentenceRows, StoredPassage, Warmed
+from ..store import (DocumentPage, OutletCount, PassageWindows, SentenceRows, StoredPassage, Warmed, dequantize,
+                     quantize)
 from ..text import fold_case
 from ..vectors.milvus import field_value, is_lite, quote, source_key
 from .collections import PAD, SLOT_BITS, Rows, doc_filter, get_meta, names, passages_of, put_meta, rows_of
@@ -194,22 +195,27 @@ class ClusterStore:
         return {rid: fold_case(text) for rid, text in self.passage_texts(rowids).items()}
 
     def passage_vectors(self, rowids: Sequence[int], dim: int) -> np.ndarray:
-        """Whole-passage vectors in the order of `rowids` (zeros for a passage gone)."""
+        """Whole-passage vectors in the order of `rowids` (zeros for a passage gone), through int8 as the local
+        store's row cache keeps them (`quantize`), so both rank alike."""
         rows = self.rows(rowids)
         zero = np.zeros(dim, np.float32)
-        return np.array([rows[r]["vec"] if r in rows else zero for r in rowids], np.float32).reshape(-1, dim)
+        vecs = np.array([rows[r]["vec"] if r in rows else zero for r in rowids], np.float32).reshape(-1, dim)
+        return dequantize(*quantize(vecs))
 
     def window_vectors(self, rowids: Sequence[int], dim: int) -> PassageWindows:
-        """The windows of some passages (their ids are the passage's id shifted, then numbered)."""
+        """The windows of some passages (their ids are the passage's id shifted, then numbered), their vectors as
+        int8 codes as the local store's (`quantize`)."""
         if not rowids:
             return PassageWindows(np.zeros(0, np.int64), np.zeros((0, dim), np.float32))
         expr = " or ".join(f"(id >= {r << SLOT_BITS} and id < {(r + 1) << SLOT_BITS})" for r in map(int, rowids))
         rows = self._query("windows", expr, ["id", "vec"], QUERY_LIMIT)
         ids = np.array([r["id"] for r in rows], np.int64)
-        return PassageWindows(passages_of(ids), np.array([r["vec"] for r in rows], np.float32).reshape(-1, dim))
+        vecs = np.array([r["vec"] for r in rows], np.float32).reshape(-1, dim)
+        return PassageWindows(passages_of(ids), *quantize(vecs))
 
     def sentences(self, rowids: Sequence[int], dim: int) -> SentenceRows:
-        """The sentences of some passages, ordered by passage, then position."""
+        """The sentences of some passages, ordered by passage, then position, their vectors as int8 codes as the
+        local store's (`quantize`)."""
         rows = self._query("sentences", _ids_expr("passage", rowids), ["id", "passage", "span_start", "span_end",
                                                                         "vec"], QUERY_LIMIT) if rowids else []
         if not rows:
@@ -217,7 +223,8 @@ class ClusterStore:
         rows.sort(key=lambda r: r["id"])
         meta = np.array([(r["passage"], r["id"] & ((1 << SLOT_BITS) - 1), r["span_start"], r["span_end"])
                          for r in rows], np.int64)
-        return SentenceRows(np.array([r["vec"] for r in rows], np.float32), meta)
+        codes, scales = quantize(np.array([r["vec"] for r in rows], np.float32))
+        return SentenceRows(codes, meta, scales)
 
     def passage_tokens(self, rowids: Sequence[int], dim: int) -> dict[int, TextTokens]:
         """None: the cluster keeps no word pieces, so answers run their passages through the model (and cache
