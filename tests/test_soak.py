@@ -1,9 +1,11 @@
-"""Smoke test of scripts/soak: a short soak on a small corpus passes (no errors, bounded memory growth).
+"""Smoke tests of scripts/soak (a short soak on a small corpus passes: no errors, bounded memory growth), of
+scripts/fuzz and of scripts/bench_ab.
 
 Two index builds with the real model plus 5 s of traffic; longer when the machine is busy, since the run always
 waits for its mid-run full build to finish.
 """
 import os
+import shutil
 import subprocess
 import sys
 
@@ -28,3 +30,25 @@ def test_fuzz_passes():
     p = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "fuzz"), "--random", "30"],
                        capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert p.returncode == 0 and "PASS: 0 failures" in p.stdout, p.stdout[-3000:] + p.stderr[-3000:]
+
+
+def test_bench_ab_serves_each_version_at_once(fake_seed_index_dir, tmp_path):
+    """scripts/bench_ab: a folder and a git ref served side by side, each from its own code (a copy of qa/ that
+    answers differently shows it), and a version that is neither fails in one line."""
+    copy = tmp_path / "copy"
+    shutil.copytree(os.path.join(ROOT, "qa"), copy / "qa", ignore=shutil.ignore_patterns("__pycache__"))
+    service = copy / "qa" / "service.py"
+    text = service.read_text()
+    assert '"took_ms": round(' in text
+    service.write_text(text.replace('"took_ms": round(', '"took_ms": 1000 + round('))  # marks the copy's answers
+    cmd = [sys.executable, os.path.join(ROOT, "scripts", "bench_ab.py"), "--index-dir", fake_seed_index_dir,
+           "--rounds", "2", "--block", "5", "--questions", os.path.join(ROOT, "eval", "squad-dev", "questions.jsonl")]
+    p = subprocess.run([*cmd, ROOT, str(copy)], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in p.stdout.splitlines()
+            if line.startswith(("| /", f"| {ROOT}"))}
+    assert set(rows) == {ROOT, str(copy)}, p.stdout
+    assert float(rows[str(copy)][2]) > 1000 > float(rows[ROOT][2])  # took_ms p50: each server ran its own code
+    p = subprocess.run([*cmd, "no-such-ref", ROOT], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert p.returncode == 1 and p.stderr.strip().splitlines() == [
+        f"bench_ab: 'no-such-ref' is neither a folder holding qa/ nor a git ref of {ROOT}"]
