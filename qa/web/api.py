@@ -27,7 +27,8 @@ def _json_body() -> dict:
         raise
     except Exception:  # the server's error reading a malformed chunked body
         raise BadRequest("the request body could not be read (malformed chunked encoding?)") from None
-    if request.content_length is None and len(data) >= (current_app.config["MAX_CONTENT_LENGTH"] or len(data) + 1):
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    if limit is not None and request.content_length is None and len(data) >= limit:
         raise RequestEntityTooLarge()  # a chunked body: werkzeug stops reading at the limit and keeps the head
     if not data:
         raise BadRequest("the request body must be a JSON object")
