@@ -351,7 +351,7 @@ def from_token_blobs(offsets: bytes, scales: bytes, vecs: bytes, dim: int) -> Te
     """`token_blobs` read back: float32 vectors and int64 offsets."""
     scale = np.frombuffer(scales, np.float32)
     codes = np.frombuffer(vecs, np.int8).reshape(len(scale), dim)
-    return TextTokens(codes * scale[:, None], np.frombuffer(offsets, np.int32).reshape(-1, 2).astype(np.int64))
+    return TextTokens(dequantize(codes, scale), np.frombuffer(offsets, np.int32).reshape(-1, 2).astype(np.int64))
 
 
 def from_blobs(blobs: Sequence[bytes], dim: int) -> np.ndarray:

@@ -54,14 +54,10 @@ def export(spec: str, into: str) -> Version:
 def check_imports(version: Version) -> None:
     """Fail unless a process with the version's environment imports `qa` from the version's folder."""
     python = os.path.join(VENV_BIN, "python") if os.path.exists(os.path.join(VENV_BIN, "python")) else sys.executable
-    out = subprocess.run([python, "-c", "import qa; print(qa.__file__)"], env=env_of(version), cwd=tempfile.gettempdir(),
-                         capture_output=True, text=True, check=True).stdout.strip()
+    out = subprocess.run([python, "-c", "import qa; print(qa.__file__)"], env=qa_env(PYTHONPATH=version.path),
+                         cwd=tempfile.gettempdir(), capture_output=True, text=True, check=True).stdout.strip()
     if not out.startswith(version.path + os.sep):
         raise SystemExit(f"bench_ab: {version.name} imports qa from {out}, not from {version.path}")
-
-
-def env_of(version: Version) -> dict:
-    return qa_env(PYTHONPATH=version.path)
 
 
 def search(base: str, question: str, k: int) -> tuple[float, dict]:
