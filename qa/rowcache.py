@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -40,6 +40,160 @@ def size_of(value: Any) -> int:
     return 32
 
 
+class TableRows(NamedTuple):
+    """Rows of several passages, row for row: `meta` (int64, the passage's rowid first), int8 `codes` and their
+    `scales` (`quantize` in qa/store.py)."""
+
+    meta: np.ndarray
+    codes: np.ndarray
+    scales: np.ndarray
+
+    @property
+    def nbytes(self) -> int:
+        return self.meta.nbytes + self.codes.nbytes + self.scales.nbytes
+
+
+class Taken(NamedTuple):
+    """What a `RowTable` holds of some passages: their rows, and the rowids it does not hold."""
+
+    rows: TableRows
+    missing: list[int]
+
+
+def row_ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """The indices start, start + 1, ... start + count - 1 of every (start, count), one after the other; every
+    count at least 1."""
+    ends = np.cumsum(counts)
+    total = int(ends[-1]) if len(ends) else 0
+    if total == len(counts):  # one row each, as most passages' windows: the starts
+        return starts
+    return np.repeat(starts - (ends - counts), counts) + np.arange(total)
+
+
+class RowBuffer:
+    """Rows appended, never changed, to arrays grown as needed, which the tables of successive generations share:
+    a table points only at rows appended before it, so an append never moves what its readers read."""
+
+    def __init__(self, width: int, dim: int, reserve: int = 0):
+        self.arrays = TableRows(np.empty((reserve, width), np.int64), np.empty((reserve, dim), np.int8),
+                                np.empty(reserve, np.float32))
+        self.filled = 0
+        self._lock = threading.Lock()
+
+    def append(self, rows: TableRows) -> tuple[int, TableRows]:
+        """Append `rows`: where they start, and the arrays that now hold them with every earlier row."""
+        with self._lock:
+            start, end = self.filled, self.filled + len(rows.scales)
+            if end > len(self.arrays.scales):  # an eighth again: writes add a few passages at a time
+                grown = max(end, len(self.arrays.scales) * 9 // 8)
+                self.arrays = TableRows(*(_grown(old, grown, start) for old in self.arrays))
+            for old, new in zip(self.arrays, rows):
+                old[start:end] = new
+            self.filled = end
+            return start, self.arrays
+
+    def trim(self) -> TableRows:
+        """Cut the arrays to the rows appended (a copy: the room reserved beyond them is freed); the arrays."""
+        with self._lock:
+            if self.filled < len(self.arrays.scales):
+                self.arrays = TableRows(*(a[:self.filled].copy() for a in self.arrays))
+            return self.arrays
+
+
+def _grown(array: np.ndarray, rows: int, filled: int) -> np.ndarray:
+    grown = np.empty((rows, *array.shape[1:]), array.dtype)
+    grown[:filled] = array[:filled]
+    return grown
+
+
+class RowTable:
+    """One kind of row (sentences, windows, whole-passage vectors) of every passage a generation's cache holds, in the
+    contiguous arrays of a `RowBuffer` with each passage's first row and count by rowid: a search gathers its
+    candidates' rows with one numpy call instead of joining an entry a passage, and reads them from a few arrays
+    rather than from wherever each entry lies (docs/performance.md#row-cache). A newer generation's table shares
+    the buffer and copies only the first rows and counts, without the passages removed since; a passage's rows
+    never change while its rowid exists (`Store.write`)."""
+
+    def __init__(self, buffer: RowBuffer, starts: np.ndarray | None = None, counts: np.ndarray | None = None,
+                 rows: int = 0):
+        self.buffer = buffer
+        self._arrays = buffer.arrays
+        self._starts = np.zeros(0, np.int64) if starts is None else starts  # by rowid; -1: not held
+        self._counts = np.zeros(len(self._starts), np.int64) if counts is None else counts
+        self.rows = rows  # the rows of the passages it holds
+        self._lock = threading.Lock()
+
+    @property
+    def nbytes(self) -> int:
+        """The bytes of the rows it holds and of its map of them."""
+        return self.rows * self.row_bytes + self._starts.nbytes + self._counts.nbytes
+
+    @property
+    def row_bytes(self) -> int:
+        return sum(a.itemsize * int(np.prod(a.shape[1:])) for a in self._arrays)
+
+    def held(self) -> list[int]:
+        """The rowids of the passages it holds."""
+        with self._lock:
+            return np.flatnonzero(self._starts >= 0).tolist()
+
+    def add(self, rows: TableRows) -> int:
+        """Add the rows of some passages, each passage's rows together (a passage held already is pointed at its
+        new copy); the bytes the table grew by."""
+        owners = rows.meta[:, 0]
+        first = np.flatnonzero(np.diff(owners, prepend=owners[:1] - 1))  # each passage's first row
+        counts = np.diff(np.append(first, len(owners)))
+        start, arrays = self.buffer.append(rows)
+        before = self.nbytes
+        with self._lock:
+            ids = owners[first]
+            if len(ids) and ids.max() >= len(self._starts):
+                size = max(int(ids.max()) + 1, 2 * len(self._starts))
+                self._starts = np.concatenate((self._starts, np.full(size - len(self._starts), -1, np.int64)))
+                self._counts = np.concatenate((self._counts, np.zeros(size - len(self._counts), np.int64)))
+            self.rows += int(counts.sum()) - int(self._counts[ids][self._starts[ids] >= 0].sum())
+            self._arrays = arrays  # first the arrays that hold the rows, then the map that points at them
+            self._counts[ids] = counts
+            self._starts[ids] = start + first
+        return self.nbytes - before
+
+    def trim(self) -> None:
+        """Free the room its buffer reserved beyond its rows (`RowBuffer.trim`)."""
+        arrays = self.buffer.trim()
+        with self._lock:
+            self._arrays = arrays
+
+    def take(self, rowids: Sequence[int]) -> Taken:
+        """The rows of `rowids` it holds, passage by passage in their order, and the rowids it does not hold."""
+        ids = np.asarray(rowids, np.int64)
+        with self._lock:
+            arrays = self._arrays
+            inside = ids < len(self._starts)
+            starts = np.where(inside, self._starts.take(ids, mode="clip"), -1)
+            counts = self._counts.take(ids, mode="clip")
+        held = starts >= 0
+        rows = row_ranges(starts[held], counts[held])
+        return Taken(TableRows(*(a[rows] for a in arrays)), ids[~held].tolist())
+
+    def carry(self, removed: Iterable[int]) -> RowTable:
+        """A table for a newer generation: this one's rows but those of the passages `removed`, in the same buffer
+        while it holds no more than twice the rows still held, else in a new one."""
+        with self._lock:
+            starts, counts, rows = self._starts.copy(), self._counts.copy(), self.rows
+        gone = np.fromiter(removed, np.int64)
+        gone = gone[(gone < len(starts))]
+        gone = gone[starts[gone] >= 0]
+        rows -= int(counts[gone].sum())
+        starts[gone], counts[gone] = -1, 0
+        if self.buffer.filled <= 2 * rows + 4096:
+            return RowTable(self.buffer, starts, counts, rows)
+        held = np.flatnonzero(starts >= 0)
+        kept = TableRows(*(a[row_ranges(starts[held], counts[held])] for a in self._arrays))
+        compact = RowTable(RowBuffer(kept.meta.shape[1], kept.codes.shape[1], len(kept.scales)))
+        compact.add(kept)
+        return compact
+
+
 class RowCache:
     """A least-recently-used map of (kind, rowid) to decoded values, bounded in bytes, for one generation."""
 
@@ -49,6 +203,7 @@ class RowCache:
         self.used = 0
         self._rows: OrderedDict[tuple[Hashable, int], tuple[Any, int]] = OrderedDict()
         self._kinds: set[Hashable] = set()
+        self.tables: dict[Hashable, RowTable] = {}  # kinds of row kept in tables rather than an entry a passage
         self.warmed_through = 0  # `Store.prewarm` read ahead the rows of every passage up to this row id
         self._lock = threading.Lock()
 
@@ -88,16 +243,40 @@ class RowCache:
         YOUNG.add(tuples)  # tuples the collector does not count (`YoungCollections`)
         return found
 
+    def take(self, kind: Hashable, rowids: Sequence[int]) -> Taken | None:
+        """The rows of `rowids` in the table of `kind` (`RowTable.take`); None when that kind has none."""
+        table = self.tables.get(kind)
+        return None if table is None else table.take(rowids)
+
+    def add_to_table(self, kind: Hashable, rows: TableRows, reserve: int = 0) -> None:
+        """Add the rows of some passages to the table of `kind`, made with room for `reserve` rows if there is
+        none; the entries of those passages for that kind go (the table is read first)."""
+        with self._lock:
+            table = self.tables.get(kind)
+            if table is None:
+                table = self.tables[kind] = RowTable(RowBuffer(rows.meta.shape[1], rows.codes.shape[1], reserve))
+            self.used += table.add(rows)
+            for rowid in np.unique(rows.meta[:, 0]).tolist():
+                entry = self._rows.pop((kind, rowid), None)
+                if entry is not None:
+                    self.used -= entry[1]
+            self._evict()
+
     def _evict(self) -> None:
-        """The least recently used rows out until the rest fit the budget (the caller holds the lock)."""
+        """The least recently used rows out until the rest fit the budget (the caller holds the lock); the tables
+        stay (`shrink` drops them)."""
         while self.used > self.budget and self._rows:
             _, (_, size) = self._rows.popitem(last=False)
             self.used -= size
 
     def shrink(self, budget: int) -> None:
-        """A smaller budget, the least recently used rows out to meet it."""
+        """A smaller budget, the least recently used rows out to meet it, and the tables too if they alone do not."""
         with self._lock:
             self.budget = budget
+            tabled = sum(table.nbytes for table in self.tables.values())
+            if tabled > budget:
+                self.tables.clear()
+                self.used -= tabled
             self._evict()
 
     def carry(self, generation: int, budget: int, *, removed: Iterable[int] | None,
@@ -110,21 +289,27 @@ class RowCache:
         cache from then on, and nothing they load reaches the new one."""
         with self._lock:
             rows, self._rows = self._rows, OrderedDict()
+            tables, self.tables = self.tables, {}
             used, self.used = self.used, 0
             kinds = set(self._kinds)
         if removed is None:
-            held = {rowid for _, rowid in rows}
+            held = {rowid for _, rowid in rows}.union(*(table.held() for table in tables.values()))
             removed = held.difference(live(list(held)))
+        removed = list(removed)
+        for table in tables.values():
+            used -= table.nbytes
+        tables = {kind: table.carry(removed) for kind, table in tables.items()}
+        used += sum(table.nbytes for table in tables.values())
         for rowid in removed:
             for kind in kinds:
                 entry = rows.pop((kind, rowid), None)
                 if entry is not None:
                     used -= entry[1]
         carried = RowCache(generation, budget)
-        carried._rows, carried.used, carried._kinds = rows, used, kinds
+        carried._rows, carried.used, carried._kinds, carried.tables = rows, used, kinds, tables
         carried.warmed_through = self.warmed_through
         carried.shrink(budget)
         return carried
 
 
-__all__ = ["RowCache", "ROW_CACHE_BYTES", "size_of"]
+__all__ = ["RowBuffer", "RowCache", "RowTable", "ROW_CACHE_BYTES", "TableRows", "Taken", "row_ranges", "size_of"]

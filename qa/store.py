@@ -30,7 +30,7 @@ from .errors import IndexUnavailable
 from .ingest import Article, Paragraph
 from .manifest import Counts
 from .process import machine_memory
-from .rowcache import ROW_CACHE_BYTES, RowCache
+from .rowcache import ROW_CACHE_BYTES, RowCache, TableRows
 from .text import fold_case
 
 if TYPE_CHECKING:
@@ -361,6 +361,15 @@ def from_blobs(blobs: Sequence[bytes], dim: int) -> np.ndarray:
     return np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), dim)
 
 
+def _passage_ranges(owners: np.ndarray) -> Iterator[tuple[int, int, int]]:
+    """(rowid, first row, end) of each run of rows of one passage in `owners`."""
+    if not len(owners):
+        return iter(())
+    starts = np.flatnonzero(np.concatenate(([True], owners[1:] != owners[:-1])))
+    ends = np.append(starts[1:], len(owners))
+    return zip(owners[starts].tolist(), starts.tolist(), ends.tolist())
+
+
 def _immutable(path: str) -> str:
     """"&immutable=1" for a store on a read-only file system with its WAL folded in: SQLite cannot create the WAL
     index a reader needs there (it answers "unable to open database file"), and such a file cannot change."""
@@ -518,7 +527,7 @@ class Store:
         it reached (`RowCache.warmed_through`)."""
         t0 = time.perf_counter()
         total = self.count_passages()
-        warmed, last, cache, grew, fresh = 0, 0, None, 0, False
+        warmed, last, cache, grew, fresh, tabled = 0, 0, None, 0, False, False
         while True:
             with self.snapshot():
                 rows = self._snapshot_rows()
@@ -533,22 +542,32 @@ class Store:
                 ids = [r for (r,) in self.con.execute("SELECT id FROM passages WHERE id > ? ORDER BY id LIMIT ?",
                                                       (last, batch))]
                 if not ids:
+                    for table in rows.tables.values() if fresh else ():
+                        table.trim()  # the room reserved from the first batch's rows, which may have had more
                     break
                 before = rows.used
                 self.folded_texts(ids)
-                self.sentences(ids, dim)
-                self.window_vectors(ids, dim)
                 self.passages(ids)
-                self.passage_vectors(ids, dim)
-                grew, last = rows.used - before, ids[-1]
-                warmed += len(ids)
-                if warmed == len(ids):  # the first batch: its rows per passage times the passages
-                    needed = grew / len(ids) * total
+                blocks = {"sentences": self._sentence_block(ids, dim), "windows": self._window_block(ids, dim),
+                          "vector": self._vector_block(ids, dim)}
+                if not warmed:  # the first batch: its rows per passage times the passages, as tables
+                    needed = (rows.used - before + sum(b.nbytes for b in blocks.values())) / len(ids) * total
                     if fresh and self.row_cache_floor is not None and needed > rows.budget:
                         self.row_cache_bytes = self.row_cache_floor  # an automatic budget the rows do not fit in
                         rows.shrink(self.row_cache_bytes)
-                    if needed > 2 * rows.budget:
-                        break  # a collection far too big to be worth it
+                    # a collection that fits keeps its vectors and sentences in tables (`RowTable`)
+                    tabled = bool(rows.tables) or (fresh and needed <= rows.budget)
+                for kind, block in blocks.items():
+                    if tabled:
+                        reserve = int(len(block.scales) / len(ids) * (total - warmed) * 1.05)  # room for the rest
+                        rows.add_to_table(kind, block, reserve)
+                    else:
+                        entries = self._sentence_entries if kind == "sentences" else self._vector_entries
+                        rows.get_many(kind, ids, lambda _, block=block, entries=entries: entries(block))
+                grew, last = rows.used - before, ids[-1]
+                warmed += len(ids)
+                if warmed == len(ids) and not tabled and grew / len(ids) * total > 2 * rows.budget:
+                    break  # a collection far too big to be worth it
                 rows.warmed_through = last
         return Warmed(warmed, total, cache.used if cache is not None else 0, time.perf_counter() - t0)
 
@@ -814,15 +833,24 @@ class Store:
         """Whole-passage vectors in the order of `rowids`."""
         if not rowids:
             return np.zeros((0, dim), np.float32)
+        taken, missing = self._from_table("vector", rowids)
+        if taken is not None and not missing:
+            return dequantize(taken.codes, taken.scales)
         vecs = self._cached("vector", rowids, functools.partial(self._read_passage_vectors, dim=dim))
         zero = np.zeros((1, dim), np.int8), np.ones(1, np.float32)  # a passage deleted meanwhile: matches nothing
         codes, scales = zip(*[vecs.get(r, zero) for r in rowids])
         return dequantize(np.concatenate(codes), np.concatenate(scales))
 
     def _read_passage_vectors(self, rowids: Sequence[int], dim: int) -> dict[int, Int8Rows]:
-        rows = self.con.execute(f"SELECT id, vec FROM passages WHERE id {IN_IDS}", (ids_param(rowids),)).fetchall()
-        codes, scales = quantize(from_blobs([blob for _, blob in rows], dim))  # at once: a call costs more than a row
-        return {rowid: (codes[i:i + 1].copy(), scales[i:i + 1].copy()) for i, (rowid, _) in enumerate(rows)}
+        return self._vector_entries(self._vector_block(rowids, dim))
+
+    def _vector_block(self, rowids: Sequence[int], dim: int) -> TableRows:
+        """The whole-passage vectors of some passages as one block of rows (the passage's rowid the one column of
+        `meta`), quantised at once: a call costs more than a row."""
+        rows = self.con.execute(f"SELECT id, vec FROM passages WHERE id {IN_IDS} ORDER BY id",
+                                (ids_param(rowids),)).fetchall()
+        codes, scales = quantize(from_blobs([blob for _, blob in rows], dim))
+        return TableRows(np.array([rowid for rowid, _ in rows], np.int64).reshape(-1, 1), codes, scales)
 
     def passage_tokens(self, rowids: Sequence[int], dim: int) -> dict[int, TextTokens]:
         """The word pieces' vectors and offsets of some passages, by row id (`token_blobs`)."""
@@ -834,51 +862,88 @@ class Store:
 
     def window_vectors(self, rowids: Sequence[int], dim: int) -> PassageWindows:
         """The windows of some passages, passage by passage."""
+        taken, rowids = self._from_table("windows", rowids)
         windows = self._cached("windows", rowids, functools.partial(self._read_windows, dim=dim)) if rowids else {}
-        if not windows:
+        parts = [] if taken is None else [taken]
+        if windows:
+            codes, scales = zip(*windows.values())
+            owners = np.repeat(np.fromiter(windows, np.int64, len(windows)), [len(s) for s in scales])
+            parts.append(TableRows(owners[:, None], np.concatenate(codes), np.concatenate(scales)))
+        if not parts:
             return PassageWindows(np.zeros(0, np.int64), np.zeros((0, dim), np.float32))
-        codes, scales = zip(*windows.values())
-        return PassageWindows(np.repeat(np.fromiter(windows, np.int64, len(windows)), [len(s) for s in scales]),
-                              np.concatenate(codes), np.concatenate(scales))
+        rows = parts[0] if len(parts) == 1 else TableRows(*(np.concatenate(columns) for columns in zip(*parts)))
+        return PassageWindows(rows.meta[:, 0], rows.codes, rows.scales)
+
+    def _from_table(self, kind: str, rowids: Sequence[int]) -> tuple[TableRows | None, Sequence[int]]:
+        """The rows of `rowids` the snapshot's row cache holds in its table of `kind` (`RowTable`), and the rowids
+        it does not hold: all of them when it has no such table."""
+        rows = self._snapshot_rows()
+        taken = rows.take(kind, rowids) if rows is not None and rowids else None
+        return (None, rowids) if taken is None else (taken.rows, taken.missing)
 
     def _read_windows(self, rowids: Sequence[int], dim: int) -> dict[int, Int8Rows]:
         """Each passage's window vectors (windows x dim), quantised all at once and copied out per passage."""
+        return self._vector_entries(self._window_block(rowids, dim))
+
+    @staticmethod
+    def _vector_entries(block: TableRows) -> dict[int, Int8Rows]:
+        """A block of vectors (windows, whole passages) as the row cache's entries, copied out a passage each."""
+        return {rowid: (block.codes[a:b].copy(), block.scales[a:b].copy())
+                for rowid, a, b in _passage_ranges(block.meta[:, 0])}
+
+    def _window_block(self, rowids: Sequence[int], dim: int) -> TableRows:
+        """The windows of some passages as one block of rows, passage by passage (the passage's rowid the one
+        column of `meta`)."""
         rows = self.con.execute(f"SELECT passage, vec FROM windows WHERE passage {IN_IDS} ORDER BY passage",
                                 (ids_param(rowids),)).fetchall()
         codes, scales = quantize(from_blobs([blob for _, blob in rows], dim))
-        owners = [rowid for rowid, _ in rows]
-        starts = [i for i in range(len(owners)) if i == 0 or owners[i] != owners[i - 1]]
-        ends = starts[1:] + [len(owners)]
-        return {owners[a]: (codes[a:b].copy(), scales[a:b].copy()) for a, b in zip(starts, ends)}
+        return TableRows(np.array([rowid for rowid, _ in rows], np.int64).reshape(-1, 1), codes, scales)
 
     def sentences(self, rowids: Sequence[int], dim: int) -> SentenceRows:
         """The sentences of some passages, ordered by passage, then idx."""
+        taken, rowids = self._from_table("sentences", sorted(rowids))
         found = self._cached("sentences", rowids, functools.partial(self._read_sentences, dim=dim)) if rowids else {}
-        if not found:
+        parts = [] if taken is None else [taken]
+        if found:
+            parts.append(TableRows(*(np.concatenate(columns) for columns in zip(*[found[r] for r in sorted(found)]))))
+        if not parts:
             return SentenceRows(np.zeros((0, dim), np.float32), np.zeros((0, 4), np.int64))
-        meta, codes, scales = zip(*[found[r] for r in sorted(found)])
-        return SentenceRows(np.concatenate(codes), np.concatenate(meta), np.concatenate(scales))
+        rows = parts[0]
+        if len(parts) > 1:  # passages from the table and from entries: merged in order of rowid
+            rows = TableRows(*(np.concatenate(columns) for columns in zip(*parts)))
+            order = np.argsort(rows.meta[:, 0], kind="stable")
+            rows = TableRows(*(column[order] for column in rows))
+        return SentenceRows(rows.codes, rows.meta, rows.scales)
 
     def _read_sentences(self, rowids: Sequence[int], dim: int) -> dict[int, PassageSentences]:
-        """Each passage's sentence rows and vectors, decoded for all the passages at once (one cast, not one a
-        passage) and copied out per passage, so a cached passage holds no other passage's rows."""
+        """Each passage's sentence rows and vectors, copied out per passage from one block of them, so a cached
+        passage holds no other passage's rows."""
+        return self._sentence_entries(self._sentence_block(rowids, dim))
+
+    @staticmethod
+    def _sentence_entries(block: TableRows) -> dict[int, PassageSentences]:
+        """A block of sentences as the row cache's entries, copied out a passage each."""
+        return {rowid: (block.meta[a:b].copy(), block.codes[a:b].copy(), block.scales[a:b].copy())
+                for rowid, a, b in _passage_ranges(block.meta[:, 0])}
+
+    def _sentence_block(self, rowids: Sequence[int], dim: int) -> TableRows:
+        """The sentences of some passages as one block of rows, passage by passage, decoded for all the passages
+        at once (one cast, not one a passage): `meta` holds (passage rowid, idx, start, end) a sentence."""
         rows = self.con.execute(f"SELECT passage, spans, vecs FROM passage_sentences WHERE passage {IN_IDS}",
                                 (ids_param(rowids),)).fetchall()
         if not rows:
-            return {}
+            return TableRows(np.zeros((0, 4), np.int64), np.zeros((0, dim), np.int8), np.zeros(0, np.float32))
         spans = [np.frombuffer(r[1], np.int32).reshape(-1, 2) for r in rows]
         counts = [len(s) for s in spans]
         if any(len(r[2]) != n * dim * 2 for r, n in zip(rows, counts)):  # float16: 2 bytes a number
             raise IndexUnavailable(f"{self.path}: sentence vectors do not match their spans (damaged store?)")
         codes, scales = quantize(np.frombuffer(b"".join(r[2] for r in rows), np.float16).reshape(-1, dim))
-        ends = np.cumsum(counts)
-        starts = ends - counts
+        starts = np.cumsum(counts) - counts
         meta = np.empty((len(codes), 4), np.int64)
         meta[:, 0] = np.repeat([r[0] for r in rows], counts)
         meta[:, 1] = np.arange(len(codes)) - np.repeat(starts, counts)
         meta[:, 2:] = np.concatenate(spans)
-        return {r[0]: (meta[a:b].copy(), codes[a:b].copy(), scales[a:b].copy())
-                for r, a, b in zip(rows, starts.tolist(), ends.tolist())}
+        return TableRows(meta, codes, scales)
 
     def filtered_window_ids(self, filters: Filters) -> np.ndarray:
         """Ids of the windows whose documents pass the filters."""

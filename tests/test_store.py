@@ -128,6 +128,58 @@ def test_a_carried_row_cache_keeps_the_live_rows_within_the_new_budget():
     assert loads == [[4]]
 
 
+def _table_rows(passages: dict[int, int], dim: int = 4):
+    """`TableRows` of some passages, `passages[rowid]` rows each, every number telling its passage and row."""
+    from qa.rowcache import TableRows
+
+    owners = np.repeat(list(passages), list(passages.values())).astype(np.int64)
+    idx = np.concatenate([np.arange(n) for n in passages.values()]).astype(np.int64)
+    return TableRows(np.column_stack((owners, idx)), (owners[:, None] * 10 + idx[:, None] + np.zeros(dim)).astype(
+        np.int8), (owners + idx / 10).astype(np.float32))
+
+
+def test_a_row_table_gathers_the_rows_of_its_passages_and_shares_its_buffer_with_newer_generations():
+    from qa.rowcache import RowBuffer, RowTable
+
+    table = RowTable(RowBuffer(2, 4, reserve=4))  # room for 4 rows: the adds below outgrow it
+    table.add(_table_rows({1: 2, 2: 0, 3: 3}))
+    table.add(_table_rows({5: 1}))
+    taken = table.take([5, 9, 1, 3, 2, 4])
+    assert taken.missing == [9, 2, 4]  # 2 has no rows: it is not held (a passage without sentences reads none)
+    assert taken.rows.meta.tolist() == [[5, 0], [1, 0], [1, 1], [3, 0], [3, 1], [3, 2]]
+    assert taken.rows.codes[:, 0].tolist() == [50, 10, 11, 30, 31, 32] and taken.rows.scales[0] == np.float32(5)
+    assert table.rows == 6 and sorted(table.held()) == [1, 3, 5]
+
+    newer = table.carry(removed=[3, 9])  # 9: never held
+    newer.add(_table_rows({7: 2}))  # past the buffer's end, which the older table never reads
+    assert newer.buffer is table.buffer and newer.rows == 5 and sorted(newer.held()) == [1, 5, 7]
+    assert newer.take([3, 7]).rows.codes[:, 0].tolist() == [70, 71] and newer.take([3]).missing == [3]
+    assert table.take([3, 7]).rows.codes[:, 0].tolist() == [30, 31, 32] and table.take([7]).missing == [7]
+
+    big = RowTable(RowBuffer(2, 4))
+    big.add(_table_rows({i: 1 for i in range(1, 20_001)}))
+    assert big.carry(removed=range(1, 8_001)).buffer is big.buffer  # two in five rows gone: the buffer is shared
+    kept = big.carry(removed=range(1, 19_001))  # nineteen in twenty gone: the rest move to a buffer of their own
+    assert kept.buffer is not big.buffer and kept.buffer.filled == kept.rows == 1000
+    assert kept.take([19_001, 20_000, 3]).rows.meta.tolist() == [[19_001, 0], [20_000, 0]]
+    assert big.take([3]).rows.meta.tolist() == [[3, 0]]
+
+
+def test_a_row_cache_keeps_its_tables_within_its_budget_and_carries_them_without_the_removed_passages():
+    from qa.rowcache import RowCache
+
+    cache = RowCache(generation=1, budget=10_000)
+    cache.get_many("sentences", [1], lambda ids: {1: "an entry"})
+    cache.add_to_table("sentences", _table_rows({1: 2, 2: 1}))  # the table replaces the kind's entries
+    assert len(cache) == 0 and cache.used == cache.tables["sentences"].nbytes > 0
+    assert cache.take("sentences", [2]).rows.meta.tolist() == [[2, 0]] and cache.take("windows", [2]) is None
+    carried = cache.carry(2, 10_000, removed=None, live=lambda ids: [i for i in ids if i != 2])
+    assert carried.take("sentences", [1, 2]).missing == [2] and carried.used == carried.tables["sentences"].nbytes
+    assert cache.tables == {} and cache.used == 0
+    carried.shrink(carried.used - 1)  # too small for the table: it goes
+    assert carried.tables == {} and carried.used == 0
+
+
 def test_a_full_row_cache_keeps_the_young_generation_small():
     # a full cache frees a row for each it takes in, as tuples the collector does not count, so without its own
     # young collections the generation grew by every row it took in and kept (docs/performance.md#garbage-collection)
@@ -208,7 +260,7 @@ def test_a_write_carries_the_rows_of_the_passages_it_left_alone(tmp_path, corpus
         assert after is not before and after.generation == before.generation + 1 and 0 < after.used < used
         assert _cached_passages(store)["passage"] == kept.keys() - gone  # nothing read again: carried over
         assert all(after._rows[("passage", rid)][0] is kept[rid] for rid in kept.keys() - gone)
-        assert after.used == sum(size for _, size in after._rows.values())
+        assert after.used == sum(size for _, size in after._rows.values()) + _table_bytes(after)
         assert len(before) == 0  # readers still on the older generation read around it
     assert not _cached_passages(store).keys() - {"folded", "sentences", "windows", "passage", "vector"}
     assert all(held == kept.keys() - gone for held in _cached_passages(store).values())
@@ -337,11 +389,17 @@ def test_the_window_map_is_carried_over_to_newer_generations(tmp_path, corpus, f
 
 
 def _cached_passages(store) -> dict[str, set[int]]:
-    """The passage rowids the store's row cache holds, by kind of row."""
+    """The passage rowids the store's row cache holds, by kind of row, in entries or in tables."""
     held: dict[str, set[int]] = {}
     for kind, rowid in list(store._rows._rows):
         held.setdefault(kind, set()).add(rowid)
+    for kind, table in store._rows.tables.items():
+        held.setdefault(kind, set()).update(table.held())
     return held
+
+
+def _table_bytes(cache) -> int:
+    return sum(table.nbytes for table in cache.tables.values())
 
 
 def test_prewarm_reads_ahead_every_row_a_search_reads(tmp_path, corpus, fake_embedder):
@@ -368,13 +426,21 @@ def test_prewarm_reads_ahead_every_row_a_search_reads(tmp_path, corpus, fake_emb
 def test_prewarm_keeps_within_the_cache_and_skips_a_collection_far_too_big(tmp_path, corpus, fake_embedder):
     new = str(tmp_path / "new")
     build_index([corpus], new, embedder=fake_embedder)
-    whole = load_index(new, embedder=fake_embedder).store.prewarm(fake_embedder.dim).cached_bytes
-    for budget, warmed_passages in ((whole * 3 // 4, {2, 3}), (whole // 3, {1})):
+    store, dim, ids = load_index(new, embedder=fake_embedder).store, fake_embedder.dim, [1, 2, 3, 4]
+    with store.snapshot():  # every row as an entry of its own passage: no read-ahead has made tables
+        store.folded_texts(ids), store.passages(ids), store.sentences(ids, dim), store.window_vectors(ids, dim)
+        store.passage_vectors(ids, dim)
+        entries = store._rows.used
+    tabled = load_index(new, embedder=fake_embedder).store.prewarm(dim).cached_bytes
+    assert tabled < entries * 0.6  # a table is a few arrays; an entry a passage costs its own arrays and tuples
+    # the rows fit as tables: all of them; they do not, but as entries they are less than twice the cache: it fills
+    # up; more than that: not worth filling
+    for budget, warmed_passages, tables in ((entries * 6 // 10, {4}, True), (entries * 52 // 100, {2, 3}, False),
+                                            (entries // 3, {1}, False)):
         store = load_index(new, embedder=fake_embedder).store
         store.row_cache_bytes = budget
-        warmed = store.prewarm(fake_embedder.dim, batch=1)
-        # a cache three quarters the rows' size fills up; one a third of it is not worth filling
-        assert warmed.passages in warmed_passages and warmed.total == 4
+        warmed = store.prewarm(dim, batch=1)
+        assert warmed.passages in warmed_passages and warmed.total == 4 and bool(store._rows.tables) is tables
         assert warmed.cached_bytes == store._rows.used <= budget and len(_cached_passages(store)["vector"]) == \
             warmed.passages
         store.close()
@@ -389,6 +455,10 @@ def test_cached_rows_are_not_tracked_by_the_garbage_collector(tmp_path, corpus, 
     build_index([corpus], new, embedder=fake_embedder)
     store = load_index(new, embedder=fake_embedder).store
     store.prewarm(fake_embedder.dim)
+    with store.snapshot():  # sentences and windows as entries too, as a collection that does not fit keeps them
+        store._rows.tables.clear()
+        store.sentences([1, 2], fake_embedder.dim), store.window_vectors([1, 2], fake_embedder.dim)
+        store.passage_vectors([1, 2], fake_embedder.dim)
     gc.collect()
     gc.collect()  # a tuple holding a tuple is untracked by the pass after the one that untracks the inner one
     entries = list(store._rows._rows.items())
@@ -400,21 +470,47 @@ def test_cached_rows_are_not_tracked_by_the_garbage_collector(tmp_path, corpus, 
     store.close()
 
 
+def _by_passage(rows):
+    """Rows of windows in order of passage (a stable sort: each passage's own stay in order), as every read orders
+    sentences; a passage's vectors as they are."""
+    if isinstance(rows, np.ndarray):
+        return rows
+    order = np.argsort(rows.passages, kind="stable")
+    return type(rows)(*(None if column is None else column[order] for column in rows))
+
+
 def test_cached_vectors_are_int8_and_read_alike_with_and_without_the_cache(tmp_path, corpus, fake_embedder):
-    # a quarter of float32's memory (docs/performance.md#row-cache); a ranking must not depend on what was cached
+    # a quarter of float32's memory (docs/performance.md#row-cache); a ranking must not depend on what was cached,
+    # nor on whether the cache holds a passage's rows in a table or in an entry of its own
     new = str(tmp_path / "new")
     build_index([corpus], new, embedder=fake_embedder)
     store, dim = load_index(new, embedder=fake_embedder).store, fake_embedder.dim
     ids = list(range(1, store.count_passages() + 1))
     reads = {"sentences": lambda: store.sentences(ids, dim), "windows": lambda: store.window_vectors(ids, dim),
              "vector": lambda: store.passage_vectors(ids, dim)}
-    uncached = {kind: read() for kind, read in reads.items()}  # outside a snapshot: no cache
-    store.prewarm(dim)
-    for kind, read in reads.items():
+
+    def read_all():
         with store.snapshot():
-            cached = read()
-        parts = (cached, uncached[kind]) if kind == "vector" else (tuple(cached), tuple(uncached[kind]))
-        assert len(parts[0]) == len(parts[1]) and all(np.array_equal(a, b) for a, b in zip(*parts)), kind
+            return {kind: _by_passage(read()) for kind, read in reads.items()}
+
+    uncached = {kind: _by_passage(read()) for kind, read in reads.items()}  # outside a snapshot: no cache
+    store.prewarm(dim)
+    assert store._rows.tables.keys() == {"sentences", "windows", "vector"}
+    tabled = read_all()
+    with store.snapshot():  # every other passage's rows out of the tables, then read as entries
+        store._rows.tables = {kind: table.carry(ids[::2]) for kind, table in store._rows.tables.items()}
+    mixed = read_all()
+    assert _cached_passages(store)["sentences"] == set(ids) and set(store._rows.tables["windows"].held()) == \
+        set(ids[1::2])
+    with store.snapshot():
+        store._rows.tables.clear()
+    entries = read_all()
+    for kind in reads:
+        for cached in (tabled, mixed, entries):
+            parts = (cached[kind], uncached[kind])
+            assert len(parts[0]) == len(parts[1]) and all(np.array_equal(a, b) for a, b in zip(*parts)), kind
+        if kind != "vector":
+            assert tabled[kind].vectors.dtype == np.int8
         assert {v[-2].dtype for (k, _), (v, _) in store._rows._rows.items() if k == kind} == {np.dtype(np.int8)}
     query = uncached["vector"][0]
     for rows in (uncached["sentences"], uncached["windows"]):
