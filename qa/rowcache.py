@@ -255,7 +255,9 @@ class RowCache:
             table = self.tables.get(kind)
             if table is None:
                 table = self.tables[kind] = RowTable(RowBuffer(rows.meta.shape[1], rows.codes.shape[1], reserve))
-            self.used += table.add(rows)
+        grew = table.add(rows)  # outside the lock searches take: the buffer may grow, a copy of all its rows
+        with self._lock:
+            self.used += grew
             for rowid in np.unique(rows.meta[:, 0]).tolist():
                 entry = self._rows.pop((kind, rowid), None)
                 if entry is not None:
