@@ -118,7 +118,8 @@ class RowTable:
                  rows: int = 0):
         self.buffer = buffer
         self._arrays = buffer.arrays
-        self._starts = np.zeros(0, np.int64) if starts is None else starts  # by rowid; -1: not held
+        # by rowid, -1: not held; never empty, as `take` clips ids to it
+        self._starts = np.full(1, -1, np.int64) if starts is None else starts
         self._counts = np.zeros(len(self._starts), np.int64) if counts is None else counts
         self.rows = rows  # the rows of the passages it holds
         self._lock = threading.Lock()
@@ -255,6 +256,7 @@ class RowCache:
             table = self.tables.get(kind)
             if table is None:
                 table = self.tables[kind] = RowTable(RowBuffer(rows.meta.shape[1], rows.codes.shape[1], reserve))
+                self.used += table.nbytes
         grew = table.add(rows)  # outside the lock searches take: the buffer may grow, a copy of all its rows
         with self._lock:
             self.used += grew

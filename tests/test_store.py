@@ -165,6 +165,49 @@ def test_a_row_table_gathers_the_rows_of_its_passages_and_shares_its_buffer_with
     assert big.take([3]).rows.meta.tolist() == [[3, 0]]
 
 
+def test_a_row_table_reads_whole_passages_while_another_thread_adds_and_carries():
+    # searches take rows while the read-ahead adds them (the buffer growing under them, a copy each time) and a
+    # write carries the table over: every row a reader gets is one of its passages', each passage whole or absent
+    import threading
+
+    from qa.rowcache import RowBuffer, RowTable
+
+    tables = [RowTable(RowBuffer(2, 4))]  # reserve nothing: every add grows the buffer
+    done = threading.Event()
+    problems = []
+
+    def read():
+        try:
+            check(np.random.default_rng(1))
+        except Exception as error:  # noqa: BLE001 - a reader's failure is the test's
+            problems.append(error)
+
+    def check(rng):
+        while not done.is_set():
+            ids = sorted(rng.choice(3000, 40, replace=False).tolist())
+            taken = tables[-1].take(ids)
+            owners, idx = taken.rows.meta[:, 0], taken.rows.meta[:, 1]
+            got = set(owners.tolist())
+            if got & set(taken.missing) or not got <= set(ids) or set(ids) - got - set(taken.missing):
+                problems.append(("ids", ids))
+            counts = np.bincount(owners, minlength=3001)[list(got)]
+            if (counts != np.array([rid % 3 + 1 for rid in got])).any() or \
+                    (taken.rows.codes[:, 0] != (owners * 10 + idx).astype(np.int8)).any():
+                problems.append(("rows", ids))
+
+    readers = [threading.Thread(target=read) for _ in range(2)]
+    for reader in readers:
+        reader.start()
+    for start in range(1, 3000, 50):
+        tables[-1].add(_table_rows({rid: rid % 3 + 1 for rid in range(start, start + 50)}))
+        if start % 500 == 1:
+            tables.append(tables[-1].carry(removed=[]))
+    done.set()
+    for reader in readers:
+        reader.join(10)
+    assert not problems and sorted(tables[-1].held()) == list(range(1, 3001))
+
+
 def test_a_row_cache_keeps_its_tables_within_its_budget_and_carries_them_without_the_removed_passages():
     from qa.rowcache import RowCache
 
