@@ -52,6 +52,17 @@ class TableRows(NamedTuple):
     def nbytes(self) -> int:
         return self.meta.nbytes + self.codes.nbytes + self.scales.nbytes
 
+    @staticmethod
+    def join(parts: Sequence[TableRows]) -> TableRows:
+        """The rows of `parts`, one after the other."""
+        return parts[0] if len(parts) == 1 else TableRows(*(np.concatenate(columns) for columns in zip(*parts)))
+
+
+def run_starts(owners: np.ndarray) -> np.ndarray:
+    """Where each run of rows of one passage starts in `owners` (each row's passage rowid, a passage's rows
+    together)."""
+    return np.flatnonzero(np.diff(owners, prepend=owners[:1] - 1))
+
 
 class Taken(NamedTuple):
     """What a `RowTable` holds of some passages: their rows, and the rowids it does not hold."""
@@ -142,7 +153,7 @@ class RowTable:
         """Add the rows of some passages, each passage's rows together (a passage held already is pointed at its
         new copy); the bytes the table grew by."""
         owners = rows.meta[:, 0]
-        first = np.flatnonzero(np.diff(owners, prepend=owners[:1] - 1))  # each passage's first row
+        first = run_starts(owners)
         counts = np.diff(np.append(first, len(owners)))
         start, arrays = self.buffer.append(rows)
         before = self.nbytes
@@ -182,7 +193,7 @@ class RowTable:
         with self._lock:
             starts, counts, rows = self._starts.copy(), self._counts.copy(), self.rows
         gone = np.fromiter(removed, np.int64)
-        gone = gone[(gone < len(starts))]
+        gone = gone[gone < len(starts)]
         gone = gone[starts[gone] >= 0]
         rows -= int(counts[gone].sum())
         starts[gone], counts[gone] = -1, 0
@@ -316,4 +327,5 @@ class RowCache:
         return carried
 
 
-__all__ = ["RowBuffer", "RowCache", "RowTable", "ROW_CACHE_BYTES", "TableRows", "Taken", "row_ranges", "size_of"]
+__all__ = ["RowBuffer", "RowCache", "RowTable", "ROW_CACHE_BYTES", "TableRows", "Taken", "row_ranges", "run_starts",
+           "size_of"]

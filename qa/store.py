@@ -30,7 +30,7 @@ from .errors import IndexUnavailable
 from .ingest import Article, Paragraph
 from .manifest import Counts
 from .process import machine_memory
-from .rowcache import ROW_CACHE_BYTES, RowCache, TableRows
+from .rowcache import ROW_CACHE_BYTES, RowCache, TableRows, run_starts
 from .text import fold_case
 
 if TYPE_CHECKING:
@@ -363,9 +363,7 @@ def from_blobs(blobs: Sequence[bytes], dim: int) -> np.ndarray:
 
 def _passage_ranges(owners: np.ndarray) -> Iterator[tuple[int, int, int]]:
     """(rowid, first row, end) of each run of rows of one passage in `owners`."""
-    if not len(owners):
-        return iter(())
-    starts = np.flatnonzero(np.concatenate(([True], owners[1:] != owners[:-1])))
+    starts = run_starts(owners)
     ends = np.append(starts[1:], len(owners))
     return zip(owners[starts].tolist(), starts.tolist(), ends.tolist())
 
@@ -836,7 +834,9 @@ class Store:
         taken, missing = self._from_table("vector", rowids)
         if taken is not None and not missing:
             return dequantize(taken.codes, taken.scales)
-        vecs = self._cached("vector", rowids, functools.partial(self._read_passage_vectors, dim=dim))
+        vecs = self._cached("vector", missing, functools.partial(self._read_passage_vectors, dim=dim))
+        if taken is not None:
+            vecs.update(self._vector_entries(taken))
         zero = np.zeros((1, dim), np.int8), np.ones(1, np.float32)  # a passage deleted meanwhile: matches nothing
         codes, scales = zip(*[vecs.get(r, zero) for r in rowids])
         return dequantize(np.concatenate(codes), np.concatenate(scales))
@@ -845,10 +845,13 @@ class Store:
         return self._vector_entries(self._vector_block(rowids, dim))
 
     def _vector_block(self, rowids: Sequence[int], dim: int) -> TableRows:
-        """The whole-passage vectors of some passages as one block of rows (the passage's rowid the one column of
-        `meta`), quantised at once: a call costs more than a row."""
-        rows = self.con.execute(f"SELECT id, vec FROM passages WHERE id {IN_IDS} ORDER BY id",
-                                (ids_param(rowids),)).fetchall()
+        """The whole-passage vectors of some passages as one block of rows (`_vector_rows`)."""
+        return self._vector_rows(f"SELECT id, vec FROM passages WHERE id {IN_IDS} ORDER BY id", rowids, dim)
+
+    def _vector_rows(self, query: str, rowids: Sequence[int], dim: int) -> TableRows:
+        """`query`'s (passage rowid, float32 vector) rows for `rowids`, a passage's rows together, as one block
+        (the passage's rowid the one column of `meta`), quantised at once: a call costs more than a row."""
+        rows = self.con.execute(query, (ids_param(rowids),)).fetchall()
         codes, scales = quantize(from_blobs([blob for _, blob in rows], dim))
         return TableRows(np.array([rowid for rowid, _ in rows], np.int64).reshape(-1, 1), codes, scales)
 
@@ -871,7 +874,7 @@ class Store:
             parts.append(TableRows(owners[:, None], np.concatenate(codes), np.concatenate(scales)))
         if not parts:
             return PassageWindows(np.zeros(0, np.int64), np.zeros((0, dim), np.float32))
-        rows = parts[0] if len(parts) == 1 else TableRows(*(np.concatenate(columns) for columns in zip(*parts)))
+        rows = TableRows.join(parts)
         return PassageWindows(rows.meta[:, 0], rows.codes, rows.scales)
 
     def _from_table(self, kind: str, rowids: Sequence[int]) -> tuple[TableRows | None, Sequence[int]]:
@@ -892,12 +895,9 @@ class Store:
                 for rowid, a, b in _passage_ranges(block.meta[:, 0])}
 
     def _window_block(self, rowids: Sequence[int], dim: int) -> TableRows:
-        """The windows of some passages as one block of rows, passage by passage (the passage's rowid the one
-        column of `meta`)."""
-        rows = self.con.execute(f"SELECT passage, vec FROM windows WHERE passage {IN_IDS} ORDER BY passage",
-                                (ids_param(rowids),)).fetchall()
-        codes, scales = quantize(from_blobs([blob for _, blob in rows], dim))
-        return TableRows(np.array([rowid for rowid, _ in rows], np.int64).reshape(-1, 1), codes, scales)
+        """The windows of some passages as one block of rows, passage by passage (`_vector_rows`)."""
+        return self._vector_rows(f"SELECT passage, vec FROM windows WHERE passage {IN_IDS} ORDER BY passage", rowids,
+                                 dim)
 
     def sentences(self, rowids: Sequence[int], dim: int) -> SentenceRows:
         """The sentences of some passages, ordered by passage, then idx."""
@@ -908,9 +908,8 @@ class Store:
             parts.append(TableRows(*(np.concatenate(columns) for columns in zip(*[found[r] for r in sorted(found)]))))
         if not parts:
             return SentenceRows(np.zeros((0, dim), np.float32), np.zeros((0, 4), np.int64))
-        rows = parts[0]
+        rows = TableRows.join(parts)
         if len(parts) > 1:  # passages from the table and from entries: merged in order of rowid
-            rows = TableRows(*(np.concatenate(columns) for columns in zip(*parts)))
             order = np.argsort(rows.meta[:, 0], kind="stable")
             rows = TableRows(*(column[order] for column in rows))
         return SentenceRows(rows.codes, rows.meta, rows.scales)
