@@ -1,5 +1,8 @@
 # Set-up and everyday commands. `make serve` and `make test` do all set-up on a fresh machine.
-PYTHON ?= python3
+# the system's Python when it is 3.11 or later and can make a venv with pip: Debian's is built with profile-guided
+# and link-time optimisation, a pyenv build by default with neither (docs/performance.md#the-interpreter)
+PYTHON ?= $(or $(shell for p in /usr/bin/python3 python3; do $$p -c 'import sys, ensurepip, venv; \
+	sys.exit(sys.version_info < (3, 11))' 2>/dev/null && echo $$p && break; done),python3)
 VENV   := .venv
 PY     := $(VENV)/bin/python
 QA     := $(VENV)/bin/qa
