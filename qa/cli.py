@@ -374,8 +374,8 @@ def serve(index_dir: str | None, host: str, port: int, threads: int, workers: in
     process.tune_malloc()
     # one thread per query encode: concurrent requests use the cores (docs/performance.md#threads)
     os.environ.setdefault("QA_EMBED_THREADS", "1")
-    # ...and all the cores a worker has to itself for a request that runs alone
-    os.environ.setdefault("QA_EMBED_IDLE_THREADS", str(process.cpu_count() // workers))
+    # ...and every core for a request alone on the server, whichever worker serves it (the workers share their counts)
+    os.environ.setdefault("QA_EMBED_IDLE_THREADS", str(process.cpu_count()))
     server.check_port_free(host, port)
     click.echo(f"serving {os.path.abspath(cfg.index_dir)} on http://{host}:{port}"
                + (f" ({workers} workers)" if workers > 1 else ""), err=True)

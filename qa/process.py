@@ -110,31 +110,103 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+class WorkerCounts:
+    """Each worker process's count of requests in flight, in memory the workers of one server share: made by the
+    server before it forks them, so a request alone in its process can tell whether the other workers are idle too.
+
+    A worker takes a slot of its own (`claim`) and is its slot's only writer; a slot whose process has died is free
+    again, and its count is not read. A worker left without a slot (more respawns than slots at once) is never alone.
+    """
+
+    def __init__(self, slots: int) -> None:
+        import multiprocessing
+
+        context = multiprocessing.get_context("fork")  # the workers inherit the map; no other start method would
+        self._pids = context.RawArray("i", slots)
+        self._counts = context.RawArray("i", slots)
+        self._claiming = context.Lock()
+        self._slot: int | None = None
+
+    def claim(self) -> bool:
+        """Take a free slot for this process (once, in the worker); False if none is free."""
+        me = os.getpid()
+        if not self._claiming.acquire(timeout=5):  # held for microseconds: a worker died while claiming
+            return False
+        try:
+            for slot, pid in enumerate(self._pids):
+                if pid in (0, me) or not _alive(pid):
+                    self._pids[slot], self._counts[slot], self._slot = me, 0, slot
+                    return True
+            return False
+        finally:
+            self._claiming.release()
+
+    def publish(self, count: int) -> None:
+        """This process's count of requests in flight, for the other workers to see."""
+        if self._slot is not None:
+            self._counts[self._slot] = count
+
+    def others_idle(self) -> bool:
+        """Whether every other live worker has no request in flight (False for a worker without a slot)."""
+        if self._slot is None:
+            return False
+        return not any(count and slot != self._slot and _alive(self._pids[slot])
+                       for slot, count in enumerate(self._counts))
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process `pid` exists (a worker that died leaves its slot's count behind)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        pass
+    return True
+
+
 class InFlight:
     """The requests a serving process is answering now, counted around its WSGI app: one that runs alone may use the
-    cores that concurrent ones would otherwise take (the query encode's idle session, docs/performance.md#threads)."""
+    cores that concurrent ones would otherwise take (the query encode's idle session, docs/performance.md#threads).
+    Under a server of several worker processes (`share`), alone means alone on the server: no other worker has a
+    request in flight either."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.count = 0
+        self.workers: WorkerCounts | None = None
+
+    def share(self, workers: int) -> None:
+        """Before forking `workers` worker processes: make the counts they share (slots to spare for respawns)."""
+        self.workers = WorkerCounts(2 * workers + 2)
+
+    def join(self) -> None:
+        """In a worker process after the fork: take its slot among the shared counts."""
+        if self.workers is not None:
+            self.workers.claim()
 
     def wrap(self, app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterable[bytes]]:
         """`app` (a WSGI callable) with its calls counted."""
 
         def counted(environ: dict, start_response: Callable) -> Iterable[bytes]:
-            with self._lock:
-                self.count += 1
+            self._add(1)
             try:
                 return app(environ, start_response)
             finally:
-                with self._lock:
-                    self.count -= 1
+                self._add(-1)
 
         return counted
 
+    def _add(self, step: int) -> None:
+        with self._lock:
+            self.count += step
+            if self.workers is not None:
+                self.workers.publish(self.count)
+
     def alone(self) -> bool:
-        """Whether no other request is in flight beside the caller's (true outside a server, too)."""
-        return self.count <= 1
+        """Whether no other request is in flight beside the caller's, in this process and, under a server of
+        several workers, in the others (true outside a server, too)."""
+        return self.count <= 1 and (self.workers is None or self.workers.others_idle())
 
 
 REQUESTS = InFlight()

@@ -3,6 +3,7 @@ settings that size it."""
 from __future__ import annotations
 
 import gc
+import os
 import subprocess
 import sys
 import threading
@@ -50,6 +51,83 @@ def test_concurrent_requests_are_not_alone():
     for t in threads:
         t.join(5)
     assert seen.count(False) >= 1 and flight.count == 0
+
+
+def _worker(flight: InFlight, entered, release, exit_inside: bool) -> None:
+    """A worker process of a server: takes its slot, then serves one request that waits for `release` (or dies
+    inside it, leaving its count behind)."""
+    flight.join()
+
+    def app(environ: dict, start_response) -> list[bytes]:
+        entered.set()
+        if exit_inside:
+            os._exit(0)
+        release.wait(10)
+        return []
+
+    flight.wrap(app)({}, None)
+
+
+def test_a_request_is_alone_only_while_the_other_workers_are_idle():
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    flight = InFlight()
+    flight.share(2)
+    entered, release = context.Event(), context.Event()
+    other = context.Process(target=_worker, args=(flight, entered, release, False))
+    other.start()
+    flight.join()  # this process is the second worker
+    seen = []
+
+    def app(environ: dict, start_response) -> list[bytes]:
+        seen.append(flight.alone())
+        return []
+
+    try:
+        assert entered.wait(10)  # the other worker is inside its request
+        flight.wrap(app)({}, None)
+        release.set()
+        other.join(10)
+        flight.wrap(app)({}, None)
+    finally:
+        release.set()
+        other.join(10)
+    assert seen == [False, True] and flight.count == 0
+
+
+def test_a_dead_workers_count_is_not_read_and_its_slot_is_free_again():
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    flight = InFlight()
+    flight.share(0)  # two slots: this process's and one more
+    flight.join()
+    entered, release = context.Event(), context.Event()
+    dead = context.Process(target=_worker, args=(flight, entered, release, True))
+    dead.start()
+    dead.join(10)
+    assert entered.is_set() and dead.exitcode == 0  # it died inside its request: its slot's count is still 1
+    assert list(flight.workers._counts) == [0, 1]
+    assert flight.wrap(lambda environ, start_response: [flight.alone()])({}, None) == [True]
+    respawned = context.Process(target=_worker, args=(flight, entered, release, False))
+    entered.clear()
+    respawned.start()
+    try:
+        assert entered.wait(10)  # it took the dead worker's slot, the only one free, and is in a request
+        assert flight.wrap(lambda environ, start_response: [flight.alone()])({}, None) == [False]
+    finally:
+        release.set()
+        respawned.join(10)
+
+
+def test_a_worker_without_a_slot_is_never_alone():
+    flight = InFlight()
+    flight.share(0)
+    flight.workers._pids[:] = [os.getppid(), 1]  # both slots held by live processes
+    flight.join()
+    assert flight.workers._slot is None
+    assert flight.wrap(lambda environ, start_response: [flight.alone()])({}, None) == [False]
 
 
 @pytest.mark.parametrize("value, whole, expected", [(None, True, None), ("", True, None), ("3", True, 3),

@@ -15,6 +15,7 @@ from . import create_app
 def load_app(config: Config) -> Flask:
     """The app with its index and model loaded, one query run, and the background reload check started."""
     one_thread_per_request()  # here, not before a fork: each worker process loads its app after it
+    REQUESTS.join()  # its slot among the counts of requests in flight the server's workers share
     app = create_app(config)
     freeze_libraries()  # after the thread settings (FAISS reads them as it loads), before the index
     app.wsgi_app = drain_unread_body(REQUESTS.wrap(app.wsgi_app))  # a request alone may encode on the idle cores
@@ -70,6 +71,7 @@ def run_granian(load: Callable[[], Flask], host: str, port: int, workers: int, t
     from granian.log import LogLevels
     from granian.server import Server
 
+    REQUESTS.share(workers)  # before the fork: a request alone on the server may encode on every core
     # HTTP/1.1 only (the API and the page need no more); a client has a minute to send its request's head; a worker
     # that dies is replaced, and one that will not stop is killed 20 s after the others
     Server("qa", address=host, port=port, interface=Interfaces.WSGI, workers=workers, blocking_threads=threads,
