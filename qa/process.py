@@ -127,19 +127,24 @@ class WorkerCounts:
         self._claiming = context.Lock()
         self._slot: int | None = None
 
-    def claim(self) -> bool:
-        """Take a free slot for this process (once, in the worker); False if none is free."""
+    def claim(self) -> int | None:
+        """Take a free slot for this process (once, in the worker): its number, or None if none is free."""
         me = os.getpid()
         if not self._claiming.acquire(timeout=5):  # held for microseconds: a worker died while claiming
-            return False
+            return None
         try:
             for slot, pid in enumerate(self._pids):
                 if pid in (0, me) or not _alive(pid):
                     self._pids[slot], self._counts[slot], self._slot = me, 0, slot
-                    return True
-            return False
+                    return slot
+            return None
         finally:
             self._claiming.release()
+
+    @property
+    def slots(self) -> int:
+        """How many workers can hold a slot at once."""
+        return len(self._pids)
 
     def publish(self, count: int) -> None:
         """This process's count of requests in flight, for the other workers to see."""
@@ -180,10 +185,10 @@ class InFlight:
         """Before forking `workers` worker processes: make the counts they share (slots to spare for respawns)."""
         self.workers = WorkerCounts(2 * workers + 2)
 
-    def join(self) -> None:
-        """In a worker process after the fork: take its slot among the shared counts."""
-        if self.workers is not None:
-            self.workers.claim()
+    def join(self) -> int | None:
+        """In a worker process after the fork: take its slot among the shared counts (its number; None without
+        shared counts or a free slot)."""
+        return self.workers.claim() if self.workers is not None else None
 
     def wrap(self, app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterable[bytes]]:
         """`app` (a WSGI callable) with its calls counted."""

@@ -91,16 +91,18 @@ def _stop(p: subprocess.Popen) -> None:
 
 
 @contextlib.contextmanager
-def serve(index_dir: str, env: dict | None = None, *args: str, logs: list | None = None) -> Iterator[str]:
+def serve(index_dir: str, env: dict | None = None, *args: str, logs: list | None = None,
+          verbose: bool = False) -> Iterator[str]:
     """A real `qa serve` of `index_dir` on a free loopback port, up once /healthz answers; yields its base URL.
-    `args` such as ("--workers", "2"); `logs`, a list, receives the server's log when it stops.
+    `args` such as ("--workers", "2"); `logs`, a list, receives the server's log when it stops; `verbose`: `qa -v`.
 
     Its log goes to a file (a chatty server never blocks on a pipe) and must hold no traceback when it stops."""
     port = free_port()
     log = tempfile.NamedTemporaryFile("w+", prefix="qa-serve-", suffix=".log", delete=False)
     # the server appends through its own descriptor: reading `log` here moves no offset it writes at
     with open(log.name, "ab") as out:
-        p = subprocess.Popen([QA, "serve", "--index-dir", index_dir, "--port", str(port), *args],
+        p = subprocess.Popen([QA, *(["-v"] if verbose else []), "serve", "--index-dir", index_dir, "--port",
+                              str(port), *args],
                              env={**ENV, **(env or {})}, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:

@@ -2,6 +2,8 @@
 processes (docs/performance.md#the-server)."""
 from __future__ import annotations
 
+import logging
+import os
 import socket
 from collections.abc import Callable, Iterable
 
@@ -11,11 +13,20 @@ from ..config import Config
 from ..process import REQUESTS, freeze_libraries, one_thread_per_request
 from . import create_app
 
+log = logging.getLogger(__name__)
+
 
 def load_app(config: Config) -> Flask:
     """The app with its index and model loaded, one query run, and the background reload check started."""
     one_thread_per_request()  # here, not before a fork: each worker process loads its app after it
-    REQUESTS.join()  # its slot among the counts of requests in flight the server's workers share
+    if REQUESTS.workers is not None:  # under `run_granian`: its slot among the counts the server's workers share
+        slot = REQUESTS.join()
+        if slot is None:
+            log.warning("worker %d: no free slot among the server's counts of requests in flight; its requests "
+                        "encode on one thread", os.getpid())
+        else:
+            log.info("worker %d: its requests in flight counted in slot %d of %d", os.getpid(), slot,
+                     REQUESTS.workers.slots)
     app = create_app(config)
     freeze_libraries()  # after the thread settings (FAISS reads them as it loads), before the index
     app.wsgi_app = drain_unread_body(REQUESTS.wrap(app.wsgi_app))  # a request alone may encode on the idle cores

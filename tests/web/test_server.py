@@ -2,6 +2,7 @@
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -84,6 +85,17 @@ def test_workers_serve_and_reload(live_server, fake_seed_copy):
                 break
             time.sleep(0.1)
         assert all(r and r[0]["doc_id"] == "ferry-1" for r in seen)
+
+
+def test_workers_count_their_requests_in_slots_they_share(live_server, fake_seed_index_dir):
+    """Each worker takes its own slot of the counts made before the fork: had the map not been shared, both would
+    have taken the first slot of a private copy."""
+    logs: list[str] = []
+    with live_server(fake_seed_index_dir, {}, "--workers", "2", logs=logs, verbose=True) as base:
+        for _ in range(10):
+            assert get(base + "/api/search?q=China&k=1")[0] == 200
+    claims = dict(re.findall(r"worker (\d+): its requests in flight counted in slot (\d+) of 6", logs[0]))
+    assert len(claims) == 2 and len(set(claims.values())) == 2, logs[0][-2000:]
 
 
 def _server_processes(port: int) -> dict[int, int]:
