@@ -7,10 +7,13 @@ import ctypes.util
 import functools
 import gc
 import importlib
+import logging
 import os
 import sys
 import threading
 from collections.abc import Callable, Iterable
+
+log = logging.getLogger(__name__)
 
 # mallopt's option numbers, from glibc's <malloc.h>
 M_TRIM_THRESHOLD = -1
@@ -180,10 +183,18 @@ class InFlight:
         self._lock = threading.Lock()
         self.count = 0
         self.workers: WorkerCounts | None = None
+        self._only_process = True  # without shared counts: whether this process is the server's only worker
 
     def share(self, workers: int) -> None:
-        """Before forking `workers` worker processes: make the counts they share (slots to spare for respawns)."""
-        self.workers = WorkerCounts(2 * workers + 2)
+        """Before forking `workers` worker processes: make the counts they share (slots to spare for respawns). A
+        system that cannot share them (no POSIX semaphores) leaves each worker never alone unless it is the only one."""
+        try:
+            self.workers = WorkerCounts(2 * workers + 2)
+        except OSError as e:
+            self.workers, self._only_process = None, workers <= 1
+            if workers > 1:
+                log.warning("the workers cannot share their counts of requests in flight (%s): each request "
+                            "encodes on one thread", e)
 
     def join(self) -> int | None:
         """In a worker process after the fork: take its slot among the shared counts (its number; None without
@@ -211,7 +222,9 @@ class InFlight:
     def alone(self) -> bool:
         """Whether no other request is in flight beside the caller's, in this process and, under a server of
         several workers, in the others (true outside a server, too)."""
-        return self.count <= 1 and (self.workers is None or self.workers.others_idle())
+        if self.workers is None:
+            return self.count <= 1 and self._only_process
+        return self.count <= 1 and self.workers.others_idle()
 
 
 REQUESTS = InFlight()

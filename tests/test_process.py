@@ -130,6 +130,22 @@ def test_a_worker_without_a_slot_is_never_alone():
     assert flight.wrap(lambda environ, start_response: [flight.alone()])({}, None) == [False]
 
 
+@pytest.mark.parametrize("workers, alone", [(1, True), (2, False)])
+def test_without_shared_counts_only_a_single_worker_is_ever_alone(monkeypatch, caplog, workers, alone):
+    """A system without POSIX semaphores cannot make the counts: a worker then cannot know the others are idle."""
+    from qa import process
+
+    def unsupported(self, slots):
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(process.WorkerCounts, "__init__", unsupported)  # no such system at hand to run on
+    flight = InFlight()
+    flight.share(workers)
+    assert flight.workers is None and flight.join() is None
+    assert flight.wrap(lambda environ, start_response: [flight.alone()])({}, None) == [alone]
+    assert ("cannot share" in caplog.text) == (workers > 1)
+
+
 @pytest.mark.parametrize("value, whole, expected", [(None, True, None), ("", True, None), ("3", True, 3),
                                                     ("0", True, 0), ("2.5", False, 2.5)])
 def test_numeric_settings_are_read(monkeypatch, value, whole, expected):
