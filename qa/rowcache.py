@@ -184,8 +184,7 @@ class RowTable:
             starts = np.where(inside, self._starts.take(ids, mode="clip"), -1)
             counts = self._counts.take(ids, mode="clip")
         held = starts >= 0
-        rows = row_ranges(starts[held], counts[held])
-        return Taken(TableRows(*(a[rows] for a in arrays)), ids[~held].tolist())
+        return Taken(_gather(arrays, starts[held], counts[held]), ids[~held].tolist())
 
     def carry(self, removed: Iterable[int]) -> RowTable:
         """A table for a newer generation: this one's rows but those of the passages `removed`, in the same buffer
@@ -200,10 +199,16 @@ class RowTable:
         if self.buffer.filled <= 2 * rows + 4096:
             return RowTable(self.buffer, starts, counts, rows)
         held = np.flatnonzero(starts >= 0)
-        kept = TableRows(*(a[row_ranges(starts[held], counts[held])] for a in self._arrays))
+        kept = _gather(self._arrays, starts[held], counts[held])
         compact = RowTable(RowBuffer(kept.meta.shape[1], kept.codes.shape[1], len(kept.scales)))
         compact.add(kept)
         return compact
+
+
+def _gather(arrays: TableRows, starts: np.ndarray, counts: np.ndarray) -> TableRows:
+    """The rows of each (start, count) of `arrays`, one after the other (a copy)."""
+    rows = row_ranges(starts, counts)
+    return TableRows(*(a[rows] for a in arrays))
 
 
 class RowCache:
