@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import itertools
 import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
-from .search import SearchResult, SentenceScore, search, zscores
+from .search import SearchResult, SentenceScore, search, standardise
 from .store import Filters, StoredPassage
 
 if TYPE_CHECKING:
@@ -187,14 +188,22 @@ def token_alignments(embedder: Embedder, question: str, sentences: Sequence[tupl
     states = dict(known.passages(texts))
     missing = [t for t in texts if t not in states]
     states.update(zip(missing, _token_vectors.get(embedder, missing)))
+    spans = np.array([(start, end) for _, start, end in sentences]).reshape(-1, 2)
+    of_text = collections.defaultdict(list)
+    for i, (text, _, _) in enumerate(sentences):
+        of_text[text].append(i)
     # each passage's cosines with the question once, however many of its sentences are aligned (each sentence is
     # read with the one before it, so most pieces count twice)
-    cosines = {text: qvecs @ np.asarray(vecs, np.float32).T for text, (vecs, _) in states.items()}
-    for i, (text, start, end) in enumerate(sentences):
-        _, offsets = states[text]
-        inside = (offsets[:, 0] < end) & (offsets[:, 1] > start) if len(offsets) else np.zeros(0, bool)
-        if inside.any():
-            out[i] = cosines[text][:, inside].max(axis=1)
+    for text, rows in of_text.items():
+        vecs, offsets = states[text]
+        if not len(offsets):
+            continue
+        cosines = qvecs @ np.asarray(vecs, np.float32).T  # question pieces x passage pieces
+        starts, ends = spans[rows].T
+        inside = (offsets[:, 0] < ends[:, None]) & (offsets[:, 1] > starts[:, None])  # sentences x passage pieces
+        best = np.where(inside[:, None, :], cosines, -np.inf).max(axis=2)
+        found = inside.any(axis=1)
+        out[np.asarray(rows)[found]] = best[found]
     return out
 
 
@@ -216,13 +225,8 @@ def with_previous(result: SearchResult, sentence: CandidateSentence) -> tuple[st
     """(passage text, start, end) of `sentence` read together with the sentence before it in its passage (on its own
     if it is the first)."""
     passage = result.hits[sentence.pos].passage
-    previous = sentence_row(result, passage.rowid, sentence.idx - 1)
+    previous = result.sentence(passage.rowid, sentence.idx - 1)
     return passage.text, previous.start if previous else sentence.start, sentence.end
-
-
-def sentence_row(result: SearchResult, rowid: int, idx: int) -> SentenceScore | None:
-    """The scores of sentence `idx` of a candidate passage, or None."""
-    return next((row for row in result.sentence_scores.get(rowid, []) if row.idx == idx), None)
 
 
 def score_sentences(result: SearchResult, embedder: Embedder | None = None) -> list[CandidateSentence]:
@@ -231,44 +235,46 @@ def score_sentences(result: SearchResult, embedder: Embedder | None = None) -> l
     standardised passage score, plus the standardised token alignment with the question of the sentence read with
     the one before it (the question's word pieces weighted as `local_coverage` weighs words), when an embedder is
     given (see ALIGN_SENTENCES)."""
-    rows, held, passage_scores = [], [], []
-    kind = answer_kind(result.query)
-    for pos, hit in enumerate(result.hits[:ANSWER_PASSAGES]):
-        for s in result.sentence_scores.get(hit.passage.rowid, []):
-            rows.append(CandidateSentence(0.0, pos, s.idx, s.start, s.end, s.cosine, s.coverage, None))
-            passage_scores.append(float(hit.scores["fused"]))
-            stems = s.held
-            if kind is not None:  # the kind of answer asked for, as one more word of the question
-                stems = np.append(stems, bool(kind.search(hit.passage.text, s.start, s.end)))
-            held.append(stems)
-    if not rows:
+    hits = result.hits[:ANSWER_PASSAGES]
+    runs = [result.sentence_rows_of(hit.passage.rowid) for hit in hits]
+    at = np.fromiter(itertools.chain.from_iterable(runs), np.int64)  # the candidates' rows, hit by hit
+    if not len(at):
         return []
-    ids = range(len(rows))
-    z_cos = zscores({i: rows[i].cosine for i in ids})
-    z_cov = zscores(dict(enumerate(local_coverage(np.array(held, bool)).tolist())))
-    z_pas = zscores(dict(enumerate(passage_scores)))
-    others = [z_cos[i] + z_cov[i] + z_pas[i] for i in ids]
-    z_align = dict.fromkeys(ids, 0.0)
-    raw: dict[int, float] = {}  # raw alignment of the aligned sentences
+    rows = result.sentence_rows
+    pos = np.repeat(np.arange(len(hits)), [len(run) for run in runs])
+    meta, cosines, coverages = rows.meta[at], rows.cosines[at].astype(float), rows.coverages[at]
+    held = rows.held[at]
+    kind = answer_kind(result.query)
+    if kind is not None:  # the kind of answer asked for, as one more word of the question
+        asked = [bool(kind.search(hits[p].passage.text, start, end))
+                 for p, start, end in zip(pos.tolist(), meta[:, 2].tolist(), meta[:, 3].tolist())]
+        held = np.column_stack((held, asked))
+    passage_scores = np.array([float(hit.scores["fused"]) for hit in hits])[pos]
+    others = standardise(cosines) + standardise(local_coverage(held)) + standardise(passage_scores)
+    z_align = np.zeros(len(at))
+    raw: dict[int, float] = {}  # raw alignment of the aligned sentences, by candidate
+    candidates = [CandidateSentence(0.0, p, idx, start, end, c, v, None) for p, (_, idx, start, end), c, v
+                in zip(pos.tolist(), meta.tolist(), cosines.tolist(), coverages.tolist())]
     if embedder is not None:
         # aligned: the sentences of the passages holding the best few by the other signals; the rest get the
         # lowest standardised alignment
-        best = sorted(ids, key=lambda i: -others[i])[:ALIGN_SENTENCES]
-        passages = {rows[i].pos for i in best}
-        aligned = [i for i in ids if rows[i].pos in passages]
+        best = np.argsort(-others, kind="stable")[:ALIGN_SENTENCES]
+        passages = set(pos[best].tolist())
+        aligned = [i for i, p in enumerate(pos.tolist()) if p in passages]
         # a sentence is aligned together with the one before it in its passage, so that the question's words
         # named there count for it ("...changed by a Rhine straightening program. The rate of flow was increased
         # and the ground water level fell." for "What happened with the ground water level with the Rhine
         # straightening program?")
-        spans = [with_previous(result, rows[i]) for i in aligned]
+        spans = [with_previous(result, candidates[i]) for i in aligned]
         pieces = token_alignments(embedder, result.query, spans, known_tokens(result))
         raw = dict(zip(aligned, recall(pieces).tolist()))
         # ranked by the question's word pieces weighted as local coverage weighs its words: a piece that every
         # candidate matches well (the topic) counts less than one that few match
-        found = zscores(dict(zip(aligned, local_coverage(pieces).tolist())))
-        floor = min(found.values())
-        z_align = {i: found.get(i, floor) for i in ids}
-    scored = [row._replace(score=others[i] + z_align[i], alignment=raw.get(i)) for i, row in enumerate(rows)]
+        found = standardise(local_coverage(pieces))
+        z_align[:] = found.min()
+        z_align[aligned] = found
+    scored = [row._replace(score=score, alignment=raw.get(i))
+              for i, (row, score) in enumerate(zip(candidates, (others + z_align).tolist()))]
     return sorted(scored, key=lambda r: -r.score)
 
 
@@ -387,15 +393,14 @@ def next_sentence(result: SearchResult, sentence: CandidateSentence) -> Candidat
     """The sentence after `sentence` in its article, as its continuation (its score, no cosine or alignment yet):
     the next of its passage, or the first of the article's next paragraph when that is among the hits; None if none."""
     passage = result.hits[sentence.pos].passage
-    following = sentence_row(result, passage.rowid, sentence.idx + 1)
+    following = result.sentence(passage.rowid, sentence.idx + 1)
     if following is not None:
         return continuation(sentence, sentence.pos, following)
-    rows = result.sentence_scores.get(passage.rowid, [])
-    if not rows or sentence.idx != rows[-1].idx:
+    if sentence.idx != len(result.sentence_rows_of(passage.rowid)) - 1:
         return None
     for p, hit in enumerate(result.hits):
         if hit.passage.doc_id == passage.doc_id and hit.passage.paragraph_index == passage.paragraph_index + 1:
-            first = sentence_row(result, hit.passage.rowid, 0)
+            first = result.sentence(hit.passage.rowid, 0)
             return continuation(sentence, p, first) if first else None
     return None
 

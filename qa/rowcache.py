@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -62,6 +62,13 @@ def run_starts(owners: np.ndarray) -> np.ndarray:
     """Where each run of rows of one passage starts in `owners` (each row's passage rowid, a passage's rows
     together)."""
     return np.flatnonzero(np.diff(owners, prepend=owners[:1] - 1))
+
+
+def passage_runs(owners: np.ndarray) -> Iterator[tuple[int, int, int]]:
+    """(rowid, first row, end) of each run of rows of one passage in `owners`."""
+    starts = run_starts(owners)
+    ends = np.append(starts[1:], len(owners))
+    return zip(owners[starts].tolist(), starts.tolist(), ends.tolist())
 
 
 class Taken(NamedTuple):
@@ -332,5 +339,5 @@ class RowCache:
         return carried
 
 
-__all__ = ["RowBuffer", "RowCache", "RowTable", "ROW_CACHE_BYTES", "TableRows", "Taken", "row_ranges", "run_starts",
+__all__ = ["RowBuffer", "RowCache", "RowTable", "ROW_CACHE_BYTES", "TableRows", "Taken", "passage_runs", "row_ranges", "run_starts",
            "size_of"]

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 
 from .embed.base import TextTokens
+from .rowcache import passage_runs
 from .store import Filters, StoredPassage
 from .text import TermMatcher, query_pairs, query_terms
 
@@ -53,7 +54,7 @@ class Hit:
 
 
 class SentenceScore(NamedTuple):
-    """One sentence of a candidate passage with its scores (`SearchResult.sentence_scores`)."""
+    """One sentence of a candidate passage with its scores (`SearchResult.sentence`)."""
 
     idx: int  # its number in its passage
     start: int  # its span in the passage text
@@ -87,19 +88,25 @@ class SearchResult:
     stored_tokens: Callable[[Sequence[int]], Mapping[int, TextTokens]] | None = None
 
     @functools.cached_property
-    def sentence_scores(self) -> dict[int, list[SentenceScore]]:
-        """Per hit's passage rowid, the scores of each of its sentences in order (for answers, which read only their
-        hits'; built on first use, so plain searches skip it)."""
-        out: dict[int, list[SentenceScore]] = {}
-        rows = self.sentence_rows
-        meta = np.asarray(rows.meta)
-        if not len(meta):
-            return out
-        mine = np.isin(meta[:, 0], [h.passage.rowid for h in self.hits])  # of the whole shortlist's sentences
-        for (rid, idx, start, end), c, v, h in zip(meta[mine].tolist(), np.asarray(rows.cosines)[mine].tolist(),
-                                                    np.asarray(rows.coverages)[mine].tolist(), rows.held[mine]):
-            out.setdefault(rid, []).append(SentenceScore(idx, start, end, c, v, h))
-        return out
+    def _sentence_runs(self) -> dict[int, range]:
+        """Per shortlisted passage rowid, where its sentences lie in `sentence_rows` (built on first use, so plain
+        searches skip it)."""
+        meta = np.asarray(self.sentence_rows.meta)
+        return {rid: range(a, b) for rid, a, b in passage_runs(meta[:, 0])} if len(meta) else {}
+
+    def sentence_rows_of(self, rowid: int) -> range:
+        """Where the sentences of a shortlisted passage lie in `sentence_rows`, in order (empty for another)."""
+        return self._sentence_runs.get(rowid, range(0))
+
+    def sentence(self, rowid: int, idx: int) -> SentenceScore | None:
+        """The scores of sentence `idx` of a shortlisted passage, or None (a passage's sentences are its rows in
+        order, `Store.sentences`)."""
+        run = self.sentence_rows_of(rowid)
+        if not 0 <= idx < len(run):
+            return None
+        rows, at = self.sentence_rows, run[idx]
+        _, _, start, end = rows.meta[at].tolist()
+        return SentenceScore(idx, start, end, float(rows.cosines[at]), float(rows.coverages[at]), rows.held[at])
 
 
 @dataclasses.dataclass

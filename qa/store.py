@@ -30,7 +30,7 @@ from .errors import IndexUnavailable
 from .ingest import Article, Paragraph
 from .manifest import Counts
 from .process import machine_memory
-from .rowcache import ROW_CACHE_BYTES, RowCache, TableRows, run_starts
+from .rowcache import ROW_CACHE_BYTES, RowCache, TableRows, passage_runs, run_starts
 from .text import fold_case
 
 if TYPE_CHECKING:
@@ -359,13 +359,6 @@ def from_blobs(blobs: Sequence[bytes], dim: int) -> np.ndarray:
     if not blobs:
         return np.zeros((0, dim), np.float32)
     return np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), dim)
-
-
-def _passage_ranges(owners: np.ndarray) -> Iterator[tuple[int, int, int]]:
-    """(rowid, first row, end) of each run of rows of one passage in `owners`."""
-    starts = run_starts(owners)
-    ends = np.append(starts[1:], len(owners))
-    return zip(owners[starts].tolist(), starts.tolist(), ends.tolist())
 
 
 def _immutable(path: str) -> str:
@@ -892,7 +885,7 @@ class Store:
     def _vector_entries(block: TableRows) -> dict[int, Int8Rows]:
         """A block of vectors (windows, whole passages) as the row cache's entries, copied out a passage each."""
         return {rowid: (block.codes[a:b].copy(), block.scales[a:b].copy())
-                for rowid, a, b in _passage_ranges(block.meta[:, 0])}
+                for rowid, a, b in passage_runs(block.meta[:, 0])}
 
     def _window_block(self, rowids: Sequence[int], dim: int) -> TableRows:
         """The windows of some passages as one block of rows, passage by passage (`_vector_rows`)."""
@@ -923,7 +916,7 @@ class Store:
     def _sentence_entries(block: TableRows) -> dict[int, PassageSentences]:
         """A block of sentences as the row cache's entries, copied out a passage each."""
         return {rowid: (block.meta[a:b].copy(), block.codes[a:b].copy(), block.scales[a:b].copy())
-                for rowid, a, b in _passage_ranges(block.meta[:, 0])}
+                for rowid, a, b in passage_runs(block.meta[:, 0])}
 
     def _sentence_block(self, rowids: Sequence[int], dim: int) -> TableRows:
         """The sentences of some passages as one block of rows, passage by passage, decoded for all the passages

@@ -318,6 +318,19 @@ def test_token_alignments_are_each_question_piece_s_best_cosine(fake_embedder):
     assert token_alignments(fake_embedder, "ferry", []).shape == (0, 1) and recall(np.zeros((2, 0))).tolist() == [0, 0]
 
 
+def test_token_alignments_of_many_sentences_at_once_are_each_sentence_s_own(fake_embedder):
+    """Sentences of several passages, in any order, one without word pieces: each row as if aligned alone."""
+    from qa.answer import token_alignments
+
+    first = "Tickets cost four dollars. The ferry sails on Monday."
+    second = "The bridge opened in May. Cars pay a toll."
+    spans = [(second, 26, 42), (first, 0, 26), (second, 0, 25), (first, 27, 52), (first, 26, 26), (first, 0, 52)]
+    together = token_alignments(fake_embedder, "ferry toll Monday", spans)
+    alone = np.array([token_alignments(fake_embedder, "ferry toll Monday", [span])[0] for span in spans])
+    assert together.tolist() == alone.tolist()
+    assert together[4].tolist() == [0, 0, 0] and (together[5] >= together[1]).all() and (together[0] > 0).all()
+
+
 @pytest.mark.slow
 def test_the_alignment_ranks_by_the_question_s_pieces_that_few_candidates_match(doctor_who_index, embedder,
                                                                                 monkeypatch):
