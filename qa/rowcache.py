@@ -339,5 +339,5 @@ class RowCache:
         return carried
 
 
-__all__ = ["RowBuffer", "RowCache", "RowTable", "ROW_CACHE_BYTES", "TableRows", "Taken", "passage_runs", "row_ranges", "run_starts",
-           "size_of"]
+__all__ = ["RowBuffer", "RowCache", "RowTable", "ROW_CACHE_BYTES", "TableRows", "Taken", "passage_runs", "row_ranges",
+           "run_starts", "size_of"]
