@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
-"""Two or more versions of the code served at once on one index, one client's searches alternated between them.
+"""Two or more versions of the code served at once on one index, one client's searches (or asks) alternated between
+them.
 
 A change worth a few percent of a search is smaller than the machine's drift between two runs (the reference encode
 moves 12-19 ms within ten minutes here; docs/performance.md). So each version runs its own `qa serve` of the same
 index at the same time, and one client sends blocks of searches to each in turn, the order of the versions reversed
 every round: the drift falls on all of them alike. Reported per version: the client's p50 and p99, the server's
-`took_ms` p50 and each stage's (`timings`), and the servers' memory at the end.
+`took_ms` p50 and each stage's (`timings`), and the servers' memory at the end. `--endpoint ask` sends /api/ask with
+the question alone, as side_by_side's ask phase does, instead of /api/search.
 
 A version is a git ref of this repository (its `qa/` exported into a temporary folder) or a folder holding a `qa`
 package; each server runs the project's .venv with that folder first on its PYTHONPATH.
@@ -60,10 +62,12 @@ def check_imports(version: Version) -> None:
         raise SystemExit(f"bench_ab: {version.name} imports qa from {out}, not from {version.path}")
 
 
-def search(base: str, question: str, k: int) -> tuple[float, dict]:
-    """One GET /api/search on a new connection, as side_by_side's client does: (client ms, the JSON body)."""
+def request(base: str, endpoint: str, question: str, k: int) -> tuple[float, dict]:
+    """One GET of /api/search (with k) or /api/ask (the question alone) on a new connection, as side_by_side's
+    client does: (client ms, the JSON body)."""
+    params = {"q": question, "k": k} if endpoint == "search" else {"q": question}
     t = time.perf_counter()
-    status, body = http(f"{base}/api/search?{urllib.parse.urlencode({'q': question, 'k': k})}")
+    status, body = http(f"{base}/api/{endpoint}?{urllib.parse.urlencode(params)}")
     ms = (time.perf_counter() - t) * 1000
     if status != 200:
         raise RuntimeError(f"{base}: HTTP {status}: {body[:200]!r}")
@@ -77,8 +81,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--index-dir", required=True, help="the index every version serves (read only)")
     ap.add_argument("--questions", default=CORPORA["squad-dev"][1], help="question JSONL file")
     ap.add_argument("--rounds", type=int, default=20, help="rounds after one of warm-up")
-    ap.add_argument("--block", type=int, default=50, help="searches to one version in a row")
-    ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--block", type=int, default=50, help="requests to one version in a row")
+    ap.add_argument("--k", type=int, default=10, help="results a search asks for")
+    ap.add_argument("--endpoint", choices=("search", "ask"), default="search",
+                    help="/api/search, or /api/ask with the question alone")
     args = ap.parse_args(argv)
     if len(args.versions) < 2:
         ap.error("give two versions or more")
@@ -106,7 +112,7 @@ def main(argv=None) -> int:
             block = questions[r * args.block:(r + 1) * args.block] or questions[:args.block]
             for v, server in (pairs if r % 2 == 0 else pairs[::-1]):
                 for q in block:
-                    ms, body = search(server.base, q, args.k)
+                    ms, body = request(server.base, args.endpoint, q, args.k)
                     if r:  # the first round warms every server up
                         client[v.name].append(ms)
                         for key, value in {"took_ms": body["took_ms"], **body["timings"]}.items():
@@ -116,8 +122,9 @@ def main(argv=None) -> int:
     rows = [[v.name, f"{statistics.median(client[v.name]):.2f} / {percentile(client[v.name], 99):.2f}",
              *(f"{statistics.median(timings[v.name][key]):.3f}" for key in keys),
              f"{memory[v.name] / 1024:.0f}" if memory[v.name] else "-"] for v in versions]
+    what = f"searches each (k={args.k})" if args.endpoint == "search" else "asks each"
     print(f"### {len(versions)} versions served at once: {args.index_dir}, {args.rounds} rounds of {args.block} "
-          f"searches each (k={args.k}), the order reversed every round\n")
+          f"{what}, the order reversed every round\n")
     print(markdown_table(["version", "client p50 / p99 ms", *(f"{key} p50" for key in keys), "RSS MiB"], rows))
     print(f"\nmachine: {machine_note()}")
     return 0

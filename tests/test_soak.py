@@ -34,7 +34,7 @@ def test_fuzz_passes():
 
 def test_bench_ab_serves_each_version_at_once(fake_seed_index_dir, tmp_path):
     """scripts/bench_ab: a folder and a git ref served side by side, each from its own code (a copy of qa/ that
-    answers differently shows it), and a version that is neither fails in one line."""
+    answers differently shows it), for searches and for asks, and a version that is neither fails in one line."""
     copy = tmp_path / "copy"
     shutil.copytree(os.path.join(ROOT, "qa"), copy / "qa", ignore=shutil.ignore_patterns("__pycache__"))
     service = copy / "qa" / "service.py"
@@ -49,6 +49,12 @@ def test_bench_ab_serves_each_version_at_once(fake_seed_index_dir, tmp_path):
             if line.startswith(("| /", f"| {ROOT}"))}
     assert set(rows) == {ROOT, str(copy)}, p.stdout
     assert float(rows[str(copy)][2]) > 1000 > float(rows[ROOT][2])  # took_ms p50: each server ran its own code
+    p = subprocess.run([*cmd, "--endpoint", "ask", ROOT, str(copy)], capture_output=True, text=True, timeout=300,
+                       cwd=ROOT)
+    assert p.returncode == 0 and "5 asks each" in p.stdout, p.stdout[-3000:] + p.stderr[-3000:]
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in p.stdout.splitlines()
+            if line.startswith(("| /", f"| {ROOT}"))}
+    assert float(rows[str(copy)][2]) > 1000 > float(rows[ROOT][2])  # the asks' took_ms, each from its own code
     p = subprocess.run([*cmd, "no-such-ref", ROOT], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert p.returncode == 1 and p.stderr.strip().splitlines() == [
         f"bench_ab: 'no-such-ref' is neither a folder holding qa/ nor a git ref of {ROOT}"]
