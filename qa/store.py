@@ -30,7 +30,7 @@ from .errors import IndexUnavailable
 from .ingest import Article, Paragraph
 from .manifest import Counts
 from .process import machine_memory
-from .rowcache import ROW_CACHE_BYTES, RowCache, TableRows, passage_runs, run_starts
+from .rowcache import ROW_CACHE_BYTES, RowCache, TableRows, passage_runs
 from .text import fold_case
 
 if TYPE_CHECKING:
