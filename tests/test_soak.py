@@ -1,9 +1,10 @@
 """Smoke tests of scripts/soak (a short soak on a small corpus passes: no errors, bounded memory growth), of
-scripts/fuzz and of scripts/bench_ab.
+scripts/fuzz and of scripts/bench_ab; and that scripts/bench_query.py measures side_by_side's reference.
 
 Two index builds with the real model plus 5 s of traffic; longer when the machine is busy, since the run always
 waits for its mid-run full build to finish.
 """
+import ast
 import os
 import shutil
 import subprocess
@@ -58,3 +59,26 @@ def test_bench_ab_serves_each_version_at_once(fake_seed_index_dir, tmp_path):
     p = subprocess.run([*cmd, "no-such-ref", ROOT], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert p.returncode == 1 and p.stderr.strip().splitlines() == [
         f"bench_ab: 'no-such-ref' is neither a folder holding qa/ nor a git ref of {ROOT}"]
+
+
+def _assigned(source: str, name: str):
+    """The literal value assigned to `name` at the top level of a module's source."""
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == name for t in node.targets):
+            return ast.literal_eval(node.value)
+    raise AssertionError(f"no {name} = ... in the source")
+
+
+def test_bench_query_divides_by_the_reference_side_by_side_measures():
+    """scripts/bench_query.py encodes, for its reference, the short queries that ../shared/bench/side_by_side.py
+    encodes for its own, so the two benchmarks' ratios share a denominator."""
+    peer = os.path.join(os.path.dirname(ROOT), "shared", "bench", "side_by_side.py")
+    if not os.path.exists(peer):
+        pytest.skip("../shared is not beside the project")
+    with open(peer, encoding="utf-8") as f:
+        peer_code = _assigned(f.read(), "REFERENCE")
+    peer_queries = [e.value for node in ast.walk(ast.parse(peer_code)) if isinstance(node, ast.List)
+                    for e in node.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)]
+    with open(os.path.join(ROOT, "scripts", "bench_query.py"), encoding="utf-8") as f:
+        ours = _assigned(f.read(), "REFERENCE_QUERIES")
+    assert peer_queries and list(ours) == peer_queries
