@@ -434,6 +434,47 @@ def _swap(build: _Build, mark: JournalMark | None, embedder: Embedder, recipe: M
 
 # --- load --------------------------------------------------------------------------------------------------
 
+class PassageCosines(NamedTuple):
+    """Every passage's best window cosine with one query (`Index.passage_cosines`)."""
+
+    passages: np.ndarray  # rowids, ascending
+    best: np.ndarray
+
+    def top(self, k: int) -> list[tuple[int, float]]:
+        """The k best (rowid, cosine), ties by rowid (as `search.top` orders them)."""
+        passages, best = self.passages, self.best
+        if len(best) > k:
+            keep = np.flatnonzero(best >= np.partition(best, len(best) - k)[len(best) - k])
+            passages, best = passages[keep], best[keep]
+        order = np.lexsort((passages, -best))[:k]
+        return list(zip(passages[order].tolist(), best[order].tolist()))
+
+    def of(self, rowids: Sequence[int]) -> dict[int, float]:
+        """The cosines of some passages, by rowid (those without windows left out)."""
+        ids = np.asarray(rowids, np.int64)
+        at = np.minimum(np.searchsorted(self.passages, ids), max(len(self.passages) - 1, 0))
+        found = self.passages[at] == ids if len(self.passages) else np.zeros(len(ids), bool)
+        return dict(zip(ids[found].tolist(), self.best[at[found]].tolist()))
+
+
+class WindowLayout(NamedTuple):
+    """Where each passage's windows lie in the vector index's storage order, for `Index.passage_cosines`."""
+
+    ids: np.ndarray  # the vector index's `stored_ids` it was made from
+    order: np.ndarray  # storage positions, passage by passage
+    starts: np.ndarray  # where each passage's positions begin in `order`
+    passages: np.ndarray  # their rowids, ascending
+
+    @classmethod
+    def of(cls, ids: np.ndarray, owners: np.ndarray) -> WindowLayout:
+        """From the stored window ids and their passages' rowids (-1: none, left out)."""
+        order = np.argsort(owners, kind="stable")
+        order = order[owners[order] >= 0]
+        owned = owners[order]
+        starts = np.flatnonzero(np.concatenate(([True], owned[1:] != owned[:-1]))) if len(owned) else owned
+        return cls(ids, order, starts, owned[starts])
+
+
 class Index:
     """A loaded index folder: manifest, store, vector and lexical indexes and the window → passage map. Read-only."""
 
@@ -449,10 +490,26 @@ class Index:
         self.embedder = embedder
         self.lexical = lexical
         self.dim = int(manifest.dim)
+        self._layout: WindowLayout | None = None
 
     @property
     def passage_count(self) -> int:
         return int(self.manifest.counts.passages)
+
+    def passage_cosines(self, qvec: np.ndarray) -> PassageCosines | None:
+        """Every passage's best window cosine with a query when the vector index is exact (flat), else None. Its
+        search scores every window anyway: kept whole, it gives the dense candidates and every other candidate's
+        dense signal in one pass (docs/ranking.md#candidates)."""
+        stored = self.vectors.stored_ids()
+        if stored is None:
+            return None
+        layout = self._layout
+        if layout is None or layout.ids is not stored:
+            layout = self._layout = WindowLayout.of(stored, self.passages_of_windows(stored))
+        if not len(layout.passages):
+            return PassageCosines(layout.passages, np.zeros(0, np.float32))
+        scores = self.vectors.inner_products(qvec)
+        return PassageCosines(layout.passages, np.maximum.reduceat(scores[layout.order], layout.starts))
 
     def passages_of_windows(self, ids: np.ndarray) -> np.ndarray:
         """Passage row ids of window ids (-1 where unknown)."""

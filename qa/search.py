@@ -23,7 +23,7 @@ from .store import Filters, StoredPassage
 from .text import TermMatcher, query_pairs, query_terms
 
 if TYPE_CHECKING:
-    from .index import Index
+    from .index import Index, PassageCosines
 
 MODES = ("hybrid", "dense", "lexical")
 DEPTH = 50  # candidates from each side: a cost knob, measured against quality in docs/ranking.md
@@ -164,7 +164,7 @@ def _search(index: Index, query: str, k: int, mode: str, filters: Filters | None
     signals for the shortlist, fusion, then duplicate collapse."""
     timings = {"embed_ms": 0.0, "dense_ms": 0.0, "lexical_ms": 0.0, "fuse_ms": 0.0}
     depth = max(depth, k)
-    qvec = qtokens = None
+    qvec = qtokens = exact = None
     dense: Ranked = []
     lexical: Ranked = []
     terms, pairs = query_terms(query), query_pairs(query)
@@ -173,7 +173,8 @@ def _search(index: Index, query: str, k: int, mode: str, filters: Filters | None
         qvec, qtokens = index.embedder.encode_query(query)
         timings["embed_ms"] = _ms(t)
         t = time.perf_counter()
-        dense = dense_candidates(index, qvec, depth, filters)
+        exact = index.passage_cosines(qvec) if not filters else None
+        dense = exact.top(depth) if exact is not None else dense_candidates(index, qvec, depth, filters)
         timings["dense_ms"] = _ms(t)
     if mode in ("hybrid", "lexical"):
         t = time.perf_counter()
@@ -185,7 +186,7 @@ def _search(index: Index, query: str, k: int, mode: str, filters: Filters | None
     if mode != "dense":
         _rescore_lexical(index, found, terms, pairs)
     if qvec is not None and found.ids:
-        _complete_dense(index, found, qvec)
+        _complete_dense(index, found, qvec, exact)
         found.ids = shortlist(found.ids, found.dense, found.lexical if mode == "hybrid" else None,
                               max(rerank, 3 * k))
         _add_sentence_signals(index, found, qvec, terms)
@@ -205,11 +206,14 @@ def _rescore_lexical(index: Index, found: Candidates, terms: list[str], pairs: l
         found.lexical.update(index.lexical_scores(terms, rescore, pairs=pairs))
 
 
-def _complete_dense(index: Index, found: Candidates, qvec: np.ndarray) -> None:
+def _complete_dense(index: Index, found: Candidates, qvec: np.ndarray, exact: PassageCosines | None) -> None:
     """The best window's cosine for the candidates only the lexical side found: every candidate then has both
-    cheap whole-passage signals exactly, whichever side found it."""
+    cheap whole-passage signals exactly, whichever side found it. From `exact` when the vector index gave every
+    passage's, else from their stored windows."""
     missing = [rid for rid in found.ids if rid not in found.dense]
-    if missing:
+    if missing and exact is not None:
+        found.dense.update(exact.of(missing))
+    elif missing:
         windows = index.store.window_vectors(missing, index.dim)
         for rid, s in zip(windows.passages.tolist(), windows.cosines(qvec).tolist()):
             found.dense[rid] = max(s, found.dense.get(rid, -math.inf))
@@ -324,16 +328,16 @@ def fuse_hybrid(sentence: Mapping[int, float], lexical: Mapping[int, float], evi
 def collapse_duplicates(index: Index, hits: list[Hit]) -> list[Hit]:
     """Fold near-identical passages (cosine ≥ DUPLICATE_COSINE, or the same text) into the best-ranked copy."""
     vecs = index.store.passage_vectors([h.passage.rowid for h in hits], index.dim)
-    close = (vecs @ vecs.T >= DUPLICATE_COSINE).tolist()
-    words = [h.passage.words_hash for h in hits]  # the same words, whatever the spacing and case
-    kept: list[int] = []
-    for i, hit in enumerate(hits):
-        for j in kept:
-            same = close[i][j] or (
-                words[i] == words[j] and hit.passage.words() == hits[j].passage.words())
-            if same and hit.passage.doc_id != hits[j].passage.doc_id:
+    close = vecs @ vecs.T >= DUPLICATE_COSINE
+    words = np.array([h.passage.words_hash for h in hits], np.int64)  # the same words, whatever spacing and case
+    maybe = np.tril(close | (words[:, None] == words[None, :]), -1)  # (i, j < i) pairs that may be copies
+    kept = np.ones(len(hits), bool)
+    for i in np.flatnonzero(maybe.any(axis=1)).tolist():
+        hit = hits[i]
+        for j in np.flatnonzero(maybe[i] & kept).tolist():  # into the best-ranked copy still kept
+            if (close[i, j] or hit.passage.words() == hits[j].passage.words()) \
+                    and hit.passage.doc_id != hits[j].passage.doc_id:
                 hits[j].duplicates.append(hit.passage)
+                kept[i] = False
                 break
-        else:
-            kept.append(i)
-    return [hits[i] for i in kept]
+    return [hit for hit, keep in zip(hits, kept.tolist()) if keep]

@@ -3,12 +3,13 @@ import glob
 import json
 import os
 
+import numpy as np
 import pytest
 
 from qa.errors import IndexUnavailable, NotFound
-from qa.index import add_documents, build_index, check_index, load_index, remove_documents
+from qa.index import PassageCosines, add_documents, build_index, check_index, load_index, remove_documents
 from qa.ingest import article_from_dict
-from qa.search import DUPLICATE_COSINE, search
+from qa.search import DUPLICATE_COSINE, dense_candidates, search
 from qa.store import Filters
 
 from conftest import WOMBAT, ZEBRA, write_jsonl
@@ -75,6 +76,35 @@ def test_filters_apply_before_the_cut(built, fake_embedder):
     assert search(idx, "workers", 10, filters=Filters(doc_id="zzz")).hits == []
 
 
+def test_passage_cosines_top_and_lookup():
+    cos = PassageCosines(np.array([2, 5, 7, 9]), np.array([0.5, 0.9, 0.5, 0.1], np.float32))
+    assert cos.top(2) == [(5, pytest.approx(0.9)), (2, 0.5)]  # a tie at the cut goes to the lower rowid
+    assert [rid for rid, _ in cos.top(10)] == [5, 2, 7, 9]
+    assert cos.of([9, 3, 5]) == {9: pytest.approx(0.1), 5: pytest.approx(0.9)}  # 3 has no windows
+    assert PassageCosines(np.zeros(0, np.int64), np.zeros(0, np.float32)).of([1]) == {}
+
+
+def test_an_exact_index_gives_every_passage_its_best_window(fake_seed_index_dir, fake_embedder):
+    """A flat index's every-window pass gives each passage the cosine of its best stored window, and the dense
+    candidates FAISS's own search gives; a filtered search takes FAISS's path and finds the same."""
+    idx = _load(fake_seed_index_dir, fake_embedder)
+    qvec = fake_embedder.encode_query("what actions has China taken?")[0]
+    exact = idx.passage_cosines(qvec)
+    rowids = np.unique(idx.window_passages).tolist()
+    windows = idx.store.window_vectors(rowids, idx.dim)  # int8 codes: close, not equal
+    best: dict[int, float] = {}
+    for rid, c in zip(windows.passages.tolist(), windows.cosines(qvec).tolist()):
+        best[rid] = max(c, best.get(rid, -1.0))
+    assert exact.passages.tolist() == rowids
+    assert np.allclose(exact.best, [best[r] for r in rowids], atol=0.02)
+    assert exact.top(5) == [(rid, pytest.approx(s, abs=1e-6)) for rid, s in dense_candidates(idx, qvec, 5, None)]
+    plain = search(idx, "what actions has China taken?", 5, mode="dense")
+    every = Filters(doc_id=plain.hits[0].passage.doc_id)  # the seed is one article
+    filtered = search(idx, "what actions has China taken?", 5, mode="dense", filters=every)
+    assert [(h.passage.rowid, h.scores["dense"]) for h in plain.hits] == \
+        [(h.passage.rowid, pytest.approx(h.scores["dense"], abs=1e-6)) for h in filtered.hits]
+
+
 def test_sentence_signals_only_for_the_shortlist(built, fake_embedder):
     idx = _load(built, fake_embedder)
     full = search(idx, "workers pay harbour", 10)
@@ -107,6 +137,22 @@ def test_near_duplicates_collapse(tmp_path, fake_embedder):
     assert float(vecs["w0"] @ vecs["w2"]) < DUPLICATE_COSINE
     assert sum(1 for h in hits if h.passage.doc_id.startswith("w")) == 1
     assert "duplicates" in hits[0].to_dict(1)
+
+
+def test_a_paragraph_repeated_in_one_article_is_not_folded(tmp_path, fake_embedder):
+    """Copies are of one story in other outlets: a paragraph an article repeats stays two hits, and a third copy in
+    another article folds into the first, not into the second."""
+    text = "Dock workers at the harbour walked out over pay on Monday morning."
+    arts = [{"id": "a", "title": "Strike", "paragraphs": [text, "Talks resume next week.", text]},
+            {"id": "b", "title": "Strike", "paragraphs": [text]}]
+    path = tmp_path / "repeat.jsonl"
+    path.write_text("".join(json.dumps(a) + "\n" for a in arts))
+    idx_dir = str(tmp_path / "index")
+    build_index([str(path)], idx_dir, embedder=fake_embedder)
+    hits = search(_load(idx_dir, fake_embedder), "dock workers harbour pay", 5).hits
+    copies = [h for h in hits if h.passage.text == text]
+    assert [(h.passage.doc_id, h.passage.paragraph_index) for h in copies] == [("a", 0), ("a", 2)]
+    assert [d.doc_id for d in copies[0].duplicates] == ["b"] and copies[1].duplicates == []
 
 
 def test_other_model_is_refused(built):

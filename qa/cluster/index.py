@@ -126,6 +126,10 @@ class ClusterIndex:
     def degraded(self) -> list[str]:
         return []
 
+    def passage_cosines(self, qvec: np.ndarray) -> None:
+        """None: Milvus scores the windows (`Index.passage_cosines`)."""
+        return None
+
     def passages_of_windows(self, ids: np.ndarray) -> np.ndarray:
         """Passage row ids of window ids (a window's id is its passage's, shifted and numbered)."""
         return passages_of(ids)

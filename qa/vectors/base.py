@@ -67,6 +67,13 @@ class VectorIndex(Protocol):
     def search(self, queries: np.ndarray, k: int, allow: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(scores, ids) of the k best per query, restricted to `allow` ids when given; missing slots are id -1."""
 
+    def stored_ids(self) -> np.ndarray | None:
+        """The ids in the order `inner_products` scores them when it can (an exact index in this process), else
+        None."""
+
+    def inner_products(self, query: np.ndarray) -> np.ndarray:
+        """Every vector's inner product with one query, in the order of `stored_ids` (not None)."""
+
     def search_filtered(self, queries: np.ndarray, k: int, filters: Filters | None,
                         store: Store) -> tuple[np.ndarray, np.ndarray]:
         """Like `search`, restricted to the rows whose documents pass `filters` (the store is the reference)."""

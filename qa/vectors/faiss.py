@@ -94,6 +94,7 @@ class FaissIndex:
         self.rebuilt: str | None = None  # why a reader rebuilt it in memory: the server is degraded
         self.deleted: set[int] = deleted or set()
         self._deleted_sel = None  # cached IDSelectorNot over the tombstones
+        self._stored_ids: np.ndarray | None = None  # a flat index's ids in storage order, until it changes
         if index is None:
             if kind == "flat":
                 index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
@@ -160,6 +161,7 @@ class FaissIndex:
                 self.deleted.difference_update(ids.tolist())
                 self._deleted_sel = None
             self.index.add_with_ids(vectors, ids)
+        self._stored_ids = None
 
     def remove(self, ids: np.ndarray) -> None:
         import faiss
@@ -170,6 +172,7 @@ class FaissIndex:
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         if self.kind == "flat":
             self.index.remove_ids(faiss.IDSelectorBatch(ids))
+            self._stored_ids = None
         else:  # graphs and refine stages cannot drop entries: hide them until the next rebuild
             self.deleted.update(ids.tolist())
             self._deleted_sel = None
@@ -243,6 +246,28 @@ class FaissIndex:
             params._keep = keep  # FAISS holds raw pointers to these: keep them alive for the call
         scores, ids = self.index.search(queries, k, params=params)
         return scores, ids
+
+    def stored_ids(self) -> np.ndarray | None:
+        """The ids in storage order when `inner_products` can answer (an exact index), else None."""
+        import faiss
+
+        if self.kind != "flat" or self.index is None or self.deleted:
+            return None
+        if self._stored_ids is None:
+            self._stored_ids = faiss.vector_to_array(self.index.id_map).astype(np.int64)
+        return self._stored_ids
+
+    def inner_products(self, query: np.ndarray) -> np.ndarray:
+        """Every stored vector's inner product with one query, in storage order (`stored_ids`, which must not be
+        None): the pass an exact search makes, every score kept. FAISS's own kernel, since the vectors of a mapped
+        file need not be aligned for numpy, which would copy them first."""
+        import faiss
+
+        flat = faiss.downcast_index(self.index.index)
+        out = np.empty(flat.ntotal, np.float32)
+        query = np.ascontiguousarray(query, np.float32).reshape(self.dim)
+        faiss.fvec_inner_products_ny(faiss.swig_ptr(out), faiss.swig_ptr(query), flat.get_xb(), self.dim, len(out))
+        return out
 
     def search_filtered(self, queries: np.ndarray, k: int, filters: "Filters | None",
                         store: "Store") -> tuple[np.ndarray, np.ndarray]:

@@ -472,6 +472,13 @@ class MilvusIndex:
             return self._search(queries, k, "")
         return self._search_ids(queries, k, allow)
 
+    def stored_ids(self) -> None:
+        """None: Milvus scores its vectors itself (`search`)."""
+        return None
+
+    def inner_products(self, query: np.ndarray) -> np.ndarray:
+        raise TypeError("Milvus keeps no vectors in this process to score (stored_ids() is None)")
+
     def search_filtered(self, queries: np.ndarray, k: int, filters: "Filters | None",
                         store: "Store") -> tuple[np.ndarray, np.ndarray]:
         """`search` restricted to rows whose documents pass `filters`, as a filter expression over the document

@@ -124,6 +124,31 @@ def test_remove_save_load(built, data, tmp_path):
     assert len(live) == loaded.ntotal and not np.isin(live, gone).any()
 
 
+def test_inner_products_score_every_vector_of_an_exact_index(built, data, tmp_path):
+    """A flat index scores every stored vector in storage order, alike when its file is mapped (unaligned for
+    numpy); its ids follow removals and adds. The approximate kinds cannot."""
+    kind, src = built
+    ids, xb, xq = data
+    import faiss
+
+    idx = V.FaissIndex(DIM, kind, faiss.clone_index(src.index))
+    if kind != "flat":
+        assert idx.stored_ids() is None
+        return
+    assert np.array_equal(idx.stored_ids(), ids)
+    assert np.allclose(idx.inner_products(xq[0]), xb @ xq[0], atol=1e-5)
+    idx.remove(ids[:10])
+    idx.add(ids[:3], xb[:3])
+    stored = idx.stored_ids()
+    assert sorted(stored.tolist()) == sorted(ids[10:].tolist() + ids[:3].tolist())
+    by_id = dict(zip(ids.tolist(), xb @ xq[1]))
+    assert np.allclose(idx.inner_products(xq[1]), [by_id[i] for i in stored.tolist()], atol=1e-5)
+    idx.save(str(tmp_path), 1)
+    mapped, _ = V.FaissIndex.load(str(tmp_path), DIM, mmap=True)
+    assert np.array_equal(mapped.stored_ids(), stored)
+    assert np.array_equal(mapped.inner_products(xq[1]), idx.inner_products(xq[1]))
+
+
 def _mapped_files() -> set[str]:
     with open("/proc/self/maps", encoding="utf-8") as f:  # address perms offset dev inode [path]
         return {fields[5].strip() for fields in (line.split(maxsplit=5) for line in f) if len(fields) == 6}
