@@ -28,6 +28,7 @@ from .ingest import Article, Problem, read_sources
 from .lexical import DIRNAME as LEXICAL_DIR, LABEL as LEXICAL_LABEL, LexicalIndex
 from .prepare import PreparedArticle, prepare_articles, prepare_in_batches
 from .manifest import STORES, Counts, Manifest, now
+from .rowcache import run_starts
 from .store import JOURNAL_KEEP, STORE_FILE, Filters, Store
 from .vectors import (DocFields, VectorBuild, VectorIndex, VectorSettings, begin_build, build_settings,
                       check_available, check_vectors, choose_kind, fill, open_synced, open_vectors)
@@ -434,6 +435,15 @@ def _swap(build: _Build, mark: JournalMark | None, embedder: Embedder, recipe: M
 
 # --- load --------------------------------------------------------------------------------------------------
 
+def positions_in(keys: np.ndarray, ids: Sequence[int] | np.ndarray) -> np.ndarray:
+    """Each of `ids`'s position in the ascending `keys`, -1 where it is not there."""
+    ids = np.asarray(ids, np.int64)
+    if not len(keys):
+        return np.full(len(ids), -1, np.intp)
+    at = np.minimum(np.searchsorted(keys, ids), len(keys) - 1)
+    return np.where(keys[at] == ids, at, -1)
+
+
 class PassageCosines(NamedTuple):
     """Every passage's best window cosine with one query (`Index.passage_cosines`)."""
 
@@ -451,10 +461,9 @@ class PassageCosines(NamedTuple):
 
     def of(self, rowids: Sequence[int]) -> dict[int, float]:
         """The cosines of some passages, by rowid (those without windows left out)."""
-        ids = np.asarray(rowids, np.int64)
-        at = np.minimum(np.searchsorted(self.passages, ids), max(len(self.passages) - 1, 0))
-        found = self.passages[at] == ids if len(self.passages) else np.zeros(len(ids), bool)
-        return dict(zip(ids[found].tolist(), self.best[at[found]].tolist()))
+        at = positions_in(self.passages, rowids)
+        found = at >= 0
+        return dict(zip(np.asarray(rowids, np.int64)[found].tolist(), self.best[at[found]].tolist()))
 
 
 class WindowLayout(NamedTuple):
@@ -471,7 +480,7 @@ class WindowLayout(NamedTuple):
         order = np.argsort(owners, kind="stable")
         order = order[owners[order] >= 0]
         owned = owners[order]
-        starts = np.flatnonzero(np.concatenate(([True], owned[1:] != owned[:-1]))) if len(owned) else owned
+        starts = run_starts(owned)
         return cls(ids, order, starts, owned[starts])
 
 
@@ -506,19 +515,16 @@ class Index:
         layout = self._layout
         if layout is None or layout.ids is not stored:
             layout = self._layout = WindowLayout.of(stored, self.passages_of_windows(stored))
-        if not len(layout.passages):
-            return PassageCosines(layout.passages, np.zeros(0, np.float32))
         scores = self.vectors.inner_products(qvec)
         return PassageCosines(layout.passages, np.maximum.reduceat(scores[layout.order], layout.starts))
 
     def passages_of_windows(self, ids: np.ndarray) -> np.ndarray:
         """Passage row ids of window ids (-1 where unknown)."""
-        pos = np.searchsorted(self.window_ids, ids)
-        pos = np.clip(pos, 0, max(len(self.window_ids) - 1, 0))
-        if not len(self.window_ids):
-            return np.full(len(ids), -1, np.int64)
-        found = self.window_ids[pos] == ids
-        return np.where(found, self.window_passages[pos], -1)
+        at = positions_in(self.window_ids, ids)
+        found = at >= 0
+        out = np.full(len(at), -1, np.int64)
+        out[found] = self.window_passages[at[found]]
+        return out
 
     def lexical_search(self, terms: Sequence[str], limit: int,
                        filters: Filters | None = None) -> list[tuple[int, float]]:
