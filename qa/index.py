@@ -509,14 +509,22 @@ class Index:
         """Every passage's best window cosine with a query when the vector index is exact (flat), else None. Its
         search scores every window anyway: kept whole, it gives the dense candidates and every other candidate's
         dense signal in one pass (docs/ranking.md#candidates)."""
+        layout = self.window_layout()
+        if layout is None:
+            return None
+        scores = self.vectors.inner_products(qvec)
+        return PassageCosines(layout.passages, np.maximum.reduceat(scores[layout.order], layout.starts))
+
+    def window_layout(self) -> WindowLayout | None:
+        """`passage_cosines`' layout of the windows, made once for the vector index's current storage (None when it
+        is not exact). `Engine` makes it before a loaded index goes live, so no search pays for its sort."""
         stored = self.vectors.stored_ids()
         if stored is None:
             return None
         layout = self._layout
         if layout is None or layout.ids is not stored:
             layout = self._layout = WindowLayout.of(stored, self.passages_of_windows(stored))
-        scores = self.vectors.inner_products(qvec)
-        return PassageCosines(layout.passages, np.maximum.reduceat(scores[layout.order], layout.starts))
+        return layout
 
     def passages_of_windows(self, ids: np.ndarray) -> np.ndarray:
         """Passage row ids of window ids (-1 where unknown)."""

@@ -139,8 +139,10 @@ class Engine:
         self._prewarm_soon()
 
     def _prewarm(self, index: Index) -> None:
-        """Decode the rows searches read into the index's row cache ahead of them (`Store.prewarm`)."""
+        """Decode the rows searches read into the index's row cache ahead of them (`Store.prewarm`), and lay out
+        an exact vector index's windows by passage (`Index.window_layout`)."""
         try:
+            index.window_layout()
             warmed = index.store.prewarm(index.dim)
         except Exception:  # only a head start: a store that cannot be read fails its searches with the reason
             log.exception("could not read rows ahead of searches")

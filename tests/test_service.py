@@ -12,7 +12,11 @@ from conftest import wait_for
 
 def _warm(index) -> bool:
     """Whether the index's row cache is of its store's newest generation and holds every passage's vector (in its
-    table, or in an entry each)."""
+    table, or in an entry each), and its exact vector index's windows are laid out by passage."""
+    stored = index.vectors.stored_ids()
+    assert stored is not None  # the fixtures' indexes are flat
+    if index._layout is None or index._layout.ids is not stored:
+        return False
     store = index.store
     rows = store._rows
     if rows is None or rows.generation != store.generation:
