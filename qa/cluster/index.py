@@ -130,6 +130,10 @@ class ClusterIndex:
         """None: Milvus scores the windows (`Index.passage_cosines`)."""
         return None
 
+    def window_layout(self) -> None:
+        """None: no exact pass to lay the windows out for (`Index.window_layout`)."""
+        return None
+
     def passages_of_windows(self, ids: np.ndarray) -> np.ndarray:
         """Passage row ids of window ids (a window's id is its passage's, shifted and numbered)."""
         return passages_of(ids)

@@ -3,6 +3,7 @@ two engines on one database standing for two replicas, a rebuild under queries, 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
@@ -98,6 +99,17 @@ def test_rankings_and_answers_equal_the_local_engine(cluster_dir, local_dir, mon
             assert answer_question(cluster, q, 5).text == answer_question(local, q, 5).text
     finally:
         cluster.close()
+
+
+def test_an_engine_warms_a_cluster_index_without_error(cluster_dir, caplog):
+    from qa.config import Config
+    from qa.service import Engine
+
+    engine = Engine(Config(index_dir=cluster_dir, reload_interval=0), embedder=HashEmbedder())
+    with caplog.at_level(logging.WARNING):
+        engine.warm_up()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert engine.search({"q": _questions(1)[0]})["results"]
 
 
 NEW = {"id": "quokka-news", "title": "Quokka census", "source": "Island Post", "published": "2026-11-30",
