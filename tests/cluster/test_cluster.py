@@ -112,6 +112,62 @@ def test_an_engine_warms_a_cluster_index_without_error(cluster_dir, caplog):
     assert engine.search({"q": _questions(1)[0]})["results"]
 
 
+# read only where the engine checks for them first: a cluster index's own (`hasattr`), a local store's row cache
+CLUSTER_ONLY = {"stale", "check_reachable"}
+LOCAL_STORE_ONLY = {"set_row_budget", "carry_rows"}
+
+
+def _read_of_an_index() -> tuple[set[str], set[str]]:
+    """The attributes the search, answer, evaluation and engine code reads of an index (`index.x`, `self._index.x`,
+    `self.index().x`) and of its store (`index.store.x`)."""
+    import ast
+    import glob
+
+    import qa
+
+    root = os.path.dirname(qa.__file__)
+    names = ["search.py", "answer.py", "service.py", "evaluate.py", "text.py"]
+    files = [os.path.join(root, n) for n in names] + glob.glob(os.path.join(root, "web", "*.py"))
+
+    def is_index(node: ast.AST) -> bool:
+        if isinstance(node, ast.Name):
+            return node.id == "index"
+        if isinstance(node, ast.Attribute):
+            return node.attr == "_index" and isinstance(node.value, ast.Name) and node.value.id == "self"
+        return isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "index"
+
+    of_index, of_store = set(), set()
+    for path in files:
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Attribute):
+                continue
+            if is_index(node.value):
+                of_index.add(node.attr)
+            elif isinstance(node.value, ast.Attribute) and node.value.attr == "store" and is_index(node.value.value):
+                of_store.add(node.attr)
+    return of_index, of_store
+
+
+def test_a_cluster_index_has_what_the_code_reads_of_an_index(cluster_dir, local_dir):
+    """The engine serves a local or a cluster index alike: whatever it and the searches read of one, the other has
+    (a method added to one alone failed only on the other)."""
+    of_index, of_store = _read_of_an_index()
+    assert {"store", "embedder", "passage_cosines", "window_layout", "lexical_scores", "doc_freqs"} <= of_index
+    assert {"snapshot", "sentences", "prewarm", "count_passages"} <= of_store
+    embedder = HashEmbedder()
+    cluster, local = load_index(cluster_dir, embedder=embedder), load_index(local_dir, embedder=embedder)
+    try:
+        assert [n for n in sorted(of_index) if not hasattr(cluster, n)] == []
+        assert [n for n in sorted(of_index - CLUSTER_ONLY) if not hasattr(local, n)] == []
+        assert [n for n in sorted(of_store - LOCAL_STORE_ONLY) if not hasattr(cluster.store, n)] == []
+        assert [n for n in sorted(of_store) if not hasattr(local.store, n)] == []
+    finally:
+        cluster.close()
+        local.close()
+
+
 NEW = {"id": "quokka-news", "title": "Quokka census", "source": "Island Post", "published": "2026-11-30",
        "paragraphs": ["Rangers counted twelve thousand quokkas on Rottnest Island this spring.",
                       "The quokka census runs every five years."]}
