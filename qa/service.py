@@ -132,7 +132,9 @@ class Engine:
     def reload_now(self) -> None:
         """Load the index again synchronously (after this process changed it)."""
         with self._lock:
-            self._index = self._load()
+            index = self._load()
+            index.window_layout()  # before it goes live, as a reload does (`_prewarm`): no search waits for it
+            self._index = index
         if isinstance(self._index.store, Store):
             self._index.store.carry_rows()
         release_memory()  # after a write in this process: its writer's caches are freed by now

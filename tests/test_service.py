@@ -38,7 +38,14 @@ def test_the_row_cache_is_warm_at_start_and_after_every_write(fake_seed_copy, fa
     assert wait_for(lambda: engine.index() is not None and engine.reloads == 1)
     assert _warm(engine.index())
 
-    # this engine's own writes: answered at once, the cache warmed behind them
+    # this engine's own writes: answered at once, the windows laid out before the new index goes live and the
+    # cache warmed behind them
+    warm_behind = engine._prewarm_soon
+    engine._prewarm_soon = lambda: None  # so only the write itself can have laid them out
+    engine.add_article({"id": "own-x", "title": "Port", "paragraphs": ["Tugs waited at the breakwater."]})
+    index = engine.index()
+    assert index._layout is not None and index._layout.ids is index.vectors.stored_ids()
+    engine._prewarm_soon = warm_behind
     for n in range(3):
         engine.add_article({"id": f"own-{n}", "title": "Port", "paragraphs": [f"Cranes stood idle for {n} days."]})
     assert wait_for(lambda: not engine._warming and _warm(engine.index()))
