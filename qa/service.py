@@ -84,6 +84,7 @@ class Engine:
         index = load_index(self.config.index_dir, embedder=embedder, store=previous)
         if isinstance(index.store, Store) and index.store is not previous:  # a cluster store keeps rows for one search
             index.store.set_row_budget(self.config.row_cache_mb)
+        index.window_layout()  # before the index goes live, whichever way it loads: no search waits for the sort
         self._stamp = stamp
         return index
 
@@ -132,19 +133,15 @@ class Engine:
     def reload_now(self) -> None:
         """Load the index again synchronously (after this process changed it)."""
         with self._lock:
-            index = self._load()
-            index.window_layout()  # before it goes live, as a reload does (`_prewarm`): no search waits for it
-            self._index = index
+            self._index = self._load()
         if isinstance(self._index.store, Store):
             self._index.store.carry_rows()
         release_memory()  # after a write in this process: its writer's caches are freed by now
         self._prewarm_soon()
 
     def _prewarm(self, index: Index) -> None:
-        """Decode the rows searches read into the index's row cache ahead of them (`Store.prewarm`), and lay out
-        an exact vector index's windows by passage (`Index.window_layout`)."""
+        """Decode the rows searches read into the index's row cache ahead of them (`Store.prewarm`)."""
         try:
-            index.window_layout()
             warmed = index.store.prewarm(index.dim)
         except Exception:  # only a head start: a store that cannot be read fails its searches with the reason
             log.exception("could not read rows ahead of searches")
