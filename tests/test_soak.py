@@ -33,6 +33,12 @@ def test_fuzz_passes():
     assert p.returncode == 0 and "PASS: 0 failures" in p.stdout, p.stdout[-3000:] + p.stderr[-3000:]
 
 
+def _version_rows(stdout: str) -> dict[str, list[str]]:
+    """bench_ab's table rows by version (a folder path), each split into its cells."""
+    return {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in stdout.splitlines()
+            if line.startswith(("| /", f"| {ROOT}"))}
+
+
 def test_bench_ab_serves_each_version_at_once(fake_seed_index_dir, tmp_path):
     """scripts/bench_ab: a folder and a git ref served side by side, each from its own code (a copy of qa/ that
     answers differently shows it), for searches and for asks, and a version that is neither fails in one line."""
@@ -46,15 +52,13 @@ def test_bench_ab_serves_each_version_at_once(fake_seed_index_dir, tmp_path):
            "--rounds", "2", "--block", "5", "--questions", os.path.join(ROOT, "eval", "squad-dev", "questions.jsonl")]
     p = subprocess.run([*cmd, ROOT, str(copy)], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in p.stdout.splitlines()
-            if line.startswith(("| /", f"| {ROOT}"))}
+    rows = _version_rows(p.stdout)
     assert set(rows) == {ROOT, str(copy)}, p.stdout
     assert float(rows[str(copy)][2]) > 1000 > float(rows[ROOT][2])  # took_ms p50: each server ran its own code
     p = subprocess.run([*cmd, "--endpoint", "ask", ROOT, str(copy)], capture_output=True, text=True, timeout=300,
                        cwd=ROOT)
     assert p.returncode == 0 and "5 asks each" in p.stdout, p.stdout[-3000:] + p.stderr[-3000:]
-    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in p.stdout.splitlines()
-            if line.startswith(("| /", f"| {ROOT}"))}
+    rows = _version_rows(p.stdout)
     assert float(rows[str(copy)][2]) > 1000 > float(rows[ROOT][2])  # the asks' took_ms, each from its own code
     p = subprocess.run([*cmd, "no-such-ref", ROOT], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert p.returncode == 1 and p.stderr.strip().splitlines() == [
