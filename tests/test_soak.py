@@ -1,10 +1,12 @@
 """Smoke tests of scripts/soak (a short soak on a small corpus passes: no errors, bounded memory growth), of
-scripts/fuzz and of scripts/bench_ab; and that scripts/bench_query.py measures side_by_side's reference.
+scripts/fuzz, scripts/bench_ab and scripts/bench_stages; and that scripts/bench_query.py measures side_by_side's
+reference.
 
 Two index builds with the real model plus 5 s of traffic; longer when the machine is busy, since the run always
 waits for its mid-run full build to finish.
 """
 import ast
+import json
 import os
 import shutil
 import subprocess
@@ -63,6 +65,26 @@ def test_bench_ab_serves_each_version_at_once(fake_seed_index_dir, tmp_path):
     p = subprocess.run([*cmd, "no-such-ref", ROOT], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert p.returncode == 1 and p.stderr.strip().splitlines() == [
         f"bench_ab: 'no-such-ref' is neither a folder holding qa/ nor a git ref of {ROOT}"]
+
+
+def test_bench_stages_times_the_steps_a_search_takes(fake_seed_index_dir):
+    """scripts/bench_stages: each step a search on an exact index takes is timed once a search (the approximate
+    index's dense candidates, which it skips, not at all), and nested steps under theirs."""
+    cmd = [sys.executable, os.path.join(ROOT, "scripts", "bench_stages.py"), "--index-dir", fake_seed_index_dir,
+           "--questions", "6", "--warmup", "2", "--rounds", "2", "--json"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    out = json.loads(p.stdout)
+    assert len(out["rounds"]) == 2 and out["passages"] > 0
+    for result in out["rounds"]:
+        steps = result["steps"]
+        once = ["the query's embedding", "the pass over every window (an exact index)", "tantivy's top-k",
+                "the exact BM25 with proximity of the candidates", "the sentence signals", "term coverage",
+                "the fusion", "the hits' passages", "the duplicate collapse"]
+        assert {label: steps[label]["calls"] for label in once} == dict.fromkeys(once, 1.0)
+        assert "the dense candidates (an approximate index, or filters)" not in steps
+        assert steps["term coverage"]["depth"] == 1 and steps["the sentence signals"]["depth"] == 0
+        assert 0 < steps["term coverage"]["p50_ms"] <= result["search_ms"]
 
 
 def _assigned(source: str, name: str):
