@@ -372,10 +372,7 @@ def serve(index_dir: str | None, host: str, port: int, threads: int, workers: in
     cfg = _config(index_dir=index_dir)
     _check_workers(cfg.index_dir, workers)
     process.tune_malloc()
-    # one thread per query encode: concurrent requests use the cores (docs/performance.md#threads)
-    os.environ.setdefault("QA_EMBED_THREADS", "1")
-    # ...and every core for a request alone on the server, whichever worker serves it (the workers share their counts)
-    os.environ.setdefault("QA_EMBED_IDLE_THREADS", str(process.cpu_count()))
+    process.serving_encode_threads()
     server.check_port_free(host, port)
     click.echo(f"serving {os.path.abspath(cfg.index_dir)} on http://{host}:{port}"
                + (f" ({workers} workers)" if workers > 1 else ""), err=True)

@@ -113,6 +113,14 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+def serving_encode_threads() -> None:
+    """The query encode's threads as `qa serve` runs them, unless the environment says otherwise: one a request, as
+    concurrent requests use the cores, and every core for a request alone on the server, whichever worker serves it
+    (the idle session, docs/performance.md#threads). Call it before the embedder loads."""
+    os.environ.setdefault("QA_EMBED_THREADS", "1")
+    os.environ.setdefault("QA_EMBED_IDLE_THREADS", str(cpu_count()))
+
+
 class WorkerCounts:
     """Each worker process's count of requests in flight, in memory the workers of one server share: made by the
     server before it forks them, so a request alone in its process can tell whether the other workers are idle too.

@@ -73,11 +73,11 @@ def timed(fn: Callable, times: list[float]) -> Callable:
     return wrapper
 
 
-def instrument(index) -> dict[str, list[float]]:
+def instrument(labels: list[Step]) -> dict[str, list[float]]:
     """Put a timer on every step; the calls' seconds by label. A step the code no longer has is an error, not a row
     left out: the table would go on without it."""
     times: dict[str, list[float]] = defaultdict(list)
-    for step in steps(index):
+    for step in labels:
         fn = getattr(step.owner, step.name, None)
         if fn is None:
             raise SystemExit(f"bench_stages: {getattr(step.owner, '__name__', step.owner)} has no {step.name} "
@@ -93,8 +93,7 @@ def load(index_dir: str):
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("QA_EMBED_THREADS", "1")
-    os.environ.setdefault("QA_EMBED_IDLE_THREADS", str(process.cpu_count()))
+    process.serving_encode_threads()
     process.one_thread_per_request()  # before FAISS loads
     from qa.config import Config
     from qa.service import Engine
@@ -126,8 +125,8 @@ def main() -> int:
     questions = (questions * (needed // len(questions) + 1))[:needed]
     for q in questions[:args.warmup]:
         search(index, q, args.k, mode=args.mode)
-    times = instrument(index)
     labels = steps(index)
+    times = instrument(labels)
     rounds = []
     for r in range(args.rounds):
         for values in times.values():
