@@ -32,6 +32,7 @@ from .rowcache import run_starts
 from .store import JOURNAL_KEEP, STORE_FILE, Filters, Store
 from .vectors import (DocFields, VectorBuild, VectorIndex, VectorSettings, begin_build, build_settings,
                       check_available, check_vectors, choose_kind, fill, open_synced, open_vectors)
+from .words import WORDS_FROM, LexicalQuery, PassageWords, proximity_scores
 
 log = logging.getLogger(__name__)
 
@@ -505,6 +506,12 @@ class Index:
     def passage_count(self) -> int:
         return int(self.manifest.counts.passages)
 
+    @property
+    def scores_from_words(self) -> bool:
+        """Whether `lexical_scores` scores the passages' stored words rather than asking tantivy: in a store that
+        has them, once the collection is big enough for that to cost less (`WORDS_FROM`)."""
+        return self.store.has_words and self.passage_count >= WORDS_FROM
+
     def passage_cosines(self, qvec: np.ndarray) -> PassageCosines | None:
         """Every passage's best window cosine with a query when the vector index is exact (flat), else None. Its
         search scores every window anyway: kept whole, it gives the dense candidates and every other candidate's
@@ -542,8 +549,20 @@ class Index:
     def lexical_scores(self, terms: Sequence[str], rowids: Sequence[int],
                        pairs: Sequence[tuple[str, str, int]] = ()) -> dict[int, float]:
         """Exact BM25 of given passages (0 where no term matches), with term proximity when the query's word
-        `pairs` are given."""
-        found = self.lexical.scores(terms, rowids, pairs)
+        `pairs` are given: from their stored words (`qa.words`), or from tantivy for a store without them."""
+        if not self.scores_from_words:
+            found = self.lexical.scores(terms, rowids, pairs)
+            return {rid: found.get(rid, 0.0) for rid in rowids}
+        tokens = self.lexical.tokens(terms)
+        words = self.store.passage_words(rowids) if tokens else None
+        if words is None or not len(words.ids):
+            return {rid: 0.0 for rid in rowids}
+        passages = self.lexical.num_docs
+        query = LexicalQuery.of(tokens, self.lexical.body_doc_freqs(tokens), self.lexical.token_pairs(pairs),
+                                passages, self.store.total_words() / max(passages, 1))
+        scores = proximity_scores(query, PassageWords.of(words, self.store.word_ids(tokens), query.words))
+        owners = words.meta[run_starts(words.meta[:, 0]), 0]
+        found = dict(zip(owners.tolist(), scores.tolist()))
         return {rid: found.get(rid, 0.0) for rid in rowids}
 
     def doc_freqs(self, terms: Sequence[str]) -> dict[str, int]:
@@ -800,6 +819,7 @@ def check_index(index_dir: str) -> list[str]:
         problems += _check_lexical(data, store, counts.passages)
         if untokened := store.count_passages_without_tokens():
             problems.append(f"{untokened} passages have no stored word-piece vectors")
+        problems += store.word_problems()
     except Exception as e:  # a corrupt or missing store
         return [f"store unreadable: {e}"]
     for key in ("documents", "passages"):

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Sequence
 from .files import atomic_write
 from .store import Filters, PassageRow, Store
 from .text import fold_case
+from .words import ORDERED_WEIGHT, WINDOW_SLOP, WINDOW_WEIGHT, analyzer, body_text
 
 log = logging.getLogger(__name__)
 
@@ -32,17 +33,6 @@ SYNC_HEAP_BYTES = 16 * 1024 * 1024  # ... and for one incremental write (its min
 # serving process: the writer's table is sized from this, and glibc keeps what it frees
 BODY_FIELD, TEXT_FIELD = "body", "text"
 LABEL = "tantivy bm25 (snowball english)"
-# sequential dependence: weights of word pairs as exact phrases and in unordered windows, relative to single words
-# (0.10 and 0.05 against 0.85), and the slop that makes a window of about 8 words (tantivy counts moves, a swap 2)
-ORDERED_WEIGHT, WINDOW_WEIGHT, WINDOW_SLOP = 0.10 / 0.85, 0.05 / 0.85, 7
-
-
-def _analyzer():
-    """Words split on non-alphanumerics, lower-cased, folded to ASCII, Snowball English stems."""
-    from tantivy import Filter, TextAnalyzerBuilder, Tokenizer
-
-    return (TextAnalyzerBuilder(Tokenizer.simple()).filter(Filter.remove_long(40)).filter(Filter.lowercase())
-            .filter(Filter.ascii_fold()).filter(Filter.stemmer("english")).build())
 
 
 def _schema():
@@ -69,8 +59,8 @@ def _document(row: PassageRow):
     """A passage as a tantivy document."""
     from tantivy import Document
 
-    text = fold_case(row.text)  # as queries are: the analyzer alone makes İ an i with a combining dot
-    doc = Document(id=int(row.rowid), doc_id=row.doc_id, body=f"{fold_case(row.title or '')}\n{text}", text=text)
+    doc = Document(id=int(row.rowid), doc_id=row.doc_id, body=body_text(row.title, row.text),
+                   text=fold_case(row.text))
     if row.source:
         doc.add_text("source", row.source.casefold())
     number = date_number(row.published)
@@ -100,8 +90,8 @@ class LexicalIndex:
         self.directory = directory  # None: in memory
         self.generation = generation
         self.schema = index.schema
-        index.register_tokenizer(ANALYZER, _analyzer())
-        analyze = _analyzer().analyze
+        index.register_tokenizer(ANALYZER, analyzer())
+        analyze = analyzer().analyze
         self._analyze = lambda text: analyze(fold_case(text))
         self.searcher = index.searcher()
         self.rebuilt: str | None = None  # why a reader rebuilt it in memory: the server is degraded
@@ -195,18 +185,25 @@ class LexicalIndex:
         return Query.boolean_query([(Occur.Must, words)]
                                    + [(Occur.Must, Query.const_score_query(q, 0.0)) for q in exact])
 
+    def token_pairs(self, pairs: Sequence[tuple[str, str, int]]) -> list[tuple[str, str, int]]:
+        """The query's word pairs as index token pairs (first, second, gap); pairs whose words are not one token
+        each, or the same token, are left out."""
+        out = []
+        for first, second, gap in pairs:
+            a, b = self._analyze(first), self._analyze(second)
+            if len(a) == 1 and len(b) == 1 and a != b:
+                out.append((a[0], b[0], gap))
+        return out
+
     def _dependence(self, pairs: Sequence[tuple[str, str, int]]) -> list:
         """Should-clauses scoring each pair of query words as a phrase (as far apart as in the query) and in a
-        window; pairs whose words are not one index token each are left out."""
+        window (`token_pairs`)."""
         from tantivy import Occur, Query
 
         clauses = []
-        for first, second, gap in pairs:
-            a, b = self._analyze(first), self._analyze(second)
-            if len(a) != 1 or len(b) != 1 or a == b:
-                continue
-            phrase = Query.phrase_query(self.schema, BODY_FIELD, [(0, a[0]), (gap, b[0])])
-            window = Query.phrase_query(self.schema, BODY_FIELD, [a[0], b[0]], WINDOW_SLOP)
+        for a, b, gap in self.token_pairs(pairs):
+            phrase = Query.phrase_query(self.schema, BODY_FIELD, [(0, a), (gap, b)])
+            window = Query.phrase_query(self.schema, BODY_FIELD, [a, b], WINDOW_SLOP)
             clauses += [(Occur.Should, Query.boost_query(phrase, ORDERED_WEIGHT)),
                         (Occur.Should, Query.boost_query(window, WINDOW_WEIGHT))]
         return clauses
@@ -243,6 +240,10 @@ class LexicalIndex:
             return {}
         ids = self.searcher.fast_field_values("id", [address for _, address in hits])
         return {int(i): float(score) for (score, _), i in zip(hits, ids)}
+
+    def body_doc_freqs(self, tokens: Sequence[str]) -> list[int]:
+        """Per index token, the number of passages whose row (title and text) holds it, as BM25 counts them."""
+        return [self.searcher.doc_freq(BODY_FIELD, t) for t in tokens]
 
     def doc_freqs(self, terms: Sequence[str]) -> dict[str, int]:
         """Per query term, the number of passages whose text holds it (its first token; 0 for none)."""

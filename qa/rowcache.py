@@ -58,6 +58,21 @@ class TableRows(NamedTuple):
         return parts[0] if len(parts) == 1 else TableRows(*(np.concatenate(columns) for columns in zip(*parts)))
 
 
+class WordRows(NamedTuple):
+    """Passages' words, a row a word in position order: `meta` (int32, the passage's rowid) and the word's
+    vocabulary `ids` (int32, `Store.passage_words`)."""
+
+    meta: np.ndarray
+    ids: np.ndarray
+
+    @property
+    def nbytes(self) -> int:
+        return self.meta.nbytes + self.ids.nbytes
+
+
+Rows = TableRows | WordRows  # what a `RowTable` holds: rows whose first array, `meta`, starts with the passage's rowid
+
+
 def run_starts(owners: np.ndarray) -> np.ndarray:
     """Where each run of rows of one passage starts in `owners` (each row's passage rowid, a passage's rows
     together)."""
@@ -74,7 +89,7 @@ def passage_runs(owners: np.ndarray) -> Iterator[tuple[int, int, int]]:
 class Taken(NamedTuple):
     """What a `RowTable` holds of some passages: their rows, and the rowids it does not hold."""
 
-    rows: TableRows
+    rows: Rows
     missing: list[int]
 
 
@@ -92,29 +107,29 @@ class RowBuffer:
     """Rows appended, never changed, to arrays grown as needed, which the tables of successive generations share:
     a table points only at rows appended before it, so an append never moves what its readers read."""
 
-    def __init__(self, width: int, dim: int, reserve: int = 0):
-        self.arrays = TableRows(np.empty((reserve, width), np.int64), np.empty((reserve, dim), np.int8),
-                                np.empty(reserve, np.float32))
+    def __init__(self, like: Rows, reserve: int = 0):
+        """Arrays for rows of the kind of `like` (their type, dtypes and row shapes), with room for `reserve`."""
+        self.arrays = type(like)(*(np.empty((reserve, *a.shape[1:]), a.dtype) for a in like))
         self.filled = 0
         self._lock = threading.Lock()
 
-    def append(self, rows: TableRows) -> tuple[int, TableRows]:
+    def append(self, rows: Rows) -> tuple[int, Rows]:
         """Append `rows`: where they start, and the arrays that now hold them with every earlier row."""
         with self._lock:
-            start, end = self.filled, self.filled + len(rows.scales)
-            if end > len(self.arrays.scales):  # an eighth again: writes add a few passages at a time
-                grown = max(end, len(self.arrays.scales) * 9 // 8)
-                self.arrays = TableRows(*(_grown(old, grown, start) for old in self.arrays))
+            start, end = self.filled, self.filled + len(rows.meta)
+            if end > len(self.arrays.meta):  # an eighth again: writes add a few passages at a time
+                grown = max(end, len(self.arrays.meta) * 9 // 8)
+                self.arrays = type(self.arrays)(*(_grown(old, grown, start) for old in self.arrays))
             for old, new in zip(self.arrays, rows):
                 old[start:end] = new
             self.filled = end
             return start, self.arrays
 
-    def trim(self) -> TableRows:
+    def trim(self) -> Rows:
         """Cut the arrays to the rows appended (a copy: the room reserved beyond them is freed); the arrays."""
         with self._lock:
-            if self.filled < len(self.arrays.scales):
-                self.arrays = TableRows(*(a[:self.filled].copy() for a in self.arrays))
+            if self.filled < len(self.arrays.meta):
+                self.arrays = type(self.arrays)(*(a[:self.filled].copy() for a in self.arrays))
             return self.arrays
 
 
@@ -125,12 +140,12 @@ def _grown(array: np.ndarray, rows: int, filled: int) -> np.ndarray:
 
 
 class RowTable:
-    """One kind of row (sentences, windows, whole-passage vectors) of every passage a generation's cache holds, in the
-    contiguous arrays of a `RowBuffer` with each passage's first row and count by rowid: a search gathers its
-    candidates' rows with one numpy call instead of joining an entry a passage, and reads them from a few arrays
-    rather than from wherever each entry lies (docs/performance.md#row-cache). A newer generation's table shares
-    the buffer and copies only the first rows and counts, without the passages removed since; a passage's rows
-    never change while its rowid exists (`Store.write`)."""
+    """One kind of row (sentences, windows, whole-passage vectors, words) of every passage a generation's cache
+    holds, in the contiguous arrays of a `RowBuffer` with each passage's first row and count by rowid: a search
+    gathers its candidates' rows with one numpy call instead of joining an entry a passage, and reads them from a
+    few arrays rather than from wherever each entry lies (docs/performance.md#row-cache). A newer generation's table
+    shares the buffer and copies only the first rows and counts, without the passages removed since; a passage's
+    rows never change while its rowid exists (`Store.write`)."""
 
     def __init__(self, buffer: RowBuffer, starts: np.ndarray | None = None, counts: np.ndarray | None = None,
                  rows: int = 0):
@@ -156,7 +171,7 @@ class RowTable:
         with self._lock:
             return np.flatnonzero(self._starts >= 0).tolist()
 
-    def add(self, rows: TableRows) -> int:
+    def add(self, rows: Rows) -> int:
         """Add the rows of some passages, each passage's rows together (a passage held already is pointed at its
         new copy); the bytes the table grew by."""
         owners = rows.meta[:, 0]
@@ -207,15 +222,15 @@ class RowTable:
             return RowTable(self.buffer, starts, counts, rows)
         held = np.flatnonzero(starts >= 0)
         kept = _gather(self._arrays, starts[held], counts[held])
-        compact = RowTable(RowBuffer(kept.meta.shape[1], kept.codes.shape[1], len(kept.scales)))
+        compact = RowTable(RowBuffer(kept, len(kept.meta)))
         compact.add(kept)
         return compact
 
 
-def _gather(arrays: TableRows, starts: np.ndarray, counts: np.ndarray) -> TableRows:
+def _gather(arrays: Rows, starts: np.ndarray, counts: np.ndarray) -> Rows:
     """The rows of each (start, count) of `arrays`, one after the other (a copy)."""
     rows = row_ranges(starts, counts)
-    return TableRows(*(a[rows] for a in arrays))
+    return type(arrays)(*(a[rows] for a in arrays))
 
 
 class RowCache:
@@ -272,13 +287,13 @@ class RowCache:
         table = self.tables.get(kind)
         return None if table is None else table.take(rowids)
 
-    def add_to_table(self, kind: Hashable, rows: TableRows, reserve: int = 0) -> None:
+    def add_to_table(self, kind: Hashable, rows: Rows, reserve: int = 0) -> None:
         """Add the rows of some passages to the table of `kind`, made with room for `reserve` rows if there is
         none; the entries of those passages for that kind go (the table is read first)."""
         with self._lock:
             table = self.tables.get(kind)
             if table is None:
-                table = self.tables[kind] = RowTable(RowBuffer(rows.meta.shape[1], rows.codes.shape[1], reserve))
+                table = self.tables[kind] = RowTable(RowBuffer(rows, reserve))
                 self.used += table.nbytes
         grew = table.add(rows)  # outside the lock searches take: the buffer may grow, a copy of all its rows
         with self._lock:
@@ -339,5 +354,5 @@ class RowCache:
         return carried
 
 
-__all__ = ["RowBuffer", "RowCache", "RowTable", "ROW_CACHE_BYTES", "TableRows", "Taken", "passage_runs", "row_ranges",
-           "run_starts", "size_of"]
+__all__ = ["RowBuffer", "RowCache", "RowTable", "ROW_CACHE_BYTES", "Rows", "TableRows", "Taken", "WordRows",
+           "passage_runs", "row_ranges", "run_starts", "size_of"]

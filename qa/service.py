@@ -142,7 +142,7 @@ class Engine:
     def _prewarm(self, index: Index) -> None:
         """Decode the rows searches read into the index's row cache ahead of them (`Store.prewarm`)."""
         try:
-            warmed = index.store.prewarm(index.dim)
+            warmed = index.store.prewarm(index.dim, words=index.scores_from_words)
         except Exception:  # only a head start: a store that cannot be read fails its searches with the reason
             log.exception("could not read rows ahead of searches")
             return

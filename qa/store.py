@@ -30,8 +30,9 @@ from .errors import IndexUnavailable
 from .ingest import Article, Paragraph
 from .manifest import Counts
 from .process import machine_memory
-from .rowcache import ROW_CACHE_BYTES, RowCache, TableRows, passage_runs
+from .rowcache import ROW_CACHE_BYTES, RowCache, TableRows, WordRows, passage_runs
 from .text import fold_case
+from .words import DROPPED, Analyzer
 
 if TYPE_CHECKING:
     from .prepare import PreparedArticle
@@ -74,6 +75,10 @@ CREATE TABLE IF NOT EXISTS passage_sentences (
 CREATE TABLE IF NOT EXISTS passage_tokens (
     passage INTEGER PRIMARY KEY REFERENCES passages(id) ON DELETE CASCADE, offsets BLOB NOT NULL,
     scales BLOB NOT NULL, vecs BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS words (id INTEGER PRIMARY KEY, word TEXT NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS passage_words (
+    passage INTEGER PRIMARY KEY REFERENCES passages(id) ON DELETE CASCADE, indexed INTEGER NOT NULL,
+    ids BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS journal (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, op TEXT NOT NULL, doc_id TEXT NOT NULL, article TEXT);
 """
@@ -81,11 +86,16 @@ CREATE TABLE IF NOT EXISTS journal (
 # carried over to a newer generation drops their rows without looking up every row it holds (`Store.removed_since`)
 REMOVALS_TABLE = """CREATE TABLE IF NOT EXISTS removed_passages (
     generation INTEGER NOT NULL, id INTEGER NOT NULL, PRIMARY KEY (generation, id)) WITHOUT ROWID"""
+WORD_IDS_KEEP = 250_000  # the vocabulary ids a store keeps in memory (about 30 MB at most)
 REMOVALS_KEEP = 1_000  # the generations whose removals the log keeps: a cache further behind looks its rows up
 # passage_sentences: a passage's sentences in one row, their (start, end) as int32 pairs and their vectors as
 # float16, in order, so a query's shortlist reads one row per passage (see docs/performance.md).
 # passage_tokens: a passage's word pieces as the build read them (contextual, after the title), so an answer aligns
 # them without a forward pass: (start, end) as int32 pairs, vectors as int8 with one float32 scale each.
+# words, passage_words: a passage's words as BM25 sees them (`qa.words.Analyzer`), in position order, as int32 ids
+# of the vocabulary in `words` (-1 for a word too long to index), and how many of them are indexed; meta's
+# 'words_total' sums those counts over the passages, for the average length. Stores made before them have neither
+# (meta 'words' unset): their exact BM25 comes from tantivy (`Index.lexical_scores`).
 # journal: every incremental write, in commit order: 'upsert' with the article as JSON, or 'remove'.
 
 
@@ -389,9 +399,12 @@ class Store:
         self._windows_lock = threading.Lock()
         self.row_cache_bytes = ROW_CACHE_BYTES
         self.row_cache_floor: int | None = None  # an automatic budget: the budget if the rows do not fit (`prewarm`)
+        self._word_ids: dict[str, int] = {}  # the vocabulary ids queries have asked for (`word_ids`)
         if create:
             self.con.executescript(SCHEMA)  # executescript manages its own transaction
             self.con.execute("INSERT OR IGNORE INTO meta VALUES ('generation', '0')")
+            if not self.con.execute("SELECT 1 FROM passages LIMIT 1").fetchone():  # every passage will have words
+                self.con.execute("INSERT OR IGNORE INTO meta VALUES ('words', '1'), ('words_total', '0')")
 
     @property
     def con(self) -> sqlite3.Connection:
@@ -507,16 +520,19 @@ class Store:
         rows = self._snapshot_rows()
         return load(list(rowids)) if rows is None else rows.get_many(kind, rowids, load)
 
-    def prewarm(self, dim: int, batch: int = 200) -> Warmed:
-        """Decode the rows a search reads (lower-cased texts, sentence rows, windows, passages and their vectors) of
-        every passage into the row cache: a server's first searches, and its first after a write (which starts a new
+    def prewarm(self, dim: int, batch: int = 200, *, words: bool = False) -> Warmed:
+        """Decode the rows a search reads (lower-cased texts, sentence rows, windows, passages, their vectors and
+        words) of every passage into the row cache: a server's first searches, and its first after a write (which starts a new
         generation's cache), then read none of them from SQLite (docs/performance.md#row-cache). A batch at a time,
         in row id order, each in its own snapshot, until the cache is full. It stops after the first batch when the
         collection's rows would take more than twice the cache (its searches then keep the rows they come back to),
         and when a write starts a newer generation meanwhile. A cache carried over from an earlier generation has
         the rows of the passages read ahead then, and new passages have higher row ids: the walk goes on from where
-        it reached (`RowCache.warmed_through`)."""
+        it reached (`RowCache.warmed_through`). With `words`, the passages' words too, and the vocabulary's ids
+        (`word_ids`)."""
         t0 = time.perf_counter()
+        if words:
+            self._read_vocabulary()
         total = self.count_passages()
         warmed, last, cache, grew, fresh, tabled = 0, 0, None, 0, False, False
         while True:
@@ -541,6 +557,8 @@ class Store:
                 self.passages(ids)
                 blocks = {"sentences": self._sentence_block(ids, dim), "windows": self._window_block(ids, dim),
                           "vector": self._vector_block(ids, dim)}
+                if words:
+                    blocks["words"] = self._words_block(ids)
                 if not warmed:  # the first batch: its rows per passage times the passages, as tables
                     needed = (rows.used - before + sum(b.nbytes for b in blocks.values())) / len(ids) * total
                     if fresh and self.row_cache_floor is not None and needed > rows.budget:
@@ -550,10 +568,11 @@ class Store:
                     tabled = bool(rows.tables) or (fresh and needed <= rows.budget)
                 for kind, block in blocks.items():
                     if tabled:
-                        reserve = int(len(block.scales) / len(ids) * (total - warmed) * 1.05)  # room for the rest
+                        reserve = int(len(block.meta) / len(ids) * (total - warmed) * 1.05)  # room for the rest
                         rows.add_to_table(kind, block, reserve)
                     else:
-                        entries = self._sentence_entries if kind == "sentences" else self._vector_entries
+                        entries = {"sentences": self._sentence_entries, "words": self._word_entries}.get(
+                            kind, self._vector_entries)
                         rows.get_many(kind, ids, lambda _, block=block, entries=entries: entries(block))
                 grew, last = rows.used - before, ids[-1]
                 warmed += len(ids)
@@ -584,6 +603,15 @@ class Store:
         """Bumped by every committed write; the FAISS file records the generation it reflects."""
         return int(self.get_meta("generation", "0"))
 
+    @functools.cached_property
+    def has_words(self) -> bool:
+        """Whether every passage's words are stored (`passage_words`): in every store made since they are."""
+        return self.get_meta("words") == "1"
+
+    def total_words(self) -> int:
+        """The indexed words of every passage, summed (0 in a store without words)."""
+        return int(self.get_meta("words_total", "0"))
+
     # --- writes ---
     def content_hash(self, doc_id: str) -> str | None:
         row = self.con.execute("SELECT content_hash FROM documents WHERE doc_id = ?", (doc_id,)).fetchone()
@@ -595,6 +623,10 @@ class Store:
             "SELECT w.id FROM windows w JOIN passages p ON p.id = w.passage WHERE p.doc_id = ?", (doc_id,))]
         con.execute("INSERT OR IGNORE INTO removed_passages SELECT ?, id FROM passages WHERE doc_id = ?",
                     (generation, doc_id))
+        if self.has_words:
+            con.execute("UPDATE meta SET value = CAST(value AS INTEGER) - (SELECT COALESCE(SUM(w.indexed), 0) FROM "
+                        "passage_words w JOIN passages p ON p.id = w.passage WHERE p.doc_id = ?) "
+                        "WHERE key = 'words_total'", (doc_id,))
         con.execute("DELETE FROM documents WHERE doc_id = ?", (doc_id,))
         return window_ids
 
@@ -685,6 +717,27 @@ class Store:
                 written.added_vectors.append(vec)
             self._insert_sentences(con, rowid, passage, svecs)
             con.execute("INSERT INTO passage_tokens VALUES (?,?,?,?)", (rowid, *token_blobs(tokens)))
+            if self.has_words:
+                self._insert_words(con, rowid, article.title, passage.text)
+
+    def _insert_words(self, con: sqlite3.Connection, rowid: int, title: str | None, text: str) -> None:
+        """A passage's words as vocabulary ids (new words added to it), counted into meta's 'words_total'."""
+        words = self._analyzer.words(title, text)
+        distinct = list(dict.fromkeys(w for w in words if w))
+        known = dict(con.execute(f"SELECT word, id FROM words WHERE word {IN_IDS}", (json.dumps(distinct),)))
+        new = [w for w in distinct if w not in known]
+        if new:
+            start = con.execute("SELECT COALESCE(MAX(id), -1) + 1 FROM words").fetchone()[0]
+            known.update(zip(new, range(start, start + len(new))))
+            con.executemany("INSERT INTO words VALUES (?, ?)", [(known[w], w) for w in new])
+        ids = np.array([known[w] if w else DROPPED for w in words], np.int32)
+        indexed = int(np.count_nonzero(ids != DROPPED))
+        con.execute("INSERT INTO passage_words VALUES (?,?,?)", (rowid, indexed, ids.tobytes()))
+        con.execute("UPDATE meta SET value = CAST(value AS INTEGER) + ? WHERE key = 'words_total'", (indexed,))
+
+    @functools.cached_property
+    def _analyzer(self) -> Analyzer:
+        return Analyzer()
 
     def _insert_sentences(self, con: sqlite3.Connection, rowid: int, passage: Passage, svecs: np.ndarray) -> None:
         """A passage's sentence spans and vectors, one row per passage."""
@@ -722,6 +775,20 @@ class Store:
         """Passages whose word pieces' vectors are missing (a damaged store)."""
         return self.con.execute("SELECT COUNT(*) FROM passages WHERE id NOT IN "
                                 "(SELECT passage FROM passage_tokens)").fetchone()[0]
+
+    def word_problems(self) -> list[str]:
+        """What disagrees in the stored words (a damaged store): passages without them, or a total that is not
+        their sum; none in a store without words."""
+        if not self.has_words:
+            return []
+        problems = []
+        if missing := self.con.execute("SELECT COUNT(*) FROM passages WHERE id NOT IN "
+                                       "(SELECT passage FROM passage_words)").fetchone()[0]:
+            problems.append(f"{missing} passages have no stored words")
+        counted = self.con.execute("SELECT COALESCE(SUM(indexed), 0) FROM passage_words").fetchone()[0]
+        if counted != self.total_words():
+            problems.append(f"the store's word count says {self.total_words()}, its passages hold {counted}")
+        return problems
 
     def passage_rows(self, doc_ids: Sequence[str] | None = None, batch: int = 500) -> Iterator[PassageRow]:
         """Every passage with its document's fields, or some documents' passages."""
@@ -847,6 +914,56 @@ class Store:
         rows = self.con.execute(query, (ids_param(rowids),)).fetchall()
         codes, scales = quantize(from_blobs([blob for _, blob in rows], dim))
         return TableRows(np.array([rowid for rowid, _ in rows], np.int64).reshape(-1, 1), codes, scales)
+
+    def passage_words(self, rowids: Sequence[int]) -> WordRows:
+        """The words of some passages as vocabulary ids, a row a word (`WordRows`), passage by passage, each
+        passage's in position order; none in a store without words (`has_words`)."""
+        if not rowids or not self.has_words:
+            return WordRows(np.zeros((0, 1), np.int32), np.zeros(0, np.int32))
+        taken, rowids = self._from_table("words", rowids)
+        found = self._cached("words", rowids, self._read_words) if rowids else {}
+        parts = [] if taken is None else [taken]
+        if found:
+            owners = np.repeat(np.fromiter(found, np.int32, len(found)), [len(ids) for ids in found.values()])
+            parts.append(WordRows(owners[:, None], np.concatenate(list(found.values()))))
+        if not parts:
+            return WordRows(np.zeros((0, 1), np.int32), np.zeros(0, np.int32))
+        return parts[0] if len(parts) == 1 else WordRows(*(np.concatenate(columns) for columns in zip(*parts)))
+
+    def _read_words(self, rowids: Sequence[int]) -> dict[int, np.ndarray]:
+        return self._word_entries(self._words_block(rowids))
+
+    @staticmethod
+    def _word_entries(block: WordRows) -> dict[int, np.ndarray]:
+        """A block of words as the row cache's entries, copied out a passage each."""
+        return {rowid: block.ids[a:b].copy() for rowid, a, b in passage_runs(block.meta[:, 0])}
+
+    def _words_block(self, rowids: Sequence[int]) -> WordRows:
+        """The words of some passages as one block of rows, passage by passage."""
+        rows = self.con.execute(f"SELECT passage, ids FROM passage_words WHERE passage {IN_IDS} ORDER BY passage",
+                                (ids_param(rowids),)).fetchall()
+        ids = [np.frombuffer(blob, np.int32) for _, blob in rows]
+        owners = np.repeat(np.array([rowid for rowid, _ in rows], np.int32), [len(i) for i in ids])
+        return WordRows(owners[:, None], np.concatenate(ids) if ids else np.zeros(0, np.int32))
+
+    def _read_vocabulary(self) -> None:
+        """Keep the vocabulary's ids in memory (up to `WORD_IDS_KEEP`), so that queries seldom look words up."""
+        known = dict(self.con.execute("SELECT word, id FROM words LIMIT ?", (WORD_IDS_KEEP,)))
+        known.update(self._word_ids)
+        self._word_ids = known
+
+    def word_ids(self, words: Sequence[str]) -> dict[str, int]:
+        """The vocabulary ids of those of `words` some passage holds (or held: a word keeps its id for good, so
+        the ids found are kept for the next query)."""
+        known = self._word_ids
+        found = {w: known[w] for w in words if w in known}
+        if len(found) < len(words):
+            missing = json.dumps([w for w in words if w not in found])
+            found.update(self.con.execute(f"SELECT word, id FROM words WHERE word {IN_IDS}", (missing,)))
+            if len(known) + len(found) > WORD_IDS_KEEP:
+                self._word_ids = known = {}
+            known.update(found)
+        return found
 
     def passage_tokens(self, rowids: Sequence[int], dim: int) -> dict[int, TextTokens]:
         """The word pieces' vectors and offsets of some passages, by row id (`token_blobs`)."""

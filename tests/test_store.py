@@ -141,7 +141,7 @@ def _table_rows(passages: dict[int, int], dim: int = 4):
 def test_a_row_table_gathers_the_rows_of_its_passages_and_shares_its_buffer_with_newer_generations():
     from qa.rowcache import RowBuffer, RowTable
 
-    table = RowTable(RowBuffer(2, 4, reserve=4))  # room for 4 rows: the adds below outgrow it
+    table = RowTable(RowBuffer(_table_rows({0: 0}), reserve=4))  # room for 4 rows: the adds below outgrow it
     table.add(_table_rows({1: 2, 2: 0, 3: 3}))
     table.add(_table_rows({5: 1}))
     taken = table.take([5, 9, 1, 3, 2, 4])
@@ -156,7 +156,7 @@ def test_a_row_table_gathers_the_rows_of_its_passages_and_shares_its_buffer_with
     assert newer.take([3, 7]).rows.codes[:, 0].tolist() == [70, 71] and newer.take([3]).missing == [3]
     assert table.take([3, 7]).rows.codes[:, 0].tolist() == [30, 31, 32] and table.take([7]).missing == [7]
 
-    big = RowTable(RowBuffer(2, 4))
+    big = RowTable(RowBuffer(_table_rows({0: 0})))
     big.add(_table_rows({i: 1 for i in range(1, 20_001)}))
     assert big.carry(removed=range(1, 8_001)).buffer is big.buffer  # two in five rows gone: the buffer is shared
     kept = big.carry(removed=range(1, 19_001))  # nineteen in twenty gone: the rest move to a buffer of their own
@@ -172,7 +172,7 @@ def test_a_row_table_reads_whole_passages_while_another_thread_adds_and_carries(
 
     from qa.rowcache import RowBuffer, RowTable
 
-    tables = [RowTable(RowBuffer(2, 4))]  # reserve nothing: every add grows the buffer
+    tables = [RowTable(RowBuffer(_table_rows({0: 0})))]  # reserve nothing: every add grows the buffer
     done = threading.Event()
     problems = []
 

@@ -103,6 +103,7 @@ class ClusterIndex:
     """A cluster index loaded for search: the live build's store and window vectors, lexical search on Milvus."""
 
     lexical = None  # no local lexical index
+    scores_from_words = False  # exact BM25 comes from the passages' analysed bodies (`lexical_scores`)
 
     def __init__(self, index_dir: str, manifest: Manifest, store: ClusterStore, embedder: Embedder | None):
         self.index_dir = index_dir

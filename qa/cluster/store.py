@@ -145,7 +145,7 @@ class ClusterStore:
         return [dict(r) for r in rows]
 
     # --- a search's reads, cached for the search (`snapshot`) ---
-    def prewarm(self, dim: int) -> Warmed:
+    def prewarm(self, dim: int, *, words: bool = False) -> Warmed:
         """Nothing to decode ahead: rows are kept for one search only, and Milvus holds its collections in memory
         once loaded (`qa.cluster.index` loads them)."""
         return Warmed(0, self.count_passages(), 0, 0.0)
