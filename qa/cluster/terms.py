@@ -17,24 +17,10 @@ import unicodedata
 from collections.abc import Mapping, Sequence
 
 from ..text import stem
+from ..words import B, K1, MAX_WORD_BYTES, NORM_LENGTHS, ORDERED_WEIGHT, WINDOW_SLOP, WINDOW_WEIGHT, slop_count
 
 TOKEN = re.compile(r"[^\W_]+", re.UNICODE)  # tantivy's simple tokenizer: runs of alphanumerics
-MAX_TOKEN_BYTES = 40  # tantivy's remove_long(40)
-K1, B = 1.2, 0.75  # tantivy's BM25 constants
-ORDERED_WEIGHT, WINDOW_WEIGHT = 0.10 / 0.85, 0.05 / 0.85  # as `qa.lexical`: phrases and windows against words
-WINDOW_AFTER, WINDOW_BEFORE = 8, 6  # `qa.lexical`'s slop 7: the second word up to 8 after, or 6 before (a swap costs 2)
-
-
-def _decode_norm(code: int) -> int:
-    """The length a one-byte field norm stands for (Lucene's SmallFloat.byte4ToInt, as tantivy's table)."""
-    if code < 24:
-        return code
-    i = code - 24
-    bits, shift = i & 0x07, (i >> 3) - 1
-    return 24 + (bits if shift == -1 else (bits | 0x08) << shift)
-
-
-NORMS = [_decode_norm(code) for code in range(256)]  # tantivy keeps a passage's length as one byte: these lengths
+NORMS = NORM_LENGTHS.tolist()  # tantivy keeps a passage's length as one byte: these lengths
 
 
 def norm_length(tokens: int) -> int:
@@ -52,7 +38,7 @@ def _fold(word: str) -> str:
 def analyze(text: str) -> list[str]:
     """The index tokens of a text, in order: words split on non-alphanumerics, long ones dropped, lower-cased,
     folded to ASCII, Snowball English stems."""
-    return [stem(_fold(w.lower())) for w in TOKEN.findall(text) if len(w.encode("utf-8")) < MAX_TOKEN_BYTES]
+    return [stem(_fold(w.lower())) for w in TOKEN.findall(text) if len(w.encode("utf-8")) < MAX_WORD_BYTES]
 
 
 def body_of(title: str | None, text: str) -> str:
@@ -96,7 +82,8 @@ class Bm25:
         total = sum(self._idf((t,)) * self._weight(c, dl) for t, c in counts.items())
         for first, second, gap in pairs:
             if first in counts and second in counts:
-                ordered, window = pair_counts(body, first, second, gap)
+                rarer = self.doc_freqs.get(second, 0) < self.doc_freqs.get(first, 0)
+                ordered, window = pair_counts(body, first, second, gap, second_rarer=rarer)
                 weight = self._idf((first, second))
                 if ordered:
                     total += ORDERED_WEIGHT * weight * self._weight(ordered, dl)
@@ -105,23 +92,16 @@ class Bm25:
         return total
 
 
-def pair_counts(body: Sequence[str], first: str, second: str, gap: int) -> tuple[int, int]:
-    """How often `second` comes exactly `gap` tokens after `first` (a phrase), and how many window matches there are:
-    each `second`, in order, paired with the earliest `first` not paired yet within `WINDOW_AFTER` before it or
-    `WINDOW_BEFORE` after it (no token counts twice, as tantivy counts a sloppy phrase: "a b b" holds one match,
-    "a b a b" two)."""
+def pair_counts(body: Sequence[str], first: str, second: str, gap: int, *, second_rarer: bool = False
+                ) -> tuple[int, int]:
+    """How often `second` comes exactly `gap` tokens after `first` (a phrase), and how many window matches there are,
+    counted as tantivy counts a sloppy phrase (`qa.words.slop_count`, walked from the rarer word's side)."""
     at_first = [i for i, t in enumerate(body) if t == first]
     at_second = [i for i, t in enumerate(body) if t == second]
     seconds = set(at_second)
     ordered = sum(1 for i in at_first if i + gap in seconds)
-    used: set[int] = set()
-    window = 0
-    for j in at_second:
-        match = next((i for i in at_first if i not in used and -WINDOW_BEFORE <= j - i <= WINDOW_AFTER and i != j),
-                     None)
-        if match is not None:
-            used.add(match)
-            window += 1
+    lefts = [i + 1 for i in at_first]  # tantivy aligns the first word on the second's place, one after it
+    window = slop_count(at_second, lefts, WINDOW_SLOP) if second_rarer else slop_count(lefts, at_second, WINDOW_SLOP)
     return ordered, window
 
 

@@ -12,7 +12,9 @@ from qa.text import query_pairs, query_terms
 TEXTS = ["apple b", "apple b b", "b apple b", "apple apple b", "apple x b x apple", "b b apple", "apple b apple b",
          "apple x x x x x x b", "apple x x x x x x x b", "apple x x x x x x x x b", "b x x x x x apple",
          "b x x x x x x apple", "Café owners in Zürich said the cafés' apple pies sold out, 3.5 times faster",
-         "The Broncos beat the Panthers; the Panthers' defense couldn't stop Denver's late drive at Levi's Stadium"]
+         "The Broncos beat the Panthers; the Panthers' defense couldn't stop Denver's late drive at Levi's Stadium",
+         # tantivy walks the rarer word's positions: patent's here, whose walk finds two windows where tesla's finds one
+         "tesla x x tesla x x x patent x x patent", "tesla coil", "tesla tower"]
 
 
 class _Rows:
@@ -44,10 +46,13 @@ def test_field_norms_are_lucenes_byte4():
 def test_window_counts_pair_each_token_once():
     counts = [pair_counts(t.split(), "apple", "b", 1)[1] for t in TEXTS[:12]]
     assert counts == [1, 1, 1, 1, 1, 1, 2, 1, 1, 0, 1, 0]
+    body = TEXTS[14].split()
+    assert pair_counts(body, "tesla", "patent", 1, second_rarer=True) == (0, 2)
+    assert pair_counts(body, "tesla", "patent", 1) == (0, 1)
 
 
 @pytest.mark.parametrize("query", ["apple b", "b apple pie", "apple x", "Panthers defense Denver",
-                                   "cafe owners Zurich apple"])
+                                   "cafe owners Zurich apple", "tesla patent", "patent tesla"])
 def test_scores_equal_tantivys(tantivy_index, query):
     terms, pairs = query_terms(query), query_pairs(query)
     ids = list(range(1, len(TEXTS) + 1))
