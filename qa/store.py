@@ -400,6 +400,7 @@ class Store:
         self.row_cache_bytes = ROW_CACHE_BYTES
         self.row_cache_floor: int | None = None  # an automatic budget: the budget if the rows do not fit (`prewarm`)
         self._word_ids: dict[str, int] = {}  # the vocabulary ids queries have asked for (`word_ids`)
+        self._vocabulary_read = False  # `_read_vocabulary`
         if create:
             self.con.executescript(SCHEMA)  # executescript manages its own transaction
             self.con.execute("INSERT OR IGNORE INTO meta VALUES ('generation', '0')")
@@ -947,10 +948,12 @@ class Store:
         return WordRows(owners[:, None], np.concatenate(ids) if ids else np.zeros(0, np.int32))
 
     def _read_vocabulary(self) -> None:
-        """Keep the vocabulary's ids in memory (up to `WORD_IDS_KEEP`), so that queries seldom look words up."""
-        known = dict(self.con.execute("SELECT word, id FROM words LIMIT ?", (WORD_IDS_KEEP,)))
-        known.update(self._word_ids)
-        self._word_ids = known
+        """Keep the vocabulary's ids in memory (up to `WORD_IDS_KEEP`), so that queries seldom look words up; once
+        a store, as an id never changes (words written later are looked up when asked for)."""
+        if not self._vocabulary_read:
+            known = dict(self.con.execute("SELECT word, id FROM words LIMIT ?", (WORD_IDS_KEEP,)))
+            known.update(self._word_ids)
+            self._word_ids, self._vocabulary_read = known, True
 
     def word_ids(self, words: Sequence[str]) -> dict[str, int]:
         """The vocabulary ids of those of `words` some passage holds (or held: a word keeps its id for good, so

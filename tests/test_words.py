@@ -188,3 +188,26 @@ def test_a_store_made_before_words_is_scored_by_tantivy(tmp_path, fake_embedder,
     new.write_text(json.dumps({"id": "t9", "title": "Later", "paragraphs": ["Tesla zanzibarite news."]}) + "\n")
     add_documents([str(new)], idx, embedder=fake_embedder)  # writes to it keep working, without words
     assert len(load_index(idx).lexical_search(["zanzibarite"], 5)) == 1
+
+
+def test_a_server_scores_from_the_words_it_carries_across_writes(tmp_path, fake_embedder, from_words):
+    # the words' table in the row cache goes from one generation to the next without the removed passages' words,
+    # and a new passage's words come from SQLite until read ahead: the scores stay tantivy's
+    from qa.config import Config
+    from qa.service import Engine
+
+    idx = str(tmp_path / "index")
+    build_index([_articles(tmp_path, [])], idx, embedder=fake_embedder)
+    engine = Engine(Config(index_dir=idx), embedder=fake_embedder)
+    engine.warm_up()
+    with engine.index().store.snapshot():
+        assert "words" in engine.index().store._snapshot_rows().tables
+    engine.add_article({"id": "t9", "title": "Later", "paragraphs": ["A zanzibarite Tesla coil, and a patent."]})
+    engine.delete_document("t4")
+    index = engine.index()
+    hits = engine.search({"q": "zanzibarite tesla coil", "k": 3})["results"]
+    assert hits[0]["doc_id"] == "t9"
+    fresh = LexicalIndex.create(None)
+    fresh.rebuild(index.store)
+    index.lexical = fresh  # tantivy's statistics without the removed passages, as the words' are
+    assert _compare(index, QUERIES + ["zanzibarite tesla coil"]) > 10
