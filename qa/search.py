@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 
 from .embed.base import TextTokens
-from .rowcache import passage_runs
+from .rowcache import passage_runs, run_starts
 from .store import Filters, StoredPassage
 from .text import TermMatcher, query_pairs, query_terms
 
@@ -228,13 +228,13 @@ def _add_sentence_signals(index: Index, found: Candidates, qvec: np.ndarray, ter
     meta = rows.meta  # (passage rowid, idx, start, end) a sentence
     if not len(meta):
         return
-    first = np.concatenate(([True], meta[1:, 0] != meta[:-1, 0]))  # True at each passage's first sentence
-    owners = meta[first, 0].tolist()
-    pos = np.cumsum(first) - 1  # each sentence's passage number
+    starts = run_starts(meta[:, 0])  # each passage's first sentence
+    owners = meta[starts, 0].tolist()
+    pos = np.repeat(np.arange(len(starts)), np.diff(np.append(starts, len(meta))))  # each sentence's passage number
     cosines = rows.cosines(qvec)
     held = matcher.held([folded.get(rid, "") for rid in owners], np.column_stack((pos, meta[:, 2:])))
     covs = matcher.coverage(held)
-    found.sentence = dict(zip(owners, np.maximum.reduceat(cosines, np.flatnonzero(first)).tolist()))
+    found.sentence = dict(zip(owners, np.maximum.reduceat(cosines, starts).tolist()))
     found.evidence = dict(zip(owners, sentence_evidence(pos, cosines, covs, len(owners)).tolist()))
     found.rows = SentenceRows(meta, cosines, covs, held)
 
