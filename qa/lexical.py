@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from .files import atomic_write
 from .store import Filters, PassageRow, Store
 from .text import fold_case
-from .words import ORDERED_WEIGHT, WINDOW_SLOP, WINDOW_WEIGHT, analyzer, body_text
+from .words import ORDERED_WEIGHT, WINDOW_SLOP, WINDOW_WEIGHT, analyzer, body_text, query_word_tokens
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,7 @@ SYNC_HEAP_BYTES = 16 * 1024 * 1024  # ... and for one incremental write (its min
 # serving process: the writer's table is sized from this, and glibc keeps what it frees
 BODY_FIELD, TEXT_FIELD = "body", "text"
 LABEL = "tantivy bm25 (snowball english)"
+DOC_FREQS_KEEP = 100_000  # document frequencies a searcher's index keeps in memory
 
 
 def _schema():
@@ -91,9 +92,9 @@ class LexicalIndex:
         self.generation = generation
         self.schema = index.schema
         index.register_tokenizer(ANALYZER, analyzer())
-        analyze = analyzer().analyze
-        self._analyze = lambda text: analyze(fold_case(text))
+        self._analyze = query_word_tokens
         self.searcher = index.searcher()
+        self._doc_freqs: dict[tuple[str, str], int] = {}  # (field, token): the searcher's, as queries ask
         self.rebuilt: str | None = None  # why a reader rebuilt it in memory: the server is degraded
 
     # --- opening and writing ---
@@ -139,6 +140,7 @@ class LexicalIndex:
         self.generation = generation
         self.index.reload()
         self.searcher = self.index.searcher()
+        self._doc_freqs = {}
 
     def rebuild(self, store: Store) -> None:
         """Every passage of the store, replacing the index's contents."""
@@ -241,16 +243,27 @@ class LexicalIndex:
         ids = self.searcher.fast_field_values("id", [address for _, address in hits])
         return {int(i): float(score) for (score, _), i in zip(hits, ids)}
 
+    def _doc_freq(self, field: str, token: str) -> int:
+        """The searcher's document frequency of a token in a field, kept for the next query."""
+        key = (field, token)
+        found = self._doc_freqs.get(key)
+        if found is None:
+            found = self.searcher.doc_freq(field, token)
+            if len(self._doc_freqs) >= DOC_FREQS_KEEP:
+                self._doc_freqs = {}
+            self._doc_freqs[key] = found
+        return found
+
     def body_doc_freqs(self, tokens: Sequence[str]) -> list[int]:
         """Per index token, the number of passages whose row (title and text) holds it, as BM25 counts them."""
-        return [self.searcher.doc_freq(BODY_FIELD, t) for t in tokens]
+        return [self._doc_freq(BODY_FIELD, t) for t in tokens]
 
     def doc_freqs(self, terms: Sequence[str]) -> dict[str, int]:
         """Per query term, the number of passages whose text holds it (its first token; 0 for none)."""
         out = {}
         for term in terms:
             tokens = self._analyze(term)
-            out[term] = self.searcher.doc_freq(TEXT_FIELD, tokens[0]) if tokens else 0
+            out[term] = self._doc_freq(TEXT_FIELD, tokens[0]) if tokens else 0
         return out
 
 

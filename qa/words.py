@@ -12,6 +12,7 @@ tantivy counts them (tests/test_words.py holds the two to the same scores).
 """
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
@@ -44,6 +45,17 @@ def analyzer(*, drop_long: bool = True):
         builder = builder.filter(Filter.remove_long(MAX_WORD_BYTES))
     return (builder.filter(Filter.lowercase()).filter(Filter.ascii_fold()).filter(Filter.stemmer("english"))
             .build())
+
+
+@functools.lru_cache(maxsize=1)
+def _query_analyzer():
+    return analyzer()
+
+
+@functools.lru_cache(maxsize=100_000)
+def query_word_tokens(word: str) -> tuple[str, ...]:
+    """The index tokens of a query word or text (`analyzer`), kept: queries come back to the same words."""
+    return tuple(_query_analyzer().analyze(fold_case(word)))
 
 
 def body_text(title: str | None, text: str) -> str:
@@ -240,4 +252,4 @@ def slop_count(left: Sequence[int], right: Sequence[int], slop: int) -> int:
 
 
 __all__ = ["Analyzer", "LexicalQuery", "PassageWords", "WordPair", "analyzer", "body_text", "norm_lengths",
-           "proximity_scores", "slop_count"]
+           "proximity_scores", "query_word_tokens", "slop_count"]
