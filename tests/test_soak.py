@@ -1,6 +1,6 @@
 """Smoke tests of scripts/soak (a short soak on a small corpus passes: no errors, bounded memory growth), of
-scripts/fuzz, scripts/bench_ab and scripts/bench_stages; and that scripts/bench_query.py measures side_by_side's
-reference.
+scripts/fuzz, scripts/bench_ab, scripts/bench_stages and scripts/bench_lexical; and that scripts/bench_query.py
+measures side_by_side's reference.
 
 Two index builds with the real model plus 5 s of traffic; longer when the machine is busy, since the run always
 waits for its mid-run full build to finish.
@@ -85,6 +85,18 @@ def test_bench_stages_times_the_steps_a_search_takes(fake_seed_index_dir):
         assert "the dense candidates (an approximate index, or filters)" not in steps
         assert steps["term coverage"]["depth"] == 1 and steps["the sentence signals"]["depth"] == 0
         assert 0 < steps["term coverage"]["p50_ms"] <= result["search_ms"]
+
+
+def test_bench_lexical_times_both_ways_of_the_same_scores(tmp_path):
+    """scripts/bench_lexical: a corpus past squad-dev, each question's candidates scored from their words and by
+    tantivy, the two checked alike before they are timed."""
+    cmd = [sys.executable, os.path.join(ROOT, "scripts", "bench_lexical.py"), "--passages", "2500", "--questions",
+           "20", "--passes", "1", "--work", str(tmp_path), "--json"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    out = json.loads(p.stdout)
+    assert out["passages"] > 2067 and out["questions"] == 20 and out["worst_difference"] < 1e-5
+    assert len(out["passes"]) == 1 and out["passes"][0]["words_p50_ms"] > 0 < out["passes"][0]["tantivy_p50_ms"]
 
 
 def _assigned(source: str, name: str):
