@@ -561,8 +561,7 @@ class Index:
         query = LexicalQuery.of(tokens, self.lexical.body_doc_freqs(tokens), self.lexical.token_pairs(pairs),
                                 passages, self.store.total_words() / max(passages, 1))
         scores = proximity_scores(query, PassageWords.of(words, self.store.word_ids(tokens), query.words))
-        owners = words.meta[run_starts(words.meta[:, 0]), 0]
-        found = dict(zip(owners.tolist(), scores.tolist()))
+        found = dict(zip(words.rowids.tolist(), scores.tolist()))
         return {rid: found.get(rid, 0.0) for rid in rowids}
 
     def doc_freqs(self, terms: Sequence[str]) -> dict[str, int]:

@@ -93,6 +93,17 @@ class Taken(NamedTuple):
     missing: list[int]
 
 
+class Runs(NamedTuple):
+    """Where a `RowTable` holds the rows of some passages: the rowids it holds (in the order asked), each one's first
+    row and count in `arrays`, and the rowids it does not hold."""
+
+    rowids: np.ndarray
+    starts: np.ndarray
+    counts: np.ndarray
+    missing: list[int]
+    arrays: Rows
+
+
 def row_ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """The indices start, start + 1, ... start + count - 1 of every (start, count), one after the other; every
     count at least 1."""
@@ -199,6 +210,11 @@ class RowTable:
 
     def take(self, rowids: Sequence[int]) -> Taken:
         """The rows of `rowids` it holds, passage by passage in their order, and the rowids it does not hold."""
+        runs = self.runs(rowids)
+        return Taken(_gather(runs.arrays, runs.starts, runs.counts), runs.missing)
+
+    def runs(self, rowids: Sequence[int]) -> Runs:
+        """Where it holds the rows of `rowids` (`Runs`), for a reader that gathers only some of the arrays."""
         ids = np.asarray(rowids, np.int64)
         with self._lock:
             arrays = self._arrays
@@ -206,7 +222,7 @@ class RowTable:
             starts = np.where(inside, self._starts.take(ids, mode="clip"), -1)
             counts = self._counts.take(ids, mode="clip")
         held = starts >= 0
-        return Taken(_gather(arrays, starts[held], counts[held]), ids[~held].tolist())
+        return Runs(ids[held], starts[held], counts[held], ids[~held].tolist(), arrays)
 
     def carry(self, removed: Iterable[int]) -> RowTable:
         """A table for a newer generation: this one's rows but those of the passages `removed`, in the same buffer
@@ -287,6 +303,11 @@ class RowCache:
         table = self.tables.get(kind)
         return None if table is None else table.take(rowids)
 
+    def runs(self, kind: Hashable, rowids: Sequence[int]) -> Runs | None:
+        """Where the table of `kind` holds the rows of `rowids` (`RowTable.runs`); None when that kind has none."""
+        table = self.tables.get(kind)
+        return None if table is None else table.runs(rowids)
+
     def add_to_table(self, kind: Hashable, rows: Rows, reserve: int = 0) -> None:
         """Add the rows of some passages to the table of `kind`, made with room for `reserve` rows if there is
         none; the entries of those passages for that kind go (the table is read first)."""
@@ -354,5 +375,5 @@ class RowCache:
         return carried
 
 
-__all__ = ["RowBuffer", "RowCache", "RowTable", "ROW_CACHE_BYTES", "Rows", "TableRows", "Taken", "WordRows",
+__all__ = ["RowBuffer", "RowCache", "RowTable", "ROW_CACHE_BYTES", "Rows", "Runs", "TableRows", "Taken", "WordRows",
            "passage_runs", "row_ranges", "run_starts", "size_of"]

@@ -30,9 +30,9 @@ from .errors import IndexUnavailable
 from .ingest import Article, Paragraph
 from .manifest import Counts
 from .process import machine_memory
-from .rowcache import ROW_CACHE_BYTES, RowCache, TableRows, WordRows, passage_runs
+from .rowcache import ROW_CACHE_BYTES, RowCache, TableRows, WordRows, passage_runs, row_ranges
 from .text import fold_case
-from .words import DROPPED, Analyzer
+from .words import DROPPED, Analyzer, StoredWords
 
 if TYPE_CHECKING:
     from .prepare import PreparedArticle
@@ -523,14 +523,14 @@ class Store:
 
     def prewarm(self, dim: int, batch: int = 200, *, words: bool = False) -> Warmed:
         """Decode the rows a search reads (lower-cased texts, sentence rows, windows, passages, their vectors and
-        words) of every passage into the row cache: a server's first searches, and its first after a write (which starts a new
-        generation's cache), then read none of them from SQLite (docs/performance.md#row-cache). A batch at a time,
-        in row id order, each in its own snapshot, until the cache is full. It stops after the first batch when the
-        collection's rows would take more than twice the cache (its searches then keep the rows they come back to),
-        and when a write starts a newer generation meanwhile. A cache carried over from an earlier generation has
-        the rows of the passages read ahead then, and new passages have higher row ids: the walk goes on from where
-        it reached (`RowCache.warmed_through`). With `words`, the passages' words too, and the vocabulary's ids
-        (`word_ids`)."""
+        words) of every passage into the row cache: a server's first searches, and its first after a write (which
+        starts a new generation's cache), then read none of them from SQLite (docs/performance.md#row-cache). A batch
+        at a time, in row id order, each in its own snapshot, until the cache is full. It stops after the first batch
+        when the collection's rows would take more than twice the cache (its searches then keep the rows they come
+        back to), and when a write starts a newer generation meanwhile. A cache carried over from an earlier
+        generation has the rows of the passages read ahead then, and new passages have higher row ids: the walk goes
+        on from where it reached (`RowCache.warmed_through`). With `words`, the passages' words too, and the
+        vocabulary's ids (`word_ids`)."""
         t0 = time.perf_counter()
         if words:
             self._read_vocabulary()
@@ -916,20 +916,23 @@ class Store:
         codes, scales = quantize(from_blobs([blob for _, blob in rows], dim))
         return TableRows(np.array([rowid for rowid, _ in rows], np.int64).reshape(-1, 1), codes, scales)
 
-    def passage_words(self, rowids: Sequence[int]) -> WordRows:
-        """The words of some passages as vocabulary ids, a row a word (`WordRows`), passage by passage, each
-        passage's in position order; none in a store without words (`has_words`)."""
+    def passage_words(self, rowids: Sequence[int]) -> StoredWords:
+        """The words of some passages as vocabulary ids (`StoredWords`), each passage's in position order; none in a
+        store without words (`has_words`). From the row cache's table, only the ids are gathered."""
         if not rowids or not self.has_words:
-            return WordRows(np.zeros((0, 1), np.int32), np.zeros(0, np.int32))
-        taken, rowids = self._from_table("words", rowids)
+            return StoredWords(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int32))
+        rows = self._snapshot_rows()
+        runs = rows.runs("words", rowids) if rows is not None else None
+        parts = []
+        if runs is not None:
+            parts.append(StoredWords(runs.rowids, runs.counts, runs.arrays.ids[row_ranges(runs.starts, runs.counts)]))
+            rowids = runs.missing
         found = self._cached("words", rowids, self._read_words) if rowids else {}
-        parts = [] if taken is None else [taken]
-        if found:
-            owners = np.repeat(np.fromiter(found, np.int32, len(found)), [len(ids) for ids in found.values()])
-            parts.append(WordRows(owners[:, None], np.concatenate(list(found.values()))))
-        if not parts:
-            return WordRows(np.zeros((0, 1), np.int32), np.zeros(0, np.int32))
-        return parts[0] if len(parts) == 1 else WordRows(*(np.concatenate(columns) for columns in zip(*parts)))
+        if found or not parts:
+            parts.append(StoredWords(np.fromiter(found, np.int64, len(found)),
+                                     np.array([len(ids) for ids in found.values()], np.int64),
+                                     np.concatenate(list(found.values())) if found else np.zeros(0, np.int32)))
+        return parts[0] if len(parts) == 1 else StoredWords(*(np.concatenate(columns) for columns in zip(*parts)))
 
     def _read_words(self, rowids: Sequence[int]) -> dict[int, np.ndarray]:
         return self._word_entries(self._words_block(rowids))

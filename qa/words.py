@@ -19,7 +19,6 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .rowcache import WordRows, run_starts
 from .text import fold_case
 
 K1, B = 1.2, 0.75  # tantivy's BM25 constants
@@ -27,9 +26,9 @@ MAX_WORD_BYTES = 40  # tantivy's remove_long(40): longer words are not indexed, 
 LONG_ASCII_WORD = re.compile(f"[A-Za-z0-9]{{{MAX_WORD_BYTES}}}")  # in ASCII text, a word tantivy does not index
 DROPPED = -1  # the id of a word too long to index: it holds a position and matches nothing
 # tantivy's restricted query costs more as the collection grows (its union of clauses fills windows of 4,096
-# passages), scoring the candidates' words does not: from this many passages the words cost less
+# passages), scoring the candidates' words does not: from this many passages (four windows) the words cost less
 # (docs/performance.md#lexical-cost-at-scale)
-WORDS_FROM = 32_768
+WORDS_FROM = 16_384
 # sequential dependence: weights of word pairs as exact phrases and in unordered windows, relative to single words
 # (0.10 and 0.05 against 0.85), and the slop that makes a window of about 8 words (tantivy counts moves, a swap 2)
 ORDERED_WEIGHT, WINDOW_WEIGHT, WINDOW_SLOP = 0.10 / 0.85, 0.05 / 0.85, 7
@@ -129,6 +128,15 @@ class LexicalQuery(NamedTuple):
         return LexicalQuery(list(words), list(doc_freqs), list(dict.fromkeys(kept)), max(passages, 1), avg_words)
 
 
+class StoredWords(NamedTuple):
+    """Some passages' words (`Store.passage_words`): their rowids, how many words each has, and the words'
+    vocabulary ids, one passage after the other."""
+
+    rowids: np.ndarray
+    counts: np.ndarray
+    ids: np.ndarray
+
+
 class PassageWords(NamedTuple):
     """Where a query's words occur in some passages, taken one after the other: each occurrence's offset in the
     passages' words and its place in `LexicalQuery.words`, by offset."""
@@ -139,11 +147,10 @@ class PassageWords(NamedTuple):
     norms: np.ndarray  # indexed words a passage (its positions less the words too long to index)
 
     @staticmethod
-    def of(rows: WordRows, vocabulary: Mapping[str, int], words: Sequence[str]) -> PassageWords:
-        """Passages' words as vocabulary ids, a row a word (`Store.passage_words`), for a query's `words`, whose
-        ids `vocabulary` gives (a word no passage holds is not in it)."""
-        flat = rows.ids
-        lengths = np.diff(np.append(run_starts(rows.meta[:, 0]), len(flat)))
+    def of(stored: StoredWords, vocabulary: Mapping[str, int], words: Sequence[str]) -> PassageWords:
+        """Passages' words as vocabulary ids (`Store.passage_words`), for a query's `words`, whose ids `vocabulary`
+        gives (a word no passage holds is not in it)."""
+        flat, lengths = stored.ids, stored.counts
         places = np.full(len(flat), -1, np.int16)
         for place, word in enumerate(words):
             if word in vocabulary:  # a comparison a word beats a lookup table: a query has few words
@@ -251,5 +258,5 @@ def slop_count(left: Sequence[int], right: Sequence[int], slop: int) -> int:
     return matches
 
 
-__all__ = ["Analyzer", "LexicalQuery", "PassageWords", "WordPair", "analyzer", "body_text", "norm_lengths",
-           "proximity_scores", "query_word_tokens", "slop_count"]
+__all__ = ["Analyzer", "LexicalQuery", "PassageWords", "StoredWords", "WordPair", "analyzer", "body_text",
+           "norm_lengths", "proximity_scores", "query_word_tokens", "slop_count"]

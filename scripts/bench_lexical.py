@@ -85,13 +85,12 @@ def from_words(lexical, words: Words, terms: list[str], pairs: list, rowids: lis
     """The candidates' exact scores from their words, gathered from the array as the row cache's table gathers them."""
     import numpy as np
 
-    from qa.rowcache import WordRows, row_ranges
-    from qa.words import LexicalQuery, PassageWords, proximity_scores
+    from qa.rowcache import row_ranges
+    from qa.words import LexicalQuery, PassageWords, StoredWords, proximity_scores
 
     tokens = lexical.tokens(terms)
     at = np.asarray(rowids, np.int64) - 1
-    rows = WordRows(np.repeat(np.asarray(rowids, np.int32), words.counts[at])[:, None],
-                    words.ids[row_ranges(words.starts[at], words.counts[at])])
+    rows = StoredWords(at + 1, words.counts[at], words.ids[row_ranges(words.starts[at], words.counts[at])])
     query = LexicalQuery.of(tokens, lexical.body_doc_freqs(tokens), lexical.token_pairs(pairs), lexical.num_docs,
                             words.total / lexical.num_docs)
     vocabulary = {w: words.vocabulary[w] for w in tokens if w in words.vocabulary}

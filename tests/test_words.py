@@ -122,7 +122,8 @@ def test_words_follow_every_write(tmp_path, fake_embedder, from_words):
     total, counted, without = _sums(idx)
     assert total == counted > 0 and without == 0
     new = tmp_path / "new.jsonl"
-    new.write_text(json.dumps({"id": "t9", "title": "Later", "paragraphs": ["Tesla coil patent zanzibarite, again."]}) + "\n")
+    later = {"id": "t9", "title": "Later", "paragraphs": ["Tesla coil patent zanzibarite, again."]}
+    new.write_text(json.dumps(later) + "\n")
     add_documents([str(new)], idx, embedder=fake_embedder)
     remove_documents(["t4"], idx)
     after, counted, without = _sums(idx)
@@ -149,25 +150,29 @@ def test_words_follow_every_write(tmp_path, fake_embedder, from_words):
     assert "1 passages have no stored words" in problems and any("word count says" in p for p in problems)
 
 
-def _by_passage(rows) -> dict[int, list[int]]:
-    out: dict[int, list[int]] = {}
-    for rowid, word in zip(rows.meta[:, 0].tolist(), rows.ids.tolist()):
-        out.setdefault(rowid, []).append(word)
-    return out
+def _by_passage(words) -> dict[int, list[int]]:
+    ends = np.cumsum(words.counts).tolist()
+    return {rowid: words.ids[end - count:end].tolist()
+            for rowid, count, end in zip(words.rowids.tolist(), words.counts.tolist(), ends)}
 
 
 def test_the_row_cache_holds_the_words_in_a_table(tmp_path, fake_embedder):
     idx = str(tmp_path / "index")
     build_index([_articles(tmp_path, [])], idx, embedder=fake_embedder)
     index = load_index(idx)
-    ids = [5, 1, 9, 3, 10_000]  # 10,000: no such passage
+    ids = [5, 1, 9, 3, 10_000, 7]  # 10,000: no such passage
     with index.store.snapshot():
         read = index.store.passage_words(ids)  # from SQLite, then entries
     index.store.prewarm(index.dim, words=True)
     with index.store.snapshot():
         assert "words" in index.store._snapshot_rows().tables
         tabled = index.store.passage_words(ids)
-    assert _by_passage(tabled) == _by_passage(read) and sorted(_by_passage(read)) == [1, 3, 5, 9]
+    assert _by_passage(tabled) == _by_passage(read) and sorted(_by_passage(read)) == [1, 3, 5, 7, 9]
+    assert tabled.rowids.tolist() == [5, 1, 9, 3, 7]  # in the order asked
+    with index.store.snapshot():  # some passages from the table, others (read from SQLite meanwhile) as entries
+        index.store._snapshot_rows().tables["words"]._starts[7] = -1
+        mixed = index.store.passage_words(ids)
+    assert _by_passage(mixed) == _by_passage(read)
 
 
 def test_a_store_made_before_words_is_scored_by_tantivy(tmp_path, fake_embedder, from_words):
