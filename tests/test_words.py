@@ -13,7 +13,7 @@ from qa.index import add_documents, build_index, check_index, load_index, remove
 from qa.lexical import LexicalIndex
 from qa.store import STORE_FILE
 from qa.text import query_pairs, query_terms
-from qa.words import Analyzer, slop_count
+from qa.words import NORM_LENGTHS, Analyzer, norm_lengths, slop_count
 from conftest import ROOT
 
 LONG = "Pneumonoultramicroscopicsilicovolcanoconiosis" + "x" * 4  # 49 letters: tantivy does not index it
@@ -88,6 +88,11 @@ def test_scores_from_stored_words_are_tantivys(tmp_path, fake_embedder, from_wor
     # the squad questions on their articles, the odd cases, and pairs of the random paragraphs' words
     random_queries = [f"{a} {b}" for a in ("tesla", "patent", "coil", "the") for b in ("coil", "of the", "tesla")]
     assert _compare(index, _questions(120) + QUERIES + random_queries) > 3000
+
+
+def test_field_norms_are_lucenes_byte4():
+    assert NORM_LENGTHS[:42].tolist() == list(range(41)) + [42] and NORM_LENGTHS[48:52].tolist() == [56, 60, 64, 68]
+    assert norm_lengths(np.array([40, 41, 43, 57, 100])).tolist() == [40, 40, 42, 56, 96]
 
 
 def test_slop_count_takes_each_position_once_walking_the_left_side():

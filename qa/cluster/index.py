@@ -178,9 +178,9 @@ class ClusterIndex:
                                         filter=filter_expression(filters) if filters else "",
                                         output_fields=["body"], search_params={"metric_type": "BM25"},
                                         consistency_level="Strong")
-        bm25 = self._bm25(tokens)
-        scores = {int(h["id"]): bm25.score(tokens, h["entity"]["body"].split()) for h in hits[0]}
-        return sorted(scores.items(), key=lambda x: (-x[1], x[0]))[:limit]
+        rowids = [int(h["id"]) for h in hits[0]]
+        scores = self._bm25(tokens).scores(tokens, [h["entity"]["body"].split() for h in hits[0]])
+        return sorted(zip(rowids, scores), key=lambda x: (-x[1], x[0]))[:limit]
 
     def lexical_scores(self, terms: Sequence[str], rowids: Sequence[int],
                        pairs: Sequence[tuple[str, str, int]] = ()) -> dict[int, float]:
@@ -189,11 +189,9 @@ class ClusterIndex:
         tokens = query_tokens(terms)
         if not tokens:
             return {rid: 0.0 for rid in rowids}
-        bm25 = self._bm25(tokens)
-        token_pairs_ = token_pairs(pairs)
         rows = self.store.rows(rowids)
-        return {rid: bm25.score(tokens, rows[rid]["body"].split(), token_pairs_) if rid in rows else 0.0
-                for rid in rowids}
+        bodies = [rows[rid]["body"].split() if rid in rows else [] for rid in rowids]
+        return dict(zip(rowids, self._bm25(tokens).scores(tokens, bodies, token_pairs(pairs))))
 
     def doc_freqs(self, terms: Sequence[str]) -> dict[str, int]:
         """Passages whose text holds each term (its first token; 0 for none)."""
