@@ -213,6 +213,22 @@ def remove(doc_ids: tuple[str, ...], index_dir: str | None) -> None:
 @main.command()
 @_index_dir_option
 @_handle_errors
+def upgrade(index_dir: str | None) -> None:
+    """Bring an index made by an earlier version up to this one in place, without embedding again (servers use
+    what it adds from their next start)."""
+    from .index import upgrade_index
+
+    cfg = _config(index_dir=index_dir)
+    done = upgrade_index(cfg.index_dir)
+    if not done.passages:
+        click.echo(f"up to date: {cfg.index_dir}")
+        return
+    click.echo(f"upgraded {cfg.index_dir}: the words of {done.passages} passages stored ({done.seconds:.1f}s)")
+
+
+@main.command()
+@_index_dir_option
+@_handle_errors
 def check(index_dir: str | None) -> None:
     """Verify that the store, the vector index, the lexical index and the manifest agree."""
     from .index import check_index

@@ -578,6 +578,14 @@ class Index:
         self.vectors.close()
 
 
+def data_folder(index_dir: str, manifest: Manifest) -> str:
+    """The live data folder a manifest names, which must be there."""
+    data = os.path.join(index_dir, manifest.data_dir)
+    if not os.path.isdir(data):
+        raise IndexUnavailable(f"data folder {data} missing; rebuild: qa build SOURCE... --index-dir {index_dir}")
+    return data
+
+
 def open_data(index_dir: str, manifest: Manifest, *, readonly: bool = True,
               store: Store | None = None) -> tuple[Store, VectorIndex]:
     """The store and vector index of the live data folder, the vectors brought up to the store if out of date.
@@ -585,9 +593,7 @@ def open_data(index_dir: str, manifest: Manifest, *, readonly: bool = True,
     FAISS is rebuilt in memory; a Milvus collection is resynced in place by writers (`readonly=False`, under the
     write lock) and used as it is by readers.
     """
-    data = os.path.join(index_dir, manifest.data_dir)
-    if not os.path.isdir(data):
-        raise IndexUnavailable(f"data folder {data} missing; rebuild: qa build SOURCE... --index-dir {index_dir}")
+    data = data_folder(index_dir, manifest)
     if store is None or store.path != os.path.join(data, STORE_FILE):
         store = Store(os.path.join(data, STORE_FILE), readonly=readonly)
     try:
@@ -774,6 +780,31 @@ def add_documents(sources: Sequence[str] | None, index_dir: str, *, articles: Se
 def remove_documents(doc_ids: Sequence[str], index_dir: str) -> Report:
     """Delete documents by id; unknown ids raise `NotFound` and nothing is removed."""
     return _apply(index_dir, None, [], list(dict.fromkeys(doc_ids)), Report(index_dir=index_dir))
+
+
+class Upgrade(NamedTuple):
+    """What `upgrade_index` added: the passages whose words it stored (0: the index was up to date)."""
+
+    passages: int
+    seconds: float
+
+
+def upgrade_index(index_dir: str) -> Upgrade:
+    """Bring an index made by an earlier version to this version's store in place, under the writer lock and
+    without embedding again: each passage's words, which the exact BM25 uses at scale (`Index.scores_from_words`).
+    A cluster index keeps its passages' analysed words already."""
+    t0 = time.perf_counter()
+    Manifest.load(index_dir)  # no index: say so before the lock makes its folder
+    with storage_errors(index_dir), write_lock(index_dir):
+        manifest = Manifest.load(index_dir)
+        if manifest.store == "milvus":
+            return Upgrade(0, time.perf_counter() - t0)
+        store = Store(os.path.join(data_folder(index_dir, manifest), STORE_FILE))
+        try:
+            passages = store.add_words()
+        finally:
+            store.close()
+    return Upgrade(passages, time.perf_counter() - t0)
 
 
 # --- check -------------------------------------------------------------------------------------------------

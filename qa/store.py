@@ -55,6 +55,9 @@ def ids_param(rowids: Iterable[int]) -> str:
     """Row ids as the JSON array `IN_IDS` takes."""
     return json.dumps([int(r) for r in rowids])
 
+WORDS_TABLES = ("CREATE TABLE IF NOT EXISTS words (id INTEGER PRIMARY KEY, word TEXT NOT NULL UNIQUE)",
+                "CREATE TABLE IF NOT EXISTS passage_words (passage INTEGER PRIMARY KEY REFERENCES passages(id) "
+                "ON DELETE CASCADE, indexed INTEGER NOT NULL, ids BLOB NOT NULL)")
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS documents (
@@ -75,13 +78,9 @@ CREATE TABLE IF NOT EXISTS passage_sentences (
 CREATE TABLE IF NOT EXISTS passage_tokens (
     passage INTEGER PRIMARY KEY REFERENCES passages(id) ON DELETE CASCADE, offsets BLOB NOT NULL,
     scales BLOB NOT NULL, vecs BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS words (id INTEGER PRIMARY KEY, word TEXT NOT NULL UNIQUE);
-CREATE TABLE IF NOT EXISTS passage_words (
-    passage INTEGER PRIMARY KEY REFERENCES passages(id) ON DELETE CASCADE, indexed INTEGER NOT NULL,
-    ids BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS journal (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, op TEXT NOT NULL, doc_id TEXT NOT NULL, article TEXT);
-"""
+""" + ";\n".join(WORDS_TABLES) + ";\n"
 # removed_passages: the ids of the passages each recent write removed, by the generation it made, so a row cache
 # carried over to a newer generation drops their rows without looking up every row it holds (`Store.removed_since`)
 REMOVALS_TABLE = """CREATE TABLE IF NOT EXISTS removed_passages (
@@ -95,7 +94,7 @@ REMOVALS_KEEP = 1_000  # the generations whose removals the log keeps: a cache f
 # words, passage_words: a passage's words as BM25 sees them (`qa.words.Analyzer`), in position order, as int32 ids
 # of the vocabulary in `words` (-1 for a word too long to index), and how many of them are indexed; meta's
 # 'words_total' sums those counts over the passages, for the average length. Stores made before them have neither
-# (meta 'words' unset): their exact BM25 comes from tantivy (`Index.lexical_scores`).
+# (meta 'words' unset) until `qa upgrade` (`add_words`): their exact BM25 comes from tantivy (`Index.lexical_scores`).
 # journal: every incremental write, in commit order: 'upsert' with the article as JSON, or 'remove'.
 
 
@@ -720,6 +719,23 @@ class Store:
             con.execute("INSERT INTO passage_tokens VALUES (?,?,?,?)", (rowid, *token_blobs(tokens)))
             if self.has_words:
                 self._insert_words(con, rowid, article.title, passage.text)
+
+    def add_words(self) -> int:
+        """Store every passage's words in a store made before stores kept them, in one transaction (the writer
+        lock held: writers open the store again, so each sees the words from then on); the passages done, 0 for a
+        store that has them."""
+        with self.transaction() as con:
+            if con.execute("SELECT 1 FROM meta WHERE key = 'words' AND value = '1'").fetchone():
+                return 0
+            for statement in WORDS_TABLES:
+                con.execute(statement)
+            con.execute("INSERT OR REPLACE INTO meta VALUES ('words', '1'), ('words_total', '0')")
+            passages = 0
+            for row in self.passage_rows():
+                self._insert_words(con, row.rowid, row.title, row.text)
+                passages += 1
+        self.__dict__.pop("has_words", None)
+        return passages
 
     def _insert_words(self, con: sqlite3.Connection, rowid: int, title: str | None, text: str) -> None:
         """A passage's words as vocabulary ids (new words added to it), counted into meta's 'words_total'."""

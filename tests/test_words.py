@@ -180,15 +180,34 @@ def test_the_row_cache_holds_the_words_in_a_table(tmp_path, fake_embedder):
     assert _by_passage(mixed) == _by_passage(read)
 
 
+def _store_path(idx: str) -> str:
+    return os.path.join(idx, json.load(open(os.path.join(idx, "manifest.json")))["data_dir"], STORE_FILE)
+
+
+def _strip_words(idx: str) -> str:
+    """The index made a store of an earlier version: neither the words' tables nor their mark."""
+    con = sqlite3.connect(_store_path(idx))
+    with con:
+        con.executescript("DROP TABLE passage_words; DROP TABLE words; DELETE FROM meta WHERE key LIKE 'words%'")
+    con.close()
+    return idx
+
+
+def _stored_words(idx: str) -> tuple:
+    """Every passage's stored words with the vocabulary's words, and the total."""
+    con = sqlite3.connect(_store_path(idx))
+    try:
+        return (con.execute("SELECT p.passage, p.indexed, p.ids FROM passage_words p ORDER BY p.passage").fetchall(),
+                con.execute("SELECT id, word FROM words ORDER BY id").fetchall(),
+                con.execute("SELECT value FROM meta WHERE key IN ('words', 'words_total') ORDER BY key").fetchall())
+    finally:
+        con.close()
+
+
 def test_a_store_made_before_words_is_scored_by_tantivy(tmp_path, fake_embedder, from_words):
     idx = str(tmp_path / "index")
     build_index([_articles(tmp_path, [])], idx, embedder=fake_embedder)
-    data = os.path.join(idx, json.load(open(os.path.join(idx, "manifest.json")))["data_dir"])
-    con = sqlite3.connect(os.path.join(data, STORE_FILE))
-    with con:  # what an earlier version's store holds: neither the tables nor the mark
-        con.executescript("DROP TABLE passage_words; DROP TABLE words; DELETE FROM meta WHERE key LIKE 'words%'")
-    con.close()
-    index = load_index(idx)
+    index = load_index(_strip_words(idx))
     assert not index.scores_from_words
     terms, pairs = query_terms("Tesla patent"), query_pairs("Tesla patent")
     with index.store.snapshot():
@@ -221,3 +240,25 @@ def test_a_server_scores_from_the_words_it_carries_across_writes(tmp_path, fake_
     fresh.rebuild(index.store)
     index.lexical = fresh  # tantivy's statistics without the removed passages, as the words' are
     assert _compare(index, QUERIES + ["zanzibarite tesla coil"]) > 10
+
+
+def test_qa_upgrade_stores_an_older_stores_words_as_a_build_does(tmp_path, fake_embedder, from_words):
+    from click.testing import CliRunner
+
+    from qa.cli import main
+
+    idx, built = str(tmp_path / "index"), str(tmp_path / "built")
+    build_index([_articles(tmp_path, _random_articles(40))], built, embedder=fake_embedder)
+    build_index([_articles(tmp_path, _random_articles(40))], idx, embedder=fake_embedder)
+    _strip_words(idx)
+    res = CliRunner().invoke(main, ["upgrade", "--index-dir", idx])
+    assert res.exit_code == 0 and res.output.startswith(f"upgraded {idx}: the words of ")
+    assert _stored_words(idx) == _stored_words(built) and check_index(idx) == []
+    index = load_index(idx)
+    assert index.scores_from_words and _compare(index, QUERIES) > 50
+    res = CliRunner().invoke(main, ["upgrade", "--index-dir", idx])
+    assert (res.exit_code, res.output) == (0, f"up to date: {idx}\n")
+    remove_documents(["t1"], idx)  # later writes keep them
+    assert check_index(idx) == [] and load_index(idx).scores_from_words
+    res = CliRunner().invoke(main, ["upgrade", "--index-dir", str(tmp_path / "none")])
+    assert res.exit_code != 0 and "no index" in res.output and not (tmp_path / "none").exists()
