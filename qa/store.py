@@ -729,6 +729,8 @@ class Store:
                 return 0
             for statement in WORDS_TABLES:
                 con.execute(statement)
+            con.execute("DELETE FROM passage_words")  # none without the mark; the vocabulary starts again with them
+            con.execute("DELETE FROM words")
             con.execute("INSERT OR REPLACE INTO meta VALUES ('words', '1'), ('words_total', '0')")
             passages = 0
             for row in self.passage_rows():
