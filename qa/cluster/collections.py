@@ -25,7 +25,7 @@ from ..errors import BadRequest
 from ..vectors.base import DocFields
 from ..vectors.milvus import (VARCHAR_MAX, create_collection, drop_collection, field_value, quiet_iterator, quote,
                               source_key)
-from .terms import analyze, body_of
+from .terms import analyze, body_tokens, indexed
 
 if TYPE_CHECKING:
     from pymilvus import MilvusClient
@@ -199,13 +199,13 @@ def rows_of(prepared: Sequence[PreparedArticle]) -> Rows:
         for passage, wvecs, svecs in zip(p.passages, p.window_vectors, p.sentence_vectors):
             rowid = passage_rowid(passage.passage_id)
             pvec = wvecs.mean(axis=0)
-            body = analyze(body_of(a.title, passage.text))
+            body = body_tokens(a.title, passage.text)
             rows.passages.append({
                 "id": rowid, "passage_id": passage.passage_id, **common, "paragraph_index": passage.paragraph_index,
                 "char_start": passage.char_start, "char_end": passage.char_end,
                 "text": _text(passage.text, f"passage {passage.passage_id[:80]!r}"), "doc": cite,
                 "body": _text(" ".join(body), f"passage {passage.passage_id[:80]!r}"),
-                "words": " ".join(analyze(passage.text)), "n_tokens": len(body),
+                "words": " ".join(analyze(passage.text)), "n_tokens": len(indexed(body)),
                 "vec": (pvec / max(float(np.linalg.norm(pvec)), 1e-12)).astype(np.float32).tolist()})
             # sentence vectors at float16's precision, as the local store keeps them (the same cosines)
             for i, ((start, end), vec) in enumerate(zip(passage.sentences, svecs)):

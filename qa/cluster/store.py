@@ -34,6 +34,7 @@ from ..store import (DocumentPage, OutletCount, PassageWindows, SentenceRows, St
 from ..text import fold_case
 from ..vectors.milvus import field_value, is_lite, quote, source_key
 from .collections import PAD, SLOT_BITS, Rows, doc_filter, get_meta, names, passages_of, put_meta, rows_of
+from .terms import indexed
 
 if TYPE_CHECKING:
     from pymilvus import MilvusClient
@@ -66,7 +67,7 @@ class Stats:
         stats = cls()
         for row in rows:
             stats.tokens += int(row["n_tokens"])
-            stats.body.update(set(row["body"].split()))
+            stats.body.update(set(indexed(row["body"].split())))
             stats.words.update(set(row["words"].split()))
         return stats
 

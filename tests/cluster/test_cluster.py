@@ -19,8 +19,9 @@ from click.testing import CliRunner  # noqa: E402
 from qa.answer import answer_question  # noqa: E402
 from qa.cli import main  # noqa: E402
 from qa.cluster.build import ClusterBuild  # noqa: E402
-from qa.cluster.collections import rows_of  # noqa: E402
+from qa.cluster.collections import passage_rowid, rows_of  # noqa: E402
 from qa.cluster.index import open_store  # noqa: E402
+from qa.cluster.terms import LONG_WORD  # noqa: E402
 from qa.embed import HashEmbedder  # noqa: E402
 from qa.errors import BadRequest  # noqa: E402
 from qa.index import add_documents, build_index, check_index, describe_index, load_index, write_lock  # noqa: E402
@@ -46,10 +47,15 @@ def _questions(n: int) -> list[str]:
         return [json.loads(line)["question"] for line in f][::12][:n]
 
 
+LONG = "Pneumonoultramicroscopicsilicovolcanoconiosis" + "x" * 4  # 49 letters: too long to index
+LONG_WORDS = {"id": "long-words", "title": "Apple pie", "paragraphs": [f"The apple {LONG} pie won the prize.",
+                                                                        f"Apple pie and {LONG} cider, apple pie."]}
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("corpus") / "articles.jsonl"
-    path.write_text("".join(json.dumps(a) + "\n" for a in _articles()))
+    path.write_text("".join(json.dumps(a) + "\n" for a in [*_articles(), LONG_WORDS]))
     return str(path)
 
 
@@ -97,6 +103,25 @@ def test_rankings_and_answers_equal_the_local_engine(cluster_dir, local_dir, mon
                 assert [h.passage.passage_id for h in a] == [h.passage.passage_id for h in b], (q, mode)
                 assert a[0].scores["fused"] == pytest.approx(b[0].scores["fused"], rel=0.02, abs=0.02)
             assert answer_question(cluster, q, 5).text == answer_question(local, q, 5).text
+    finally:
+        cluster.close()
+
+
+def test_lexical_scores_equal_the_local_engines_across_words_too_long_to_index(cluster_dir, local_dir):
+    from qa.text import query_pairs, query_terms
+
+    cluster, local = load_index(cluster_dir, embedder=HashEmbedder()), load_index(local_dir, embedder=HashEmbedder())
+    try:
+        ids = [row.rowid for row in local.store.passage_rows()]  # every passage, two with the long words
+        rowids = {rid: passage_rowid(p.passage_id) for rid, p in local.store.passages(ids).items()}  # the cluster's
+        assert len(rowids) == len(ids) > 10
+        assert cluster.store.term_counts([LONG_WORD]) == {LONG_WORD: (0, 0)}  # a place in a body, not a term
+        for q in ("apple pie", "pie apple", "apple pie cider", "the apple pie prize"):
+            terms, pairs = query_terms(q), query_pairs(q)
+            expected = local.lexical_scores(terms, ids, pairs)
+            found = cluster.lexical_scores(terms, list(rowids.values()), pairs)
+            for rid in ids:
+                assert found[rowids[rid]] == pytest.approx(expected[rid], rel=1e-5), (q, rid)
     finally:
         cluster.close()
 
