@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from .files import atomic_write
 from .store import Filters, PassageRow, Store
 from .text import fold_case
-from .words import ORDERED_WEIGHT, WINDOW_SLOP, WINDOW_WEIGHT, analyzer, body_text, query_word_tokens
+from .words import ORDERED_WEIGHT, WINDOW_SLOP, WINDOW_WEIGHT, analyzer, body_text, query_word_tokens, token_pairs
 
 log = logging.getLogger(__name__)
 
@@ -190,12 +190,7 @@ class LexicalIndex:
     def token_pairs(self, pairs: Sequence[tuple[str, str, int]]) -> list[tuple[str, str, int]]:
         """The query's word pairs as index token pairs (first, second, gap); pairs whose words are not one token
         each, or the same token, are left out."""
-        out = []
-        for first, second, gap in pairs:
-            a, b = self._analyze(first), self._analyze(second)
-            if len(a) == 1 and len(b) == 1 and a != b:
-                out.append((a[0], b[0], gap))
-        return out
+        return token_pairs(pairs, self._analyze)
 
     def _dependence(self, pairs: Sequence[tuple[str, str, int]]) -> list:
         """Should-clauses scoring each pair of query words as a phrase (as far apart as in the query) and in a

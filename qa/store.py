@@ -725,7 +725,7 @@ class Store:
         lock held: writers open the store again, so each sees the words from then on); the passages done, 0 for a
         store that has them."""
         with self.transaction() as con:
-            if con.execute("SELECT 1 FROM meta WHERE key = 'words' AND value = '1'").fetchone():
+            if self.get_meta("words") == "1":  # read in the transaction: `has_words` keeps what it first read
                 return 0
             for statement in WORDS_TABLES:
                 con.execute(statement)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -106,6 +106,18 @@ class WordPair(NamedTuple):
     first: int
     second: int
     gap: int
+
+
+def token_pairs(pairs: Sequence[tuple[str, str, int]], analyze: Callable[[str], Sequence[str]]
+                ) -> list[tuple[str, str, int]]:
+    """A query's word pairs (first, second, gap) as index token pairs, each word's tokens from `analyze`; pairs
+    whose words are not one token each, or the same token, are left out."""
+    out = []
+    for first, second, gap in pairs:
+        a, b = analyze(first), analyze(second)
+        if len(a) == 1 and len(b) == 1 and a != b:
+            out.append((a[0], b[0], gap))
+    return out
 
 
 class LexicalQuery(NamedTuple):
@@ -259,4 +271,4 @@ def slop_count(left: Sequence[int], right: Sequence[int], slop: int) -> int:
 
 
 __all__ = ["Analyzer", "LexicalQuery", "PassageWords", "StoredWords", "WordPair", "analyzer", "body_text",
-           "norm_lengths", "proximity_scores", "query_word_tokens", "slop_count"]
+           "norm_lengths", "proximity_scores", "query_word_tokens", "slop_count", "token_pairs"]

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..text import stem
 from ..words import DROPPED, MAX_WORD_BYTES, LexicalQuery, PassageWords, StoredWords, proximity_scores
+from ..words import token_pairs as _token_pairs
 
 TOKEN = re.compile(r"[^\W_]+", re.UNICODE)  # tantivy's simple tokenizer: runs of alphanumerics
 LONG_WORD = "_"  # a word too long to index, in an analysed body: no token of a query or a text is "_"
@@ -85,14 +86,9 @@ class Bm25:
 
 
 def token_pairs(pairs: Sequence[tuple[str, str, int]]) -> list[tuple[str, str, int]]:
-    """The query's word pairs as token pairs; those whose words are not one token each, or the same token, left out
-    (as `LexicalIndex._dependence`)."""
-    out = []
-    for first, second, gap in pairs:
-        a, b = analyze(first), analyze(second)
-        if len(a) == 1 and len(b) == 1 and a != b:
-            out.append((a[0], b[0], gap))
-    return out
+    """The query's word pairs as token pairs of this module's analysis (`qa.words.token_pairs`, as the local
+    index's)."""
+    return _token_pairs(pairs, analyze)
 
 
 def query_tokens(terms: Sequence[str]) -> list[str]:
