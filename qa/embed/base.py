@@ -199,6 +199,17 @@ class TransformerEmbedder:
             result.append(TokenStates(tokens, offsets, total, count))
         return result
 
+    def _one_piece(self, text: str) -> TokenStates | None:
+        """`_token_states` of one text that fits one piece, without the batching (a served query's path: the same
+        floats, tests/embed/test_embed.py); None for a longer text."""
+        enc = self.tokenizer.encode(text, add_special_tokens=False)
+        if len(enc.ids) > self.max_tokens - 2:
+            return None
+        ids = np.array([[self.cls_id, *enc.ids, self.sep_id]], dtype=np.int64)
+        states = self._forward(ids, np.ones_like(ids))[0]
+        return TokenStates(states[1:-1], np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2),
+                           states.sum(axis=0), len(states))
+
     def _run_pieces(self, ids: list[list[int]], batch_size: int, bar: tqdm | None) -> list[list[np.ndarray]]:
         """Per text, in order: each piece's token embeddings ([CLS] and [SEP] included), from length-sorted
         batches."""
@@ -244,7 +255,9 @@ class TransformerEmbedder:
 
     def encode_query(self, text: str) -> EncodedQuery:
         """One text's vector (as `encode` gives it) and its word pieces' vectors, from one forward pass."""
-        (states,) = self._token_states([text], 32)  # as `encode` batches it, so the vector is the same
+        states = self._one_piece(text)
+        if states is None:  # pooled over its pieces, as `encode` pools them
+            (states,) = self._token_states([text], 32)
         vector = normalise(states.mean()[None, :])[0]
         return EncodedQuery(vector, TextTokens(normalise(states.tokens), states.offsets))
 

@@ -11,6 +11,7 @@ from ..config import Config
 from ..errors import BadRequest, QAError
 from ..service import Engine
 from .fastpath import FastPath
+from .provider import JSONProvider
 
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
@@ -41,8 +42,7 @@ def create_app(config: Config | dict | None = None, engine: Engine | None = None
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
     app.config["JSON_SORT_KEYS"] = False
-    app.json.sort_keys = False
-    app.json.ensure_ascii = False
+    app.json = JSONProvider(app)  # compact, unsorted UTF-8, written by orjson
     app.extensions["qa_engine"] = engine or Engine(config)
     app.extensions["qa_config"] = config
 

@@ -280,6 +280,18 @@ def test_a_request_alone_runs_on_the_idle_session_with_the_same_vectors(onnx_emb
         assert np.array_equal(wide.encode_query(q).vector, narrow.encode_query(q).vector)
 
 
+def test_a_query_encodes_as_encode_and_token_vectors_do(onnx_embedder: OnnxEmbedder, texts: list[str]) -> None:
+    # a query of one piece skips the batching machinery; a longer one is pooled over its pieces as `encode` does
+    long = " ".join(texts)
+    assert onnx_embedder.count_tokens([long])[0] > onnx_embedder.max_tokens
+    for q in [*QUERIES, "", long]:
+        encoded = onnx_embedder.encode_query(q)
+        (tokens,) = onnx_embedder.token_vectors([q])
+        assert np.array_equal(encoded.vector, onnx_embedder.encode([q])[0])
+        assert np.array_equal(encoded.tokens.vectors, tokens.vectors)
+        assert np.array_equal(encoded.tokens.offsets, tokens.offsets) and len(tokens.offsets) == len(tokens.vectors)
+
+
 def test_sessions_keep_the_layer_norms_unfused(onnx_embedder: OnnxEmbedder, tmp_path: Path) -> None:
     # ONNX Runtime's own optimiser fuses the residual additions and LayerNormalization into SkipLayerNormalization
     # when the session is made, unless told not to: the graph it runs is what counts
