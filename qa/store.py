@@ -370,6 +370,12 @@ def from_blobs(blobs: Sequence[bytes], dim: int) -> np.ndarray:
     return np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), dim)
 
 
+def _mark_words(con: sqlite3.Connection) -> None:
+    """Mark a store as keeping every passage's words, none counted yet: a new store's, or one's whose words are
+    about to be stored."""
+    con.execute("INSERT OR REPLACE INTO meta VALUES ('words', '1'), ('words_total', '0')")
+
+
 def _immutable(path: str) -> str:
     """"&immutable=1" for a store on a read-only file system with its WAL folded in: SQLite cannot create the WAL
     index a reader needs there (it answers "unable to open database file"), and such a file cannot change."""
@@ -404,7 +410,7 @@ class Store:
             self.con.executescript(SCHEMA)  # executescript manages its own transaction
             self.con.execute("INSERT OR IGNORE INTO meta VALUES ('generation', '0')")
             if not self.con.execute("SELECT 1 FROM passages LIMIT 1").fetchone():  # every passage will have words
-                self.con.execute("INSERT OR IGNORE INTO meta VALUES ('words', '1'), ('words_total', '0')")
+                _mark_words(self.con)
 
     @property
     def con(self) -> sqlite3.Connection:
@@ -731,7 +737,7 @@ class Store:
                 con.execute(statement)
             con.execute("DELETE FROM passage_words")  # none without the mark; the vocabulary starts again with them
             con.execute("DELETE FROM words")
-            con.execute("INSERT OR REPLACE INTO meta VALUES ('words', '1'), ('words_total', '0')")
+            _mark_words(con)
             passages = 0
             for row in self.passage_rows():
                 self._insert_words(con, row.rowid, row.title, row.text)
