@@ -200,8 +200,8 @@ class TransformerEmbedder:
         return result
 
     def _one_piece(self, text: str) -> TokenStates | None:
-        """`_token_states` of one text that fits one piece, without the batching (a served query's path: the same
-        floats, tests/embed/test_embed.py); None for a longer text."""
+        """`_token_states` of one text that fits one piece, without the batching (a served query's path, the same
+        floats: tests/embed/test_onnx.py); None for a longer text."""
         enc = self.tokenizer.encode(text, add_special_tokens=False)
         if len(enc.ids) > self.max_tokens - 2:
             return None

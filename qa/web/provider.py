@@ -3,8 +3,8 @@
 The standard library's encoder took over half of a served search's time outside the engine, run with the caches
 cold from the search (docs/performance.md#the-fast-path). orjson writes the API's answers byte for byte as it does
 (UTF-8, keys in their order; tests/web/test_provider.py). Where the two differ it is valid JSON: a NaN as null, not
-`NaN`; a float below 1e-4 as 0.00001, not 1e-05. Other forms (indented in debug mode, sorted keys, ASCII only) stay
-with Flask's provider, and so do the types it renders its own way.
+`NaN`; some small floats in another notation (0.00001 for 1e-05, 1e-7 for 1e-07). Other forms (indented in debug
+mode, sorted keys, ASCII only) stay with Flask's provider, and so do the types it renders its own way.
 """
 from __future__ import annotations
 
