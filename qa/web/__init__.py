@@ -41,7 +41,6 @@ def create_app(config: Config | dict | None = None, engine: Engine | None = None
     config = config or Config.from_env()
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = config.max_body_bytes
-    app.config["JSON_SORT_KEYS"] = False
     app.json = JSONProvider(app)  # compact, unsorted UTF-8, written by orjson
     app.extensions["qa_engine"] = engine or Engine(config)
     app.extensions["qa_config"] = config
