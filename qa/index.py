@@ -28,6 +28,7 @@ from .ingest import Article, Problem, read_sources
 from .lexical import DIRNAME as LEXICAL_DIR, LABEL as LEXICAL_LABEL, LexicalIndex
 from .prepare import PreparedArticle, prepare_articles, prepare_in_batches
 from .manifest import STORES, Counts, Manifest, now
+from .ranked import top_of
 from .rowcache import run_starts
 from .store import JOURNAL_KEEP, STORE_FILE, Filters, Store
 from .vectors import (DocFields, VectorBuild, VectorIndex, VectorSettings, begin_build, build_settings,
@@ -452,13 +453,8 @@ class PassageCosines(NamedTuple):
     best: np.ndarray
 
     def top(self, k: int) -> list[tuple[int, float]]:
-        """The k best (rowid, cosine), ties by rowid (as `search.top` orders them)."""
-        passages, best = self.passages, self.best
-        if len(best) > k:
-            keep = np.flatnonzero(best >= np.partition(best, len(best) - k)[len(best) - k])
-            passages, best = passages[keep], best[keep]
-        order = np.lexsort((passages, -best))[:k]
-        return list(zip(passages[order].tolist(), best[order].tolist()))
+        """The k best (rowid, cosine), ties by rowid."""
+        return top_of(self.passages, self.best, k)
 
     def of(self, rowids: Sequence[int]) -> dict[int, float]:
         """The cosines of some passages, by rowid (those without windows left out)."""

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 
 from .embed.base import TextTokens
+from .ranked import Ranked, rank, top
 from .rowcache import passage_runs, run_starts
 from .store import Filters, StoredPassage
 from .text import TermMatcher, query_pairs, query_terms
@@ -29,8 +30,6 @@ MODES = ("hybrid", "dense", "lexical")
 DEPTH = 50  # candidates from each side: a cost knob, measured against quality in docs/ranking.md
 RERANK = DEPTH  # of the union, the best by whole-passage evidence get the sentence-level signals (at least 3k)
 DUPLICATE_COSINE = 0.97  # passages this close are copies of one story (syndicated wire text)
-
-Ranked = list[tuple[int, float]]  # (passage rowid, score), best first
 
 
 @dataclasses.dataclass
@@ -126,11 +125,6 @@ class Candidates:
 def zscores(scores: Mapping[int, float]) -> dict[int, float]:
     """Standardised scores (mean 0, unit deviation) over one query's candidates: `standardise` by id."""
     return dict(zip(scores, standardise(np.fromiter(scores.values(), float)).tolist()))
-
-
-def top(scores: Mapping[int, float], k: int) -> Ranked:
-    """The k best (id, score) pairs."""
-    return sorted(scores.items(), key=lambda x: (-x[1], x[0]))[:k]
 
 
 # --- search ------------------------------------------------------------------------------------------------
@@ -284,11 +278,6 @@ def sentence_evidence(passage: np.ndarray, cosines: np.ndarray, coverages: np.nd
     best = np.full(n, -np.inf)
     np.maximum.at(best, passage, standardise(np.asarray(cosines, float)) + standardise(np.asarray(coverages, float)))
     return best
-
-
-def rank(ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """Positions of `scores` best first, ties by id (the order of `top`)."""
-    return np.lexsort((ids, -scores))
 
 
 def shortlist(candidates: Sequence[int], dense: Mapping[int, float], lexical: Mapping[int, float] | None,

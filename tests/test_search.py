@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from qa.ranked import top_of
 from qa.search import fuse_dense, fuse_hybrid, rank, shortlist, standardise, top, zscores
 
 
@@ -64,6 +65,18 @@ def test_fusion_over_arrays_matches_the_pure_functions():
         fused = fuse_dense(dense, sentence, candidates)
         assert [candidates[i] for i in rank(ids, fused)] == [rid for rid, _ in top(expected, len(expected))]
     assert rank(np.array([7, 6, 5]), np.array([0.5, 0.5, 0.9])).tolist() == [2, 1, 0]  # ties by id, as `top`
+
+
+def test_top_of_arrays_is_top_ties_at_the_cut_included():
+    """The arrays' way (a partition, then a sort of what it kept) gives `top`'s list, when ties straddle the k-th
+    place too, for every k from none to more than there are."""
+    rng = np.random.default_rng(3)
+    for trial in range(40):
+        ids = rng.permutation(500)[:rng.integers(1, 40)]
+        scores = rng.choice([0.1, 0.3, 0.3, 0.7, 0.9], len(ids)).astype(np.float32)  # many ties
+        expected = top(dict(zip(ids.tolist(), scores.tolist())), len(ids))
+        for k in range(len(ids) + 2):
+            assert top_of(ids, scores, k) == expected[:k], (trial, k)
 
 
 def test_shortlist_keeps_the_best_by_both_whole_passage_signals():

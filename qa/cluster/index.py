@@ -23,6 +23,7 @@ import numpy as np
 
 from ..errors import IndexUnavailable
 from ..manifest import Counts, Manifest
+from ..ranked import top
 from ..vectors.milvus import TOKEN_ENV, MilvusIndex, alias_target, filter_expression, resolve_uri
 from .collections import LIVE, get_meta, meta_name, names, passages_of
 from .store import ClusterStore, Stats
@@ -180,7 +181,7 @@ class ClusterIndex:
                                         consistency_level="Strong")
         rowids = [int(h["id"]) for h in hits[0]]
         scores = self._bm25(tokens).scores(tokens, [h["entity"]["body"].split() for h in hits[0]])
-        return sorted(zip(rowids, scores), key=lambda x: (-x[1], x[0]))[:limit]
+        return top(dict(zip(rowids, scores)), limit)  # Milvus gives each passage once
 
     def lexical_scores(self, terms: Sequence[str], rowids: Sequence[int],
                        pairs: Sequence[tuple[str, str, int]] = ()) -> dict[int, float]:
