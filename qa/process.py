@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 M_ARENA_MAX = -8
+MADV_COLLAPSE = 25  # madvise's, from <linux/mman.h> (Linux 6.1 on): back a range with huge pages now
+HUGE_PAGE = 2 << 20
 
 
 @functools.lru_cache(maxsize=1)
@@ -56,6 +58,28 @@ def release_memory() -> None:
     with contextlib.suppress(AttributeError):  # a C library without malloc_trim (not glibc)
         if (lib := libc()) is not None:
             lib.malloc_trim(0)
+
+
+def collapse_huge_pages() -> int:
+    """Back the process's private anonymous memory (the model's weights, the index's arrays, the heap) with huge
+    pages where the kernel can (Linux 6.1 on, whatever its transparent huge page setting), and return the bytes
+    collapsed. A search after an idle pause reads the weights with the caches cold, and each of their 4 KiB pages
+    then costs a page walk (docs/performance.md#huge-pages). Later allocations keep the system's page size."""
+    lib = libc()
+    try:
+        maps = open("/proc/self/maps", encoding="ascii").read().splitlines() if lib is not None else []
+    except OSError:
+        return 0
+    collapsed = 0
+    for line in maps:
+        fields = line.split()
+        if fields[1] != "rw-p" or (len(fields) > 5 and fields[5] != "[heap]"):
+            continue  # mapped files, stacks and guard pages are left as they are
+        low, high = (int(x, 16) for x in fields[0].split("-"))
+        low, high = -(-low // HUGE_PAGE) * HUGE_PAGE, high // HUGE_PAGE * HUGE_PAGE
+        if high > low and lib.madvise(ctypes.c_void_p(low), ctypes.c_size_t(high - low), MADV_COLLAPSE) == 0:
+            collapsed += high - low
+    return collapsed
 
 
 def one_thread_per_request() -> None:

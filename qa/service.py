@@ -18,7 +18,7 @@ from .errors import BadRequest, IndexUnavailable, InsufficientStorage, NotFound,
 from .index import Index, embedder_for, load_index
 from .ingest import validate_doc_id
 from .params import SearchParams, parse_int, search_params
-from .process import release_memory
+from .process import collapse_huge_pages, release_memory
 from .search import search
 from .store import DocumentPage, OutletCount, Store
 from .manifest import Manifest, manifest_path
@@ -62,6 +62,7 @@ class Engine:
         self._outlets: tuple[tuple, list[OutletCount]] | None = None
         self._warm_lock = threading.Lock()
         self._warming = self._warm_again = False
+        self.huge_pages = False  # `use_huge_pages`
 
     # --- loading and live reload ---
     def _embedder_for(self, manifest: Manifest):
@@ -117,6 +118,7 @@ class Engine:
             old, self._index = self._index, index
             del old
             release_memory()
+            self._collapse()
             self.reloads += 1
             log.info("reloaded index %s (generation %s)", self.config.index_dir, index.manifest.generation)
         except QAError as e:
@@ -170,6 +172,7 @@ class Engine:
                 if index is not None:
                     self._prewarm(index)
                     index.store.close()  # this thread's connection
+                    self._collapse()
 
         threading.Thread(target=loop, name="qa-prewarm", daemon=True).start()
 
@@ -182,6 +185,16 @@ class Engine:
             search(index, "warm up", 1)
         except QAError as e:
             log.warning("%s", e)
+
+    def use_huge_pages(self) -> None:
+        """Back the loaded index and model with huge pages (`collapse_huge_pages`), now on a thread of its own and
+        after every reload on the reloading thread: a server calls it once warm (docs/performance.md#huge-pages)."""
+        self.huge_pages = True
+        threading.Thread(target=self._collapse, name="qa-huge-pages", daemon=True).start()
+
+    def _collapse(self) -> None:
+        if self.huge_pages:
+            log.debug("%d MiB backed by huge pages", collapse_huge_pages() >> 20)
 
     def watch(self) -> None:
         """Check for a changed index in the background too, so an idle server never falls behind two rebuilds

@@ -2,7 +2,9 @@
 settings that size it."""
 from __future__ import annotations
 
+import ctypes
 import gc
+import mmap
 import os
 import subprocess
 import sys
@@ -10,7 +12,7 @@ import threading
 
 import pytest
 
-from qa.process import InFlight, YoungCollections
+from qa.process import MADV_COLLAPSE, InFlight, YoungCollections, collapse_huge_pages, libc
 
 from conftest import ENV
 
@@ -180,6 +182,66 @@ def test_a_served_app_keeps_the_libraries_out_of_collections_but_not_its_index(f
     out = subprocess.run([sys.executable, "-c", code, fake_seed_index_dir], env=ENV, capture_output=True, text=True,
                          check=True)
     assert out.stdout.split() == ["True", "True", "True"]
+
+
+def huge_kib(address: int) -> int:
+    """KiB in huge pages of the mapping that holds `address` (one the kernel may have merged with its neighbours)."""
+    holds = False
+    for line in open("/proc/self/smaps"):
+        first = line.split()[0]
+        if not first.endswith(":"):  # a mapping's line: its address range first
+            low, high = (int(x, 16) for x in first.split("-"))
+            holds = low <= address < high
+        elif holds and first == "AnonHugePages:":
+            return int(line.split()[1])
+    raise AssertionError(f"no mapping holds {address:#x}")
+
+
+def private_pages(size: int) -> tuple[mmap.mmap, int]:
+    """A private anonymous mapping of `size` bytes, every page present in the system's page size, and its address."""
+    region = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    region[:] = os.urandom(4096) * (size // 4096)
+    return region, ctypes.addressof(ctypes.c_char.from_buffer(region))
+
+
+@pytest.fixture
+def collapsing() -> None:
+    """Skip where the kernel cannot collapse memory into huge pages (not Linux, or before Linux 6.1)."""
+    if not sys.platform.startswith("linux") or libc() is None:
+        pytest.skip("huge pages are collapsed on Linux only")
+    region, address = private_pages(4 << 20)
+    aligned = -(-address // (2 << 20)) * (2 << 20)
+    if libc().madvise(ctypes.c_void_p(aligned), ctypes.c_size_t(2 << 20), MADV_COLLAPSE):
+        pytest.skip("this kernel does not collapse memory into huge pages (Linux 6.1 on)")
+    region.close()
+
+
+def test_private_memory_is_collapsed_into_huge_pages_with_its_bytes_kept(collapsing):
+    size = 16 << 20
+    region, address = private_pages(size)
+    before = region[:]
+    assert huge_kib(address) == 0
+    assert collapse_huge_pages() >= size - (2 << 20)
+    assert huge_kib(address) >= (size - (2 << 20)) >> 10  # its whole aligned huge pages, at least
+    assert region[:] == before
+
+
+def test_a_served_app_backs_its_memory_with_huge_pages_once_warm(collapsing, fake_seed_index_dir):
+    code = ("import sys, time\n"
+            "from test_process import huge_kib, private_pages\n"
+            "from qa.config import Config\n"
+            "from qa.web.server import load_app\n"
+            "region, address = private_pages(16 << 20)\n"
+            "before = huge_kib(address)\n"
+            "app = load_app(Config(index_dir=sys.argv[1]))\n"
+            "deadline = time.monotonic() + 30\n"
+            "while huge_kib(address) == 0 and time.monotonic() < deadline:\n"
+            "    time.sleep(0.05)\n"
+            "print(before, app.extensions['qa_engine'].huge_pages, huge_kib(address) >= 14 << 10)")
+    tests = os.path.dirname(os.path.abspath(__file__))  # for the helpers above
+    out = subprocess.run([sys.executable, "-c", code, fake_seed_index_dir], env={**ENV, "PYTHONPATH": tests},
+                         capture_output=True, text=True)
+    assert out.stdout.split() == ["0", "True", "True"], out.stderr[-2000:]
 
 
 class Collections:

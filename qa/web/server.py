@@ -17,7 +17,8 @@ log = logging.getLogger(__name__)
 
 
 def load_app(config: Config) -> Flask:
-    """The app with its index and model loaded, one query run, and the background reload check started."""
+    """The app with its index and model loaded, one query run, its memory backed by huge pages and the background
+    reload check started."""
     one_thread_per_request()  # here, not before a fork: each worker process loads its app after it
     if REQUESTS.workers is not None:  # under `run_granian`: its slot among the counts the server's workers share
         slot = REQUESTS.join()
@@ -32,6 +33,7 @@ def load_app(config: Config) -> Flask:
     app.wsgi_app = drain_unread_body(REQUESTS.wrap(app.wsgi_app))  # a request alone may encode on the idle cores
     engine = app.extensions["qa_engine"]
     engine.warm_up()
+    engine.use_huge_pages()
     engine.watch()
     return app
 
