@@ -118,9 +118,9 @@ class Engine:
             old, self._index = self._index, index
             del old
             release_memory()
-            self._collapse()
             self.reloads += 1
             log.info("reloaded index %s (generation %s)", self.config.index_dir, index.manifest.generation)
+            self._collapse()  # after the new index is live and counted: it may take a while
         except QAError as e:
             log.warning("index changed but cannot be loaded yet (%s); still serving the previous one", e)
             self._stamp = None  # try again at the next check
