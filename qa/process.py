@@ -66,8 +66,11 @@ def collapse_huge_pages() -> int:
     collapsed. A search after an idle pause reads the weights with the caches cold, and each of their 4 KiB pages
     then costs a page walk (docs/performance.md#huge-pages). Later allocations keep the system's page size."""
     lib = libc()
+    if lib is None:
+        return 0
     try:
-        maps = open("/proc/self/maps", encoding="ascii").read().splitlines() if lib is not None else []
+        with open("/proc/self/maps", encoding="ascii") as f:
+            maps = f.read().splitlines()
     except OSError:
         return 0
     collapsed = 0
